@@ -1,0 +1,264 @@
+"""The ``ftbench`` command line: fetch, run, sweep, report, list. Thin: parse, call, print.
+
+Every bad input ends as one ``error: ...`` line on stderr and exit code 2 (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
+
+from ftbench.errors import UsageError, unknown
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Benchmark fine-tuning methods per layer subset under distribution shift.",
+)
+out = Console(highlight=False, soft_wrap=False, width=int(os.environ.get("COLUMNS", 160)))
+DEFAULT_OUT = Path("ftbench-results")
+
+
+def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
+    opts = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        opts[key.strip()] = value.strip()
+    return tuple(sorted(opts.items()))
+
+
+@app.command()
+def run(
+    benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)"),
+    shift: str = typer.Option("corruption", help="shift of the benchmark, e.g. corruption, subpopulation, label-flip"),
+    corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption"),
+    severity: Optional[int] = typer.Option(None, help="corruption severity 1..5"),
+    shots: Optional[int] = typer.Option(None, help="labelled target examples per class"),
+    model: Optional[str] = typer.Option(None, help="model name (default: the benchmark's)"),
+    method: str = typer.Option("surgical", help="fine-tuning method (ftbench list methods)"),
+    block: list[str] = typer.Option([], "--block", help="block to tune, repeatable: 1, 2, ..., last"),
+    seed: int = typer.Option(0, help="run seed (few-shot draw and batch order)"),
+    lr: float = typer.Option(1e-3, help="learning rate"),
+    wd: float = typer.Option(1e-4, help="weight decay"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps (default 50)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs over the target train split, instead of --steps"),
+    batch_size: int = typer.Option(64, help="batch size"),
+    optimizer: str = typer.Option("adam", help="adam or sgd"),
+    set_: list[str] = typer.Option([], "--set", help="method option key=value, repeatable"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
+) -> None:
+    """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
+    from ftbench.results.store import write_result
+    from ftbench.spec import RunSpec, resolve
+    from ftbench.train.runner import execute, pick_device
+
+    spec = resolve(RunSpec(
+        benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
+        method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer, seed=seed, options=_parse_sets(set_),
+    ))
+    pick_device(device)  # validate before any work
+    row = execute(spec, device)
+    path = write_result(out_dir, row)
+    blocks = f" --block {' --block '.join(spec.blocks)}" if spec.blocks else ""
+    out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
+              f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}")
+    out.print(f"  ID acc  {row['id_acc']:6.2f}%   (source test)")
+    out.print(f"  OOD acc {row['ood_acc']:6.2f}%   (target test)")
+    out.print(f"  val acc {row['val_acc']:6.2f}%   (target val)   status {row['status']}   "
+              f"{row['n_trainable']:,}/{row['n_params']:,} params trained   {row['train_seconds']:.2f} s on {row['device']}")
+    out.print(f"  -> {path}")
+
+
+@app.command()
+def sweep(
+    suite: str = typer.Argument("default", help="suite name in the suites file"),
+    suites: Optional[Path] = typer.Option(None, help="suites file (default: ./benchmarks.toml, else the bundled one)"),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing"),
+    report_format: str = typer.Option("terminal", "--format", help="format of the final table"),
+) -> None:
+    """Expand a suite into runs, run those without results, then print the report table."""
+    from ftbench.results.store import completed_ids
+    from ftbench.spec import default_suites_file, expand_suite
+    from ftbench.sweep.local import describe, run_sweep
+    from ftbench.train.runner import pick_device
+
+    path = suites or default_suites_file()
+    specs = expand_suite(suite, path)
+    done = completed_ids(out_dir) & {s.run_id for s in specs}
+    if dry_run:
+        for s in specs:
+            out.print(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}")
+        out.print(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, {len(specs) - len(done)} to do")
+        return
+    _check_format(report_format)
+    pick_device(device)
+    print(f"suite {suite!r}: {len(specs)} runs, {len(done)} already in {out_dir}, "
+          f"{len(specs) - len(done)} to run", file=sys.stderr)
+    summary = run_sweep(specs, out_dir, device)
+    print(f"ran {summary.done + summary.failed} runs in {summary.seconds:.1f} s "
+          f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
+    for f in summary.failures:
+        print(f"failed: {f}", file=sys.stderr)
+    _report(out_dir, report_format, "target-val", None, run_ids={s.run_id for s in specs}, title=f"suite {suite}")
+
+
+def _check_format(fmt: str) -> None:
+    from ftbench.report.table import FORMATS
+
+    if fmt not in FORMATS:
+        raise unknown("format", fmt, FORMATS)
+
+
+def _report(results: Path, fmt: str, selection: str, output: Optional[Path],
+            run_ids: Optional[set[str]] = None, title: str = "ID vs OOD accuracy") -> None:
+    from ftbench.report.table import aggregate, render_csv, render_markdown, render_rich
+    from ftbench.results.store import read_results
+
+    _check_format(fmt)
+    df, problems = read_results(results)
+    for p in problems:
+        print(f"warning: skipped {p.path}: {p.reason}", file=sys.stderr)
+    if run_ids is not None:
+        df = df[df["run_id"].isin(run_ids)]
+    if df.empty:
+        raise UsageError(f"no readable ftbench results in {str(results)!r}")
+    failed = int((df["status"] != "ok").sum())
+    if failed:
+        print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
+    table = aggregate(df, selection)
+    if fmt == "terminal":
+        text = None
+        if output is None:
+            out.print(render_rich(table, title=title))
+            return
+        console = Console(record=True, width=200, file=open(os.devnull, "w"))
+        console.print(render_rich(table, title=title))
+        text = console.export_text()
+    else:
+        text = render_markdown(table) if fmt == "markdown" else render_csv(table)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, output)
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(DEFAULT_OUT, help="results folder (or one parquet file)"),
+    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown or csv"),
+    select: str = typer.Option("target-val", help="model selection: target-val, source-val or oracle"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to this file"),
+) -> None:
+    """Print the paper-style ID-vs-OOD table of a results folder."""
+    _report(results, fmt, select, output)
+
+
+@app.command()
+def fetch(
+    names: list[str] = typer.Argument(None, help="datasets to fetch (default: list them)"),
+    list_: bool = typer.Option(False, "--list", help="list known datasets and their status"),
+) -> None:
+    """Get benchmark data. The embedded benchmark 'digits' is bundled and needs nothing."""
+    from ftbench.data.base import BENCHMARKS, get_benchmark
+
+    get_benchmark("digits")  # registers the built-ins
+    if list_ or not names:
+        for n in BENCHMARKS.names():
+            b = get_benchmark(n)
+            out.print(f"{n:12s} {b.status()}   — {b.help}")
+        return
+    for n in names:
+        if n not in BENCHMARKS:
+            raise unknown("dataset", n, BENCHMARKS.names())
+    for n in names:
+        out.print(f"{n}: {get_benchmark(n).status()}")
+
+
+@app.command("list")
+def list_(
+    what: str = typer.Argument("methods", help="benchmarks, models, methods or corruptions"),
+) -> None:
+    """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
+    from ftbench.data import corruptions
+    from ftbench.data.base import BENCHMARKS, get_benchmark
+    from ftbench.methods.base import all_methods
+    from ftbench.models.base import MODELS, get_model_entry
+
+    if what == "methods":
+        for m in all_methods():
+            blocks = " (takes --block)" if m.takes_blocks else ""
+            out.print(f"[bold]{m.name}[/]{blocks}: trains {m.help}")
+            if m.paper:
+                out.print(f"    paper: {m.paper}")
+            out.print(f"    uses: {', '.join(sorted(m.uses)) or 'no hyperparameters'}")
+            for k, o in m.options.items():
+                choices = f" {{{', '.join(map(str, o.choices))}}}" if o.choices else ""
+                out.print(f"    --set {k}={o.default}{choices}: {o.help}")
+    elif what == "benchmarks":
+        get_benchmark("digits")
+        for n in BENCHMARKS.names():
+            b = get_benchmark(n)
+            out.print(f"[bold]{n}[/]: {b.help} (default model {b.default_model}, shots {b.default_shots})")
+            for s in b.shifts.values():
+                out.print(f"    --shift {s.name} [{s.level} level]: {s.help}")
+    elif what == "models":
+        get_model_entry("digits-resnet")
+        for n in MODELS.names():
+            e = get_model_entry(n)
+            out.print(f"[bold]{n}[/]: {e.help}; blocks: {', '.join(e.block_names)}")
+    elif what == "corruptions":
+        out.print(", ".join(corruptions.names()))
+    else:
+        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions"])
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: every usage problem is one ``error:`` line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="ftbench", standalone_mode=False)
+    except UsageError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `ftbench`: show help, like --help
+            print(e.format_message().strip())
+            return 0
+        print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        return 2
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def entry() -> None:
+    """``ftbench`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

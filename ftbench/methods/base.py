@@ -1,0 +1,135 @@
+"""The method interface: one small registered class per fine-tuning method (DomainBed style).
+
+A method says which blocks it trains (``trainable_blocks``), which hyperparameters it uses, which
+options it takes (``--set key=value``), and how it trains (``run``), using the runner's
+:class:`~ftbench.train.context.TrainContext` helpers for the actual loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ftbench.errors import UsageError, unknown
+from ftbench.registry import Registry
+from ftbench.spec import HYPERPARAMETERS, OPTIMIZERS, RunSpec
+
+if TYPE_CHECKING:
+    from ftbench.train.context import TrainContext
+
+DEFAULT_STEPS = 50
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method option set with ``--set name=value``."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def parse(self, name: str, value: Any, method: str) -> Any:
+        kind = type(self.default)
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                v: Any = value.lower() in ("true", "1", "yes")
+            else:
+                v = kind(value)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"option {name}={value!r} of method {method!r} must be a {kind.__name__}"
+            ) from None
+        if self.choices is not None and v not in self.choices:
+            raise unknown(f"value for option {name} of method {method!r}:", v, self.choices)
+        return v
+
+
+BN_OPTION = Option(
+    "train",
+    "BatchNorm in trained blocks: 'train' = batch statistics, running stats updated; "
+    "'frozen' = running stats kept (eval mode). BatchNorm in frozen blocks is always frozen.",
+    ("train", "frozen"),
+)
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement ``trainable_blocks``/``run``."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    paper: ClassVar[str] = ""
+    order: ClassVar[int] = 100  # row order in reports
+    takes_blocks: ClassVar[bool] = False
+    default_blocks: ClassVar[tuple[str, ...]] = ()
+    uses: ClassVar[frozenset[str]] = frozenset(HYPERPARAMETERS)
+    options: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.opts: dict[str, Any] = spec.options_dict
+
+    # --- resolution ------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        """Validate blocks, options and hyperparameters; fill defaults; drop unused ones."""
+        if spec.blocks and not cls.takes_blocks:
+            raise UsageError(f"method {cls.name!r} takes no --block (it trains: {cls.help})")
+        blocks = spec.blocks or (cls.default_blocks if cls.takes_blocks else ())
+        given = dict(spec.options)
+        for key in given:
+            if key not in cls.options:
+                accepted = ", ".join(cls.options) or "none"
+                raise UsageError(f"method {cls.name!r} has no option {key!r}; accepted: {accepted}")
+        opts = {k: o.parse(k, given.get(k, o.default), cls.name) for k, o in cls.options.items()}
+        changes: dict[str, Any] = {"blocks": blocks, "options": tuple(sorted(opts.items()))}
+        if spec.steps is not None and spec.epochs is not None:
+            raise UsageError("give --steps or --epochs, not both")
+        if "steps" in cls.uses and spec.steps is None and spec.epochs is None:
+            changes["steps"] = DEFAULT_STEPS
+        for name in ("steps", "epochs", "batch_size"):
+            v = changes.get(name, getattr(spec, name))
+            if name in cls.uses and v is not None and (not isinstance(v, int) or v < 1):
+                raise UsageError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lr", "wd"):
+            v = getattr(spec, name)
+            if name in cls.uses and (v is None or not (float(v) >= 0) or (name == "lr" and float(v) == 0)):
+                raise UsageError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {v!r}")
+            if name in cls.uses:
+                changes[name] = float(v)
+        if "optimizer" in cls.uses and spec.optimizer not in OPTIMIZERS:
+            raise unknown("optimizer", spec.optimizer, OPTIMIZERS)
+        for h in HYPERPARAMETERS:
+            if h not in cls.uses:
+                changes[h] = None
+        return dataclasses.replace(spec, **changes)
+
+    def variant(self) -> str:
+        """Non-default options as ``k=v`` text (part of a report row's label)."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self.opts.items()) if v != self.options[k].default)
+
+    # --- behaviour -------------------------------------------------------------------------
+    def trainable_blocks(self, block_names: list[str]) -> list[str]:
+        """Blocks whose parameters this method may change."""
+        raise NotImplementedError
+
+    def run(self, ctx: TrainContext) -> dict[str, Any]:
+        """Train ``ctx.model`` in place; return extra result columns (may be empty)."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def get_method(name: str) -> type[Method]:
+    import ftbench.methods.linear  # noqa: F401  (register built-in methods)
+    import ftbench.methods.surgical  # noqa: F401
+
+    return METHODS.get(name)
+
+
+def all_methods() -> list[type[Method]]:
+    get_method("full")  # ensure registration
+    return sorted((METHODS.get(n) for n in METHODS.names()), key=lambda m: (m.order, m.name))

@@ -1,0 +1,256 @@
+"""RunSpec — the frozen, hashable description of one run — and suite expansion.
+
+A spec is *resolved* before it runs or is hashed: benchmark, model and method fill their defaults
+and reject what they cannot take, and hyperparameters a method does not use are set to ``None``.
+The run id is a hash of the resolved spec, so the same run asked for in two ways (e.g. with and
+without ``--model digits-resnet``) has one id, and sweeps skip it once it has a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import UsageError, unknown
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SPEC_VERSION = 1  # bump when the meaning of a field changes, so old run ids are not reused
+
+# Hyperparameter fields a method may or may not use (see Method.uses).
+HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's result (the device does not: results are device-agnostic)."""
+
+    benchmark: str = "digits"
+    shift: str = "corruption"
+    corruption: str | None = None
+    severity: int | None = None
+    shots: int | None = None
+    model: str | None = None
+    method: str = "surgical"
+    blocks: tuple[str, ...] = ()
+    lr: float | None = 1e-3
+    wd: float | None = 1e-4
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = 64
+    optimizer: str | None = "adam"
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["blocks"] = list(self.blocks)
+        d["options"] = dict(self.options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        d["blocks"] = tuple(str(b) for b in d.get("blocks") or ())
+        d["options"] = tuple(sorted((d.get("options") or {}).items()))
+        return cls(**d)
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of the (resolved) configuration: 16 hex characters."""
+        payload = json.dumps({"v": SPEC_VERSION, **self.to_dict()}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def blocks_label(self) -> str:
+        return ",".join(self.blocks)
+
+
+def normalize_blocks(blocks: list[str] | tuple[str, ...], accepted: tuple[str, ...], model: str) -> tuple[str, ...]:
+    """Validate block names against a model's blocks; return them unique, in model order."""
+    out = set()
+    for b in blocks:
+        name = str(b).strip().lower()
+        if name not in accepted:
+            raise UsageError(
+                f"block {b!r} is out of range for model {model!r}; accepted: {', '.join(accepted)}"
+            )
+        out.add(name)
+    return tuple(b for b in accepted if b in out)
+
+
+def resolve(spec: RunSpec) -> RunSpec:
+    """Fill defaults and validate ``spec`` against its benchmark, model and method."""
+    from ftbench.data.base import get_benchmark
+    from ftbench.methods.base import get_method
+    from ftbench.models.base import get_model_entry
+
+    bench = get_benchmark(spec.benchmark)
+    spec = bench.resolve(spec)
+    entry = get_model_entry(spec.model or bench.default_model)
+    spec = dataclasses.replace(spec, model=spec.model or bench.default_model)
+    method_cls = get_method(spec.method)
+    blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
+    spec = dataclasses.replace(spec, blocks=blocks)
+    spec = method_cls.resolve(spec, entry.block_names)
+    if spec.seed < 0:
+        raise UsageError(f"seed must be >= 0, got {spec.seed}")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites (benchmarks.toml)
+
+# Suite keys and the RunSpec field each one sets; list values are grid axes.
+SUITE_KEYS: dict[str, str] = {
+    "benchmark": "benchmark",
+    "shift": "shift",
+    "corruption": "corruption",
+    "severity": "severity",
+    "shots": "shots",
+    "model": "model",
+    "method": "method",
+    "block": "blocks",
+    "lr": "lr",
+    "wd": "wd",
+    "steps": "steps",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "optimizer": "optimizer",
+    "seed": "seed",
+}
+SUITE_META = ("description", "include", "options")
+
+
+def default_suites_file() -> Path:
+    """``./benchmarks.toml`` when present, else the copy shipped inside the package."""
+    local = Path("benchmarks.toml")
+    return local if local.is_file() else Path(__file__).with_name("benchmarks.toml")
+
+
+def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if re.match(rf"\s*\[suites\.{re.escape(suite)}\]", l)), None)
+    if start is None or key is None:
+        return None if start is None else start + 1
+    for i in range(start + 1, len(lines)):
+        if lines[i].lstrip().startswith("["):
+            break
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def load_suites(path: Path) -> tuple[dict[str, dict[str, Any]], str]:
+    """Parse a suites file; malformed TOML becomes a UsageError naming the file and line."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read suites file {str(path)!r}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: malformed TOML: {e}") from None
+    suites = data.get("suites")
+    if not isinstance(suites, dict) or not suites:
+        raise UsageError(f"{path}: no [suites.NAME] tables found")
+    return suites, text
+
+
+def _as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else [v]
+
+
+def _block_sets(v: Any) -> list[tuple[str, ...]]:
+    # block = 1 | "last" | [1, 2, "last"] (each entry one block set) | [[1, 2], ["last"]]
+    return [tuple(str(b) for b in _as_list(entry)) for entry in _as_list(v)]
+
+
+def expand_suite(name: str, path: Path | None = None) -> list[RunSpec]:
+    """Expand suite ``name`` into resolved, deduplicated RunSpecs (in a stable order)."""
+    path = path or default_suites_file()
+    suites, text = load_suites(path)
+    return _expand(name, suites, text, path, stack=())
+
+
+def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ...]) -> list[RunSpec]:
+    if name not in suites:
+        raise unknown(f"suite in {path}:", name, sorted(suites))
+    if name in stack:
+        raise UsageError(f"{path}: suite {name!r} includes itself via {' -> '.join(stack + (name,))}")
+    table = suites[name]
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}:{_line_of(text, name)}: suites.{name} must be a table")
+    for key in table:
+        if key not in SUITE_KEYS and key not in SUITE_META:
+            raise UsageError(
+                f"{path}:{_line_of(text, name, key)}: suite {name!r}: unknown key {key!r}; "
+                f"accepted: {', '.join(list(SUITE_KEYS) + list(SUITE_META))}"
+            )
+    specs: list[RunSpec] = []
+    for inc in _as_list(table.get("include", [])):
+        specs += _expand(str(inc), suites, text, path, stack + (name,))
+    axes = {k: v for k, v in table.items() if k in SUITE_KEYS}
+    if axes:
+        specs += _grid(name, axes, table.get("options", {}), text, path)
+    seen: set[str] = set()
+    unique = []
+    for s in specs:
+        if s.run_id not in seen:
+            seen.add(s.run_id)
+            unique.append(s)
+    return unique
+
+
+def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path) -> list[RunSpec]:
+    if not isinstance(options, dict):
+        raise UsageError(f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: options must be a table")
+    keys = list(axes)
+    values = [_block_sets(axes[k]) if k == "block" else _as_list(axes[k]) for k in keys]
+    out: list[RunSpec] = []
+    opts = tuple(sorted(options.items()))
+    for combo in itertools.product(*values):
+        fields: dict[str, Any] = {SUITE_KEYS[k]: v for k, v in zip(keys, combo)}
+        fields["options"] = opts
+        try:
+            spec = RunSpec(**fields)
+            out.append(_resolve_in_suite(spec))
+        except UsageError as e:
+            key = _guess_key(str(e), keys)
+            raise UsageError(f"{path}:{_line_of(text, name, key)}: suite {name!r}: {e}") from None
+        except TypeError as e:
+            raise UsageError(f"{path}:{_line_of(text, name)}: suite {name!r}: bad value type: {e}") from None
+    return out
+
+
+def _resolve_in_suite(spec: RunSpec) -> RunSpec:
+    from ftbench.methods.base import get_method
+
+    # A grid crosses methods with blocks; methods that take no blocks ignore the block axis and
+    # shift-specific axes only apply to shifts that take them (deduplicated by run id afterwards).
+    if not get_method(spec.method).takes_blocks:
+        spec = dataclasses.replace(spec, blocks=())
+    if spec.shift != "corruption":
+        spec = dataclasses.replace(spec, corruption=None, severity=None)
+    return resolve(spec)
+
+
+def _guess_key(message: str, keys: list[str]) -> str | None:
+    for k in keys:
+        if k in message:
+            return k
+    return keys[0] if keys else None

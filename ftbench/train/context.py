@@ -1,0 +1,94 @@
+"""What a method sees while it trains: the model, its blocks, the target data and the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftbench.data.base import TargetTask
+from ftbench.models.base import BlockModel
+from ftbench.spec import RunSpec
+from ftbench.train.loop import FitStats, fit, steps_for
+
+
+@dataclass
+class TrainContext:
+    spec: RunSpec
+    model: BlockModel
+    target: TargetTask
+    generator: torch.Generator
+    fits: list[FitStats] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def block_names(self) -> list[str]:
+        return self.model.block_names()
+
+    def set_trainable(self, blocks: list[str], bn: str = "train") -> list[nn.Parameter]:
+        """Freeze everything, then unfreeze ``blocks``; return their parameters.
+
+        Modes: the whole model is put in eval mode, then the trained blocks in train mode when
+        ``bn == "train"``. So BatchNorm running statistics of frozen blocks never change, and
+        those of trained blocks update only with ``bn="train"``.
+        """
+        self.model.requires_grad_(False)
+        self.model.eval()
+        params: list[nn.Parameter] = []
+        parts = self.model.blocks()
+        for name in blocks:
+            for m in parts[name]:
+                m.requires_grad_(True)
+                if bn == "train":
+                    m.train()
+                params += list(m.parameters())
+        return params
+
+    def fit(self, params: list[nn.Parameter], **overrides: Any) -> FitStats:
+        """Run the standard loop on the target train split with the spec's hyperparameters."""
+        s = self.spec
+        steps = overrides.pop("steps", None)
+        hp = {"lr": s.lr, "wd": s.wd, "batch_size": s.batch_size, "optimizer": s.optimizer}
+        hp.update(overrides)
+        n = len(self.target.train)
+        steps = steps or steps_for(n, hp["batch_size"], s.steps, s.epochs)
+        stats = fit(self.model, params, self.target.train, steps=steps, generator=self.generator, **hp)
+        self.fits.append(stats)
+        return stats
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features with the model in its current modes (eval for a probe)."""
+        return self.model.features(x).float()
+
+    def linear_probe(self, l2: float, max_iter: int) -> FitStats:
+        """Fit the head to convergence on frozen features: L2-regularised logistic regression.
+
+        Minimises mean cross-entropy + l2/2 * ||W||^2 (bias unpenalised, as scikit-learn) with
+        full-batch L-BFGS, starting from the current head.
+        """
+        self.model.eval()
+        feats = self.features(self.target.train.x)
+        y = self.target.train.y
+        head = self.model.head
+        w = head.weight.detach().clone().float().requires_grad_(True)
+        b = head.bias.detach().clone().float().requires_grad_(True)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7,
+                                tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(feats @ w.T + b, y) + 0.5 * l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b)
+        stats = FitStats(max_iter, len(y), float(loss.detach()))
+        self.fits.append(stats)
+        return stats

@@ -1,0 +1,109 @@
+"""The device-resident training loop (airbench style).
+
+Data are tensors on the device; batch indices for the whole run are drawn up front from a seeded
+CPU generator and moved to the device once, so the hot loop is indexing + forward + backward +
+step with no per-image Python and no host-device synchronisation until the run ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftbench.data.base import Split
+
+
+@dataclass(frozen=True)
+class FitStats:
+    steps: int
+    examples: int
+    final_loss: float
+
+
+def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """(steps, batch) indices: consecutive random permutations of range(n), cut into batches."""
+    bs = min(batch_size, n)
+    per_epoch = n // bs  # drop the ragged tail of each permutation, as DataLoader(drop_last=True)
+    epochs = math.ceil(steps / per_epoch)
+    perms = [torch.randperm(n, generator=generator)[: per_epoch * bs] for _ in range(epochs)]
+    return torch.cat(perms).view(-1, bs)[:steps]
+
+
+def steps_for(n: int, batch_size: int, steps: int | None, epochs: int | None) -> int:
+    """Number of optimizer steps for ``steps`` or ``epochs`` over ``n`` examples."""
+    if steps is not None:
+        return steps
+    assert epochs is not None
+    return epochs * max(1, n // min(batch_size, n))
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float, wd: float) -> torch.optim.Optimizer:
+    """Adam (coupled L2, as the surgical paper's code) or SGD with momentum 0.9."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9)
+    raise ValueError(name)
+
+
+def autocast(device: torch.device):  # noqa: ANN201
+    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower there and changes results)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def fit(
+    model: nn.Module,
+    params: Iterable[nn.Parameter],
+    data: Split,
+    *,
+    lr: float,
+    wd: float,
+    steps: int,
+    batch_size: int,
+    optimizer: str,
+    generator: torch.Generator,
+) -> FitStats:
+    """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's."""
+    params = [p for p in params if p.requires_grad]
+    device = data.x.device
+    idx = batch_indices(len(data), batch_size, steps, generator).to(device)
+    if not params or steps == 0:
+        return FitStats(0, 0, float("nan"))
+    opt = make_optimizer(params, optimizer, lr, wd)
+    last = torch.zeros((), device=device)
+    for t in range(idx.shape[0]):
+        b = idx[t]
+        with autocast(device):
+            logits = model(data.x[b])
+        loss = F.cross_entropy(logits.float(), data.y[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        last = loss.detach()
+    return FitStats(idx.shape[0], idx.numel(), float(last))  # the one sync of the run
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Predicted labels for ``x`` in large batches (model must already be in eval mode)."""
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        with autocast(x.device):
+            out.append(model(x[i : i + batch_size]).argmax(dim=1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def accuracy(model: nn.Module, data: Split) -> float:
+    """Top-1 accuracy in % of ``model`` (put in eval mode here) on ``data``."""
+    model.eval()
+    if len(data) == 0:
+        return float("nan")
+    return float((predict(model, data.x) == data.y).float().mean()) * 100.0
