@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
     from typer._click.exceptions import ClickException
@@ -93,27 +94,30 @@ def sweep(
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged"),
     report_format: str = typer.Option("terminal", "--format", help="format of the final table"),
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
-    from ftbench.spec import default_suites_file, expand_suite
+    from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
     from ftbench.sweep.local import describe, run_sweep
     from ftbench.train.runner import pick_device
 
     path = suites or default_suites_file()
     specs = expand_suite(suite, path)
-    done = completed_ids(out_dir) & {s.run_id for s in specs}
-    if dry_run:
-        for s in specs:
-            out.print(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}")
-        out.print(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, {len(specs) - len(done)} to do")
-        return
     _check_format(report_format)
     pick_device(device)
-    print(f"suite {suite!r}: {len(specs)} runs, {len(done)} already in {out_dir}, "
+    done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
+    about = suite_descriptions(path).get(suite, "")
+    if dry_run:
+        for s in specs:
+            out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}"))
+        out.print(escape(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, "
+                         f"{len(specs) - len(done)} to do" + (f" — {about}" if about else "")))
+        return
+    print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)
-    summary = run_sweep(specs, out_dir, device)
+    summary = run_sweep(specs, out_dir, device, retry_failed=retry_failed)
     print(f"ran {summary.done + summary.failed} runs in {summary.seconds:.1f} s "
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
     for f in summary.failures:
@@ -158,6 +162,7 @@ def _report(results: Path, fmt: str, selection: str, output: Optional[Path],
     if output is None:
         sys.stdout.write(text)
     else:
+        output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, output)
@@ -197,7 +202,7 @@ def fetch(
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("methods", help="benchmarks, models, methods or corruptions"),
+    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions or suites"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
     from ftbench.data import corruptions
@@ -208,29 +213,35 @@ def list_(
     if what == "methods":
         for m in all_methods():
             blocks = " (takes --block)" if m.takes_blocks else ""
-            out.print(f"[bold]{m.name}[/]{blocks}: trains {m.help}")
+            out.print(f"[bold]{m.name}[/]" + escape(f"{blocks}: trains {m.help}"))
             if m.paper:
                 out.print(f"    paper: {m.paper}")
             out.print(f"    uses: {', '.join(sorted(m.uses)) or 'no hyperparameters'}")
             for k, o in m.options.items():
                 choices = f" {{{', '.join(map(str, o.choices))}}}" if o.choices else ""
-                out.print(f"    --set {k}={o.default}{choices}: {o.help}")
+                out.print(escape(f"    --set {k}={o.default}{choices}: {o.help}"))
     elif what == "benchmarks":
         get_benchmark("digits")
         for n in BENCHMARKS.names():
             b = get_benchmark(n)
-            out.print(f"[bold]{n}[/]: {b.help} (default model {b.default_model}, shots {b.default_shots})")
+            out.print(f"[bold]{n}[/]: " + escape(f"{b.help} (default model {b.default_model}, shots {b.default_shots})"))
             for s in b.shifts.values():
-                out.print(f"    --shift {s.name} [{s.level} level]: {s.help}")
+                out.print(escape(f"    --shift {s.name} [{s.level} level]: {s.help}"))
     elif what == "models":
         get_model_entry("digits-resnet")
         for n in MODELS.names():
             e = get_model_entry(n)
-            out.print(f"[bold]{n}[/]: {e.help}; blocks: {', '.join(e.block_names)}")
+            out.print(f"[bold]{n}[/]: " + escape(f"{e.help}; blocks: {', '.join(e.block_names)}"))
     elif what == "corruptions":
         out.print(", ".join(corruptions.names()))
+    elif what == "suites":
+        from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
+
+        path = default_suites_file()
+        for name, about in suite_descriptions(path).items():
+            out.print(f"[bold]{escape(name)}[/] ({len(expand_suite(name, path))} runs): {escape(about)}")
     else:
-        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions"])
+        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "suites"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -248,6 +259,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
         return 2
     except typer.Exit as e:
+        if e.exit_code == 130:
+            print("interrupted", file=sys.stderr)
         return int(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)

@@ -171,6 +171,12 @@ def load_suites(path: Path) -> tuple[dict[str, dict[str, Any]], str]:
     return suites, text
 
 
+def suite_descriptions(path: Path | None = None) -> dict[str, str]:
+    """Suite name -> its description, in file order."""
+    suites, _ = load_suites(path or default_suites_file())
+    return {n: str(t.get("description", "")) if isinstance(t, dict) else "" for n, t in suites.items()}
+
+
 def _as_list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else [v]
 
@@ -208,6 +214,8 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
     if axes:
         specs += _grid(name, axes, table.get("options", {}), text, path)
     seen: set[str] = set()
+    if not specs and not stack:
+        raise UsageError(f"{path}:{_line_of(text, name)}: suite {name!r} expands to no runs")
     unique = []
     for s in specs:
         if s.run_id not in seen:
@@ -223,6 +231,16 @@ def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path) 
     values = [_block_sets(axes[k]) if k == "block" else _as_list(axes[k]) for k in keys]
     out: list[RunSpec] = []
     opts = tuple(sorted(options.items()))
+    if opts:
+        from ftbench.methods.base import get_method
+
+        methods = [get_method(str(m)) for m in _as_list(axes.get("method", RunSpec.method))]
+        for key, _ in opts:
+            if not any(key in m.options for m in methods):
+                raise UsageError(
+                    f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: option {key!r} is taken by none of "
+                    f"its methods ({', '.join(m.name for m in methods)})"
+                )
     for combo in itertools.product(*values):
         fields: dict[str, Any] = {SUITE_KEYS[k]: v for k, v in zip(keys, combo)}
         fields["options"] = opts
@@ -240,10 +258,13 @@ def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path) 
 def _resolve_in_suite(spec: RunSpec) -> RunSpec:
     from ftbench.methods.base import get_method
 
-    # A grid crosses methods with blocks; methods that take no blocks ignore the block axis and
-    # shift-specific axes only apply to shifts that take them (deduplicated by run id afterwards).
-    if not get_method(spec.method).takes_blocks:
+    # A grid crosses methods with blocks and options; a method ignores the block axis if it takes no
+    # blocks and the options it does not have, and shift-specific axes only apply to shifts that
+    # take them (deduplicated by run id afterwards). _grid checks every option fits some method.
+    method = get_method(spec.method)
+    if not method.takes_blocks:
         spec = dataclasses.replace(spec, blocks=())
+    spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options if k in method.options))
     if spec.shift != "corruption":
         spec = dataclasses.replace(spec, corruption=None, severity=None)
     return resolve(spec)

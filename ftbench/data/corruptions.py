@@ -141,13 +141,43 @@ def contrast(x: torch.Tensor, severity: int, g: torch.Generator, scale: str) -> 
     return ((x - means) * c + means).clamp(0, 1)
 
 
+def _box_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """PIL's BOX resampling as an (n_out, n_in) matrix (Pillow ``precompute_coeffs``).
+
+    Each output pixel averages the input pixels whose centres fall in its box: the output pixel's
+    footprint when shrinking, one input pixel wide when enlarging.
+    """
+    scale = n_in / n_out
+    fscale = max(scale, 1.0)
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        center = (o + 0.5) * scale
+        lo = max(int(center - 0.5 * fscale + 0.5), 0)
+        hi = min(int(center + 0.5 * fscale + 0.5), n_in)
+        for i in range(lo, hi):
+            t = (i - center + 0.5) / fscale
+            w[o, i] = 1.0 if -0.5 < t <= 0.5 else 0.0
+        if w[o].sum() == 0:  # degenerate rounding: fall back to the nearest input pixel
+            w[o, min(int(center), n_in - 1)] = 1.0
+        w[o] /= w[o].sum()
+    return w.to(device=device, dtype=torch.float32)
+
+
+def box_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize an N×C×H×W batch with PIL's BOX filter, as two batched matrix products."""
+    h, w = x.shape[-2:]
+    wh = _box_weights(h, size[0], x.device)
+    ww = _box_weights(w, size[1], x.device)
+    return torch.einsum("oh,nchw,pw->ncop", wh, x, ww)
+
+
 @_register("pixelate")
 def pixelate(x: torch.Tensor, severity: int, g: torch.Generator, scale: str) -> torch.Tensor:
-    # PIL BOX downscale by c, then BOX upscale back: area averaging down, nearest back up.
+    # make_*_c.pixelate: PIL BOX resize down to c * size, then BOX resize back up.
     c = _c("pixelate", severity, scale)
     h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, int(h * c)), max(1, int(w * c))), mode="area")
-    return F.interpolate(small, size=(h, w), mode="nearest").clamp(0, 1)
+    small = box_resize(x, (max(1, int(h * c)), max(1, int(w * c))))
+    return box_resize(small, (h, w)).clamp(0, 1)
 
 
 @_register("inversion")

@@ -28,8 +28,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FTBENCH_CACHE") or Path.home() / ".cache" / "ftbench")
 
 
-def cache_path(model: str, source: SourceTask) -> Path:
-    key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": RECIPE}
+def cache_path(model: str, source: SourceTask, device: torch.device) -> Path:
+    # The device type is part of the key: CUDA pretraining (bf16) gives different weights than CPU,
+    # and results on one device must not depend on which device happened to fill the cache first.
+    key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": RECIPE,
+           "device": torch.device(device).type}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{model}-{digest}.pt"
 
@@ -38,7 +41,7 @@ def pretrained(model: str, source: SourceTask, device: torch.device) -> BlockMod
     """The source model for ``(model, source)`` on ``device``: from the cache, or trained now."""
     entry = get_model_entry(model)
     net = entry.build(int(source.train.x.shape[1]), source.num_classes)
-    path = cache_path(model, source)
+    path = cache_path(model, source, device)
     if path.is_file():
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -45,6 +45,13 @@ def _method_order() -> dict[str, int]:
     return {m.name: m.order for m in all_methods()}
 
 
+def _num(v: object) -> float:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.inf
+
+
 def _block_key(blocks: str) -> list[int]:
     return [999 if b == "last" else int(b) if b.isdigit() else 500 for b in blocks.split(",") if b]
 
@@ -107,7 +114,7 @@ def aggregate(df: pd.DataFrame, selection: str = "target-val") -> Table:
         _rsort=[(order.get(m, 1000), m, _block_key(b), v) for m, b, v in
                 zip(chosen["method"], chosen["blocks"], chosen["variant"])],
         _csort=[(r["benchmark"], LEVEL_ORDER.get(str(r.get("shift_level", "")), 9), r["shift"], r["corruption"],
-                 r["severity"], str(r["model"]), str(r["shots"])) for _, r in chosen.iterrows()],
+                 r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],
     )
     g = chosen.groupby(["row", "column"], sort=False)
     cells = g.agg(
@@ -174,14 +181,15 @@ def render_csv(t: Table) -> str:
 
 
 def render_rich(t: Table, title: str = "ID vs OOD accuracy"):  # noqa: ANN201 - rich.table.Table
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     header, body = _grid(t)
     table = RichTable(title=title, caption=t.caption + " Best OOD in bold green with *.", caption_justify="left")
     table.add_column("tuned", style="bold")
     for col in t.columns:
-        table.add_column(f"{col}\nOOD", justify="right")
+        table.add_column(escape(f"{col}\nOOD"), justify="right")
         table.add_column("ID", justify="right", style="dim")
     for row, line in zip(t.rows, body):
-        table.add_row(row, *[f"[bold green]{s} *[/]" if b else s for s, b in line])
+        table.add_row(escape(row), *[f"[bold green]{escape(s)} *[/]" if b else escape(s) for s, b in line])
     return table

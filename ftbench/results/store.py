@@ -128,12 +128,17 @@ def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
             problems.append(Problem(f, reason))
             continue
         frames.append(table.to_pandas())
+    if p.is_file() and problems:
+        raise UsageError(f"cannot use results file {str(p)!r}: {problems[0].reason}")
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCHEMA.names))
     return df, problems
 
 
-def completed_ids(results_dir: Path | str) -> set[str]:
-    """Run ids with a readable result file (any status) in ``results_dir``."""
+def completed_ids(results_dir: Path | str, retry_failed: bool = False) -> set[str]:
+    """Run ids with a readable result file in ``results_dir``.
+
+    With ``retry_failed``, runs recorded as failed or diverged do not count as done.
+    """
     p = Path(results_dir)
     if not p.is_dir():
         return set()
@@ -142,7 +147,12 @@ def completed_ids(results_dir: Path | str) -> set[str]:
         if f.name.startswith("."):
             continue
         try:
-            pq.read_metadata(f)
+            if retry_failed:
+                statuses = pq.read_table(f, columns=["status"]).column("status").to_pylist()
+                if not statuses or any(s != "ok" for s in statuses):
+                    continue
+            else:
+                pq.read_metadata(f)
         except Exception:
             continue  # corrupt: the run is not done and will be redone, overwriting the file
         done.add(f.stem)

@@ -52,11 +52,12 @@ def run_sweep(
     device: str = "auto",
     on_result: Callable[[RunSpec, dict[str, Any]], None] | None = None,
     progress: bool | None = None,
+    retry_failed: bool = False,
 ) -> SweepSummary:
     """Run every spec without a result in ``out_dir``; one parquet file per finished run."""
     from ftbench.train.runner import execute
 
-    done_ids = completed_ids(out_dir)
+    done_ids = completed_ids(out_dir, retry_failed)
     todo = [s for s in specs if s.run_id not in done_ids]
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
     t0 = time.perf_counter()
@@ -88,11 +89,20 @@ def run_sweep(
 
 
 def describe(spec: RunSpec) -> str:
-    """Short human description of a run: shift, method and blocks, lr, seed."""
+    """One-line description of a run, naming every field set (so distinct runs read differently)."""
+    from ftbench.methods.base import get_method
+
     shift = spec.shift + (f":{spec.corruption}-{spec.severity}" if spec.corruption else "")
-    blocks = f" block {spec.blocks_label()}" if spec.blocks else ""
-    lr = f" lr={spec.lr:g}" if spec.lr is not None else ""
-    return f"{shift} {spec.method}{blocks}{lr} seed={spec.seed}"
+    parts = [f"{spec.benchmark}/{shift}", spec.method + (f" block {spec.blocks_label()}" if spec.blocks else "")]
+    variant = get_method(spec.method)(spec).variant()
+    if variant:
+        parts.append(variant)
+    for name in ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "shots"):
+        v = getattr(spec, name)
+        if v is not None:
+            parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
+    parts.append(f"seed={spec.seed}")
+    return " ".join(parts)
 
 
 class _Progress:

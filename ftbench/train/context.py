@@ -89,6 +89,7 @@ class TrainContext:
         with torch.no_grad():
             head.weight.copy_(w)
             head.bias.copy_(b)
-        stats = FitStats(max_iter, len(y), float(loss.detach()))
+        iters = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", max_iter))
+        stats = FitStats(iters, len(y) * iters, float(loss.detach()))
         self.fits.append(stats)
         return stats

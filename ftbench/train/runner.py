@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import ftbench
-from ftbench.data.base import get_benchmark
+from ftbench.data.base import SourceTask, TargetTask, get_benchmark
 from ftbench.errors import UsageError
-from ftbench.methods.base import get_method
+from ftbench.methods.base import Method, get_method
+from ftbench.models.base import BlockModel
 from ftbench.models.pretrain import pretrained
 from ftbench.spec import RunSpec, resolve
 from ftbench.train.context import TrainContext
@@ -43,53 +46,68 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def execute(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
-    """Run ``spec`` and return its result row (see docs/results.md for the columns)."""
+@dataclass
+class Trained:
+    """A fine-tuned model with everything needed to evaluate and describe it."""
+
+    spec: RunSpec
+    device: torch.device
+    model: BlockModel
+    method: Method
+    source: SourceTask
+    target: TargetTask
+    ctx: TrainContext
+    train_seconds: float
+
+
+def fine_tune(spec: RunSpec, device: str = "auto") -> Trained:
+    """Resolve ``spec``, load its data and pretrained model onto the device, and train."""
     spec = resolve(spec)
     dev = pick_device(device)
     torch.manual_seed(spec.seed)
     bench = get_benchmark(spec.benchmark)
     source = bench.source(spec)
-    target = bench.target(spec)
-    target = type(target)(target.num_classes, target.train.to(dev), target.val.to(dev), target.test.to(dev), target.info)
+    t = bench.target(spec)
+    target = TargetTask(t.num_classes, t.train.to(dev), t.val.to(dev), t.test.to(dev), t.info)
     model = pretrained(spec.model, source, dev)
     method = get_method(spec.method)(spec)
-    trainable = method.trainable_blocks(model.block_names())
     ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed))
-
     _sync(dev)
     t0 = time.perf_counter()
-    extra = method.run(ctx)
+    ctx.metrics.update(method.run(ctx))
     _sync(dev)
-    train_seconds = time.perf_counter() - t0
+    return Trained(spec, dev, model, method, source, target, ctx, time.perf_counter() - t0)
 
-    finite = all(p.isfinite().all() for p in model.parameters())
-    final_losses = [f.final_loss for f in ctx.fits if f.steps]
-    diverged = not finite or any(l != l or l in (float("inf"), float("-inf")) for l in final_losses)
+
+def execute(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
+    """Run ``spec`` and return its result row (see docs/results.md for the columns)."""
+    tr = fine_tune(spec, device)
+    spec, model, ctx, dev = tr.spec, tr.model, tr.ctx, tr.device
+    finite = all(bool(p.isfinite().all()) for p in model.parameters())
+    diverged = not finite or any(not math.isfinite(f.final_loss) for f in ctx.fits if f.steps)
     examples = sum(f.examples for f in ctx.fits)
-    n_trainable = sum(p.numel() for b in trainable for p in model.block_parameters(b))
-    row: dict[str, Any] = {
+    trainable = tr.method.trainable_blocks(model.block_names())
+    return {
         "run_id": spec.run_id,
         **{k: v for k, v in spec.to_dict().items() if k not in ("blocks", "options")},
         "blocks": spec.blocks_label(),
         "options": spec.options_dict,
-        "variant": method.variant(),
-        "shift_level": target.info.get("shift_level", ""),
+        "variant": tr.method.variant(),
+        "shift_level": tr.target.info.get("shift_level", ""),
         "status": "diverged" if diverged else "ok",
         "error": "non-finite loss or weights" if diverged else "",
-        "id_acc": accuracy(model, source.test.to(dev)),
-        "source_val_acc": accuracy(model, source.val.to(dev)),
-        "val_acc": accuracy(model, target.val),
-        "ood_acc": accuracy(model, target.test),
-        "n_target_train": len(target.train),
-        "n_trainable": n_trainable,
+        "id_acc": accuracy(model, tr.source.test.to(dev)),
+        "source_val_acc": accuracy(model, tr.source.val.to(dev)),
+        "val_acc": accuracy(model, tr.target.val),
+        "ood_acc": accuracy(model, tr.target.test),
+        "n_target_train": len(tr.target.train),
+        "n_trainable": sum(p.numel() for b in trainable for p in model.block_parameters(b)),
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_steps": sum(f.steps for f in ctx.fits),
-        "train_seconds": train_seconds,
-        "examples_per_second": examples / train_seconds if examples and train_seconds > 0 else 0.0,
+        "train_seconds": tr.train_seconds,
+        "examples_per_second": examples / tr.train_seconds if examples and tr.train_seconds > 0 else 0.0,
         "device": _device_name(dev),
         "ftbench_version": ftbench.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc),
-        **extra,
+        **ctx.metrics,
     }
-    return row

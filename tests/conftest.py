@@ -1,0 +1,42 @@
+"""Shared fixtures: a per-session model cache and a CLI runner that captures output."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pretrained source models are built once per test session, in a temporary cache."""
+    path = tmp_path_factory.mktemp("ftbench-cache")
+    old = os.environ.get("FTBENCH_CACHE")
+    os.environ["FTBENCH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("FTBENCH_CACHE", None)
+    else:
+        os.environ["FTBENCH_CACHE"] = old
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``ftbench ARGS`` in-process; returns exit code, stdout and stderr."""
+    from ftbench.cli import main
+
+    def run(*args: str) -> CliResult:
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return CliResult(code, cap.out, cap.err)
+
+    return run

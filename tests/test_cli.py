@@ -1,0 +1,105 @@
+"""The command line as a user meets it: the documented commands, bad input, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ftbench.results.store import SCHEMA
+
+
+def test_readme_run_command_works_exactly_as_written(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = cli("run", "--method", "surgical", "--block", "1", "--shift", "corruption")
+    assert r.code == 0, r.err
+    assert "ID acc" in r.out and "OOD acc" in r.out
+    files = list((tmp_path / "ftbench-results").glob("*.parquet"))
+    assert len(files) == 1
+    df = pd.read_parquet(files[0])
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert (row.benchmark, row["shift"], row.method, row.blocks, row.status) == ("digits", "corruption", "surgical", "1", "ok")
+    assert row.corruption == "gaussian_noise" and row.severity == 5
+    assert set(SCHEMA.names) <= set(df.columns)
+    assert 0 <= row.ood_acc <= 100 and 0 <= row.id_acc <= 100 and row.n_trainable < row.n_params
+    assert row.run_id == files[0].stem
+
+
+def test_run_with_no_flags_is_sensible(cli, tmp_path: Path) -> None:
+    r = cli("run", "--out", tmp_path)
+    assert r.code == 0, r.err
+    assert "surgical --block 1" in r.out
+
+
+def test_same_command_twice_gives_same_accuracies(cli, tmp_path: Path) -> None:
+    args = ["run", "--method", "full", "--shift", "subpopulation", "--steps", "10", "--seed", "3"]
+    assert cli(*args, "--out", tmp_path / "a").code == 0
+    assert cli(*args, "--out", tmp_path / "b").code == 0
+    a = pd.read_parquet(next((tmp_path / "a").glob("*.parquet"))).iloc[0]
+    b = pd.read_parquet(next((tmp_path / "b").glob("*.parquet"))).iloc[0]
+    assert a.run_id == b.run_id
+    assert (a.id_acc, a.ood_acc, a.val_acc) == (b.id_acc, b.ood_acc, b.val_acc)
+
+
+def test_seed_changes_the_few_shot_draw(cli, tmp_path: Path) -> None:
+    from ftbench.data.base import get_benchmark
+    from ftbench.spec import RunSpec, resolve
+
+    bench = get_benchmark("digits")
+    t0 = bench.target(resolve(RunSpec(seed=0)))
+    t1 = bench.target(resolve(RunSpec(seed=1)))
+    assert len(t0.train) == len(t1.train) == 200  # 20 shots x 10 classes
+    assert not bool((t0.train.x == t1.train.x).all())
+    assert bool((t0.test.x == t1.test.x).all())  # the scored images do not depend on the seed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--method", "bogus"], "unknown method 'bogus'; accepted: full, linear-probe, lp-ft, none, surgical"),
+        (["run", "--shift", "weather"], "unknown shift for benchmark 'digits': 'weather'; accepted: corruption, subpopulation, label-flip"),
+        (["run", "--benchmark", "cifar99"], "unknown benchmark 'cifar99'; accepted: digits"),
+        (["run", "--block", "9"], "block '9' is out of range for model 'digits-resnet'; accepted: 1, 2, 3, last"),
+        (["run", "--severity", "0"], "severity must be an integer in 1..5"),
+        (["run", "--severity", "x"], "Invalid value for '--severity'"),
+        (["run", "--corruption", "fog"], "unknown corruption 'fog'; accepted:"),
+        (["run", "--set", "oops"], "--set expects key=value"),
+        (["run", "--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda"),
+        (["run", "--no-such-flag"], "No such option: --no-such-flag"),
+        (["sweep", "no-such-suite"], "unknown suite in"),
+        (["list", "gizmos"], "unknown list target 'gizmos'"),
+        (["fetch", "imagenet-xyz"], "unknown dataset 'imagenet-xyz'; accepted: digits"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path: Path, args: list[str], message: str) -> None:
+    r = cli(*args, "--out", tmp_path / "out") if args[0] in ("run", "sweep") else cli(*args)
+    assert r.code == 2
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.err
+    assert message in lines[0]
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_suites_file_is_a_usage_error(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "b.toml"
+    bad.write_text('[suites.default]\nmethod = "surgical"\nblock = [1, 2\n')
+    r = cli("sweep", "--suites", bad, "--out", tmp_path / "out")
+    assert r.code == 2 and "malformed TOML" in r.err and r.err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_list_and_fetch(cli) -> None:
+    r = cli("list", "methods")
+    assert r.code == 0
+    for name in ["none", "surgical", "linear-probe", "full", "lp-ft"]:
+        assert name in r.out
+    assert "--set bn=train" in r.out
+    assert "blocks: 1, 2, 3, last" in cli("list", "models").out
+    assert "subpopulation [feature level]" in cli("list", "benchmarks").out
+    r = cli("fetch")
+    assert r.code == 0 and "digits" in r.out and "bundled" in r.out
+    r = cli("fetch", "digits")
+    assert r.code == 0 and "bundled" in r.out
