@@ -203,6 +203,7 @@ def fetch(
 @app.command("list")
 def list_(
     what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions or suites"),
+    suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
     from ftbench.data import corruptions
@@ -237,7 +238,7 @@ def list_(
     elif what == "suites":
         from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
 
-        path = default_suites_file()
+        path = suites or default_suites_file()
         for name, about in suite_descriptions(path).items():
             out.print(f"[bold]{escape(name)}[/] ({len(expand_suite(name, path))} runs): {escape(about)}")
     else:
@@ -265,6 +266,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
+    if rv == 130:  # typer turns KeyboardInterrupt into exit code 130
+        print("interrupted", file=sys.stderr)
     return rv if isinstance(rv, int) else 0
 
 

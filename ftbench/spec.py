@@ -34,7 +34,8 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that determines a run's result (the device does not: results are device-agnostic)."""
+    """Everything that determines a run's result, except the device (recorded in the results: bf16 on
+    CUDA and float32 on CPU can differ slightly for the same run id)."""
 
     benchmark: str = "digits"
     shift: str = "corruption"
@@ -211,6 +212,9 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
     for inc in _as_list(table.get("include", [])):
         specs += _expand(str(inc), suites, text, path, stack + (name,))
     axes = {k: v for k, v in table.items() if k in SUITE_KEYS}
+    if "options" in table and not axes:
+        raise UsageError(f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: options need a grid "
+                         "(method, shift, ...) in the same suite; included suites keep their own")
     if axes:
         specs += _grid(name, axes, table.get("options", {}), text, path)
     seen: set[str] = set()

@@ -103,3 +103,10 @@ def test_malformed_suites_name_file_line_and_key(tmp_path: Path, text: str, suit
     with pytest.raises(UsageError) as e:
         expand_suite(suite, f)
     assert message in str(e.value)
+
+
+def test_options_without_a_grid_are_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "b.toml"
+    f.write_text('[suites.a]\nmethod = "none"\n[suites.b]\ninclude = ["a"]\noptions = { bn = "frozen" }\n')
+    with pytest.raises(UsageError, match="options need a grid"):
+        expand_suite("b", f)

@@ -1,6 +1,7 @@
 """Source models: pretrained on a benchmark's source split and cached on disk.
 
-The cache key is a hash of the model name, the source task's identity and the pretraining recipe,
+The cache key is a hash of the model name, the source task's identity, the pretraining recipe and
+the device type,
 so a model is reused across runs and sweeps and rebuilt when missing or unreadable. Files are
 written to a temporary name and renamed into place, and loaded with ``weights_only=True``.
 """

@@ -115,7 +115,7 @@ def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
     elif p.is_dir():
         files = sorted(f for f in p.glob("*.parquet") if not f.name.startswith("."))
     else:
-        raise UsageError(f"results folder {str(p)!r} does not exist")
+        raise UsageError(f"results folder or file {str(p)!r} does not exist")
     frames, problems = [], []
     for f in files:
         try:
@@ -151,8 +151,8 @@ def completed_ids(results_dir: Path | str, retry_failed: bool = False) -> set[st
                 statuses = pq.read_table(f, columns=["status"]).column("status").to_pylist()
                 if not statuses or any(s != "ok" for s in statuses):
                     continue
-            else:
-                pq.read_metadata(f)
+            elif pq.read_metadata(f).num_rows == 0:
+                continue
         except Exception:
             continue  # corrupt: the run is not done and will be redone, overwriting the file
         done.add(f.stem)
