@@ -122,7 +122,7 @@ def sweep(
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
     for f in summary.failures:
         print(f"failed: {f}", file=sys.stderr)
-    _report(out_dir, report_format, "target-val", None, run_ids={s.run_id for s in specs}, title=f"suite {suite}")
+    _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}")
 
 
 def _check_format(fmt: str) -> None:
@@ -132,51 +132,114 @@ def _check_format(fmt: str) -> None:
         raise unknown("format", fmt, FORMATS)
 
 
-def _report(results: Path, fmt: str, selection: str, output: Optional[Path],
-            run_ids: Optional[set[str]] = None, title: str = "ID vs OOD accuracy") -> None:
-    from ftbench.report.table import aggregate, render_csv, render_markdown, render_rich
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _report(
+    results: Path, fmt: str = "terminal", selection: str = "target-val", output: Optional[Path] = None,
+    run_ids: Optional[set[str]] = None, title: str = "", table: str = "shifts", metric: str = "ood_acc",
+    filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
+    baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
+    allow_missing: bool = False,
+) -> int:
+    """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
+    from ftbench.report.table import SELECTIONS, TABLES, apply_filters, build, render, render_rich, split_groups
     from ftbench.results.store import read_results
 
+    # Validate every option before reading or writing anything.
     _check_format(fmt)
+    if table not in TABLES:
+        raise unknown("table", table, TABLES)
+    if selection not in SELECTIONS:
+        raise unknown("selection", selection, list(SELECTIONS))
+    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"unsupported plot format {plot.suffix or plot.name!r}; accepted: {', '.join(PLOT_SUFFIXES)}")
+    tol: Any = None
+    if baseline is not None:
+        from ftbench.report.regress import load_baseline, parse_tolerance
+
+        tol = parse_tolerance(tolerance)
+        base_df = load_baseline(baseline)
+    elif summary is not None:
+        raise UsageError("--summary needs --baseline")
+
     df, problems = read_results(results)
     for p in problems:
         print(f"warning: skipped {p.path}: {p.reason}", file=sys.stderr)
     if run_ids is not None:
         df = df[df["run_id"].isin(run_ids)]
+    df = apply_filters(df, list(filters))
     if df.empty:
-        raise UsageError(f"no readable ftbench results in {str(results)!r}")
+        raise UsageError(f"no readable ftbench results in {str(results)!r}" + (" after --filter" if filters else ""))
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
-    table = aggregate(df, selection)
-    if fmt == "terminal":
-        text = None
+    parts = split_groups(df, group_by)
+    grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x))
+             for group, part in parts]
+    if fmt == "terminal" and output is None:
+        for g in grids:
+            out.print(render_rich(g))
+    else:
+        texts = [render(g, fmt) for g in grids]
+        if fmt == "markdown" and group_by:
+            texts = [f"### {group}\n\n{t}" for (group, _), t in zip(parts, texts)]
+        if fmt == "json" and len(texts) > 1:
+            text = "[\n" + ",\n".join(t.strip() for t in texts) + "\n]\n"
+        else:
+            text = "\n".join(texts)
         if output is None:
-            out.print(render_rich(table, title=title))
-            return
-        console = Console(record=True, width=200, file=open(os.devnull, "w"))
-        console.print(render_rich(table, title=title))
-        text = console.export_text()
-    else:
-        text = render_markdown(table) if fmt == "markdown" else render_csv(table)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, output)
+            sys.stdout.write(text)
+        else:
+            _write_atomic(output, text)
+    if plot is not None:
+        from ftbench.report.plots import plot_results
+
+        plot_results(df, plot, selection, metric)
+        print(f"plot written to {plot}", file=sys.stderr)
+    if baseline is not None:
+        from ftbench.report.regress import compare, render_summary, render_text
+
+        # The same filters on both sides, so filtered-out cells do not count as vanished.
+        comparison = compare(df, apply_filters(base_df, list(filters)), tol, selection)
+        # On stderr: stdout may carry a table in a machine format (markdown, csv, json, ...).
+        print(render_text(comparison, allow_missing).rstrip("\n"), file=sys.stderr)
+        if summary is not None:
+            _write_atomic(summary, render_summary(comparison, allow_missing))
+        if comparison.failed(allow_missing):
+            return 1
+    return 0
 
 
 @app.command()
 def report(
     results: Path = typer.Argument(DEFAULT_OUT, help="results folder (or one parquet file)"),
-    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown or csv"),
+    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style) or corruptions"),
+    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json"),
     select: str = typer.Option("target-val", help="model selection: target-val, source-val or oracle"),
+    metric: str = typer.Option("ood_acc", help="target metric column to tabulate (e.g. ood_acc)"),
+    filter_: list[str] = typer.Option([], "--filter", help="keep runs with column=value, repeatable"),
+    group_by: Optional[str] = typer.Option(None, help="one table per value of this column (e.g. model)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to this file"),
+    plot: Optional[Path] = typer.Option(None, help="also draw ID-vs-OOD and by-block plots (.png, .svg, .pdf)"),
+    baseline: Optional[Path] = typer.Option(None, help="gate against this baseline results folder or parquet file"),
+    tolerance: str = typer.Option("1.0", help="allowed drop in accuracy points, or 'auto' (t-test over seeds)"),
+    summary: Optional[Path] = typer.Option(None, help="write a Markdown summary of the gate (e.g. $GITHUB_STEP_SUMMARY)"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate"),
 ) -> None:
-    """Print the paper-style ID-vs-OOD table of a results folder."""
-    _report(results, fmt, select, output)
+    """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
+    code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
+                   group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
+                   allow_missing=allow_missing)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

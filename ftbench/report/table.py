@@ -1,17 +1,27 @@
-"""Paper-style ID-vs-OOD tables from a results folder. Never imports the runner.
+"""Paper-style tables from a results folder. Never imports the runner.
 
 Protocol (stated in every caption): for each table cell and each seed, the hyperparameter setting
-(lr, wd, steps/epochs, batch size, optimizer) with the best *target validation* accuracy is chosen;
-its target-test (OOD) and source-test (ID) accuracies are then averaged over seeds. ± is the sample
+(lr, wd, steps/epochs, batch size, optimizer) with the best selection metric (by default *target
+validation* accuracy) is chosen; its accuracies are then aggregated over seeds. ± is the sample
 standard deviation over seeds (ddof = 1); n is the number of seeds.
+
+Table kinds (``--table``):
+
+* ``shifts`` — rows = tuned blocks / methods, columns = shifts, cells = OOD and ID (the default);
+* ``blocks`` — the surgical paper's table: rows = benchmark/shift, columns = tuned block / method;
+* ``methods`` — the LP-FT / PETL papers' table: rows = methods, ID | OOD per shift, plus average;
+* ``corruptions`` — per corruption and severity, plus the mean over corruptions.
 """
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ftbench.errors import UsageError, unknown
@@ -26,17 +36,38 @@ HYPERPARAMETERS = ["lr", "wd", "steps", "epochs", "batch_size", "optimizer"]
 ROW_KEY = ["method", "blocks", "variant"]
 COL_KEY = ["benchmark", "shift", "corruption", "severity", "model", "shots"]
 LEVEL_ORDER = {"input": 0, "feature": 1, "output": 2, "natural": 3}
-FORMATS = ("terminal", "markdown", "csv")
+FORMATS = ("terminal", "markdown", "latex", "html", "csv", "json")
+TABLES = ("shifts", "blocks", "methods", "corruptions")
+METRIC_NAMES = {"ood_acc": "OOD", "id_acc": "ID", "val_acc": "target val", "source_val_acc": "source val"}
 
 
-@dataclass(frozen=True)
-class Table:
-    """An aggregated table: one row per (row, column) cell, plus labels in display order."""
+@dataclass
+class Cell:
+    """Aggregate of one metric over seeds."""
 
-    cells: pd.DataFrame  # columns: row, column, ood_mean, ood_std, id_mean, id_std, n, best
-    rows: list[str]
-    columns: list[str]
+    mean: float
+    std: float
+    n: int
+    best: bool = False
+
+
+@dataclass
+class Grid:
+    """A rendered-format-agnostic table: rows × column groups × sub-columns."""
+
+    title: str
     caption: str
+    row_header: str
+    rows: list[str]
+    groups: list[tuple[str, list[str]]]  # (group label, sub-column labels)
+    cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (row, group, sub)
+
+    def n_values(self) -> set[int]:
+        return {c.n for c in self.cells.values()}
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
 
 
 def _method_order() -> dict[str, int]:
@@ -65,22 +96,12 @@ def row_label(method: str, blocks: str, variant: str) -> str:
     return label + (f" ({variant})" if variant else "")
 
 
-def _col_label(r: pd.Series, varying: set[str]) -> str:
-    label = r["shift"]
-    if isinstance(r["corruption"], str) and r["corruption"]:
-        label += f" ({r['corruption']}, s{int(r['severity'])})"
-    if "benchmark" in varying:
-        label = f"{r['benchmark']}/{label}"
-    extra = [f"{k}={r[k]}" for k in ("model", "shots") if k in varying]
-    return label + (f" [{', '.join(extra)}]" if extra else "")
-
-
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    for c in ROW_KEY + COL_KEY + HYPERPARAMETERS:
+    for c in ROW_KEY + COL_KEY + HYPERPARAMETERS + ["shift_level"]:
         if c not in df.columns:
             df[c] = None
-    for c in ("variant", "blocks", "corruption"):
+    for c in ("variant", "blocks", "corruption", "shift_level"):
         df[c] = df[c].fillna("").astype(str)
     df["severity"] = pd.to_numeric(df["severity"], errors="coerce").fillna(0).astype(int)
     return df
@@ -101,95 +122,355 @@ def select(df: pd.DataFrame, selection: str = "target-val") -> pd.DataFrame:
     return df.groupby(keys, dropna=False, sort=False).head(1).drop(columns="_score")
 
 
-def aggregate(df: pd.DataFrame, selection: str = "target-val") -> Table:
-    """Select per seed, then aggregate over seeds into a :class:`Table`."""
+def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.DataFrame:
+    """Add display labels and sort keys: ``row``/``_rsort`` (method) and ``column``/``_csort`` (shift)."""
+    varying = {k for k in ("benchmark", "model", "shots") if chosen[k].nunique(dropna=False) > 1}
+    order = _method_order()
+
+    def col_label(r: pd.Series) -> str:
+        label = r["shift"]
+        if corruption_in_label and r["corruption"]:
+            label += f" ({r['corruption']}, s{int(r['severity'])})"
+        if "benchmark" in varying:
+            label = f"{r['benchmark']}/{label}"
+        extra = [f"{k}={r[k]}" for k in ("model", "shots") if k in varying]
+        return label + (f" [{', '.join(extra)}]" if extra else "")
+
+    return chosen.assign(
+        row=[row_label(m, b, v) for m, b, v in zip(chosen["method"], chosen["blocks"], chosen["variant"])],
+        column=[col_label(r) for _, r in chosen.iterrows()],
+        _rsort=[(order.get(m, 1000), m, _block_key(b), v)
+                for m, b, v in zip(chosen["method"], chosen["blocks"], chosen["variant"])],
+        _csort=[(r["benchmark"], LEVEL_ORDER.get(r["shift_level"], 9), r["shift"], r["corruption"],
+                 r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],
+    )
+
+
+def _ordered(chosen: pd.DataFrame, label: str, key: str) -> list[str]:
+    first = chosen.groupby(label)[key].agg(min)
+    return sorted(first.index, key=lambda x: first[x])
+
+
+def _stats(values: pd.Series) -> Cell:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return Cell(float("nan"), float("nan"), 0)
+    return Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), int(len(v)))
+
+
+def _per_seed(chosen: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """metric per (by..., seed), averaging duplicate runs of one cell and seed (e.g. from union folders)."""
+    return chosen.groupby(by + ["seed"], sort=False)[metric].mean().reset_index()
+
+
+def _mark_best(grid: Grid, along: str, sub: str) -> None:
+    """Mark the highest mean of sub-column ``sub`` per group (``along='column'``) or per row."""
+    lines = grid.rows if along == "row" else [g for g, _ in grid.groups]
+    for line in lines:
+        cells = [c for (r, g, s), c in grid.cells.items() if s == sub and (r if along == "row" else g) == line
+                 and c.mean == c.mean]
+        if cells:
+            top = max(c.mean for c in cells)
+            for c in cells:
+                c.best = c.mean >= top - 1e-9
+
+
+def _caption(selection: str, grid: Grid, metric: str, extra: str = "") -> str:
+    ns = sorted(grid.n_values())
+    n_text = (f"n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else "n (seeds) given per cell")
+    what = "OOD = target test, ID = source test" if metric == "ood_acc" else \
+        f"OOD = target test ({metric}), ID = source test"
+    return (f"Accuracy (%): {what}; mean ± sample std over seeds (ddof=1), {n_text}; "
+            f"{SELECTION_TEXT[selection]}{extra}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Table kinds
+
+
+def build(df: pd.DataFrame, table: str = "shifts", selection: str = "target-val", metric: str = "ood_acc",
+          title: str = "") -> Grid:
+    """Build table ``table`` from raw results ``df`` (one row per run)."""
+    if table not in TABLES:
+        raise unknown("table", table, TABLES)
+    if metric not in df.columns:
+        numeric = sorted(c for c in df.columns if c.endswith("_acc") or c.startswith("ood_"))
+        raise unknown("metric", metric, numeric)
     chosen = select(df, selection)
     if chosen.empty:
         raise UsageError("no successful runs to report (status == 'ok')")
-    varying = {k for k in ("benchmark", "model", "shots") if chosen[k].nunique(dropna=False) > 1}
-    order = _method_order()
-    chosen = chosen.assign(
-        row=[row_label(m, b, v) for m, b, v in zip(chosen["method"], chosen["blocks"], chosen["variant"])],
-        column=[_col_label(r, varying) for _, r in chosen.iterrows()],
-        _rsort=[(order.get(m, 1000), m, _block_key(b), v) for m, b, v in
-                zip(chosen["method"], chosen["blocks"], chosen["variant"])],
-        _csort=[(r["benchmark"], LEVEL_ORDER.get(str(r.get("shift_level", "")), 9), r["shift"], r["corruption"],
-                 r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],
-    )
-    g = chosen.groupby(["row", "column"], sort=False)
-    cells = g.agg(
-        ood_mean=("ood_acc", "mean"), ood_std=("ood_acc", "std"),
-        id_mean=("id_acc", "mean"), id_std=("id_acc", "std"), n=("seed", "nunique"),
-    ).reset_index()
-    best = cells.groupby("column")["ood_mean"].transform("max")
-    cells["best"] = (cells["ood_mean"] >= best - 1e-9)
-    rows = sorted(set(chosen["row"]), key=lambda r: min(chosen.loc[chosen["row"] == r, "_rsort"]))
-    columns = sorted(set(chosen["column"]), key=lambda c: min(chosen.loc[chosen["column"] == c, "_csort"]))
-    ns = sorted(set(cells["n"]))
-    n_text = f"n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else "n (seeds) per cell"
-    caption = (
-        f"Accuracy (%): OOD = target test, ID = source test; mean ± sample std over seeds (ddof=1), "
-        f"{n_text}; {SELECTION_TEXT[selection]}; best OOD per column marked."
-    )
-    return Table(cells, rows, columns, caption)
+    if table == "corruptions":
+        chosen = chosen[chosen["corruption"] != ""]
+        if chosen.empty:
+            raise UsageError("--table corruptions needs runs with --shift corruption")
+    chosen = label_columns(chosen, corruption_in_label=table != "corruptions")
+    builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
+    return builder(chosen, selection, metric, title)
 
 
-def _fmt(mean: float, std: float, n: int, show_n: bool) -> str:
-    if mean != mean:
+def _shifts(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
+    rows, cols = _ordered(chosen, "row", "_rsort"), _ordered(chosen, "column", "_csort")
+    name = METRIC_NAMES.get(metric, metric)
+    grid = Grid(title or "ID vs OOD accuracy", "", "tuned", rows, [(c, [name, "ID"]) for c in cols])
+    for (r, c), g in chosen.groupby(["row", "column"], sort=False):
+        grid.cells[(r, c, name)] = _stats(_per_seed(g, [], metric)[metric])
+        grid.cells[(r, c, "ID")] = _stats(_per_seed(g, [], "id_acc")["id_acc"])
+    _mark_best(grid, "column", name)
+    grid.caption = _caption(selection, grid, metric, f"; best {name} per column marked")
+    return grid
+
+
+def _blocks(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
+    rows, cols = _ordered(chosen, "column", "_csort"), _ordered(chosen, "row", "_rsort")
+    name = METRIC_NAMES.get(metric, metric)
+    grid = Grid(title or f"{name} accuracy by tuned block", "", "shift", rows, [(c, [name]) for c in cols])
+    for (shift, tuned), g in chosen.groupby(["column", "row"], sort=False):
+        grid.cells[(shift, tuned, name)] = _stats(_per_seed(g, [], metric)[metric])
+    _mark_best(grid, "row", name)
+    grid.caption = _caption(selection, grid, metric, f"; best {name} per row marked")
+    return grid
+
+
+def _average(chosen: pd.DataFrame, row: str, metric: str, columns: list[str]) -> Cell:
+    """Mean over columns per seed (seeds present in every column), then mean ± std over seeds."""
+    ps = _per_seed(chosen[chosen["row"] == row], ["column"], metric)
+    wide = ps.pivot(index="seed", columns="column", values=metric)
+    if set(wide.columns) != set(columns):
+        return Cell(float("nan"), float("nan"), 0)
+    return _stats(wide[columns].dropna().mean(axis=1))
+
+
+def _methods(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
+    rows, cols = _ordered(chosen, "row", "_rsort"), _ordered(chosen, "column", "_csort")
+    name = METRIC_NAMES.get(metric, metric)
+    groups = [(c, ["ID", name]) for c in cols] + ([("average", ["ID", name])] if len(cols) > 1 else [])
+    grid = Grid(title or "Methods: ID and OOD accuracy", "", "method", rows, groups)
+    for (r, c), g in chosen.groupby(["row", "column"], sort=False):
+        grid.cells[(r, c, "ID")] = _stats(_per_seed(g, [], "id_acc")["id_acc"])
+        grid.cells[(r, c, name)] = _stats(_per_seed(g, [], metric)[metric])
+    if len(cols) > 1:
+        for r in rows:
+            grid.cells[(r, "average", "ID")] = _average(chosen, r, "id_acc", cols)
+            grid.cells[(r, "average", name)] = _average(chosen, r, metric, cols)
+    _mark_best(grid, "column", name)
+    _mark_best(grid, "column", "ID")
+    avg = "; average = per-seed mean over the columns (rows missing a column get none)" if len(cols) > 1 else ""
+    grid.caption = _caption(selection, grid, metric, f"{avg}; best per column marked")
+    return grid
+
+
+def _corruptions(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
+    chosen = chosen.assign(corr=[f"{c} s{s}" for c, s in zip(chosen["corruption"], chosen["severity"])],
+                           _corr_sort=list(zip(chosen["severity"], chosen["corruption"])))
+    rows = _ordered(chosen, "row", "_rsort")
+    shifts = _ordered(chosen, "column", "_csort")
+    corrs = _ordered(chosen, "corr", "_corr_sort")
+    severities = sorted(chosen["severity"].unique())
+    name = METRIC_NAMES.get(metric, metric)
+    groups: list[tuple[str, list[str]]] = []
+    grid = Grid(title or f"{name} accuracy per corruption", "", "tuned", [], groups)
+    for shift in shifts:
+        part = chosen[chosen["column"] == shift]
+        prefix = "" if len(shifts) == 1 else f"{shift}: "
+        cols = [c for c in corrs if c in set(part["corr"])]
+        groups.append((f"{prefix}{name}", cols + [f"mean s{s}" for s in severities
+                                                   if len(severities) > 1 and f"mean s{s}" not in cols] + ["mean"]))
+        for r in rows:
+            rp = part[part["row"] == r]
+            ps = _per_seed(rp, ["corr"], metric)
+            for c in cols:
+                grid.cells[(r, groups[-1][0], c)] = _stats(ps.loc[ps["corr"] == c, metric])
+            wide = ps.pivot(index="seed", columns="corr", values=metric) if not ps.empty else pd.DataFrame()
+            for s in (severities if len(severities) > 1 else []):
+                sc = [c for c in cols if c.endswith(f" s{s}")]
+                if sc and set(sc) <= set(wide.columns):
+                    grid.cells[(r, groups[-1][0], f"mean s{s}")] = _stats(wide[sc].dropna().mean(axis=1))
+            if cols and set(cols) <= set(wide.columns):
+                grid.cells[(r, groups[-1][0], "mean")] = _stats(wide[cols].dropna().mean(axis=1))
+    grid.rows = rows
+    for g, subs in groups:
+        for s in subs:
+            cells = [grid.cells[(r, g, s)] for r in rows if (r, g, s) in grid.cells and grid.cells[(r, g, s)].mean == grid.cells[(r, g, s)].mean]
+            if cells:
+                top = max(c.mean for c in cells)
+                for c in cells:
+                    c.best = c.mean >= top - 1e-9
+    grid.caption = _caption(selection, grid, metric,
+                            "; mean = per-seed mean over the corruptions, then over seeds; best per column marked")
+    return grid
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _fmt(c: Cell | None, show_n: bool, pm: str = "±") -> str:
+    if c is None or c.mean != c.mean:
         return "–"
-    s = f"{mean:.1f}" + (f" ± {std:.1f}" if std == std else "")
-    return s + (f" (n={n})" if show_n else "")
+    s = f"{c.mean:.1f}" + (f" {pm} {c.std:.1f}" if c.std == c.std else "")
+    return s + (f" (n={c.n})" if show_n else "")
 
 
-def _grid(t: Table) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Header and body cells (text, is_best) in display order: per column an OOD and an ID cell."""
-    show_n = t.cells["n"].nunique() > 1
-    lookup = {(r.row, r.column): r for r in t.cells.itertuples()}
-    body = []
-    for row in t.rows:
-        line: list[tuple[str, bool]] = []
-        for col in t.columns:
-            c = lookup.get((row, col))
-            if c is None:
-                line += [("", False), ("", False)]
-            else:
-                line += [(_fmt(c.ood_mean, c.ood_std, c.n, show_n), bool(c.best)),
-                         (_fmt(c.id_mean, c.id_std, c.n, show_n), False)]
-        body.append(line)
-    return [x for col in t.columns for x in (f"{col} OOD", f"{col} ID")], body
+def _flat(grid: Grid) -> list[tuple[str, str]]:
+    return [(g, s) for g, subs in grid.groups for s in subs]
 
 
-def render_markdown(t: Table) -> str:
-    header, body = _grid(t)
-    out = ["| tuned | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
-    for row, line in zip(t.rows, body):
-        out.append(f"| {row} | " + " | ".join(f"**{s}**" if b else s for s, b in line) + " |")
-    out += ["", f"*{t.caption} Best OOD in bold.*"]
+def render_markdown(grid: Grid) -> str:
+    show_n = len(grid.n_values()) > 1
+    cols = _flat(grid)
+    head = [f"{g} {s}" if len(subs) > 1 or s != g else g for g, subs in grid.groups for s in subs]
+    out = [f"| {grid.row_header} | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
+    for r in grid.rows:
+        vals = []
+        for g, s in cols:
+            c = grid.cells.get((r, g, s))
+            t = _fmt(c, show_n)
+            vals.append(f"**{t}**" if c is not None and c.best else t)
+        out.append(f"| {r} | " + " | ".join(vals) + " |")
+    out += ["", f"*{grid.caption} Best in bold.*"]
     return "\n".join(out) + "\n"
 
 
-def render_csv(t: Table) -> str:
-    df = t.cells.copy()
-    df["row"] = pd.Categorical(df["row"], t.rows, ordered=True)
-    df["column"] = pd.Categorical(df["column"], t.columns, ordered=True)
-    df = df.sort_values(["column", "row"])
+def _tex(s: str) -> str:
+    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")]:
+        s = s.replace(a, b)
+    return s.replace("±", r"$\pm$").replace("–", "--")
+
+
+def render_latex(grid: Grid) -> str:
+    """A booktabs table: grouped header with cmidrules, bold best, ± std, n in the caption or cells."""
+    show_n = len(grid.n_values()) > 1
+    cols = _flat(grid)
+    lines = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+             r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule"]
+    top, rules, i = [""], [], 2
+    for g, subs in grid.groups:
+        top.append(rf"\multicolumn{{{len(subs)}}}{{c}}{{{_tex(g)}}}")
+        rules.append(rf"\cmidrule(lr){{{i}-{i + len(subs) - 1}}}")
+        i += len(subs)
+    lines.append(" & ".join(top) + r" \\")
+    lines.append(" ".join(rules))
+    lines.append(" & ".join([_tex(grid.row_header)] + [_tex(s) for _, s in cols]) + r" \\")
+    lines.append(r"\midrule")
+    for r in grid.rows:
+        vals = []
+        for g, s in cols:
+            c = grid.cells.get((r, g, s))
+            t = _fmt(c, show_n, pm=r"$\pm$").replace("–", "--")
+            vals.append(rf"\textbf{{{t}}}" if c is not None and c.best else t)
+        lines.append(" & ".join([_tex(r)] + vals) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(grid.title)}. {_tex(grid.caption)} Best in bold.}}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(grid: Grid) -> str:
+    show_n = len(grid.n_values()) > 1
+    e = html.escape
+    out = ["<table class=\"ftbench\">", f"<caption>{e(grid.title)}. {e(grid.caption)} Best in bold.</caption>",
+           "<thead>", "<tr><th rowspan=\"2\">" + e(grid.row_header) + "</th>" +
+           "".join(f"<th colspan=\"{len(s)}\">{e(g)}</th>" for g, s in grid.groups) + "</tr>",
+           "<tr>" + "".join(f"<th>{e(s)}</th>" for _, s in _flat(grid)) + "</tr>", "</thead>", "<tbody>"]
+    for r in grid.rows:
+        cells = []
+        for g, s in _flat(grid):
+            c = grid.cells.get((r, g, s))
+            t = e(_fmt(c, show_n))
+            cells.append(f"<td><strong>{t}</strong></td>" if c is not None and c.best else f"<td>{t}</td>")
+        out.append(f"<tr><th>{e(r)}</th>" + "".join(cells) + "</tr>")
+    out += ["</tbody>", "</table>"]
+    return "\n".join(out) + "\n"
+
+
+def _records(grid: Grid) -> list[dict]:
+    recs = []
+    for g, s in _flat(grid):
+        for r in grid.rows:
+            c = grid.cells.get((r, g, s))
+            if c is not None:
+                recs.append({"row": r, "column": g, "metric": s, "mean": c.mean,
+                             "std": c.std if c.std == c.std else None, "n": c.n, "best": c.best})
+    return recs
+
+
+def render_csv(grid: Grid) -> str:
     buf = io.StringIO()
-    df[["row", "column", "ood_mean", "ood_std", "id_mean", "id_std", "n", "best"]].to_csv(
-        buf, index=False, float_format="%.4f", lineterminator="\n"
-    )
+    df = pd.DataFrame(_records(grid), columns=["row", "column", "metric", "mean", "std", "n", "best"])
+    df.to_csv(buf, index=False, float_format="%.4f", lineterminator="\n")
     return buf.getvalue()
 
 
-def render_rich(t: Table, title: str = "ID vs OOD accuracy"):  # noqa: ANN201 - rich.table.Table
+def render_json(grid: Grid) -> str:
+    def clean(v: object) -> object:
+        return None if isinstance(v, float) and v != v else v
+
+    doc = {"title": grid.title, "caption": grid.caption, "row_header": grid.row_header, "rows": grid.rows,
+           "columns": [{"label": g, "metrics": s} for g, s in grid.groups],
+           "cells": [{k: clean(v) for k, v in rec.items()} for rec in _records(grid)]}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def render_rich(grid: Grid):  # noqa: ANN201 - rich.table.Table
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    header, body = _grid(t)
-    table = RichTable(title=title, caption=t.caption + " Best OOD in bold green with *.", caption_justify="left")
-    table.add_column("tuned", style="bold")
-    for col in t.columns:
-        table.add_column(escape(f"{col}\nOOD"), justify="right")
-        table.add_column("ID", justify="right", style="dim")
-    for row, line in zip(t.rows, body):
-        table.add_row(escape(row), *[f"[bold green]{escape(s)} *[/]" if b else escape(s) for s, b in line])
+    show_n = len(grid.n_values()) > 1
+    table = RichTable(title=escape(grid.title), caption=escape(grid.caption + " Best in bold green with *."),
+                      caption_justify="left")
+    table.add_column(escape(grid.row_header), style="bold")
+    for g, subs in grid.groups:
+        for j, s in enumerate(subs):
+            head = f"{g}\n{s}" if j == 0 and (len(subs) > 1 or s != g) else (s if j else g)
+            table.add_column(escape(head), justify="right", style="dim" if s == "ID" else None)
+    for r in grid.rows:
+        vals = []
+        for g, s in _flat(grid):
+            c = grid.cells.get((r, g, s))
+            t = escape(_fmt(c, show_n))
+            vals.append(f"[bold green]{t} *[/]" if c is not None and c.best else t)
+        table.add_row(escape(r), *vals)
     return table
+
+
+def render(grid: Grid, fmt: str) -> str:
+    """Text of ``grid`` in ``fmt`` (terminal = the rich table as plain text)."""
+    if fmt not in FORMATS:
+        raise unknown("format", fmt, FORMATS)
+    if fmt == "terminal":
+        from rich.console import Console
+
+        console = Console(record=True, width=200, file=io.StringIO())
+        console.print(render_rich(grid))
+        return console.export_text()
+    return {"markdown": render_markdown, "latex": render_latex, "html": render_html,
+            "csv": render_csv, "json": render_json}[fmt](grid)
+
+
+def apply_filters(df: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
+    """Keep rows where each ``key=value`` holds (string comparison; numbers compared as numbers)."""
+    for f in filters:
+        key, eq, value = f.partition("=")
+        key = key.strip()
+        if not eq:
+            raise UsageError(f"--filter expects key=value, got {f!r}")
+        if key not in df.columns:
+            raise unknown("filter column", key, sorted(df.columns))
+        col = df[key]
+        num = pd.to_numeric(col, errors="coerce")
+        try:
+            target = float(value)
+            mask = (num == target) | (col.astype(str) == value)
+        except ValueError:
+            mask = col.astype(str) == value
+        df = df[mask]
+    return df
+
+
+def split_groups(df: pd.DataFrame, group_by: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """``[("", df)]``, or one part per value of column ``group_by``."""
+    if not group_by:
+        return [("", df)]
+    if group_by not in df.columns:
+        raise unknown("group-by column", group_by, sorted(df.columns))
+    return [(f"{group_by}={v}", part) for v, part in df.groupby(df[group_by].astype(str), sort=True)]

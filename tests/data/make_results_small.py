@@ -16,7 +16,8 @@ from ftbench.spec import RunSpec, resolve
 
 OUT = Path(__file__).with_name("results_small")
 
-# (shift, method, blocks, seed, lr) -> (val_acc, ood_acc, id_acc)
+# (shift[/corruption/severity], method, blocks, seed, lr) -> (val_acc, ood_acc, id_acc);
+# a bare "corruption" is gaussian_noise at severity 5.
 NUMBERS = {
     ("corruption", "surgical", ("1",), 0, 1e-3): (80.0, 70.0, 95.0),
     ("corruption", "surgical", ("1",), 0, 1e-2): (70.0, 90.0, 90.0),  # best test, not chosen
@@ -28,6 +29,12 @@ NUMBERS = {
     ("corruption", "surgical", ("last",), 1, 1e-2): (63.0, 99.0, 98.0),  # best test, not chosen
     ("corruption", "full", (), 0, 1e-3): (75.0, 72.0, 93.0),
     ("corruption", "full", (), 1, 1e-3): (75.0, 73.0, 92.0),
+    ("corruption/contrast/3", "surgical", ("1",), 0, 1e-3): (85.0, 84.0, 95.0),
+    ("corruption/contrast/3", "surgical", ("1",), 1, 1e-3): (87.0, 86.0, 95.0),
+    ("corruption/contrast/3", "surgical", ("last",), 0, 1e-3): (40.0, 41.0, 97.0),
+    ("corruption/contrast/3", "surgical", ("last",), 1, 1e-3): (42.0, 43.0, 97.0),
+    ("corruption/contrast/3", "full", (), 0, 1e-3): (80.0, 80.0, 93.0),
+    ("corruption/contrast/3", "full", (), 1, 1e-3): (82.0, 82.0, 93.0),
     ("label-flip", "surgical", ("1",), 0, 1e-3): (50.0, 51.0, 2.0),
     ("label-flip", "surgical", ("1",), 1, 1e-3): (54.0, 55.0, 3.0),
     ("label-flip", "surgical", ("last",), 0, 1e-3): (90.0, 91.0, 1.0),
@@ -40,7 +47,10 @@ NUMBERS = {
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     for i, ((shift, method, blocks, seed, lr), (val, ood, idacc)) in enumerate(sorted(NUMBERS.items())):
-        spec = resolve(RunSpec(shift=shift, method=method, blocks=blocks, seed=seed, lr=lr))
+        shift, _, rest = shift.partition("/")
+        corruption, _, severity = rest.partition("/")
+        spec = resolve(RunSpec(shift=shift, method=method, blocks=blocks, seed=seed, lr=lr,
+                               corruption=corruption or None, severity=int(severity) if severity else None))
         row = {
             "run_id": spec.run_id,
             **{k: v for k, v in spec.to_dict().items() if k not in ("blocks", "options")},

@@ -1,0 +1,413 @@
+"""Figures from a results folder: ID-vs-OOD scatter and accuracy-by-tuned-block bars per shift.
+
+The figure applies the same protocol as the tables (:mod:`ftbench.report.table`): only ``ok`` runs;
+per (cell, seed) the run chosen by :func:`~ftbench.report.table.select`; points and bars are the
+mean over seeds, error bars the sample standard deviation over seeds (ddof = 1).
+
+Figures are built on a bare :class:`matplotlib.figure.Figure` (no pyplot), so nothing depends on
+the interactive backend or global figure state, and no window can pop up; saving goes through
+Agg / the vector backends chosen by the file suffix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from ftbench.errors import UsageError, unknown
+from ftbench.report.table import LEVEL_ORDER, SELECTIONS, row_label, select
+
+FORMATS = (".png", ".svg", ".pdf")
+SELECTION_TITLE = {
+    "target-val": "hyperparameters selected per seed on target validation",
+    "source-val": "hyperparameters selected per seed on source validation (no target labels)",
+    "oracle": "ORACLE selection on target test (an upper bound, not a result)",
+}
+METRIC_LABEL = {
+    "ood_acc": "OOD accuracy (%)",
+    "id_acc": "ID accuracy (%)",
+    "val_acc": "target validation accuracy (%)",
+    "source_val_acc": "source validation accuracy (%)",
+}
+CURVE_METHOD = "wise-ft"  # rows of this method with an `alpha` column are drawn as a curve over alpha
+PANELS_PER_ROW = 4  # wrap wider sweeps (e.g. 7 corruptions) so panels stay legible on a page
+# tab10 without its grey (too close to the black of "no fine-tuning"); markers keep labels apart in
+# greyscale print, where colours alone do not.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+
+
+@dataclass(frozen=True)
+class _Style:
+    color: str
+    marker: str
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        shown = path.suffix or "(no suffix)"
+        raise UsageError(f"unsupported plot format '{shown}'; accepted: {', '.join(FORMATS)}")
+    return suffix
+
+
+def _check_metric(df: pd.DataFrame, metric: str) -> None:
+    accepted = [c for c in METRIC_LABEL if c in df.columns]
+    accepted += sorted(c for c in df.columns if str(c).endswith("_acc") and c not in accepted)
+    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]):
+        raise unknown("metric", metric, accepted)
+
+
+def _metric_label(metric: str) -> str:
+    return METRIC_LABEL.get(metric, f"{metric} (%)")
+
+
+# --- labels and order --------------------------------------------------------------------------
+# Minimal copies of table.py's private helpers (column labels, row and column order), so that
+# panels are titled and ordered exactly like the table's columns without reaching into its privates.
+def _num(v: object) -> float:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def _block_key(blocks: str) -> list[int]:
+    return [999 if b == "last" else int(b) if b.isdigit() else 500 for b in blocks.split(",") if b]
+
+
+def _method_order() -> dict[str, int]:
+    from ftbench.methods.base import all_methods
+
+    return {m.name: m.order for m in all_methods()}
+
+
+def _col_label(r: pd.Series, varying: set[str]) -> str:
+    label = str(r["shift"])
+    if isinstance(r["corruption"], str) and r["corruption"]:
+        label += f" ({r['corruption']}, s{int(r['severity'])})"
+    if "benchmark" in varying:
+        label = f"{r['benchmark']}/{label}"
+    extra = [f"{k}={r[k]}" for k in ("model", "shots") if k in varying]
+    return label + (f" [{', '.join(extra)}]" if extra else "")
+
+
+def _curve_variant(variant: str) -> str:
+    # A future wise-ft may record alpha among its options; the curve is one label across alphas.
+    return ",".join(kv for kv in variant.split(",") if kv and not kv.startswith("alpha="))
+
+
+# --- data -------------------------------------------------------------------------------------
+def _chosen(df: pd.DataFrame, selection: str) -> pd.DataFrame:
+    """Selected runs per (cell, seed); WiSE-FT rows separately per alpha, so each alpha is a point.
+
+    ``select`` does not know ``alpha``; selecting over it would keep one alpha per seed and
+    collapse the curve, so each alpha is selected on its own.
+    """
+    ok = df[df["status"] == "ok"]
+    if "alpha" in ok.columns:
+        is_curve = (ok["method"] == CURVE_METHOD) & ok["alpha"].notna()
+    else:
+        is_curve = pd.Series(False, index=ok.index)
+    parts = [select(ok[~is_curve], selection)]
+    if is_curve.any():
+        parts += [select(g, selection) for _, g in ok[is_curve].groupby("alpha", sort=True)]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame()
+    chosen = pd.concat(parts, ignore_index=True)
+    if "alpha" not in chosen.columns:
+        chosen["alpha"] = np.nan
+    chosen["_curve"] = (chosen["method"] == CURVE_METHOD) & chosen["alpha"].notna()
+    return chosen
+
+
+def _points(chosen: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Mean and sample std over seeds per (label, column[, alpha]); labels and columns in table order."""
+    varying = {k for k in ("benchmark", "model", "shots") if chosen[k].nunique(dropna=False) > 1}
+    order = _method_order()
+    variant = [(_curve_variant(v) if c else v) for v, c in zip(chosen["variant"], chosen["_curve"])]
+    chosen = chosen.assign(
+        label=[row_label(m, b, v) for m, b, v in zip(chosen["method"], chosen["blocks"], variant)],
+        column=[_col_label(r, varying) for _, r in chosen.iterrows()],
+        _rsort=[(order.get(m, 1000), m, _block_key(b), v) for m, b, v in
+                zip(chosen["method"], chosen["blocks"], variant)],
+        _csort=[(r["benchmark"], LEVEL_ORDER.get(str(r.get("shift_level", "")), 9), r["shift"], r["corruption"],
+                 r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],
+        _alpha=chosen["alpha"].where(chosen["_curve"], -1.0),  # groupby drops NaN keys
+        _x=pd.to_numeric(chosen["id_acc"], errors="coerce"),
+        _y=pd.to_numeric(chosen[metric], errors="coerce"),
+    )
+    pts = chosen.groupby(["label", "column", "_alpha"], sort=False).agg(
+        method=("method", "first"), blocks=("blocks", "first"), curve=("_curve", "first"),
+        x_mean=("_x", "mean"), x_std=("_x", "std"), y_mean=("_y", "mean"), y_std=("_y", "std"),
+        n=("seed", "nunique"),
+    ).reset_index().rename(columns={"_alpha": "alpha"})
+    labels = sorted(set(chosen["label"]), key=lambda r: min(chosen.loc[chosen["label"] == r, "_rsort"]))
+    columns = sorted(set(chosen["column"]), key=lambda c: min(chosen.loc[chosen["column"] == c, "_csort"]))
+    return pts, labels, columns
+
+
+def _styles(labels: list[str]) -> dict[str, _Style]:
+    # Assigned once for the whole figure so a label has the same colour and marker in every panel.
+    styles, i = {}, 0
+    for label in labels:
+        if label == "none":
+            styles[label] = _Style("black", "*")
+        else:
+            styles[label] = _Style(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)])
+            i += 1
+    return styles
+
+
+def _nan0(a: pd.Series) -> np.ndarray:
+    # n = 1 seed has no std: draw no error bar rather than dropping the point.
+    return np.nan_to_num(a.to_numpy(dtype=float), nan=0.0)
+
+
+# --- drawing ----------------------------------------------------------------------------------
+def _draw_points(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style]) -> None:
+    for label in labels:
+        p = pts[pts["label"] == label]
+        st = styles[label]
+        curve, single = p[p["curve"]].sort_values("alpha"), p[~p["curve"]]
+        if not curve.empty:
+            line = ax.errorbar(curve["x_mean"], curve["y_mean"], xerr=_nan0(curve["x_std"]),
+                               yerr=_nan0(curve["y_std"]), fmt="-" + st.marker, markersize=6, linewidth=1.6,
+                               color=st.color, ecolor=st.color, elinewidth=1.0, capsize=2.5, zorder=4)
+            line.lines[0].set_gid(f"curve:{label}")
+            # A hollow marker at the smallest alpha shows the curve's direction; text labels at the
+            # ends were tried and collide with nearby points when panels are crowded.
+            ax.plot(curve["x_mean"].iloc[:1], curve["y_mean"].iloc[:1], linestyle="none", marker=st.marker,
+                    markersize=6, markerfacecolor="white", markeredgecolor=st.color, markeredgewidth=1.5,
+                    zorder=4.5, gid=f"curve-start:{label}")
+        if single.empty:
+            continue
+        if label == "none":
+            kw = dict(fmt="*", markersize=15, markeredgecolor="white", markeredgewidth=0.6, zorder=5)
+        else:
+            kw = dict(fmt=st.marker, markersize=7, zorder=3)
+        point = ax.errorbar(single["x_mean"], single["y_mean"], xerr=_nan0(single["x_std"]),
+                            yerr=_nan0(single["y_std"]), color=st.color, ecolor=st.color, elinewidth=1.0,
+                            capsize=2.5, **kw)
+        point.lines[0].set_gid(f"point:{label}")
+
+
+def _extent(pts: pd.DataFrame) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) of the points including their error bars."""
+    xs, ys = _nan0(pts["x_std"]), _nan0(pts["y_std"])
+    x, y = pts["x_mean"].to_numpy(dtype=float), pts["y_mean"].to_numpy(dtype=float)
+    return float(np.nanmin(x - xs)), float(np.nanmax(x + xs)), float(np.nanmin(y - ys)), float(np.nanmax(y + ys))
+
+
+def _padded(lo: float, hi: float, frac: float, minimum: float) -> tuple[float, float]:
+    pad = max(hi - lo, minimum) * frac
+    return lo - pad, hi + pad
+
+
+def _draw_scatter(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style]) -> None:
+    _draw_points(ax, pts, labels, styles)
+    x0, x1, y0, y1 = _extent(pts)
+    xlim, ylim = _padded(x0, x1, 0.12, 2.0), _padded(y0, y1, 0.12, 2.0)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("ID accuracy (%)")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    _maybe_zoom(ax, pts, labels, styles, xlim, ylim)
+
+
+def _maybe_zoom(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style],
+                xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
+    """Add a zoomed inset when the fine-tuned points are squeezed into a corner.
+
+    That happens when ``none`` lies far away (e.g. label-flip: no fine-tuning has ~0 % OOD and
+    ~98 % ID while every fine-tuned row has ~95 % OOD and ~1 % ID); without a zoom those points
+    overlap into one blob. The inset goes into a corner of the panel that holds no data.
+    """
+    tuned = pts[pts["label"] != "none"]
+    if len(tuned) < 2 or len(tuned) == len(pts):
+        return
+    x0, x1, y0, y1 = _extent(tuned)
+    wx, wy = xlim[1] - xlim[0], ylim[1] - ylim[0]
+    if (x1 - x0) / wx > 0.25 or (y1 - y0) / wy > 0.25:
+        return
+
+    def frac(x: float, y: float) -> tuple[float, float]:
+        return (x - xlim[0]) / wx, (y - ylim[0]) / wy
+
+    # Everything the inset must not cover, in axes fractions: each point with its error bars.
+    boxes = []
+    for r in pts.itertuples():
+        xs, ys = (0.0 if r.x_std != r.x_std else r.x_std), (0.0 if r.y_std != r.y_std else r.y_std)
+        (a0, b0), (a1, b1) = frac(r.x_mean - xs, r.y_mean - ys), frac(r.x_mean + xs, r.y_mean + ys)
+        boxes.append((a0 - 0.05, a1 + 0.05, b0 - 0.05, b1 + 0.05))  # marker size margin
+    size, pad = 0.5, 0.04
+    for ix, iy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0), (0.5, 1), (0, 0.5), (1, 0.5)):
+        left, bottom = pad + ix * (1 - size - 2 * pad), pad + iy * (1 - size - 2 * pad)
+        if all(b[1] < left or b[0] > left + size or b[3] < bottom or b[2] > bottom + size for b in boxes):
+            break
+    else:
+        return  # no free corner: leave the panel as it is rather than hide data
+    inset = ax.inset_axes([left, bottom, size, size], gid="zoom")
+    _draw_points(inset, tuned, labels, styles)
+    inset.set_xlim(*_padded(x0, x1, 0.15, 0.5))
+    inset.set_ylim(*_padded(y0, y1, 0.15, 0.5))
+    inset.tick_params(labelsize=7, length=2, pad=1)
+    inset.grid(True, linewidth=0.3, alpha=0.5)
+    ax.indicate_inset_zoom(inset, edgecolor="0.4")
+
+
+def _draw_bars(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style]) -> None:
+    # Surgical rows in block order (labels are already in table order), then full fine-tuning.
+    p = pts[~pts["curve"]].set_index("label")
+    bar_labels = [lb for lb in labels if lb in p.index and p.loc[lb, "method"] == "surgical"]
+    bar_labels += [lb for lb in labels if lb in p.index and p.loc[lb, "method"] == "full"]
+    if not bar_labels:
+        ax.text(0.5, 0.5, "no surgical or full runs", transform=ax.transAxes, ha="center", va="center",
+                fontsize=9, color="0.4")
+        ax.set_xticks([])
+        return
+    means = p.loc[bar_labels, "y_mean"].to_numpy(dtype=float)
+    stds = _nan0(p.loc[bar_labels, "y_std"])
+    best = means >= np.nanmax(means) - 1e-9
+    x = np.arange(len(bar_labels))
+    # Non-best bars are light; the best bar is solid with a heavy black edge, readable in greyscale too.
+    faces = [matplotlib.colors.to_rgba(styles[lb].color, 1.0 if b else 0.4) for lb, b in zip(bar_labels, best)]
+    edges = ["black" if b else styles[lb].color for lb, b in zip(bar_labels, best)]
+    ax.bar(x, means, yerr=stds, width=0.72, color=faces, edgecolor=edges, linewidth=[2.0 if b else 0.8 for b in best],
+           error_kw=dict(elinewidth=1.0, capsize=3, ecolor="0.2"), zorder=3)
+    for xi, m, s, b in zip(x, means, stds, best):
+        ax.annotate(f"{m:.1f}", (xi, m + s), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=7.5, fontweight="bold" if b else "normal")
+    lo, hi = float(np.nanmin(means - stds)), float(np.nanmax(means + stds))
+    if "none" in p.index:
+        ref = float(p.loc["none", "y_mean"])
+        ax.axhline(ref, color="black", linestyle="--", linewidth=1.1, zorder=4)
+        lo, hi = min(lo, ref), max(hi, ref)
+    # Zoom to the data (differences of a few points are the finding); the ticks show the offset.
+    span = max(hi - lo, 5.0)
+    bottom = max(0.0, math.floor((lo - 0.25 * span) / 5) * 5)
+    ax.set_ylim(bottom, hi + 0.22 * (hi - bottom))
+    ax.set_xticks(x, bar_labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=8.5)
+    for tick, b in zip(ax.get_xticklabels(), best):
+        if b:
+            tick.set_fontweight("bold")
+    ax.grid(True, axis="y", linewidth=0.4, alpha=0.5, zorder=0)
+    ax.set_axisbelow(True)
+
+
+def build_figure(df: pd.DataFrame, selection: str = "target-val", metric: str = "ood_acc") -> Figure:
+    """Build (without saving) the results figure; see :func:`plot_results` for what it shows.
+
+    Scatter axes carry the gid ``"scatter:<column>"`` and bar axes ``"bars:<column>"``, so callers
+    and tests can find panels without relying on their position.
+    """
+    if selection not in SELECTIONS:
+        raise unknown("selection", selection, list(SELECTIONS))
+    _check_metric(df, metric)
+    chosen = _chosen(df, selection)
+    if chosen.empty:
+        raise UsageError("no successful runs to plot (status == 'ok')")
+    pts, labels, columns = _points(chosen, metric)
+    styles = _styles(labels)
+
+    ncols = min(len(columns), PANELS_PER_ROW)
+    nrows = math.ceil(len(columns) / ncols)
+    fig = Figure(figsize=(max(3.7 * ncols, 7.5), 3.5 * 2 * nrows + 1.4), layout="constrained")
+    grid = fig.add_gridspec(2 * nrows, ncols)
+    ylabel = _metric_label(metric)
+    for i, col in enumerate(columns):
+        r, c = divmod(i, ncols)
+        title = textwrap.fill(col, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
+        sc = fig.add_subplot(grid[r, c], gid=f"scatter:{col}")
+        _draw_scatter(sc, pts[pts["column"] == col], labels, styles)
+        sc.set_title(title, fontsize=10)
+        bar = fig.add_subplot(grid[nrows + r, c], gid=f"bars:{col}")
+        _draw_bars(bar, pts[pts["column"] == col], labels, styles)
+        bar.set_title(title, fontsize=10)
+        if c == 0:  # same quantity in every panel of a row: label it once, at the left
+            sc.set_ylabel(ylabel)
+            bar.set_ylabel(ylabel)
+
+    ns = sorted(set(pts["n"]))
+    n_text = f"n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds"
+    what = "ID vs OOD accuracy" if metric == "ood_acc" else f"ID accuracy vs {ylabel.removesuffix(' (%)')}"
+    details = (f"ID = source test, OOD = target test; mean over seeds ± sample std (ddof=1), {n_text}. "
+               f"Top: one point per tuned row. Bottom: {ylabel.removesuffix(' (%)')} by tuned block, "
+               f"best bar outlined.")
+    # Wrapped to the figure width (~12 characters per inch at 10 pt) so it is never clipped.
+    fig.suptitle(f"{what} — {SELECTION_TITLE[selection]}\n" + textwrap.fill(details, int(fig.get_figwidth() * 12)),
+                 fontsize=10)
+    handles = _legend_handles(pts, labels, styles)
+    ncols = max(1, min(len(handles), int(fig.get_figwidth() / 1.75)))
+    fig.legend(handles=_row_major(handles, ncols), loc="outside lower center", ncols=ncols, frameon=False,
+               fontsize=9)
+    return fig
+
+
+def _row_major(items: list[Artist], ncols: int) -> list[Artist]:
+    """Reorder so a legend, which fills column by column, reads left to right in table order."""
+    nrows = math.ceil(len(items) / ncols)
+    # Legend columns are np.array_split chunks: the first len % ncols columns are one longer.
+    return [items[r * ncols + c] for c in range(ncols) for r in range(nrows) if r * ncols + c < len(items)]
+
+
+def _legend_handles(pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style]) -> list[Artist]:
+    handles: list[Artist] = []
+    for label in labels:
+        st = styles[label]
+        if label == "none":
+            # The same handle explains the star (scatter) and the dashed reference line (bars).
+            handles.append(Line2D([], [], color="black", marker="*", markersize=12, linestyle="--",
+                                  label="no fine-tuning (none)"))
+        elif pts.loc[pts["label"] == label, "curve"].any():
+            a = pts.loc[(pts["label"] == label) & pts["curve"], "alpha"]
+            handles.append(Line2D([], [], color=st.color, marker=st.marker, linestyle="-",
+                                  label=f"{label} curve (α {a.min():g}→{a.max():g}, hollow: α {a.min():g})"))
+        else:
+            handles.append(Line2D([], [], color=st.color, marker=st.marker, linestyle="none", markersize=7,
+                                  label=label))
+    handles.append(Patch(facecolor="white", edgecolor="black", linewidth=2.0, label="best bar"))
+    return handles
+
+
+def plot_results(df: pd.DataFrame, path: Path, selection: str = "target-val", metric: str = "ood_acc") -> Path:
+    """Write the results figure of ``df`` (as from ``read_results``) to ``path``; return ``path``.
+
+    Top row: per shift column, ID accuracy (x) vs ``metric`` (y), one point per tuned row (mean over
+    seeds, error bars = sample std over seeds in both directions); ``none`` is a black star; WiSE-FT
+    rows with an ``alpha`` column are joined by a line in alpha order. Bottom row: ``metric`` per
+    surgically tuned block, then ``full``, best bar outlined, ``none`` as a dashed line.
+
+    The format comes from the suffix (.png, .svg, .pdf; anything else is a :class:`UsageError`
+    before any work). The file is written to a hidden temporary name in the same folder and
+    renamed into place; missing parent folders are created.
+    """
+    path = Path(path)
+    suffix = _check_suffix(path)
+    fig = build_figure(df, selection, metric)  # validates everything before the disk is touched
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Text stays text in SVG/PDF (searchable, editable in papers); no dates, so reruns are identical.
+    rc = {"svg.fonttype": "none", "pdf.fonttype": 42, "svg.hashsalt": "ftbench"}
+    metadata = {".png": {}, ".svg": {"Date": None}, ".pdf": {"CreationDate": None}}[suffix]
+    try:
+        with matplotlib.rc_context(rc):
+            fig.savefig(tmp, format=suffix[1:], dpi=200, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
