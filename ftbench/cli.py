@@ -5,7 +5,6 @@ Every bad input ends as one ``error: ...`` line on stderr and exit code 2 (see :
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

@@ -145,7 +145,7 @@ def default_suites_file() -> Path:
 
 def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
     lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if re.match(rf"\s*\[suites\.{re.escape(suite)}\]", l)), None)
+    start = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[suites\.{re.escape(suite)}\]", line)), None)
     if start is None or key is None:
         return None if start is None else start + 1
     for i in range(start + 1, len(lines)):

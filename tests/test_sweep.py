@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from ftbench.results.store import read_results
 from ftbench.spec import RunSpec, expand_suite, resolve
-from ftbench.sweep import local
 from ftbench.sweep.local import run_sweep
 
 SUITE = """
@@ -72,7 +69,6 @@ def test_a_corrupt_result_is_redone(tmp_path: Path, suite_file: Path) -> None:
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, suite_file: Path, monkeypatch) -> None:
     specs = expand_suite("tiny", suite_file)[:3]
-    real = local_execute = None
     from ftbench.train import runner
 
     real = runner.execute

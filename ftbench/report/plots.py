@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ftbench.errors import UsageError, unknown
-from ftbench.report.table import LEVEL_ORDER, SELECTIONS, row_label, select
+from ftbench.report.table import SELECTIONS, label_columns, select
 
 FORMATS = (".png", ".svg", ".pdf")
 SELECTION_TITLE = {
@@ -75,35 +75,6 @@ def _metric_label(metric: str) -> str:
 
 
 # --- labels and order --------------------------------------------------------------------------
-# Minimal copies of table.py's private helpers (column labels, row and column order), so that
-# panels are titled and ordered exactly like the table's columns without reaching into its privates.
-def _num(v: object) -> float:
-    try:
-        return float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.inf
-
-
-def _block_key(blocks: str) -> list[int]:
-    return [999 if b == "last" else int(b) if b.isdigit() else 500 for b in blocks.split(",") if b]
-
-
-def _method_order() -> dict[str, int]:
-    from ftbench.methods.base import all_methods
-
-    return {m.name: m.order for m in all_methods()}
-
-
-def _col_label(r: pd.Series, varying: set[str]) -> str:
-    label = str(r["shift"])
-    if isinstance(r["corruption"], str) and r["corruption"]:
-        label += f" ({r['corruption']}, s{int(r['severity'])})"
-    if "benchmark" in varying:
-        label = f"{r['benchmark']}/{label}"
-    extra = [f"{k}={r[k]}" for k in ("model", "shots") if k in varying]
-    return label + (f" [{', '.join(extra)}]" if extra else "")
-
-
 def _curve_variant(variant: str) -> str:
     # A future wise-ft may record alpha among its options; the curve is one label across alphas.
     return ",".join(kv for kv in variant.split(",") if kv and not kv.startswith("alpha="))
@@ -136,16 +107,10 @@ def _chosen(df: pd.DataFrame, selection: str) -> pd.DataFrame:
 
 def _points(chosen: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Mean and sample std over seeds per (label, column[, alpha]); labels and columns in table order."""
-    varying = {k for k in ("benchmark", "model", "shots") if chosen[k].nunique(dropna=False) > 1}
-    order = _method_order()
+    # The table's labels and order; a curve's rows share one label across alphas.
     variant = [(_curve_variant(v) if c else v) for v, c in zip(chosen["variant"], chosen["_curve"])]
+    chosen = label_columns(chosen.assign(variant=variant)).rename(columns={"row": "label"})
     chosen = chosen.assign(
-        label=[row_label(m, b, v) for m, b, v in zip(chosen["method"], chosen["blocks"], variant)],
-        column=[_col_label(r, varying) for _, r in chosen.iterrows()],
-        _rsort=[(order.get(m, 1000), m, _block_key(b), v) for m, b, v in
-                zip(chosen["method"], chosen["blocks"], variant)],
-        _csort=[(r["benchmark"], LEVEL_ORDER.get(str(r.get("shift_level", "")), 9), r["shift"], r["corruption"],
-                 r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],
         _alpha=chosen["alpha"].where(chosen["_curve"], -1.0),  # groupby drops NaN keys
         _x=pd.to_numeric(chosen["id_acc"], errors="coerce"),
         _y=pd.to_numeric(chosen[metric], errors="coerce"),

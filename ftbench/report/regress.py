@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ftbench.errors import UsageError, unknown
-from ftbench.report.table import COL_KEY, ROW_KEY, SELECTIONS, row_label, select
+from ftbench.report.table import COL_KEY, ROW_KEY, SELECTIONS, block_key, method_order, row_label, select
 
 VERDICTS = ("regressed", "improved", "unchanged", "appeared", "vanished")
 METRICS = ("ood_acc", "id_acc")
@@ -203,7 +203,7 @@ def _labels(keys: Iterable[tuple]) -> dict[tuple, str]:
 def _sort_key(k: tuple, levels: dict[tuple, int], order: dict[str, int]) -> tuple:
     # Table order: benchmark, shift level, shift, corruption, severity, model, shots; then the row.
     f = dict(zip(CELL_KEY, k))
-    blocks = [999 if b == "last" else int(b) if b.isdigit() else 500 for b in str(f["blocks"]).split(",") if b]
+    blocks = block_key(str(f["blocks"]))
     shots = f["shots"] if isinstance(f["shots"], (int, float)) else math.inf
     return (str(f["benchmark"]), levels.get(k, 9), str(f["shift"]), str(f["corruption"]), _int(f["severity"]),
             str(f["model"]), shots, order.get(str(f["method"]), 1000), str(f["method"]), blocks, str(f["variant"]))
@@ -211,15 +211,6 @@ def _sort_key(k: tuple, levels: dict[tuple, int], order: dict[str, int]) -> tupl
 
 def _int(v: object) -> int:
     return v if isinstance(v, int) else 0
-
-
-def _method_order() -> dict[str, int]:
-    try:
-        from ftbench.methods.base import all_methods
-
-        return {m.name: m.order for m in all_methods()}
-    except Exception:  # ordering only; never fail a gate on it
-        return {}
 
 
 def _judge(base: list[float], now: list[float], tolerance: float | str) -> tuple[str, float | None]:
@@ -273,7 +264,7 @@ def compare(
     keys = set(base_cells) | set(now_cells)
     labels = _labels(keys)
     changes: list[CellChange] = []
-    order = _method_order()
+    order = method_order()
     for k in sorted(keys, key=lambda k: _sort_key(k, levels, order)):
         for m in metrics:
             base = base_cells.get(k, {}).get(m, [])

@@ -21,7 +21,6 @@ import json
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from ftbench.errors import UsageError, unknown
@@ -70,7 +69,8 @@ class Grid:
 # Selection
 
 
-def _method_order() -> dict[str, int]:
+def method_order() -> dict[str, int]:
+    """Method name -> report row order (registry attribute ``Method.order``)."""
     from ftbench.methods.base import all_methods
 
     return {m.name: m.order for m in all_methods()}
@@ -83,7 +83,8 @@ def _num(v: object) -> float:
         return math.inf
 
 
-def _block_key(blocks: str) -> list[int]:
+def block_key(blocks: str) -> list[int]:
+    """Sort key of a blocks label: model order, 'last' at the end."""
     return [999 if b == "last" else int(b) if b.isdigit() else 500 for b in blocks.split(",") if b]
 
 
@@ -125,7 +126,7 @@ def select(df: pd.DataFrame, selection: str = "target-val") -> pd.DataFrame:
 def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.DataFrame:
     """Add display labels and sort keys: ``row``/``_rsort`` (method) and ``column``/``_csort`` (shift)."""
     varying = {k for k in ("benchmark", "model", "shots") if chosen[k].nunique(dropna=False) > 1}
-    order = _method_order()
+    order = method_order()
 
     def col_label(r: pd.Series) -> str:
         label = r["shift"]
@@ -139,7 +140,7 @@ def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.
     return chosen.assign(
         row=[row_label(m, b, v) for m, b, v in zip(chosen["method"], chosen["blocks"], chosen["variant"])],
         column=[col_label(r) for _, r in chosen.iterrows()],
-        _rsort=[(order.get(m, 1000), m, _block_key(b), v)
+        _rsort=[(order.get(m, 1000), m, block_key(b), v)
                 for m, b, v in zip(chosen["method"], chosen["blocks"], chosen["variant"])],
         _csort=[(r["benchmark"], LEVEL_ORDER.get(r["shift_level"], 9), r["shift"], r["corruption"],
                  r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],

@@ -46,7 +46,7 @@ NUMBERS = {
 
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
-    for i, ((shift, method, blocks, seed, lr), (val, ood, idacc)) in enumerate(sorted(NUMBERS.items())):
+    for (shift, method, blocks, seed, lr), (val, ood, idacc) in sorted(NUMBERS.items()):
         shift, _, rest = shift.partition("/")
         corruption, _, severity = rest.partition("/")
         spec = resolve(RunSpec(shift=shift, method=method, blocks=blocks, seed=seed, lr=lr,
