@@ -59,6 +59,7 @@ def run(
     epochs: Optional[int] = typer.Option(None, help="epochs over the target train split, instead of --steps"),
     batch_size: int = typer.Option(64, help="batch size"),
     optimizer: str = typer.Option("adam", help="adam or sgd"),
+    checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)"),
     set_: list[str] = typer.Option([], "--set", help="method option key=value, repeatable"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
@@ -71,11 +72,12 @@ def run(
     spec = resolve(RunSpec(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
-        optimizer=optimizer, seed=seed, options=_parse_sets(set_),
+        optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints,
     ))
     pick_device(device)  # validate before any work
-    row = execute(spec, device)
-    path = write_result(out_dir, row)
+    rows = execute(spec, device)
+    path = write_result(out_dir, rows)
+    row = rows[-1]
     blocks = f" --block {' --block '.join(spec.blocks)}" if spec.blocks else ""
     out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
               f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}")
@@ -146,10 +148,11 @@ def _report(
     run_ids: Optional[set[str]] = None, title: str = "", table: str = "shifts", metric: str = "ood_acc",
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
-    allow_missing: bool = False,
+    allow_missing: bool = False, checkpoint: str = "best",
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
-    from ftbench.report.table import SELECTIONS, TABLES, apply_filters, build, render, render_rich, split_groups
+    from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
+                                      split_groups)
     from ftbench.results.store import read_results
 
     # Validate every option before reading or writing anything.
@@ -158,6 +161,8 @@ def _report(
         raise unknown("table", table, TABLES)
     if selection not in SELECTIONS:
         raise unknown("selection", selection, list(SELECTIONS))
+    if checkpoint not in CHECKPOINTS:
+        raise unknown("checkpoint", checkpoint, CHECKPOINTS)
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"unsupported plot format {plot.suffix or plot.name!r}; accepted: {', '.join(PLOT_SUFFIXES)}")
     tol: Any = None
@@ -181,8 +186,8 @@ def _report(
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
     parts = split_groups(df, group_by)
-    grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x))
-             for group, part in parts]
+    grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
+                   checkpoint=checkpoint) for group, part in parts]
     if fmt == "terminal" and output is None:
         for g in grids:
             out.print(render_rich(g))
@@ -223,6 +228,7 @@ def report(
     table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style) or corruptions"),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json"),
     select: str = typer.Option("target-val", help="model selection: target-val, source-val or oracle"),
+    checkpoint: str = typer.Option("best", help="best: select among --checkpoints rows too (early stopping); final: end of training only"),
     metric: str = typer.Option("ood_acc", help="target metric column to tabulate (e.g. ood_acc)"),
     filter_: list[str] = typer.Option([], "--filter", help="keep runs with column=value, repeatable"),
     group_by: Optional[str] = typer.Option(None, help="one table per value of this column (e.g. model)"),
@@ -236,7 +242,7 @@ def report(
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
-                   allow_missing=allow_missing)
+                   allow_missing=allow_missing, checkpoint=checkpoint)
     if code:
         raise typer.Exit(code)
 

@@ -30,6 +30,7 @@ SPEC_VERSION = 1  # bump when the meaning of a field changes, so old run ids are
 # Hyperparameter fields a method may or may not use (see Method.uses).
 HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
+LATER_FIELDS = ("checkpoints",)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RunSpec:
     optimizer: str | None = "adam"
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()
+    checkpoints: int | None = None  # evaluate at this many evenly spaced points of fine-tuning
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -70,7 +72,9 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """Stable hash of the (resolved) configuration: 16 hex characters."""
-        payload = json.dumps({"v": SPEC_VERSION, **self.to_dict()}, sort_keys=True, default=str)
+        # Fields added after 0.1.0 enter the hash only when set, so earlier run ids stay valid.
+        d = {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v is None)}
+        payload = json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
@@ -133,6 +137,7 @@ SUITE_KEYS: dict[str, str] = {
     "batch_size": "batch_size",
     "optimizer": "optimizer",
     "seed": "seed",
+    "checkpoints": "checkpoints",
 }
 SUITE_META = ("description", "include", "options")
 

@@ -101,6 +101,11 @@ class Method:
                 changes[name] = float(v)
         if "optimizer" in cls.uses and spec.optimizer not in OPTIMIZERS:
             raise unknown("optimizer", spec.optimizer, OPTIMIZERS)
+        ck = spec.checkpoints
+        if ck is not None and (not isinstance(ck, int) or ck < 1):
+            raise UsageError(f"checkpoints must be a positive integer, got {ck!r}")
+        if "steps" not in cls.uses or ck == 1:
+            changes["checkpoints"] = None  # no loop to checkpoint, or only the end: same run
         for h in HYPERPARAMETERS:
             if h not in cls.uses:
                 changes[h] = None

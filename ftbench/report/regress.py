@@ -149,12 +149,14 @@ def _norm(v: object) -> object:
 
 
 def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run id: a run present twice (copied files, concatenated frames) counts once, the newest."""
-    if "run_id" not in df.columns or not df["run_id"].duplicated().any():
+    """One row per (run id, step): a run present twice (copied files, concatenated frames) counts once,
+    the newest; the checkpoint rows of one run (``--checkpoints``) are kept."""
+    key = ["run_id", "step"] if "step" in df.columns else ["run_id"]
+    if "run_id" not in df.columns or not df.duplicated(key).any():
         return df
     if "timestamp" in df.columns:
         df = df.sort_values("timestamp", kind="mergesort", na_position="first")
-    return df.drop_duplicates("run_id", keep="last")
+    return df.drop_duplicates(key, keep="last")
 
 
 def _per_seed(

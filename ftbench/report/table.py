@@ -37,6 +37,7 @@ COL_KEY = ["benchmark", "shift", "corruption", "severity", "model", "shots"]
 LEVEL_ORDER = {"input": 0, "feature": 1, "output": 2, "natural": 3}
 FORMATS = ("terminal", "markdown", "latex", "html", "csv", "json")
 TABLES = ("shifts", "blocks", "methods", "corruptions")
+CHECKPOINTS = ("best", "final")
 METRIC_NAMES = {"ood_acc": "OOD", "id_acc": "ID", "val_acc": "target val", "source_val_acc": "source val"}
 
 
@@ -108,12 +109,28 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def select(df: pd.DataFrame, selection: str = "target-val") -> pd.DataFrame:
-    """One chosen run per (cell, seed): the best by the selection metric over hyperparameters."""
+def is_final(df: pd.DataFrame) -> pd.Series:
+    """True for end-of-training rows (results without a ``final`` column have only those)."""
+    if "final" not in df.columns:
+        return pd.Series(True, index=df.index)
+    return df["final"].map(lambda v: True if v is None or v != v else bool(v))
+
+
+def select(df: pd.DataFrame, selection: str = "target-val", checkpoint: str = "best") -> pd.DataFrame:
+    """One chosen row per (cell, seed): the best by the selection metric over hyperparameters.
+
+    With ``checkpoint="best"`` the checkpoint rows of runs made with ``--checkpoints`` are
+    candidates too (early stopping on the selection metric); ``"final"`` uses end-of-training rows.
+    """
     if selection not in SELECTIONS:
         raise unknown("selection", selection, list(SELECTIONS))
+    if checkpoint not in CHECKPOINTS:
+        raise unknown("checkpoint", checkpoint, CHECKPOINTS)
     metric = SELECTIONS[selection]
-    df = _prepare(df[df["status"] == "ok"])
+    df = df[df["status"] == "ok"]
+    if checkpoint == "final":
+        df = df[is_final(df)]
+    df = _prepare(df)
     if df.empty:
         return df
     df = df.assign(_score=pd.to_numeric(df.get(metric), errors="coerce").fillna(-math.inf))
@@ -190,23 +207,27 @@ def _caption(selection: str, grid: Grid, metric: str, extra: str = "") -> str:
 
 
 def build(df: pd.DataFrame, table: str = "shifts", selection: str = "target-val", metric: str = "ood_acc",
-          title: str = "") -> Grid:
+          title: str = "", checkpoint: str = "best") -> Grid:
     """Build table ``table`` from raw results ``df`` (one row per run)."""
     if table not in TABLES:
         raise unknown("table", table, TABLES)
     if metric not in df.columns:
         numeric = sorted(c for c in df.columns if c.endswith("_acc") or c.startswith("ood_"))
         raise unknown("metric", metric, numeric)
-    chosen = select(df, selection)
+    chosen = select(df, selection, checkpoint)
     if chosen.empty:
         raise UsageError("no successful runs to report (status == 'ok')")
+    with_ckpt = checkpoint == "best" and not bool(is_final(df[df["status"] == "ok"]).all())
     if table == "corruptions":
         chosen = chosen[chosen["corruption"] != ""]
         if chosen.empty:
             raise UsageError("--table corruptions needs runs with --shift corruption")
     chosen = label_columns(chosen, corruption_in_label=table != "corruptions")
     builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
-    return builder(chosen, selection, metric, title)
+    grid = builder(chosen, selection, metric, title)
+    if with_ckpt:  # say so: the numbers include early stopping
+        grid.caption = grid.caption.replace(" accuracy;", " accuracy, over lr, wd, steps and checkpoints (--checkpoints);", 1)
+    return grid
 
 
 def _shifts(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:

@@ -48,6 +48,9 @@ SCHEMA = pa.schema(
         ("ood_acc", pa.float64()),
         ("val_acc", pa.float64()),
         ("source_val_acc", pa.float64()),
+        ("step", pa.int64()),  # optimizer steps done when evaluated
+        ("final", pa.bool_()),  # False for checkpoint rows (--checkpoints), True for the end of training
+        ("checkpoints", pa.int64()),
         ("n_target_train", pa.int64()),
         ("n_trainable", pa.int64()),
         ("n_params", pa.int64()),

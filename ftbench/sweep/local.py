@@ -66,17 +66,18 @@ def run_sweep(
     with bar:
         for spec in todo:
             try:
-                row = execute(spec, device)
+                rows = execute(spec, device)
             except UsageError:
                 raise
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # a failing run is recorded and does not stop the sweep
-                row = failed_row(spec, e)
-                summary.failures.append(f"{spec.run_id}: {row['error']}")
+                rows = [failed_row(spec, e)]
+                summary.failures.append(f"{spec.run_id}: {rows[0]['error']}")
                 if os.environ.get("FTBENCH_DEBUG"):
                     traceback.print_exc(file=sys.stderr)
-            write_result(out_dir, row)
+            write_result(out_dir, rows)
+            row = rows[-1]
             if row["status"] == "ok":
                 summary.done += 1
             else:

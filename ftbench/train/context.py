@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ class TrainContext:
     generator: torch.Generator
     fits: list[FitStats] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    on_checkpoint: Callable[[int], None] | None = None  # called with the global step at checkpoints
 
     @property
     def block_names(self) -> list[str]:
@@ -55,7 +57,14 @@ class TrainContext:
         hp.update(overrides)
         n = len(self.target.train)
         steps = steps or steps_for(n, hp["batch_size"], s.steps, s.epochs)
-        stats = fit(self.model, params, self.target.train, steps=steps, generator=self.generator, **hp)
+        done = sum(f.steps for f in self.fits if f.kind == "loop")
+        at: frozenset[int] = frozenset()
+        if s.checkpoints and self.on_checkpoint is not None:
+            # Evenly spaced, the last at the end (which is the run's final row, not a checkpoint row).
+            at = frozenset(round(k * steps / s.checkpoints) for k in range(1, s.checkpoints)) - {0, steps}
+        cb = self.on_checkpoint
+        stats = fit(self.model, params, self.target.train, steps=steps, generator=self.generator,
+                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp)
         self.fits.append(stats)
         return stats
 
@@ -90,6 +99,6 @@ class TrainContext:
             head.weight.copy_(w)
             head.bias.copy_(b)
         iters = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", max_iter))
-        stats = FitStats(iters, len(y) * iters, float(loss.detach()))
+        stats = FitStats(iters, len(y) * iters, float(loss.detach()), kind="lbfgs")
         self.fits.append(stats)
         return stats

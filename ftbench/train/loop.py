@@ -8,7 +8,7 @@ step with no per-image Python and no host-device synchronisation until the run e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ class FitStats:
     steps: int
     examples: int
     final_loss: float
+    kind: str = "loop"  # "loop" (optimizer steps) or "lbfgs" (iterations of a convex solve)
 
 
 def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -70,8 +71,14 @@ def fit(
     batch_size: int,
     optimizer: str,
     generator: torch.Generator,
+    on_step: Callable[[int], None] | None = None,
+    at_steps: frozenset[int] = frozenset(),
 ) -> FitStats:
-    """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's."""
+    """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
+
+    ``on_step(t)`` is called after optimizer step ``t`` (1-based) for each ``t`` in ``at_steps``
+    (checkpoint evaluation); it must leave the model's modes as it found them.
+    """
     params = [p for p in params if p.requires_grad]
     device = data.x.device
     idx = batch_indices(len(data), batch_size, steps, generator).to(device)
@@ -88,6 +95,8 @@ def fit(
         loss.backward()
         opt.step()
         last = loss.detach()
+        if on_step is not None and t + 1 in at_steps:
+            on_step(t + 1)
     return FitStats(idx.shape[0], idx.numel(), float(last))  # the one sync of the run
 
 

@@ -58,36 +58,64 @@ class Trained:
     target: TargetTask
     ctx: TrainContext
     train_seconds: float
+    checkpoints: dict[int, dict[str, float]]
+
+
+def _evaluate(model: BlockModel, source: SourceTask, target: TargetTask, dev: torch.device) -> dict[str, float]:
+    """The four accuracies of a result row; restores the modules' train/eval modes afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    out = {
+        "id_acc": accuracy(model, source.test),
+        "source_val_acc": accuracy(model, source.val),
+        "val_acc": accuracy(model, target.val),
+        "ood_acc": accuracy(model, target.test),
+    }
+    for m, training in modes:
+        m.train(training)
+    return out
 
 
 def fine_tune(spec: RunSpec, device: str = "auto") -> Trained:
-    """Resolve ``spec``, load its data and pretrained model onto the device, and train."""
+    """Resolve ``spec``, load its data and pretrained model onto the device, and train.
+
+    With ``spec.checkpoints``, the model is also evaluated at evenly spaced steps of fine-tuning;
+    those evaluations are in ``Trained.checkpoints`` (global step -> accuracies).
+    """
     spec = resolve(spec)
     dev = pick_device(device)
     torch.manual_seed(spec.seed)
     bench = get_benchmark(spec.benchmark)
-    source = bench.source(spec)
+    s = bench.source(spec)
+    source = SourceTask(s.key, s.num_classes, s.train, s.val.to(dev), s.test.to(dev))
     t = bench.target(spec)
     target = TargetTask(t.num_classes, t.train.to(dev), t.val.to(dev), t.test.to(dev), t.info)
-    model = pretrained(spec.model, source, dev)
+    model = pretrained(spec.model, s, dev)
     method = get_method(spec.method)(spec)
     ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed))
+    checkpoints: dict[int, dict[str, float]] = {}
+    if spec.checkpoints:
+        ctx.on_checkpoint = lambda step: checkpoints.__setitem__(step, _evaluate(model, source, target, dev))
     _sync(dev)
     t0 = time.perf_counter()
     ctx.metrics.update(method.run(ctx))
     _sync(dev)
-    return Trained(spec, dev, model, method, source, target, ctx, time.perf_counter() - t0)
+    return Trained(spec, dev, model, method, source, target, ctx, time.perf_counter() - t0, checkpoints)
 
 
-def execute(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
-    """Run ``spec`` and return its result row (see docs/results.md for the columns)."""
+def execute(spec: RunSpec, device: str = "auto") -> list[dict[str, Any]]:
+    """Run ``spec``; return its result rows: one per checkpoint, the final one last (docs/results.md).
+
+    Without ``checkpoints`` there is one row. Checkpoint rows differ from the final row only in
+    ``step``, ``final`` and the four accuracies.
+    """
     tr = fine_tune(spec, device)
     spec, model, ctx, dev = tr.spec, tr.model, tr.ctx, tr.device
     finite = all(bool(p.isfinite().all()) for p in model.parameters())
     diverged = not finite or any(not math.isfinite(f.final_loss) for f in ctx.fits if f.steps)
     examples = sum(f.examples for f in ctx.fits)
     trainable = tr.method.trainable_blocks(model.block_names())
-    return {
+    loop_steps = sum(f.steps for f in ctx.fits if f.kind == "loop")
+    final = {
         "run_id": spec.run_id,
         **{k: v for k, v in spec.to_dict().items() if k not in ("blocks", "options")},
         "blocks": spec.blocks_label(),
@@ -96,10 +124,9 @@ def execute(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
         "shift_level": tr.target.info.get("shift_level", ""),
         "status": "diverged" if diverged else "ok",
         "error": "non-finite loss or weights" if diverged else "",
-        "id_acc": accuracy(model, tr.source.test.to(dev)),
-        "source_val_acc": accuracy(model, tr.source.val.to(dev)),
-        "val_acc": accuracy(model, tr.target.val),
-        "ood_acc": accuracy(model, tr.target.test),
+        **_evaluate(model, tr.source, tr.target, dev),
+        "step": loop_steps,
+        "final": True,
         "n_target_train": len(tr.target.train),
         "n_trainable": sum(p.numel() for b in trainable for p in model.block_parameters(b)),
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -111,3 +138,5 @@ def execute(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
         "timestamp": dt.datetime.now(dt.timezone.utc),
         **ctx.metrics,
     }
+    rows = [{**final, **acc, "step": step, "final": False} for step, acc in sorted(tr.checkpoints.items())]
+    return rows + [final]
