@@ -50,7 +50,11 @@ class TrainContext:
         return params
 
     def fit(self, params: list[nn.Parameter], **overrides: Any) -> FitStats:
-        """Run the standard loop on the target train split with the spec's hyperparameters."""
+        """Run the standard loop on the target train split with the spec's hyperparameters.
+
+        ``overrides`` may replace ``lr``, ``wd``, ``batch_size``, ``optimizer`` or ``steps``, and pass
+        the loop's hooks ``extra_loss`` and ``before_step`` (see :func:`ftbench.train.loop.fit`).
+        """
         s = self.spec
         steps = overrides.pop("steps", None)
         hp = {"lr": s.lr, "wd": s.wd, "batch_size": s.batch_size, "optimizer": s.optimizer}

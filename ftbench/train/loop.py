@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ def steps_for(n: int, batch_size: int, steps: int | None, epochs: int | None) ->
     return epochs * max(1, n // min(batch_size, n))
 
 
-def make_optimizer(params: list[nn.Parameter], name: str, lr: float, wd: float) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.Optimizer:
     """Adam (coupled L2, as the surgical paper's code) or SGD with momentum 0.9."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
@@ -73,26 +74,37 @@ def fit(
     generator: torch.Generator,
     on_step: Callable[[int], None] | None = None,
     at_steps: frozenset[int] = frozenset(),
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    before_step: Callable[[torch.optim.Optimizer, int], None] | None = None,
 ) -> FitStats:
     """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
 
     ``on_step(t)`` is called after optimizer step ``t`` (1-based) for each ``t`` in ``at_steps``
     (checkpoint evaluation); it must leave the model's modes as it found them.
+    ``extra_loss()`` is added to the cross-entropy of every step (e.g. an L2-SP penalty), and
+    ``before_step(opt, t)`` runs after the backward pass and before step ``t``'s update, with the
+    gradients in place (e.g. to set per-tensor learning rates). Each parameter is its own
+    optimizer param group when ``before_step`` is given, so a hook can set per-tensor rates.
     """
     params = [p for p in params if p.requires_grad]
     device = data.x.device
     idx = batch_indices(len(data), batch_size, steps, generator).to(device)
     if not params or steps == 0:
         return FitStats(0, 0, float("nan"))
-    opt = make_optimizer(params, optimizer, lr, wd)
+    groups: Any = [{"params": [p]} for p in params] if before_step is not None else params
+    opt = make_optimizer(groups, optimizer, lr, wd)
     last = torch.zeros((), device=device)
     for t in range(idx.shape[0]):
         b = idx[t]
         with autocast(device):
             logits = model(data.x[b])
         loss = F.cross_entropy(logits.float(), data.y[b])
+        if extra_loss is not None:
+            loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if before_step is not None:
+            before_step(opt, t + 1)
         opt.step()
         last = loss.detach()
         if on_step is not None and t + 1 in at_steps:
