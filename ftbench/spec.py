@@ -84,6 +84,12 @@ class RunSpec:
     def blocks_label(self) -> str:
         return ",".join(self.blocks)
 
+    def columns(self) -> dict[str, Any]:
+        """The result-row columns that describe this run: ``run_id`` and every spec field, with
+        ``blocks`` as a label like ``"1,2"`` and ``options`` as a dict (stored as JSON)."""
+        d = self.to_dict()
+        return {"run_id": self.run_id, **d, "blocks": self.blocks_label(), "options": d["options"]}
+
 
 def normalize_blocks(blocks: list[str] | tuple[str, ...], accepted: tuple[str, ...], model: str) -> tuple[str, ...]:
     """Validate block names against a model's blocks; return them unique, in model order."""

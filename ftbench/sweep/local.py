@@ -36,9 +36,7 @@ def failed_row(spec: RunSpec, error: BaseException) -> dict[str, Any]:
     import ftbench
 
     return {
-        "run_id": spec.run_id,
-        **{k: v for k, v in spec.to_dict().items() if k not in ("blocks", "options")},
-        "blocks": spec.blocks_label(), "options": spec.options_dict, "variant": "", "shift_level": "",
+        **spec.columns(), "variant": "", "shift_level": "",
         "status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
         "id_acc": float("nan"), "ood_acc": float("nan"), "val_acc": float("nan"),
         "source_val_acc": float("nan"), "ftbench_version": ftbench.__version__,

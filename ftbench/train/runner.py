@@ -116,10 +116,7 @@ def execute(spec: RunSpec, device: str = "auto") -> list[dict[str, Any]]:
     trainable = tr.method.trainable_blocks(model.block_names())
     loop_steps = sum(f.steps for f in ctx.fits if f.kind == "loop")
     final = {
-        "run_id": spec.run_id,
-        **{k: v for k, v in spec.to_dict().items() if k not in ("blocks", "options")},
-        "blocks": spec.blocks_label(),
-        "options": spec.options_dict,
+        **spec.columns(),
         "variant": tr.method.variant(),
         "shift_level": tr.target.info.get("shift_level", ""),
         "status": "diverged" if diverged else "ok",

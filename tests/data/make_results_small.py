@@ -52,9 +52,7 @@ def main() -> None:
         spec = resolve(RunSpec(shift=shift, method=method, blocks=blocks, seed=seed, lr=lr,
                                corruption=corruption or None, severity=int(severity) if severity else None))
         row = {
-            "run_id": spec.run_id,
-            **{k: v for k, v in spec.to_dict().items() if k not in ("blocks", "options")},
-            "blocks": spec.blocks_label(), "options": spec.options_dict, "variant": "",
+            **spec.columns(), "variant": "",
             "shift_level": {"corruption": "input", "label-flip": "output"}[shift],
             "status": "ok", "error": "", "id_acc": idacc, "ood_acc": ood, "val_acc": val,
             "source_val_acc": idacc, "n_target_train": 200, "n_trainable": 1, "n_params": 2,
