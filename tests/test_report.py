@@ -132,3 +132,19 @@ def test_terminal_report_marks_best(cli) -> None:
     r = cli("report", DATA)
     assert r.code == 0
     assert "73.0 ± 4.2 *" in r.out and "n = 2 seeds" in r.out
+
+
+@pytest.mark.parametrize("table", ["shifts", "blocks", "methods", "corruptions"])
+def test_latex_compiles(tmp_path: Path, table: str) -> None:
+    """The LaTeX output is a valid booktabs table (compiled when pdflatex is installed)."""
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
+                   f"\\begin{{document}}\n\\input{{{GOLDEN / (table + '.tex')}}}\n\\end{{document}}\n")
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
