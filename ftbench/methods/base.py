@@ -8,6 +8,7 @@ options it takes (``--set key=value``), and how it trains (``run``), using the r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -124,13 +125,26 @@ class Method:
         """Train ``ctx.model`` in place; return extra result columns (may be empty)."""
         raise NotImplementedError
 
+    def extra_states(self, ctx: TrainContext) -> Iterator[dict[str, Any]]:
+        """After ``run``: further states of the model to evaluate, one extra result row each.
+
+        For each, put ``ctx.model`` into the state and yield the columns that tell its row apart
+        (e.g. WiSE-FT's ``{"alpha": 0.5}``); the runner evaluates the model at each yield and writes
+        a row with ``final=False``. When exhausted, the model must be as ``run`` left it (the final
+        row). Default: none.
+        """
+        return iter(())
+
 
 METHODS: Registry[type[Method]] = Registry("method")
 
 
 def get_method(name: str) -> type[Method]:
     import ftbench.methods.linear  # noqa: F401  (register built-in methods)
+    import ftbench.methods.regularizers  # noqa: F401
+    import ftbench.methods.rgn  # noqa: F401
     import ftbench.methods.surgical  # noqa: F401
+    import ftbench.methods.wiseft  # noqa: F401
 
     return METHODS.get(name)
 

@@ -151,7 +151,7 @@ def _norm(v: object) -> object:
 def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run id, step): a run present twice (copied files, concatenated frames) counts once,
     the newest; the checkpoint rows of one run (``--checkpoints``) are kept."""
-    key = ["run_id", "step"] if "step" in df.columns else ["run_id"]
+    key = [c for c in ("run_id", "step", "alpha") if c in df.columns]
     if "run_id" not in df.columns or not df.duplicated(key).any():
         return df
     if "timestamp" in df.columns:

@@ -225,8 +225,12 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = "target-val"
     chosen = label_columns(chosen, corruption_in_label=table != "corruptions")
     builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
     grid = builder(chosen, selection, metric, title)
-    if with_ckpt:  # say so: the numbers include early stopping
-        grid.caption = grid.caption.replace(" accuracy;", " accuracy, over lr, wd, steps and checkpoints (--checkpoints);", 1)
+    if with_ckpt:  # say so: the numbers include early stopping or WiSE-FT's choice of alpha
+        extra = df[(df["status"] == "ok") & ~is_final(df)]
+        alpha = extra["alpha"] if "alpha" in extra.columns else pd.Series(float("nan"), index=extra.index)
+        is_alpha = alpha.notna() & (alpha != 1)
+        over = ["checkpoints (--checkpoints)"] * bool((~is_alpha).any()) + ["WiSE-FT alpha"] * bool(is_alpha.any())
+        grid.caption = grid.caption.replace(" accuracy;", f" accuracy, over lr, wd, steps and {' and '.join(over)};", 1)
     return grid
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,6 +59,7 @@ class Trained:
     ctx: TrainContext
     train_seconds: float
     checkpoints: dict[int, dict[str, float]]
+    states: list[dict[str, Any]] = field(default_factory=list)  # Method.extra_states: columns + accuracies
 
 
 def _evaluate(model: BlockModel, source: SourceTask, target: TargetTask, dev: torch.device) -> dict[str, float]:
@@ -93,13 +94,23 @@ def fine_tune(spec: RunSpec, device: str = "auto") -> Trained:
     method = get_method(spec.method)(spec)
     ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed))
     checkpoints: dict[int, dict[str, float]] = {}
+    eval_seconds = [0.0]  # checkpoint evaluation is not training time
+
+    def on_checkpoint(step: int) -> None:
+        t = time.perf_counter()
+        checkpoints[step] = _evaluate(model, source, target, dev)
+        eval_seconds[0] += time.perf_counter() - t
+
     if spec.checkpoints:
-        ctx.on_checkpoint = lambda step: checkpoints.__setitem__(step, _evaluate(model, source, target, dev))
+        ctx.on_checkpoint = on_checkpoint
     _sync(dev)
     t0 = time.perf_counter()
     ctx.metrics.update(method.run(ctx))
     _sync(dev)
-    return Trained(spec, dev, model, method, source, target, ctx, time.perf_counter() - t0, checkpoints)
+    seconds = time.perf_counter() - t0 - eval_seconds[0]
+    # States the method asks to have evaluated too (WiSE-FT's interpolations); not timed as training.
+    states = [{**cols, **_evaluate(model, source, target, dev)} for cols in method.extra_states(ctx)]
+    return Trained(spec, dev, model, method, source, target, ctx, seconds, checkpoints, states)
 
 
 def execute(spec: RunSpec, device: str = "auto") -> list[dict[str, Any]]:
@@ -136,4 +147,5 @@ def execute(spec: RunSpec, device: str = "auto") -> list[dict[str, Any]]:
         **ctx.metrics,
     }
     rows = [{**final, **acc, "step": step, "final": False} for step, acc in sorted(tr.checkpoints.items())]
+    rows += [{**final, **state, "final": False} for state in tr.states]
     return rows + [final]
