@@ -97,6 +97,7 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged"),
     report_format: str = typer.Option("terminal", "--format", help="format of the final table"),
+    table: str = typer.Option("shifts", help="kind of the final table (see ftbench report --table)"),
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
@@ -107,6 +108,10 @@ def sweep(
     path = suites or default_suites_file()
     specs = expand_suite(suite, path)
     _check_format(report_format)
+    from ftbench.report.table import TABLES
+
+    if table not in TABLES:
+        raise unknown("table", table, TABLES)
     pick_device(device)
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
@@ -123,7 +128,7 @@ def sweep(
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
     for f in summary.failures:
         print(f"failed: {f}", file=sys.stderr)
-    _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}")
+    _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}", table=table)
 
 
 def _check_format(fmt: str) -> None:
