@@ -120,3 +120,17 @@ def test_unknown_method_lists_every_registered_method() -> None:
         resolve(RunSpec(method="nope"))
     assert str(e.value).endswith("accepted: " + ", ".join(METHODS.names()))
     assert {"none", "surgical", "linear-probe", "full", "lp-ft"} <= set(METHODS.names())
+
+
+@pytest.mark.parametrize("method, option, value, message", [
+    ("linear-probe", "max_iter", "0", "must be a positive integer"),
+    ("lp-ft", "lp_l2", "-1", "must be a non-negative number"),
+    ("lp-ft", "lp_l2", "nan", "must be a non-negative number"),
+    ("l2-sp", "alpha", "inf", "must be a non-negative number"),
+    ("auto-rgn", "every", "0", "must be a positive integer"),
+])
+def test_numeric_options_are_range_checked(method: str, option: str, value: str, message: str) -> None:
+    with pytest.raises(UsageError) as e:
+        resolve(RunSpec(method=method, options=((option, value),)))
+    parsed = int(value) if option in ("max_iter", "every") else float(value)
+    assert f"option {option}={parsed!r} of method {method!r} {message}" == str(e.value)

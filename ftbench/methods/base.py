@@ -8,6 +8,7 @@ options it takes (``--set key=value``), and how it trains (``run``), using the r
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,6 +30,18 @@ class Option:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    minimum: float | None = None  # numeric options: smallest accepted value (and finite)
+
+    def requirement(self) -> str:
+        """What a valid value is, in words (for error messages)."""
+        noun = "integer" if type(self.default) is int else "number"
+        if self.minimum is None:
+            return f"a finite {noun}"
+        if self.minimum == 0:
+            return f"a non-negative {noun}"
+        if self.minimum == 1 and noun == "integer":
+            return "a positive integer"
+        return f"a {noun} >= {self.minimum:g}"
 
     def parse(self, name: str, value: Any, method: str) -> Any:
         kind = type(self.default)
@@ -45,6 +58,8 @@ class Option:
             ) from None
         if self.choices is not None and v not in self.choices:
             raise unknown(f"value for option {name} of method {method!r}:", v, self.choices)
+        if kind in (int, float) and (not math.isfinite(v) or (self.minimum is not None and v < self.minimum)):
+            raise UsageError(f"option {name}={v!r} of method {method!r} must be {self.requirement()}")
         return v
 
 

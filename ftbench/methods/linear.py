@@ -25,7 +25,7 @@ class LinearProbe(Method):
     paper = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features"
     order = 30
     uses = frozenset({"wd"})
-    options = {"max_iter": Option(200, "L-BFGS iterations (the problem is convex)")}
+    options = {"max_iter": Option(200, "L-BFGS iterations (the problem is convex)", minimum=1)}
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return ["last"]
@@ -45,8 +45,8 @@ class LPFT(Method):
     paper = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features"
     order = 50
     options = {
-        "lp_l2": Option(1e-3, "L2 strength of the linear-probe stage"),
-        "lp_max_iter": Option(200, "L-BFGS iterations of the linear-probe stage"),
+        "lp_l2": Option(1e-3, "L2 strength of the linear-probe stage", minimum=0),
+        "lp_max_iter": Option(200, "L-BFGS iterations of the linear-probe stage", minimum=1),
         "bn": BN_OPTION,
     }
 

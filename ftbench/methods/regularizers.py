@@ -14,15 +14,12 @@ docs/methods.md#l1-sp--l2-sp.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from ftbench.errors import UsageError
 from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
-from ftbench.spec import RunSpec
 
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
@@ -81,19 +78,13 @@ class _SP(Method):
 
     kind: ClassVar[str]
     options = {
-        "alpha": Option(0.01, "strength α of the pull of the backbone (all blocks but last) towards its pretrained values"),
-        "beta": Option(0.0, "strength β of the L2 penalty β/2·||w||² on the classifier (weight and bias)"),
+        "alpha": Option(0.01, "strength α of the pull of the backbone (all blocks but last) towards its pretrained values",
+                        minimum=0),
+        "beta": Option(0.0, "strength β of the L2 penalty β/2·||w||² on the classifier (weight and bias)",
+                       minimum=0),
         "bn": BN_OPTION,
     }
 
-    @classmethod
-    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
-        spec = super().resolve(spec, block_names)
-        for key in ("alpha", "beta"):
-            v = spec.options_dict[key]
-            if not (math.isfinite(v) and v >= 0):
-                raise UsageError(f"option {key}={v!r} of method {cls.name!r} must be a non-negative number")
-        return spec
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ftbench.errors import UsageError
 from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
-from ftbench.spec import RunSpec
 
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
@@ -122,18 +120,11 @@ class AutoRGN(Method):
     paper = "Lee et al. 2022, Surgical Fine-Tuning Improves Adaptation to Distribution Shifts (Auto-RGN)"
     order = 42
     options = {
-        "every": Option(1, "recompute the multipliers every k optimizer steps (kept in between)"),
+        "every": Option(1, "recompute the multipliers every k optimizer steps (kept in between)", minimum=1),
         "exclude_bn": Option(False, "give BatchNorm weights/biases multiplier 0, as the released code effectively did"),
         "bn": BN_OPTION,
     }
 
-    @classmethod
-    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
-        spec = super().resolve(spec, block_names)
-        every = spec.options_dict["every"]
-        if every < 1:
-            raise UsageError(f"option every={every!r} of method {cls.name!r} must be a positive integer")
-        return spec
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)
