@@ -31,6 +31,7 @@ class Option:
     help: str
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None  # numeric options: smallest accepted value (and finite)
+    in_variant: bool = True  # False: a non-default value does not make a separate report row
 
     def requirement(self) -> str:
         """What a valid value is, in words (for error messages)."""
@@ -129,7 +130,8 @@ class Method:
 
     def variant(self) -> str:
         """Non-default options as ``k=v`` text (part of a report row's label)."""
-        return ",".join(f"{k}={v}" for k, v in sorted(self.opts.items()) if v != self.options[k].default)
+        return ",".join(f"{k}={v}" for k, v in sorted(self.opts.items())
+                        if self.options[k].in_variant and v != self.options[k].default)
 
     # --- behaviour -------------------------------------------------------------------------
     def trainable_blocks(self, block_names: list[str]) -> list[str]:

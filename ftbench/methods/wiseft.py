@@ -106,7 +106,10 @@ class WiseFT(Method):
     order = 60
     options = {
         "alphas": AlphasOption(DEFAULT_ALPHAS, "interpolation weights of the fine-tuned model, one result row each "
-                               "(0 = pretrained, 1 = fine-tuned, always the final row)"),
+                               "(0 = pretrained, 1 = fine-tuned, always the final row)",
+                               # The grid says where the curve is sampled, not how the model trains:
+                               # runs with different grids are one report row.
+                               in_variant=False),
         "bn": BN_OPTION,
     }
 
@@ -117,12 +120,6 @@ class WiseFT(Method):
     @property
     def alphas(self) -> tuple[float, ...]:
         return parse_alphas(self.opts["alphas"])
-
-    def variant(self) -> str:
-        # The grid says where the curve is sampled, not how the model trains: runs with different
-        # grids are one report row (their alphas are all candidates of the selection).
-        return ",".join(f"{k}={v}" for k, v in sorted(self.opts.items())
-                        if k != "alphas" and v != self.options[k].default)
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)
