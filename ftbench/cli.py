@@ -67,7 +67,7 @@ def run(
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
     from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import execute, pick_device
+    from ftbench.train.runner import execute, pick_device, work_dir
 
     spec = resolve(RunSpec(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
@@ -75,7 +75,7 @@ def run(
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints,
     ))
     pick_device(device)  # validate before any work
-    rows = execute(spec, device)
+    rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
     row = rows[-1]
     blocks = f" --block {' --block '.join(spec.blocks)}" if spec.blocks else ""

@@ -73,10 +73,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, suite_f
 
     real = runner.execute
 
-    def flaky(spec: RunSpec, device: str = "auto"):
+    def flaky(spec: RunSpec, device: str = "auto", workdir=None):
         if spec.run_id == specs[1].run_id:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(spec, device)
+        return real(spec, device, workdir)
 
     monkeypatch.setattr(runner, "execute", flaky)
     out = tmp_path / "results"
@@ -106,7 +106,7 @@ def test_retry_failed_reruns_only_failed_runs(tmp_path: Path, suite_file: Path, 
 
     specs = expand_suite("tiny", suite_file)[:2]
     real = runner.execute
-    monkeypatch.setattr(runner, "execute", lambda s, d="auto": (_ for _ in ()).throw(RuntimeError("transient"))
+    monkeypatch.setattr(runner, "execute", lambda s, d="auto", w=None: (_ for _ in ()).throw(RuntimeError("transient"))
                         if s.run_id == specs[0].run_id else real(s, d))
     out = tmp_path / "results"
     run_sweep(specs, out, "cpu", progress=False)

@@ -156,16 +156,24 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def get_method(name: str) -> type[Method]:
-    import ftbench.methods.linear  # noqa: F401  (register built-in methods)
-    import ftbench.methods.regularizers  # noqa: F401
-    import ftbench.methods.rgn  # noqa: F401
-    import ftbench.methods.surgical  # noqa: F401
-    import ftbench.methods.wiseft  # noqa: F401
+def _register_builtin() -> None:
+    """Import every module of the ``ftbench.methods`` package: each registers its methods."""
+    import importlib
+    import pkgutil
 
+    import ftbench.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"ftbench.methods.{info.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        _register_builtin()
     return METHODS.get(name)
 
 
 def all_methods() -> list[type[Method]]:
-    get_method("full")  # ensure registration
+    _register_builtin()
     return sorted((METHODS.get(n) for n in METHODS.names()), key=lambda m: (m.order, m.name))

@@ -53,7 +53,7 @@ def run_sweep(
     retry_failed: bool = False,
 ) -> SweepSummary:
     """Run every spec without a result in ``out_dir``; one parquet file per finished run."""
-    from ftbench.train.runner import execute
+    from ftbench.train.runner import execute, work_dir
 
     done_ids = completed_ids(out_dir, retry_failed)
     todo = [s for s in specs if s.run_id not in done_ids]
@@ -64,7 +64,7 @@ def run_sweep(
     with bar:
         for spec in todo:
             try:
-                rows = execute(spec, device)
+                rows = execute(spec, device, work_dir(out_dir, spec.run_id))
             except UsageError:
                 raise
             except KeyboardInterrupt:

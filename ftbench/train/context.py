@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ class TrainContext:
     fits: list[FitStats] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     on_checkpoint: Callable[[int], None] | None = None  # called with the global step at checkpoints
+    # The run's own scratch folder (``<results>/.work/<run_id>``), kept across interruptions so a
+    # method can resume work there (e.g. AutoFT's Optuna storage); None when the caller gives none.
+    workdir: Path | None = None
 
     @property
     def block_names(self) -> list[str]:

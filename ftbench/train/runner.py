@@ -7,6 +7,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,8 +77,16 @@ def _evaluate(model: BlockModel, source: SourceTask, target: TargetTask, dev: to
     return out
 
 
-def fine_tune(spec: RunSpec, device: str = "auto") -> Trained:
+def work_dir(out_dir: Path | str, run_id: str) -> Path:
+    """The scratch folder of run ``run_id`` in a results folder (hidden, so readers skip it)."""
+    return Path(out_dir) / ".work" / run_id
+
+
+def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> Trained:
     """Resolve ``spec``, load its data and pretrained model onto the device, and train.
+
+    ``workdir`` is the run's scratch folder (see :func:`work_dir`), passed to the method as
+    ``ctx.workdir``; it is created on demand by whoever writes there.
 
     With ``spec.checkpoints``, the model is also evaluated at evenly spaced steps of fine-tuning;
     those evaluations are in ``Trained.checkpoints`` (global step -> accuracies).
@@ -92,7 +101,7 @@ def fine_tune(spec: RunSpec, device: str = "auto") -> Trained:
     target = TargetTask(t.num_classes, t.train.to(dev), t.val.to(dev), t.test.to(dev), t.info)
     model = pretrained(spec.model, s, dev)
     method = get_method(spec.method)(spec)
-    ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed))
+    ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed), workdir=workdir)
     checkpoints: dict[int, dict[str, float]] = {}
     eval_seconds = [0.0]  # checkpoint evaluation is not training time
 
@@ -113,13 +122,13 @@ def fine_tune(spec: RunSpec, device: str = "auto") -> Trained:
     return Trained(spec, dev, model, method, source, target, ctx, seconds, checkpoints, states)
 
 
-def execute(spec: RunSpec, device: str = "auto") -> list[dict[str, Any]]:
+def execute(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> list[dict[str, Any]]:
     """Run ``spec``; return its result rows: one per checkpoint, the final one last (docs/results.md).
 
     Without ``checkpoints`` there is one row. Checkpoint rows differ from the final row only in
     ``step``, ``final`` and the four accuracies.
     """
-    tr = fine_tune(spec, device)
+    tr = fine_tune(spec, device, workdir)
     spec, model, ctx, dev = tr.spec, tr.model, tr.ctx, tr.device
     finite = all(bool(p.isfinite().all()) for p in model.parameters())
     diverged = not finite or any(not math.isfinite(f.final_loss) for f in ctx.fits if f.steps)
