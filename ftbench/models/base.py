@@ -34,6 +34,15 @@ class BlockModel(nn.Module):
     def forward(self, x):  # noqa: ANN001, ANN201
         return self.head(self.features(x))
 
+    def residual_units(self) -> list[tuple[str, str]]:
+        """The residual units SpotTune may route, input-to-output order: ``(module path, block name)``.
+
+        A unit maps its input to an output of the same kind (``x -> x + f(x)``-style), so a frozen
+        and a fine-tuned copy of it can be mixed per input. The path is relative to the model
+        (for ``get_submodule``/``set_submodule``). Models without residual units return ``[]``.
+        """
+        return []
+
     def block_names(self) -> list[str]:
         return list(self.blocks())
 

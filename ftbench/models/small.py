@@ -48,6 +48,9 @@ class SmallResNet(BlockModel):
             [("1", [self.stem, self.stage1]), ("2", [self.stage2]), ("3", [self.stage3]), ("last", [self.head])]
         )
 
+    def residual_units(self) -> list[tuple[str, str]]:
+        return [("stage1", "1"), ("stage2", "2"), ("stage3", "3")]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage3(self.stage2(self.stage1(self.stem(x))))
         return x.mean(dim=(2, 3))
