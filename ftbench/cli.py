@@ -60,21 +60,28 @@ def run(
     batch_size: int = typer.Option(64, help="batch size"),
     optimizer: str = typer.Option("adam", help="adam or sgd"),
     checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)"),
+    weights: Optional[str] = typer.Option(None, "--weights", "--checkpoint", help="pretrained weights: a state-dict file, or scratch (default: the model's hub weights, else trained on the source split)"),
     set_: list[str] = typer.Option([], "--set", help="method option key=value, repeatable"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    threads: int = typer.Option(1, help="torch CPU threads (CPU results depend on it; 1 as in sweeps, so a run "
+                                "gives the same result from run and from sweep)"),
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
+    from ftbench.sweep.task import set_threads
     from ftbench.spec import RunSpec, resolve
     from ftbench.train.runner import execute, pick_device, work_dir
 
     spec = resolve(RunSpec(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
-        optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints,
+        optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
     ))
     pick_device(device)  # validate before any work
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    set_threads(threads)
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
     row = rows[-1]
@@ -98,12 +105,30 @@ def sweep(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged"),
     report_format: str = typer.Option("terminal", "--format", help="format of the final table"),
     table: str = typer.Option("shifts", help="kind of the final table (see ftbench report --table)"),
+    executor: str = typer.Option("local", help="local (worker processes), slurm (submitit job array) or ray"),
+    jobs: Optional[int] = typer.Option(None, help="local: worker processes (default one per GPU x --per-gpu, "
+                                       "1 on CPU); slurm: array tasks at once; ray: runs in flight"),
+    per_gpu: int = typer.Option(1, help="runs sharing one GPU (local workers per GPU; ray: 1/K GPU per run)"),
+    threads: int = typer.Option(1, help="torch CPU threads per run (CPU results depend on it; fixed so they "
+                                "do not depend on --jobs)"),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
+    time_limit: Optional[int] = typer.Option(None, "--time", help="slurm: time limit per array task, minutes"),
+    gpus_per_job: Optional[float] = typer.Option(None, help="slurm: GPUs per array task; ray: GPUs per run "
+                                                 "(fractions share a GPU)"),
+    cpus_per_job: Optional[float] = typer.Option(None, help="slurm: CPUs per array task; ray: CPUs per run"),
+    mem_gb: Optional[float] = typer.Option(None, help="slurm: memory per array task, GB"),
+    runs_per_job: Optional[int] = typer.Option(None, help="slurm: runs per array task, run one after the other"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs (--no-wait: submit and exit)"),
+    address: Optional[str] = typer.Option(None, help="ray: address of an existing cluster (default: start a "
+                                          "local one)"),
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
     from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
-    from ftbench.sweep.local import describe, run_sweep
-    from ftbench.train.runner import pick_device
+    from ftbench.sweep.executors import EXECUTORS, prepare, suite_settings
+    from ftbench.sweep.executors import run as run_executor
+    from ftbench.sweep.local import describe
+    from ftbench.train.runner import DEVICES, pick_device
 
     path = suites or default_suites_file()
     specs = expand_suite(suite, path)
@@ -112,7 +137,18 @@ def sweep(
 
     if table not in TABLES:
         raise unknown("table", table, TABLES)
-    pick_device(device)
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
+    if device not in DEVICES:
+        raise unknown("device", device, DEVICES)
+    if executor == "local":
+        pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
+    flags = {"partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
+             "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "runs_per_job": runs_per_job, "address": address,
+             "wait": None if wait else False}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    settings = {**suite_settings(suite, path, executor), **flags}
+    prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
     if dry_run:
@@ -123,7 +159,10 @@ def sweep(
         return
     print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)
-    summary = run_sweep(specs, out_dir, device, retry_failed=retry_failed)
+    summary = run_executor(executor, specs, out_dir, device=device, threads=threads, retry_failed=retry_failed,
+                           jobs=jobs, per_gpu=per_gpu, settings=settings, name=f"ftbench-{suite}")
+    if executor == "slurm" and not settings.get("wait", True):
+        return
     print(f"ran {summary.done + summary.failed} runs in {summary.seconds:.1f} s "
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
     for f in summary.failures:
@@ -255,22 +294,30 @@ def report(
 @app.command()
 def fetch(
     names: list[str] = typer.Argument(None, help="datasets to fetch (default: list them)"),
-    list_: bool = typer.Option(False, "--list", help="list known datasets and their status"),
+    list_: bool = typer.Option(False, "--list", help="list known datasets with size, licence and status on disk"),
+    root: Optional[Path] = typer.Option(None, help="data root (default: $FTBENCH_DATA, else ~/.cache/ftbench/data)"),
+    mirror: Optional[str] = typer.Option(None, help="fetch archives from this URL or local folder instead (by file name)"),
 ) -> None:
-    """Get benchmark data. The embedded benchmark 'digits' is bundled and needs nothing."""
-    from ftbench.data.base import BENCHMARKS, get_benchmark
+    """Download, verify and extract benchmark data; validate data that must be placed by hand."""
+    from ftbench.data.fetch import DATASETS, data_root, fetch as fetch_one, status
 
-    get_benchmark("digits")  # registers the built-ins
+    base = data_root(root)
     if list_ or not names:
-        for n in BENCHMARKS.names():
-            b = get_benchmark(n)
-            out.print(f"{n:12s} {b.status()}   — {b.help}")
+        out.print(f"data root: {escape(str(base))}")
+        out.print(escape(f"{'digits':12s} {'0 MB':>8s}  bundled with scikit-learn, nothing to fetch   — "
+                         "embedded benchmark (BSD-3-Clause, UCI optdigits)"))
+        for n in DATASETS.names():
+            ds = DATASETS.get(n)
+            out.print(escape(f"{n:12s} {ds.size:>8s}  {status(ds, base):45s} — {ds.help}; licence: {ds.licence}"))
         return
     for n in names:
-        if n not in BENCHMARKS:
-            raise unknown("dataset", n, BENCHMARKS.names())
+        if n != "digits" and n not in DATASETS:
+            raise unknown("dataset", n, ["digits", *DATASETS.names()])
     for n in names:
-        out.print(f"{n}: {get_benchmark(n).status()}")
+        if n == "digits":
+            out.print("digits: bundled with scikit-learn, nothing to fetch")
+            continue
+        out.print(escape(fetch_one(n, base, mirror, say=lambda m: out.print(escape(m)))))
 
 
 @app.command("list")
@@ -302,10 +349,20 @@ def list_(
             for s in b.shifts.values():
                 out.print(escape(f"    --shift {s.name} [{s.level} level]: {s.help}"))
     elif what == "models":
+        from ftbench.models.timm_models import block_parameter_counts
+
         get_model_entry("digits-resnet")
         for n in MODELS.names():
             e = get_model_entry(n)
+            counts = block_parameter_counts(e)
+            weights = "hub" if e.weights else "trained on the source split"
             out.print(f"[bold]{n}[/]: " + escape(f"{e.help}; blocks: {', '.join(e.block_names)}"))
+            out.print(escape(f"    parameters ({e.native[0]}-channel input, {e.native[1]} classes): "
+                             + ", ".join(f"{b} {c:,}" for b, c in counts.items())
+                             + f"; total {sum(counts.values()):,}; weights: {weights}"))
+        out.print("[bold]timm/NAME[/]" + escape("[:key=value,...]: any timm model (e.g. timm/resnet18, timm/efficientnet_b0); "
+                  "blocks by family (resnet, vit, convnext) or derived from its stages"))
+        out.print("    weights: any model takes --weights PATH (a state dict) or --weights scratch (trained on the source split)")
     elif what == "corruptions":
         out.print(", ".join(corruptions.names()))
     elif what == "suites":

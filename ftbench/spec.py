@@ -30,7 +30,7 @@ SPEC_VERSION = 1  # bump when the meaning of a field changes, so old run ids are
 # Hyperparameter fields a method may or may not use (see Method.uses).
 HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
-LATER_FIELDS = ("checkpoints",)
+LATER_FIELDS = ("checkpoints", "weights")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class RunSpec:
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()
     checkpoints: int | None = None  # evaluate at this many evenly spaced points of fine-tuning
+    weights: str | None = None  # pretrained weights: None (the model's default), "scratch" or a state-dict file
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -118,6 +119,10 @@ def resolve(spec: RunSpec) -> RunSpec:
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
+    if spec.weights is not None:
+        from ftbench.models.timm_models import resolve_weights
+
+        spec = dataclasses.replace(spec, weights=resolve_weights(spec.weights, entry))
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
@@ -144,8 +149,9 @@ SUITE_KEYS: dict[str, str] = {
     "optimizer": "optimizer",
     "seed": "seed",
     "checkpoints": "checkpoints",
+    "weights": "weights",
 }
-SUITE_META = ("description", "include", "options")
+SUITE_META = ("description", "include", "options", "slurm", "ray")  # slurm/ray: executor settings (ftbench.sweep)
 
 
 def default_suites_file() -> Path:

@@ -60,11 +60,11 @@ def test_seed_changes_the_few_shot_draw(cli, tmp_path: Path) -> None:
     [
         (["run", "--method", "bogus"], "unknown method 'bogus'; accepted: "),
         (["run", "--shift", "weather"], "unknown shift for benchmark 'digits': 'weather'; accepted: corruption, subpopulation, label-flip"),
-        (["run", "--benchmark", "cifar99"], "unknown benchmark 'cifar99'; accepted: digits"),
+        (["run", "--benchmark", "cifar99"], "unknown benchmark 'cifar99'; accepted: cifar10-c, "),
         (["run", "--block", "9"], "block '9' is out of range for model 'digits-resnet'; accepted: 1, 2, 3, last"),
         (["run", "--severity", "0"], "severity must be an integer in 1..5"),
         (["run", "--severity", "x"], "Invalid value for '--severity'"),
-        (["run", "--corruption", "fog"], "unknown corruption 'fog'; accepted:"),
+        (["run", "--corruption", "frostbite"], "unknown corruption 'frostbite'; accepted:"),
         (["run", "--set", "oops"], "--set expects key=value"),
         (["run", "--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda"),
         (["run", "--no-such-flag"], "No such option: --no-such-flag"),

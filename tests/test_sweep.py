@@ -91,7 +91,9 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, suite_f
 def test_no_temporary_files_are_left(tmp_path: Path, suite_file: Path) -> None:
     out = tmp_path / "results"
     run_sweep(expand_suite("tiny", suite_file)[:2], out, "cpu", progress=False)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    # Only the runs' scratch folder (claim locks) is hidden there; no temporary file anywhere.
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".work"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_diverging_run_is_marked(tmp_path: Path) -> None:
@@ -129,3 +131,30 @@ def test_suite_options_apply_to_the_methods_that_take_them(tmp_path: Path) -> No
 
     with pytest.raises(UsageError, match="option 'bn' is taken by none of its methods"):
         expand_suite("bad", f)
+
+
+def test_progress_shows_done_running_failed_and_the_latest_result(monkeypatch) -> None:
+    import io
+    import re
+
+    from ftbench.sweep.progress import Progress
+    from ftbench.sweep.task import Outcome
+
+    a, b = RunSpec(method="surgical", blocks=("1",)), RunSpec(method="full", seed=3)
+    plain = io.StringIO()
+    with Progress(2, rich=False, stream=plain) as bar:
+        bar.running(2)
+        bar.advance(a, Outcome(a.run_id, "ok", 91.25, 70.5))
+        bar.advance(b, Outcome(b.run_id, "failed", error="MemoryError: out of memory"))
+    lines = plain.getvalue().splitlines()
+    assert lines[0].startswith("[1/2] digits/corruption surgical block 1 ") and lines[0].endswith(": OOD 70.5 ID 91.2")
+    assert lines[1].startswith("[2/2] digits/corruption full ") and lines[1].endswith("failed (MemoryError: out of memory)")
+    term = io.StringIO()
+    monkeypatch.setenv("COLUMNS", "140")
+    with Progress(3, rich=True, stream=term) as bar:
+        bar.running(2)
+        bar.advance(b, Outcome(b.run_id, "failed", error="boom"))
+        bar.advance(a, Outcome(a.run_id, "ok", 91.25, 70.5))
+        bar._p.refresh()
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.getvalue())  # without the terminal codes
+    assert "2/3" in shown and "2 running" in shown and "1 failed" in shown and "OOD 70.5 ID 91.2 · digits/corruption surgical" in shown

@@ -45,6 +45,7 @@ class SourceTask:
     train: Split
     val: Split
     test: Split
+    recipe: dict[str, Any] | None = None  # how to pretrain on it (ftbench.models.pretrain); None: RECIPE
 
 
 @dataclass(frozen=True)
@@ -100,5 +101,6 @@ BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 def get_benchmark(name: str) -> Benchmark:
     """Instantiate the benchmark registered as ``name`` (UsageError listing names if unknown)."""
     import ftbench.data.digits  # noqa: F401  (registers the embedded benchmark)
+    import ftbench.data.cifar  # noqa: F401  (cifar10-c, cifar10-c-gen, cifar10-flip)
 
     return BENCHMARKS.get(name)()

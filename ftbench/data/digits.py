@@ -38,7 +38,8 @@ FRACTIONS = {"source_train": 0.35, "source_val": 0.10, "source_test": 0.15, "tar
 # published set (CIFAR-10-C's severity-5 gaussian noise leaves the source model at ~99%: no shift).
 # Spatial corruptions are defined in pixels, so they use CIFAR-10-C's, published for the resolution
 # closest to 8 px (ImageNet-C's 3-10 px defocus radius would erase an 8 px digit at every severity).
-SPATIAL_CORRUPTIONS = {"defocus_blur", "pixelate"}
+SPATIAL_CORRUPTIONS = {"defocus_blur", "pixelate", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur", "snow",
+                       "frost", "fog", "spatter", "elastic_transform"}
 
 
 def corruption_scale(name: str) -> str:

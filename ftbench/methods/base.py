@@ -42,7 +42,7 @@ class Option:
             return f"a non-negative {noun}"
         if self.minimum == 1 and noun == "integer":
             return "a positive integer"
-        return f"a {noun} >= {self.minimum:g}"
+        return f"{'an' if noun == 'integer' else 'a'} {noun} >= {self.minimum:g}"
 
     def parse(self, name: str, value: Any, method: str) -> Any:
         kind = type(self.default)

@@ -43,6 +43,17 @@ class BlockModel(nn.Module):
         """
         return []
 
+    # Optional: cutting the forward pass at a block boundary, for the frozen-prefix fast path
+    # (ftbench/train/prefix.py). A model that overrides both, for every block name but the first,
+    # gets the fast path; ``forward_from(b, forward_to(b, x))`` must run exactly ``forward(x)``'s ops.
+    def forward_to(self, block: str, x):  # noqa: ANN001, ANN201
+        """Input -> the activations entering ``block`` (the output of every block before it)."""
+        raise NotImplementedError
+
+    def forward_from(self, block: str, h):  # noqa: ANN001, ANN201
+        """The activations entering ``block`` -> logits (runs ``block`` and every block after it)."""
+        raise NotImplementedError
+
     def block_names(self) -> list[str]:
         return list(self.blocks())
 
@@ -57,6 +68,11 @@ class ModelEntry:
     build: Callable[[int, int], BlockModel]  # (in_channels, num_classes) -> model
     block_names: tuple[str, ...]
     help: str
+    # Its own pretrained weights (timm's, from the hub), if any: (in_channels, num_classes) -> (model
+    # with them, their identity, whether its classifier came with them). None: trained on the source
+    # split (ftbench/models/pretrain.py).
+    weights: Callable[[int, int], tuple[BlockModel, str, bool]] | None = None
+    native: tuple[int, int] = (1, 10)  # (in_channels, num_classes) it is made for; `ftbench list models` counts
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
@@ -64,5 +80,7 @@ MODELS: Registry[ModelEntry] = Registry("model")
 
 def get_model_entry(name: str) -> ModelEntry:
     import ftbench.models.small  # noqa: F401  (registers the embedded models)
+    import ftbench.models.vit  # noqa: F401
+    from ftbench.models.timm_models import lookup  # registers the CIFAR/timm models; any timm model as timm/NAME
 
-    return MODELS.get(name)
+    return lookup(name)

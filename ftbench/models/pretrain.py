@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ftbench.data.base import SourceTask
 from ftbench.models.base import BlockModel, get_model_entry
 from ftbench.train.loop import fit
 
-PRETRAIN_VERSION = 1
+# 2: CPU pretraining runs on one torch thread (CPU results depend on the thread count; version 1
+# used torch's default), and digits-vit's architecture changed during development.
+PRETRAIN_VERSION = 2
 RECIPE = {"optimizer": "adam", "lr": 3e-3, "wd": 5e-4, "epochs": 40, "batch_size": 64, "seed": 0}
 
 
@@ -29,20 +34,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FTBENCH_CACHE") or Path.home() / ".cache" / "ftbench")
 
 
-def cache_path(model: str, source: SourceTask, device: torch.device) -> Path:
+def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
     # The device type is part of the key: CUDA pretraining (bf16) gives different weights than CPU,
     # and results on one device must not depend on which device happened to fill the cache first.
-    key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": RECIPE,
+    key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": recipe_of(source),
            "device": torch.device(device).type}
+    if weights is not None:  # a classifier fit on given weights; enters the key only then (older keys stay)
+        from ftbench.models.timm_models import HEAD_RECIPE
+
+        key.update(weights=weights, recipe=HEAD_RECIPE)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{model}-{digest}.pt"
+    return cache_dir() / "models" / f"{model.replace('/', '_').replace(':', '_')}-{digest}.pt"
 
 
-def pretrained(model: str, source: SourceTask, device: torch.device) -> BlockModel:
-    """The source model for ``(model, source)`` on ``device``: from the cache, or trained now."""
+def pretrained(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> BlockModel:
+    """The source model for ``(model, source)`` on ``device``: from the cache, or trained now.
+
+    ``weights`` is a resolved RunSpec's: None (the model's default), ``"scratch"`` or a state-dict
+    file. Given weights (the file, or by default the model's own hub weights) are the source model
+    when their classifier fits the source's classes; otherwise only the classifier is fit on the
+    source split, on the frozen backbone (cached). Without weights the whole model is trained on
+    the source split from random initialisation (cached). See docs/models.md.
+    """
+    from ftbench.models.timm_models import given_weights, fit_head
+
     entry = get_model_entry(model)
-    net = entry.build(int(source.train.x.shape[1]), source.num_classes)
-    path = cache_path(model, source, device)
+    given = given_weights(entry, model, int(source.train.x.shape[1]), source.num_classes, weights)
+    if given is not None and given.head_loaded:
+        return given.model.to(device).eval()
+    net = given.model if given is not None else entry.build(int(source.train.x.shape[1]), source.num_classes)
+    path = cache_path(model, source, device, given.key() if given is not None else None)
     if path.is_file():
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -50,7 +71,7 @@ def pretrained(model: str, source: SourceTask, device: torch.device) -> BlockMod
         except Exception as e:  # corrupt or foreign file: rebuild it
             print(f"warning: cached source model {path} is unreadable ({type(e).__name__}); rebuilding",
                   file=sys.stderr)
-    net = _train(net, source, device)
+    net = _train(net, source, device) if given is None else fit_head(net, source, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
@@ -58,15 +79,68 @@ def pretrained(model: str, source: SourceTask, device: torch.device) -> BlockMod
     return net.eval()
 
 
+def recipe_of(source: SourceTask) -> dict:
+    """The pretraining recipe of ``source``: its benchmark's (``SourceTask.recipe``), else ``RECIPE``.
+
+    Optional keys beyond RECIPE's: ``augment`` (``"crop-flip"``: a random crop of the image padded by
+    4 px, reflected, and a horizontal flip with probability 1/2, per image on the device) and
+    ``schedule`` (``"cosine"``: the learning rate decays from ``lr`` to 0 over the run).
+    """
+    return RECIPE if source.recipe is None else source.recipe
+
+
+class CropFlip(nn.Module):
+    """``net`` behind per-image random-crop + horizontal-flip augmentation (train mode only)."""
+
+    def __init__(self, net: nn.Module, pad: int = 4) -> None:
+        super().__init__()
+        self.net, self.pad = net, pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:  # global RNG of x's device: seeded by the recipe's torch.manual_seed
+            n, _, h, w = x.shape
+            p, dev = self.pad, x.device
+            dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), device=dev)
+            rows = (dy + torch.arange(h, device=dev))[:, :, None]  # n×h×1
+            cols = (dx + torch.arange(w, device=dev))[:, None, :]  # n×1×w
+            padded = F.pad(x, (p, p, p, p), mode="reflect").permute(0, 2, 3, 1)  # n×H×W×c
+            x = padded[torch.arange(n, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+            flip = torch.rand(n, device=dev) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return self.net(x)
+
+
 def _train(net: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
-    torch.manual_seed(RECIPE["seed"])
+    # One CPU thread, whatever the caller's setting: the cached source model must not depend on
+    # which process (a 1-thread sweep worker, a 2-thread `ftbench run`) happened to build it.
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _train_recipe(net, source, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
+    r = recipe_of(source)
+    torch.manual_seed(r["seed"])
     net = net.to(device).train()
     for m in net.modules():  # fresh init under the recipe's seed, independent of build order
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     data = source.train.to(device)
-    g = torch.Generator().manual_seed(RECIPE["seed"])
-    steps = RECIPE["epochs"] * max(1, len(data) // RECIPE["batch_size"])
-    fit(net, net.parameters(), data, lr=RECIPE["lr"], wd=RECIPE["wd"], steps=steps,
-        batch_size=RECIPE["batch_size"], optimizer=RECIPE["optimizer"], generator=g)
+    g = torch.Generator().manual_seed(r["seed"])
+    steps = r["epochs"] * max(1, len(data) // r["batch_size"])
+    if r.get("augment") not in (None, "crop-flip") or r.get("schedule") not in (None, "cosine"):
+        raise ValueError(f"unknown augment or schedule in pretraining recipe {r}")
+    model: nn.Module = CropFlip(net) if r.get("augment") == "crop-flip" else net
+
+    def cosine(opt: torch.optim.Optimizer, t: int) -> None:  # lr of step t (1-based), before its update
+        for group in opt.param_groups:
+            group["lr"] = r["lr"] * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
+
+    before_step = cosine if r.get("schedule") == "cosine" else None
+    fit(model, net.parameters(), data, lr=r["lr"], wd=r["wd"], steps=steps, batch_size=r["batch_size"],
+        optimizer=r["optimizer"], generator=g, before_step=before_step)
     return net

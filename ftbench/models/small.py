@@ -4,6 +4,7 @@ ResNet-26: block 1 = stem convolution + first stage, block k = stage k, last = c
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,6 +55,25 @@ class SmallResNet(BlockModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage3(self.stage2(self.stage1(self.stem(x))))
         return x.mean(dim=(2, 3))
+
+    def _pieces(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        # The ops of forward(), one piece per block, in order (the pooling ends block 3).
+        return [("1", lambda h: self.stage1(self.stem(h))), ("2", lambda h: self.stage2(h)),
+                ("3", lambda h: self.stage3(h).mean(dim=(2, 3))), ("last", lambda h: self.head(h))]
+
+    def forward_to(self, block: str, x: torch.Tensor) -> torch.Tensor:
+        for name, piece in self._pieces():
+            if name == block:
+                return x
+            x = piece(x)
+        raise KeyError(block)
+
+    def forward_from(self, block: str, h: torch.Tensor) -> torch.Tensor:
+        pieces = self._pieces()
+        start = [name for name, _ in pieces].index(block)
+        for _, piece in pieces[start:]:
+            h = piece(h)
+        return h
 
 
 MODELS.register("digits-resnet")(

@@ -31,6 +31,7 @@ SCHEMA = pa.schema(
         ("severity", pa.int64()),
         ("shots", pa.int64()),
         ("model", pa.string()),
+        ("weights", pa.string()),  # --weights: a state-dict file, "scratch", or null (the model's default)
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),
@@ -58,6 +59,7 @@ SCHEMA = pa.schema(
         ("train_seconds", pa.float64()),
         ("examples_per_second", pa.float64()),
         ("device", pa.string()),
+        ("threads", pa.int64()),  # torch CPU threads (0 on GPU): CPU results depend on it
         ("ftbench_version", pa.string()),
         ("timestamp", pa.timestamp("us", tz="UTC")),
     ]

@@ -1,22 +1,23 @@
 """Sequential local execution of a list of runs, skipping those already in the results folder.
 
+Shared pieces of every executor live here too: the summary, the failed row and run descriptions.
+
 Executors know nothing of training beyond ``execute``; the runner knows nothing of sweeps.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError
-from ftbench.results.store import completed_ids, write_result
+from ftbench.results.store import completed_ids
 from ftbench.spec import RunSpec
+from ftbench.sweep.progress import Progress
+from ftbench.sweep.task import Outcome, clean_tmp, holder, run_task, set_threads
 
 
 @dataclass
@@ -28,6 +29,16 @@ class SweepSummary:
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
+    def count(self, spec: RunSpec, outcome: Outcome) -> None:
+        """Account one run's outcome."""
+        if outcome.status == "ok":
+            self.done += 1
+        elif outcome.status == "done":
+            self.skipped += 1  # another process finished it first
+        else:
+            self.failed += 1
+            self.failures.append(f"{spec.run_id}: {outcome.error or outcome.status}")
+
 
 def failed_row(spec: RunSpec, error: BaseException) -> dict[str, Any]:
     """A result row recording a run that raised, so the sweep goes on and the failure is visible."""
@@ -35,9 +46,11 @@ def failed_row(spec: RunSpec, error: BaseException) -> dict[str, Any]:
 
     import ftbench
 
+    # MemoryError usually has no message; say what it means.
+    message = str(error) or ("out of memory" if isinstance(error, MemoryError) else "")
     return {
         **spec.columns(), "variant": "", "shift_level": "",
-        "status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
+        "status": "failed", "error": f"{type(error).__name__}: {message}"[:2000],
         "id_acc": float("nan"), "ood_acc": float("nan"), "val_acc": float("nan"),
         "source_val_acc": float("nan"), "ftbench_version": ftbench.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc),
@@ -51,40 +64,52 @@ def run_sweep(
     on_result: Callable[[RunSpec, dict[str, Any]], None] | None = None,
     progress: bool | None = None,
     retry_failed: bool = False,
+    threads: int | None = None,
 ) -> SweepSummary:
-    """Run every spec without a result in ``out_dir``; one parquet file per finished run."""
-    from ftbench.train.runner import execute, work_dir
+    """Run every spec without a result in ``out_dir``, one after the other in this process.
 
+    One parquet file per finished run. ``threads`` pins torch's CPU threads (None: leave them).
+    Runs another process holds (see :func:`ftbench.sweep.task.claim`) are waited for at the end.
+    """
+    out_dir = Path(out_dir)
+    clean_tmp(out_dir)
     done_ids = completed_ids(out_dir, retry_failed)
     todo = [s for s in specs if s.run_id not in done_ids]
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
+    previous = set_threads(threads) if threads is not None and todo else None
     t0 = time.perf_counter()
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    bar = _Progress(len(todo), show_bar)
-    with bar:
-        for spec in todo:
-            try:
-                rows = execute(spec, device, work_dir(out_dir, spec.run_id))
-            except UsageError:
-                raise
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # a failing run is recorded and does not stop the sweep
-                rows = [failed_row(spec, e)]
-                summary.failures.append(f"{spec.run_id}: {rows[0]['error']}")
-                if os.environ.get("FTBENCH_DEBUG"):
-                    traceback.print_exc(file=sys.stderr)
-            write_result(out_dir, rows)
-            row = rows[-1]
-            if row["status"] == "ok":
-                summary.done += 1
-            else:
-                summary.failed += 1
-            bar.advance(spec, row)
-            if on_result:
-                on_result(spec, row)
+    with Progress(len(todo), progress) as bar, _restore_threads(previous):
+        pending = list(todo)
+        while pending:
+            held = []
+            for spec in pending:
+                bar.running(1)
+                outcome = run_task(spec, out_dir, device, retry_failed)
+                if outcome.status == "busy":
+                    held.append(spec)
+                    continue
+                summary.count(spec, outcome)
+                bar.advance(spec, outcome)
+                if on_result:
+                    on_result(spec, outcome.__dict__)
+            bar.running(0)
+            if held:
+                bar.note(f"waiting for {len(held)} run(s) held by another process "
+                         f"(e.g. {held[0].run_id} by {holder(out_dir, held[0].run_id) or '?'})")
+                time.sleep(1.0)
+            pending = held
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+@contextmanager
+def _restore_threads(previous: int | None) -> Iterator[None]:
+    # The sweep's thread count is the sweep's: the calling process gets its own back.
+    try:
+        yield
+    finally:
+        if previous is not None:
+            set_threads(previous)
 
 
 def describe(spec: RunSpec) -> str:
@@ -102,34 +127,3 @@ def describe(spec: RunSpec) -> str:
             parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
     parts.append(f"seed={spec.seed}")
     return " ".join(parts)
-
-
-class _Progress:
-    """A rich progress bar on a terminal; one plain line per run otherwise (CI logs)."""
-
-    def __init__(self, total: int, rich: bool) -> None:
-        self.total, self.rich, self.count = total, rich, 0
-        self._p: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.rich and self.total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
-                               TimeRemainingColumn(), TextColumn("{task.description}"), transient=True)
-            self._p.__enter__()
-            self._task = self._p.add_task("", total=self.total)
-        return self
-
-    def advance(self, spec: RunSpec, row: dict[str, Any]) -> None:
-        self.count += 1
-        msg = (f"{describe(spec)}: OOD {row['ood_acc']:.1f} ID {row['id_acc']:.1f}"
-               if row["status"] == "ok" else f"{describe(spec)}: {row['status']} ({row['error']})")
-        if self._p is not None:
-            self._p.update(self._task, advance=1, description=msg)
-        else:
-            print(f"[{self.count}/{self.total}] {msg}", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)

@@ -14,6 +14,7 @@ from torch import nn
 from ftbench.data.base import TargetTask
 from ftbench.models.base import BlockModel
 from ftbench.spec import RunSpec
+from ftbench.train import prefix
 from ftbench.train.loop import FitStats, fit, steps_for
 
 
@@ -29,6 +30,7 @@ class TrainContext:
     # The run's own scratch folder (``<results>/.work/<run_id>``), kept across interruptions so a
     # method can resume work there (e.g. AutoFT's Optuna storage); None when the caller gives none.
     workdir: Path | None = None
+    resume: Any = None  # ftbench.train.resume.Resume: checkpoint state of an interrupted run
 
     @property
     def block_names(self) -> list[str]:
@@ -71,8 +73,14 @@ class TrainContext:
             # Evenly spaced, the last at the end (which is the run's final row, not a checkpoint row).
             at = frozenset(round(k * steps / s.checkpoints) for k in range(1, s.checkpoints)) - {0, steps}
         cb = self.on_checkpoint
-        stats = fit(self.model, params, self.target.train, steps=steps, generator=self.generator,
-                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp)
+        # Frozen-prefix fast path (ftbench/train/prefix.py): same loop on cached activations when exact.
+        params = list(params)
+        resume = self.resume.fit_kwargs(self, steps, done, hp) if self.resume is not None else {}
+        net, data = prefix.fit_inputs(self.model, params, self.target.train, hp)
+        stats = fit(net, params, data, steps=steps, generator=self.generator,
+                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp, **resume)
+        if self.resume is not None:
+            self.resume.fit_done()
         self.fits.append(stats)
         return stats
 

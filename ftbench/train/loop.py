@@ -46,11 +46,15 @@ def steps_for(n: int, batch_size: int, steps: int | None, epochs: int | None) ->
 
 
 def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.Optimizer:
-    """Adam (coupled L2, as the surgical paper's code) or SGD with momentum 0.9."""
+    """Adam (coupled L2, as the surgical paper's code) or SGD with momentum 0.9.
+
+    ``foreach=True`` (torch's default on CUDA) on every device: on a CPU it is about twice as fast
+    as the per-tensor loop and gives bit-identical updates (tests/test_fastpaths.py).
+    """
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9, foreach=True)
     raise ValueError(name)
 
 
@@ -76,6 +80,9 @@ def fit(
     at_steps: frozenset[int] = frozenset(),
     extra_loss: Callable[[], torch.Tensor] | None = None,
     before_step: Callable[[torch.optim.Optimizer, int], None] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    start_step: int = 0,
+    on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> FitStats:
     """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
 
@@ -85,6 +92,11 @@ def fit(
     ``before_step(opt, t)`` runs after the backward pass and before step ``t``'s update, with the
     gradients in place (e.g. to set per-tensor learning rates). Each parameter is its own
     optimizer param group when ``before_step`` is given, so a hook can set per-tensor rates.
+    ``loss_fn(logits, labels)``, when given, replaces the cross-entropy (float32 logits of the
+    batch; e.g. AutoFT's learned objective).
+    Resuming (ftbench/train/resume.py): ``on_optimizer(opt)`` is called once the optimizer exists
+    (to load a checkpoint's state or keep a handle to save it), and the loop starts after step
+    ``start_step``; the batch indices are drawn in full either way.
     """
     params = [p for p in params if p.requires_grad]
     device = data.x.device
@@ -93,12 +105,14 @@ def fit(
         return FitStats(0, 0, float("nan"))
     groups: Any = [{"params": [p]} for p in params] if before_step is not None else params
     opt = make_optimizer(groups, optimizer, lr, wd)
+    if on_optimizer is not None:
+        on_optimizer(opt)
     last = torch.zeros((), device=device)
-    for t in range(idx.shape[0]):
+    for t in range(start_step, idx.shape[0]):
         b = idx[t]
         with autocast(device):
             logits = model(data.x[b])
-        loss = F.cross_entropy(logits.float(), data.y[b])
+        loss = (loss_fn or F.cross_entropy)(logits.float(), data.y[b])
         if extra_loss is not None:
             loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)

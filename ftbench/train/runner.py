@@ -99,16 +99,25 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
     source = SourceTask(s.key, s.num_classes, s.train, s.val.to(dev), s.test.to(dev))
     t = bench.target(spec)
     target = TargetTask(t.num_classes, t.train.to(dev), t.val.to(dev), t.test.to(dev), t.info)
-    model = pretrained(spec.model, s, dev)
+    model = pretrained(spec.model, s, dev, spec.weights)
     method = get_method(spec.method)(spec)
     ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed), workdir=workdir)
-    checkpoints: dict[int, dict[str, float]] = {}
+    # With checkpoints and a workdir, the run's state is saved at each checkpoint and an interrupted
+    # run resumes from the last one (ftbench/train/resume.py).
+    from ftbench.train.resume import Resume
+
+    resume = Resume.open(workdir, spec.run_id) if spec.checkpoints and workdir is not None else None
+    ctx.resume = resume
+    checkpoints: dict[int, dict[str, float]] = dict(resume.evals) if resume is not None else {}
     eval_seconds = [0.0]  # checkpoint evaluation is not training time
+    before = resume.train_seconds if resume is not None else 0.0  # trained before an interruption
 
     def on_checkpoint(step: int) -> None:
         t = time.perf_counter()
         checkpoints[step] = _evaluate(model, source, target, dev)
         eval_seconds[0] += time.perf_counter() - t
+        if resume is not None:
+            resume.save(ctx, step, checkpoints, before + time.perf_counter() - t0 - eval_seconds[0])
 
     if spec.checkpoints:
         ctx.on_checkpoint = on_checkpoint
@@ -116,7 +125,9 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
     t0 = time.perf_counter()
     ctx.metrics.update(method.run(ctx))
     _sync(dev)
-    seconds = time.perf_counter() - t0 - eval_seconds[0]
+    seconds = before + time.perf_counter() - t0 - eval_seconds[0]
+    if resume is not None:
+        resume.discard()
     # States the method asks to have evaluated too (WiSE-FT's interpolations); not timed as training.
     states = [{**cols, **_evaluate(model, source, target, dev)} for cols in method.extra_states(ctx)]
     return Trained(spec, dev, model, method, source, target, ctx, seconds, checkpoints, states)
@@ -128,7 +139,11 @@ def execute(spec: RunSpec, device: str = "auto", workdir: Path | None = None) ->
     Without ``checkpoints`` there is one row. Checkpoint rows differ from the final row only in
     ``step``, ``final`` and the four accuracies.
     """
-    tr = fine_tune(spec, device, workdir)
+    return result_rows(fine_tune(spec, device, workdir))
+
+
+def result_rows(tr: Trained) -> list[dict[str, Any]]:
+    """The result rows of a trained run (see :func:`execute`; also used by fused training)."""
     spec, model, ctx, dev = tr.spec, tr.model, tr.ctx, tr.device
     finite = all(bool(p.isfinite().all()) for p in model.parameters())
     diverged = not finite or any(not math.isfinite(f.final_loss) for f in ctx.fits if f.steps)
@@ -151,6 +166,7 @@ def execute(spec: RunSpec, device: str = "auto", workdir: Path | None = None) ->
         "train_seconds": tr.train_seconds,
         "examples_per_second": examples / tr.train_seconds if examples and tr.train_seconds > 0 else 0.0,
         "device": _device_name(dev),
+        "threads": torch.get_num_threads() if dev.type == "cpu" else 0,  # CPU results depend on it
         "ftbench_version": ftbench.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc),
         **ctx.metrics,

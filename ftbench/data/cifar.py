@@ -1,0 +1,382 @@
+"""The CIFAR-10 benchmarks of the surgical fine-tuning paper (Lee et al., ICLR 2023).
+
+Three registered benchmarks share one source task and one source model:
+
+* ``cifar10-c`` (input level): the target images are the published CIFAR-10-C (Hendrycks &
+  Dietterich, 2019) for ``--corruption`` at ``--severity`` (default 5);
+* ``cifar10-c-gen`` (input level): the same protocol with CIFAR-10-C regenerated locally from the
+  CIFAR-10 test set by :mod:`ftbench.data.corruptions`, for when the published archive cannot be
+  fetched; its images are *not* the published ones (see docs/benchmarks.md);
+* ``cifar10-flip`` (output level): the target images are the clean CIFAR-10 test set with every
+  label y replaced by 9 - y (CIFAR-Flip).
+
+Source (ID) task: CIFAR-10 train, with a fixed, stratified tenth held out as ``source_val``;
+``source_test`` (``id_acc``) is the clean CIFAR-10 test set. Target (OOD) task: the 10,000 target
+images (one per CIFAR-10 test image) are split once, per class and with a fixed data seed, into a
+target validation split, a few-shot pool and a target test split; fine-tuning sees ``shots``
+images per class drawn from the pool with the run's seed, as in the paper's released code
+(``train_n = 1000``: 100 per class).
+
+Images are kept as uint8 until a split is built, then converted to float32 and normalised per
+channel with the CIFAR-10 training-set mean and standard deviation. Data come from
+``ftbench fetch cifar10 cifar10-c`` (``ftbench.data.fetch``); see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pickle
+import sys
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from ftbench.data import corruptions
+from ftbench.data.base import BENCHMARKS, Benchmark, ShiftInfo, SourceTask, Split, TargetTask
+from ftbench.data.fetch import CIFAR10_C_FILES, DATASETS, data_root
+from ftbench.data.fetch import status as dataset_status
+from ftbench.errors import UsageError, unknown
+
+if TYPE_CHECKING:
+    from ftbench.spec import RunSpec
+
+NUM_CLASSES = 10
+DATA_SEED = 0  # the fixed partitions below; not the run seed
+# Per-channel statistics of the CIFAR-10 training images (in [0, 1]), the usual normalisation.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+SOURCE_VAL_FRACTION = 0.1  # of each class of CIFAR-10 train: 5,000 source_val, 45,000 source_train
+# Of each class of the 10,000 target images (1,000 per class): 10 target_val (the released code's
+# 10 per class), 500 in the few-shot pool, the remaining 490 target_test.
+TARGET_VAL_FRACTION = 0.01
+TARGET_POOL_FRACTION = 0.5
+DEFAULT_SHOTS = 100  # the paper's train_n = 1000 over 10 classes
+MAX_SHOTS = 500  # the pool size per class of the real data (smaller copies are checked in target())
+DEFAULT_CORRUPTION = "gaussian_noise"
+DEFAULT_SEVERITY = 5
+# The 19 corruptions of the published CIFAR-10-C archive (15 benchmark + 4 extra).
+CIFAR10_C = tuple(f.removesuffix(".npy") for f in CIFAR10_C_FILES if f != "labels.npy")
+GEN_CHUNK = 1000  # cifar10-c-gen corrupts the test set in chunks of this many images, one seed each
+GEN_VERSION = 1
+
+# How the shared CIFAR-10 source model is pretrained (ftbench.models.pretrain; part of its cache
+# key): the standard CIFAR ResNet recipe — SGD with momentum 0.9, lr 0.1 with cosine decay to 0,
+# batch 128, weight decay 5e-4, random 4-px crop + horizontal flip — for 30 epochs.
+PRETRAIN_RECIPE: dict[str, Any] = {"optimizer": "sgd", "lr": 0.1, "wd": 5e-4, "epochs": 30, "batch_size": 128,
+                                   "seed": 0, "augment": "crop-flip", "schedule": "cosine"}
+
+
+# --- reading the files ------------------------------------------------------------------------
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 python batch (a dict of bytes, lists and one numpy array) and nothing
+    else: a pickle that names any other global is refused instead of run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One ``cifar-10-batches-py`` file -> (uint8 N×3×32×32 images, int64 labels)."""
+    try:
+        with open(path, "rb") as fh:
+            d = _BatchUnpickler(fh, encoding="bytes").load()
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        raise UsageError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e}); "
+                         "fetch cifar10 again") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+        raise UsageError(f"{path} is not a CIFAR-10 batch: data {data.shape}, labels {labels.shape}; "
+                         "fetch cifar10 again")
+    if labels.size and not (0 <= labels.min() and labels.max() < NUM_CLASSES):
+        raise UsageError(f"{path} has labels outside 0..9; fetch cifar10 again")
+    return data.reshape(-1, 3, 32, 32), labels  # rows are R, G, B planes of 32×32
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar10(root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) of the CIFAR-10 under ``root``."""
+    folder = Path(root) / DATASETS.get("cifar10").folder / "cifar-10-batches-py"
+    parts = [_load_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = _load_batch(folder / "test_batch")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_x, test_y
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar10_c(root: str, name: str, severity: int) -> tuple[np.ndarray, np.ndarray]:
+    """The published CIFAR-10-C images (uint8 N×3×32×32) and labels of ``name`` at ``severity``.
+
+    Each ``<corruption>.npy`` holds the test set five times, severities 1..5 in order.
+    """
+    folder = Path(root) / DATASETS.get("cifar10-c").folder / "CIFAR-10-C"
+    path = folder / f"{name}.npy"
+    try:
+        images = np.load(path, mmap_mode="r")  # read only the severity's slice
+        labels = np.load(folder / "labels.npy")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not readable ({type(e).__name__}: {e}); fetch cifar10-c again") from None
+    n = images.shape[0] // 5 if images.ndim == 4 else 0
+    if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or n == 0
+            or images.shape[0] != 5 * n or labels.shape != (images.shape[0],)):
+        raise UsageError(f"{path} is not a CIFAR-10-C file: images {images.shape} {images.dtype}, labels "
+                         f"{labels.shape}; expected 5·N×32×32×3 uint8 with N labels per severity")
+    part = slice((severity - 1) * n, severity * n)
+    x = np.ascontiguousarray(np.asarray(images[part]).transpose(0, 3, 1, 2))
+    return x, labels[part].astype(np.int64)
+
+
+def generation_seed(name: str, severity: int, chunk: int) -> int:
+    """Seed of the corruption of chunk ``chunk`` (images ``chunk*GEN_CHUNK`` onwards) in cifar10-c-gen."""
+    return zlib.crc32(f"cifar10-c-gen/{name}/{severity}/{chunk}".encode())
+
+
+def generate(clean: np.ndarray, name: str, severity: int) -> np.ndarray:
+    """CIFAR-10-C-style corrupted copies of uint8 images (N×3×32×32), as uint8.
+
+    Each chunk of :data:`GEN_CHUNK` images is corrupted with :func:`ftbench.data.corruptions.corrupt`
+    (CIFAR-10-C constants) on the CPU, seeded with :func:`generation_seed`; the result in [0, 1] is
+    scaled by 255 and truncated to uint8, as ``np.uint8`` does in the reference ``make_cifar_c.py``.
+    """
+    out = np.empty_like(clean)
+    for chunk, start in enumerate(range(0, clean.shape[0], GEN_CHUNK)):
+        x = torch.from_numpy(clean[start:start + GEN_CHUNK]).float().div_(255)
+        y = corruptions.corrupt(x, name, severity, seed=generation_seed(name, severity, chunk), scale="cifar")
+        # +1e-3: a value that is exactly k/255 in exact arithmetic must not truncate to k - 1.
+        out[start:start + GEN_CHUNK] = (y * 255 + 1e-3).floor_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def _gen_cache_path(clean: np.ndarray, name: str, severity: int) -> Path:
+    from ftbench.models.pretrain import cache_dir
+
+    # Tied to the input images and to the corruption code, so neither a different copy of CIFAR-10
+    # nor a changed corruption ever reads a stale file.
+    code = hashlib.sha256(Path(corruptions.__file__).read_bytes()).hexdigest()
+    key = {"v": GEN_VERSION, "name": name, "severity": severity, "chunk": GEN_CHUNK, "corruptions": code,
+           "n": int(clean.shape[0]), "crc": zlib.crc32(clean.tobytes())}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "cifar10-c-gen" / f"{name}-{severity}-{digest}.npy"
+
+
+@functools.lru_cache(maxsize=4)
+def _generated(root: str, name: str, severity: int) -> np.ndarray:
+    """cifar10-c-gen's images of ``name`` at ``severity``: from the disk cache, or generated now."""
+    clean = _cifar10(root)[2]
+    path = _gen_cache_path(clean, name, severity)
+    if path.is_file():
+        try:
+            x = np.load(path)
+            if x.shape == clean.shape and x.dtype == np.uint8:
+                return x
+        except (OSError, ValueError):
+            pass
+        print(f"warning: cached cifar10-c-gen images {path} are unreadable; regenerating", file=sys.stderr)
+    x = generate(clean, name, severity)
+    try:  # the cache is an optimisation: an unwritable cache folder only costs time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, x)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"warning: cannot cache cifar10-c-gen images in {path.parent} ({e})", file=sys.stderr)
+    return x
+
+
+# --- building splits --------------------------------------------------------------------------
+
+def _split(x: np.ndarray, y: np.ndarray) -> Split:
+    """uint8 images -> a Split of float32 images normalised with MEAN/STD."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255)
+    t = t.sub_(torch.tensor(MEAN).view(1, 3, 1, 1)).div_(torch.tensor(STD).view(1, 3, 1, 1))
+    return Split(t, torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+
+
+def _per_class(y: np.ndarray, fractions: tuple[float, ...]) -> list[np.ndarray]:
+    """Stratified fixed partition of ``range(len(y))``: per class (in order 0..9) a permutation by
+    ``default_rng(DATA_SEED)`` cut into pieces of ``max(1, round(f × class size))`` for each
+    fraction ``f``, then the rest; returns the sorted index arrays, one per piece."""
+    rng = np.random.default_rng(DATA_SEED)
+    pieces: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for c in range(NUM_CLASSES):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        start = 0
+        for k, f in enumerate(fractions):
+            n = max(1, int(round(f * len(idx))))
+            pieces[k].append(idx[start:start + n])
+            start += n
+        pieces[-1].append(idx[start:])
+    return [np.sort(np.concatenate(p)) for p in pieces]
+
+
+def target_roles(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target_val, few-shot pool, target_test) indices of the target images with labels ``y``."""
+    val, pool, test = _per_class(y, (TARGET_VAL_FRACTION, TARGET_POOL_FRACTION))
+    return val, pool, test
+
+
+def few_shot(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """``shots`` pool indices per class, drawn with ``default_rng([DATA_SEED, seed])``; sorted."""
+    rng = np.random.default_rng([DATA_SEED, seed])
+    return np.sort(np.concatenate([rng.permutation(pool[y[pool] == c])[:shots] for c in range(NUM_CLASSES)]))
+
+
+# --- the benchmarks ---------------------------------------------------------------------------
+
+class _Cifar10(Benchmark):
+    """What the three CIFAR-10 benchmarks share: source task, target partition, checks."""
+
+    datasets: ClassVar[tuple[str, ...]]  # the ``ftbench fetch`` datasets this benchmark reads
+    default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/timm_models.py)
+    default_shots = DEFAULT_SHOTS
+
+    def corruption_names(self) -> list[str]:
+        """The ``--corruption`` values this benchmark accepts."""
+        return []
+
+    def resolve(self, spec: RunSpec) -> RunSpec:
+        from ftbench.spec import RunSpec
+
+        shift = spec.shift
+        # A benchmark with one shift takes the CLI's default --shift (RunSpec's) to mean that shift.
+        if (shift not in self.shifts and shift == RunSpec.shift and len(self.shifts) == 1
+                and spec.corruption is None and spec.severity is None):
+            shift = next(iter(self.shifts))
+        if shift not in self.shifts:
+            raise unknown(f"shift for benchmark {self.name!r}:", shift, list(self.shifts))
+        changes: dict[str, Any] = {"shift": shift}
+        if shift == "corruption":
+            name = spec.corruption or DEFAULT_CORRUPTION
+            if name not in self.corruption_names():
+                raise unknown(f"corruption for benchmark {self.name!r}:", name, self.corruption_names())
+            sev = DEFAULT_SEVERITY if spec.severity is None else spec.severity
+            if not (isinstance(sev, int) and 1 <= sev <= 5):
+                raise UsageError(f"severity must be an integer in 1..5, got {sev!r}")
+            changes.update(corruption=name, severity=sev)
+        elif spec.corruption is not None or spec.severity is not None:
+            raise UsageError(f"--corruption/--severity apply only to --shift corruption, not {shift!r} "
+                             f"(benchmark {self.name!r})")
+        shots = self.default_shots if spec.shots is None else spec.shots
+        if not (isinstance(shots, int) and 1 <= shots <= MAX_SHOTS):
+            raise UsageError(f"shots must be an integer in 1..{MAX_SHOTS} for benchmark {self.name!r}, got {shots!r}")
+        changes["shots"] = shots
+        return dataclasses.replace(spec, **changes)
+
+    def _root(self) -> str:
+        """The data root, after checking every dataset this benchmark reads is there."""
+        root = data_root()
+        missing = [d for d in self.datasets if DATASETS.get(d).problems(root)]
+        if missing:
+            raise UsageError(f"{self.name} data not found under {root}: run `ftbench fetch {' '.join(missing)}` "
+                             "(or --mirror)")
+        return str(root)
+
+    def source(self, spec: RunSpec) -> SourceTask:
+        root = self._root()
+        x, y, test_x, test_y = _cifar10(root)
+        val, train = _per_class(y, (SOURCE_VAL_FRACTION,))
+        # One source model for all three benchmarks; n_train keeps a small copy of the data (tests,
+        # subsets) from sharing a cache entry with the real one.
+        key = {"benchmark": "cifar10", "data_seed": DATA_SEED, "source_val_fraction": SOURCE_VAL_FRACTION,
+               "normalize": [list(MEAN), list(STD)], "n_train": int(len(train))}
+        return SourceTask(key, NUM_CLASSES, _split(x[train], y[train]), _split(x[val], y[val]),
+                          _split(test_x, test_y), recipe=dict(PRETRAIN_RECIPE))
+
+    def _target_images(self, spec: RunSpec, root: str) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 target images (one per CIFAR-10 test image) and their source-task labels."""
+        raise NotImplementedError
+
+    def _relabel(self, y: np.ndarray) -> np.ndarray:
+        return y
+
+    def target(self, spec: RunSpec) -> TargetTask:
+        root = self._root()
+        x, y = self._target_images(spec, root)
+        val, pool, test = target_roles(y)
+        most = int(min(np.sum(y[pool] == c) for c in range(NUM_CLASSES)))
+        if spec.shots > most:
+            raise UsageError(f"shots must be an integer in 1..{most} for benchmark {self.name!r} with the data "
+                             f"under {root}, got {spec.shots}")
+        train = few_shot(y, pool, spec.shots, spec.seed)
+        yt = self._relabel(y)
+        return TargetTask(NUM_CLASSES, _split(x[train], yt[train]), _split(x[val], yt[val]),
+                          _split(x[test], yt[test]), info={"shift_level": self.shifts[spec.shift].level})
+
+    def status(self) -> str:
+        root = data_root()
+        missing = [d for d in self.datasets if DATASETS.get(d).problems(root)]
+        if not missing:
+            return "ready"
+        return f"{dataset_status(DATASETS.get(missing[0]), root)}: ftbench fetch {' '.join(missing)}"
+
+
+@BENCHMARKS.register("cifar10-c")
+class Cifar10C(_Cifar10):
+    name = "cifar10-c"
+    help = "CIFAR-10 -> CIFAR-10-C (published archive): 19 corruptions x severities 1-5"
+    datasets = ("cifar10", "cifar10-c")
+    shifts = {
+        "corruption": ShiftInfo(
+            "corruption", "input", "target images from CIFAR-10-C (--corruption NAME --severity 1..5, default 5)",
+            ("corruption", "severity"),
+        ),
+    }
+
+    def corruption_names(self) -> list[str]:
+        return sorted(CIFAR10_C)
+
+    def _target_images(self, spec: RunSpec, root: str) -> tuple[np.ndarray, np.ndarray]:
+        assert spec.corruption is not None and spec.severity is not None
+        return _cifar10_c(root, spec.corruption, spec.severity)
+
+
+@BENCHMARKS.register("cifar10-c-gen")
+class Cifar10CGen(_Cifar10):
+    name = "cifar10-c-gen"
+    help = ("CIFAR-10 -> CIFAR-10-C regenerated locally with ftbench's torch corruptions (not the published "
+            "images; needs only cifar10)")
+    datasets = ("cifar10",)
+    shifts = {
+        "corruption": ShiftInfo(
+            "corruption", "input",
+            "CIFAR-10 test images corrupted by ftbench (--corruption NAME --severity 1..5, default 5)",
+            ("corruption", "severity"),
+        ),
+    }
+
+    def corruption_names(self) -> list[str]:
+        return sorted(set(CIFAR10_C) & set(corruptions.names()))
+
+    def _target_images(self, spec: RunSpec, root: str) -> tuple[np.ndarray, np.ndarray]:
+        assert spec.corruption is not None and spec.severity is not None
+        return _generated(root, spec.corruption, spec.severity), _cifar10(root)[3]
+
+
+@BENCHMARKS.register("cifar10-flip")
+class Cifar10Flip(_Cifar10):
+    name = "cifar10-flip"
+    help = "CIFAR-Flip: CIFAR-10 -> CIFAR-10 test images with labels permuted y -> 9 - y"
+    datasets = ("cifar10",)
+    shifts = {
+        "label-flip": ShiftInfo("label-flip", "output", "clean CIFAR-10 test images, labels permuted y -> 9 - y"),
+    }
+
+    def _target_images(self, spec: RunSpec, root: str) -> tuple[np.ndarray, np.ndarray]:
+        _, _, test_x, test_y = _cifar10(root)
+        return test_x, test_y
+
+    def _relabel(self, y: np.ndarray) -> np.ndarray:
+        return (NUM_CLASSES - 1) - y

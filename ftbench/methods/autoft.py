@@ -1,0 +1,397 @@
+"""AutoFT (Choi, Lee, Chen, Zhou, Raghunathan & Finn, 2024, "AutoFT: Learning an Objective for Robust
+Fine-Tuning", arXiv:2401.10220).
+
+A bi-level search. The *outer* level is Optuna's TPE sampler over the learning rate, the weight
+decay and the weights ``w_k`` of a fine-tuning objective that is a weighted sum of loss terms:
+
+    L(θ; x, y) = Σ_k w_k · L_k(θ; x, y),   k ∈ {ce, hinge, entropy, dcm, l1init, l2init, l1zero, l2zero, ls}
+
+(see :data:`TERMS` and :class:`AutoFTLoss`). The *inner* level fine-tunes every block of the
+pretrained model for ``inner_steps`` optimizer steps with a sampled objective and optimizer
+settings; the trial's value is the resulting accuracy on the small OOD validation split (here: the
+benchmark's target validation split). After ``trials`` complete trials, the model is fine-tuned
+again from the pretrained weights with the best configuration, for the spec's steps.
+
+The Optuna study lives in the run's scratch folder (``ctx.workdir``) as an append-only journal, so a
+run killed mid-search resumes with the trials it completed (docs/methods.md#autoft). Each trial is
+deterministic given the spec's seed and its index among the complete trials: the sampler is
+re-seeded per trial from both, and so is the inner run's batch order, so a resumed search makes
+exactly the trials an uninterrupted one makes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftbench.errors import UsageError
+from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.spec import RunSpec
+from ftbench.train import loop
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ftbench.train.context import TrainContext
+
+# The loss terms, in the order of the results columns (autoft_w_<term>).
+TERMS = ("ce", "hinge", "entropy", "dcm", "l1init", "l2init", "l1zero", "l2zero", "ls")
+TERM_HELP = {
+    "ce": "cross-entropy",
+    "hinge": "multiclass hinge, sum over j != y of max(0, 1 + z_j - z_y)",
+    "entropy": "entropy of the predicted distribution",
+    "dcm": "confidence minimisation on misclassified examples: cross-entropy to the uniform distribution",
+    "l1init": "mean |θ - θ0| (θ0 = pretrained)",
+    "l2init": "mean (θ - θ0)²",
+    "l1zero": "mean |θ|",
+    "l2zero": "mean θ²",
+    "ls": "cross-entropy to the uniform distribution (label smoothing)",
+}
+WEIGHT_RANGE = (1e-4, 10.0)  # every loss weight: log-uniform, as the released code
+STUDY_NAME = "autoft"
+JOURNAL = "autoft-journal.log"
+
+
+# --- the learned objective ----------------------------------------------------------------
+
+
+def _flat(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in params]) if params else torch.zeros(0)
+
+
+def loss_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The five terms that depend on the batch's predictions, each a mean over the batch.
+
+    With ``p = softmax(z)`` and ``C`` classes, per example:
+
+    * ``ce``      = −log p_y
+    * ``hinge``   = Σ_{j≠y} max(0, 1 + z_j − z_y)   (Weston–Watkins multiclass hinge, margin 1)
+    * ``entropy`` = H(p) = −Σ_k p_k log p_k
+    * ``ls``      = −(1/C) Σ_k log p_k   (cross-entropy to the uniform distribution)
+    * ``dcm``     = 1[argmax z ≠ y] · ls   (the indicator carries no gradient)
+    """
+    logp = F.log_softmax(logits, dim=1)
+    n, c = logits.shape
+    rows = torch.arange(n, device=logits.device)
+    correct = logits[rows, y]
+    margins = (1.0 + logits - correct[:, None]).clamp_min(0.0)
+    margins = margins.masked_fill(F.one_hot(y, c).bool(), 0.0)  # j = y is not a margin
+    uniform_ce = -logp.mean(dim=1)
+    wrong = (logits.detach().argmax(dim=1) != y).to(logits.dtype)
+    return {
+        "ce": F.nll_loss(logp, y),
+        "hinge": margins.sum(dim=1).mean(),
+        "entropy": -(logp.exp() * logp).sum(dim=1).mean(),
+        "dcm": (wrong * uniform_ce).mean(),
+        "ls": uniform_ce.mean(),
+    }
+
+
+class AutoFTLoss:
+    """``loss_fn(logits, y)`` for the training loop: ``Σ_k w_k · L_k`` over the weighted terms.
+
+    The weight terms are means over every element of ``params`` (not sums, as the released code,
+    so that one weight range fits every model size): ``l1init = mean|θ − θ0|``, ``l2init =
+    mean (θ − θ0)²``, ``l1zero = mean|θ|``, ``l2zero = mean θ²``, where ``θ0`` is ``anchor`` (the
+    pretrained values of ``params``, flattened), copied from ``params`` when not given. Terms with
+    weight 0 or absent from ``weights`` are not computed.
+    """
+
+    def __init__(self, weights: Mapping[str, float], params: Sequence[nn.Parameter],
+                 anchor: torch.Tensor | None = None) -> None:
+        bad = sorted(set(weights) - set(TERMS))
+        if bad:
+            raise ValueError(f"unknown loss terms {bad}; known: {', '.join(TERMS)}")
+        self.weights = {k: float(weights[k]) for k in TERMS if k in weights and float(weights[k]) != 0.0}
+        self.params = list(params)
+        with torch.no_grad():
+            self.anchor = (anchor if anchor is not None else _flat(self.params)).detach().float().clone()
+
+    def param_terms(self) -> dict[str, torch.Tensor]:
+        """The four weight terms (means over every element of ``params``)."""
+        flat = _flat(self.params).float()
+        d = flat - self.anchor
+        return {"l1init": d.abs().mean(), "l2init": (d * d).mean(), "l1zero": flat.abs().mean(),
+                "l2zero": (flat * flat).mean()}
+
+    def terms(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every term, unweighted (for inspection and tests)."""
+        return {**loss_terms(logits, y), **self.param_terms()}
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        terms = loss_terms(logits, y)
+        if any(k in self.weights for k in ("l1init", "l2init", "l1zero", "l2zero")):
+            terms.update(self.param_terms())
+        out = logits.new_zeros((), dtype=torch.float32)
+        for k, w in self.weights.items():
+            out = out + w * terms[k]
+        return out
+
+
+# --- the search space --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One point of the search space: optimizer settings and loss weights."""
+
+    lr: float
+    wd: float
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def columns(self) -> dict[str, float]:
+        """``autoft_lr``, ``autoft_wd`` and ``autoft_w_<term>`` for every term (0 = not in the objective)."""
+        return {"autoft_lr": self.lr, "autoft_wd": self.wd,
+                **{f"autoft_w_{k}": float(self.weights.get(k, 0.0)) for k in TERMS}}
+
+
+@dataclass(frozen=True)
+class Space:
+    """The ranges searched: every one log-uniform."""
+
+    terms: tuple[str, ...]
+    lr: tuple[float, float]
+    wd: tuple[float, float]
+    fix_ce: bool = False
+    weight: tuple[float, float] = WEIGHT_RANGE
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> Config:
+        """Ask ``trial`` for a configuration (works with ``optuna.trial.FixedTrial`` too)."""
+        lr = trial.suggest_float("lr", *self.lr, log=True)
+        wd = trial.suggest_float("wd", *self.wd, log=True)
+        weights = {}
+        for k in self.terms:
+            if k == "ce" and self.fix_ce:
+                weights[k] = 1.0
+            else:
+                weights[k] = trial.suggest_float(f"w_{k}", *self.weight, log=True)
+        return Config(lr, wd, weights)
+
+
+def parse_terms(value: Any) -> tuple[str, ...]:
+    """Loss terms from ``"ce,hinge,l2init"`` (or a list): known, non-empty, no repeats; canonical order."""
+    items = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = [str(i).strip().lower() for i in items]
+    rule = f"comma-separated loss terms from: {', '.join(TERMS)}"
+    for n in names:
+        if n not in TERMS:
+            what = "an empty name" if not n else f"unknown term {n!r}"
+            raise UsageError(f"option terms={value!r} of method 'autoft': {what}; expected {rule}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"option terms={value!r} of method 'autoft': a term is repeated; expected {rule}")
+    return tuple(k for k in TERMS if k in names)
+
+
+@dataclass(frozen=True)
+class TermsOption(Option):
+    """The searched loss terms, stored in one canonical order so equal sets share a run id."""
+
+    def parse(self, name: str, value: Any, method: str) -> str:
+        return ",".join(parse_terms(value))
+
+
+# --- the search -------------------------------------------------------------------------
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from integers (NumPy's SeedSequence: well mixed, stable across platforms)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+SALT_SAMPLER, SALT_INNER = 1, 2
+
+
+@dataclass
+class TrialRecord:
+    """A complete trial: its index among the complete trials, its configuration and value."""
+
+    index: int
+    config: Config
+    value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "value": self.value, "lr": self.config.lr, "wd": self.config.wd,
+                "weights": dict(self.config.weights)}
+
+
+def _storage(workdir: Path | None) -> optuna.storages.BaseStorage:
+    """Journal file in ``workdir`` (append-only, so a SIGKILL loses at most the running trial), else in memory."""
+    import optuna
+
+    if workdir is None:
+        return optuna.storages.InMemoryStorage()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(workdir / JOURNAL)))
+
+
+def _records(study: optuna.Study) -> list[TrialRecord]:
+    import optuna
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        p = t.params
+        weights = {k[2:]: float(v) for k, v in p.items() if k.startswith("w_")}
+        if "ce" in t.user_attrs.get("fixed", {}):
+            weights["ce"] = float(t.user_attrs["fixed"]["ce"])
+        weights = {k: weights[k] for k in TERMS if k in weights}
+        out.append(TrialRecord(int(t.user_attrs["index"]), Config(float(p["lr"]), float(p["wd"]), weights),
+                               float(t.value)))
+    return sorted(out, key=lambda r: r.index)
+
+
+def best_of(records: Sequence[TrialRecord]) -> TrialRecord:
+    """Highest value; on a tie the later trial (as the released code, which subtracted number·1e-10)."""
+    return max(records, key=lambda r: (r.value, r.index))
+
+
+def run_search(space: Space, n_trials: int, evaluate: Any, seed: int, workdir: Path | None,
+               callbacks: Sequence[Any] = ()) -> tuple[list[TrialRecord], int]:
+    """Run TPE until the study holds ``n_trials`` complete trials; return them (by index) and how many were reused.
+
+    ``evaluate(config, index) -> float`` runs one inner fine-tune. Trials left RUNNING by a killed
+    process are marked FAIL first; they count for nothing and are redone. Trial ``index`` ``k`` is
+    sampled by a TPE sampler seeded from ``(seed, k)`` over the ``k`` complete trials before it, so
+    its configuration does not depend on whether the search was interrupted. ``callbacks`` are
+    called as ``cb(record)`` after each new trial (tests use them to interrupt the search).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(workdir)
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study.tell(t.number, state=TrialState.FAIL)  # interrupted: not counted, redone below
+    reused = len(_records(study))
+    while True:
+        records = _records(study)
+        k = len(records)
+        if k >= n_trials:
+            return records[:n_trials], min(reused, n_trials)
+        # A fresh sampler per trial, seeded from (seed, k): the k-th trial is the same whether or not
+        # the process was restarted before it (a sampler's random state would otherwise be lost).
+        # Independent (univariate) TPE: Optuna's default when the paper was written; pinned because
+        # Optuna 5 made multivariate the default, and a run id must mean one search on either.
+        sampler = optuna.samplers.TPESampler(seed=derive_seed(seed, k, SALT_SAMPLER), multivariate=False)
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+        trial = study.ask()
+        trial.set_user_attr("index", k)
+        config = space.sample(trial)
+        if "ce" in space.terms and space.fix_ce:
+            trial.set_user_attr("fixed", {"ce": 1.0})
+        value = float(evaluate(config, k))
+        if not math.isfinite(value):
+            value = 0.0  # a NaN value would make the trial FAIL, and the search would redo it forever
+        study.tell(trial, value)
+        for cb in callbacks:
+            cb(TrialRecord(k, config, value))
+
+
+# --- the method ---------------------------------------------------------------------------
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@METHODS.register("autoft")
+class AutoFT(Method):
+    """TPE search over lr, wd and loss-term weights by short fine-tunes scored on OOD val; then a full fine-tune."""
+
+    name = "autoft"
+    help = ("all blocks, with the objective (weights of 9 loss terms), lr and wd found by a TPE search "
+            "of short fine-tunes scored on the target val split")
+    paper = "Choi et al. 2024, AutoFT: Learning an Objective for Robust Fine-Tuning"
+    order = 65
+    # lr and wd are searched; the spec's steps/epochs, batch size and optimizer apply (the inner
+    # runs use inner_steps steps instead of the spec's).
+    uses = frozenset({"steps", "epochs", "batch_size", "optimizer"})
+    options = {
+        "trials": Option(16, "complete search trials (each: an inner fine-tune + an evaluation on target val)",
+                         minimum=1),
+        "inner_steps": Option(20, "optimizer steps of each trial's inner fine-tune", minimum=1),
+        "terms": TermsOption(",".join(TERMS), "loss terms whose weights are searched (default: all nine)"),
+        "fix_ce": Option(False, "fix the cross-entropy weight at 1 instead of searching it (released code's default)"),
+        "lr_min": Option(1e-5, "lowest learning rate searched (log-uniform)", minimum=0),
+        "lr_max": Option(1e-1, "highest learning rate searched", minimum=0),
+        "wd_min": Option(1e-2, "lowest weight decay searched (log-uniform)", minimum=0),
+        "wd_max": Option(0.3, "highest weight decay searched", minimum=0),
+        "bn": BN_OPTION,
+    }
+
+    @classmethod
+    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        spec = super().resolve(spec, block_names)
+        o = spec.options_dict
+        for lo, hi in (("lr_min", "lr_max"), ("wd_min", "wd_max")):
+            if not o[lo] > 0:
+                raise UsageError(f"option {lo}={o[lo]!r} of method 'autoft' must be a positive number (log-uniform range)")
+            if o[lo] > o[hi]:
+                raise UsageError(f"option {lo}={o[lo]!r} of method 'autoft' must not exceed {hi}={o[hi]!r}")
+        if o["fix_ce"] and "ce" not in parse_terms(o["terms"]):
+            raise UsageError("option fix_ce=True of method 'autoft' needs 'ce' in terms")
+        return spec
+
+    def space(self) -> Space:
+        o = self.opts
+        return Space(parse_terms(o["terms"]), (float(o["lr_min"]), float(o["lr_max"])),
+                     (float(o["wd_min"]), float(o["wd_max"])), bool(o["fix_ce"]))
+
+    def trainable_blocks(self, block_names: list[str]) -> list[str]:
+        return list(block_names)
+
+    def run(self, ctx: TrainContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        """Search, then fine-tune from the pretrained weights with the best configuration.
+
+        Returns ``autoft_trials``, ``autoft_reused`` (trials taken from an earlier, interrupted
+        process), ``autoft_best_trial``, ``autoft_best_val``, the best configuration
+        (``autoft_lr``, ``autoft_wd``, ``autoft_w_<term>``) and ``autoft_trials_json``.
+        """
+        if len(ctx.target.val) == 0:
+            raise UsageError("method 'autoft' needs a non-empty target validation split to score its trials")
+        blocks = self.trainable_blocks(ctx.block_names)
+        bn = self.opts["bn"]
+        pretrained = _snapshot(ctx.model)
+        params = ctx.set_trainable(blocks, bn=bn)
+        anchor = _flat(params).detach().float().clone()
+        spec = self.spec
+        assert spec.batch_size is not None and spec.optimizer is not None
+
+        def evaluate(config: Config, index: int) -> float:
+            ctx.model.load_state_dict(pretrained)  # in place: the parameter objects stay the same
+            ps = ctx.set_trainable(blocks, bn=bn)
+            loop.fit(ctx.model, ps, ctx.target.train, lr=config.lr, wd=config.wd, steps=self.opts["inner_steps"],
+                     batch_size=spec.batch_size, optimizer=spec.optimizer,
+                     generator=torch.Generator().manual_seed(derive_seed(spec.seed, index, SALT_INNER)),
+                     loss_fn=AutoFTLoss(config.weights, ps, anchor))
+            return loop.accuracy(ctx.model, ctx.target.val)
+
+        records, reused = run_search(self.space(), self.opts["trials"], evaluate, spec.seed, ctx.workdir,
+                                     callbacks=callbacks)
+        best = best_of(records)
+        logging.getLogger(__name__).info("autoft: best trial %d of %d, val acc %.2f", best.index, len(records),
+                                         best.value)
+        ctx.model.load_state_dict(pretrained)
+        params = ctx.set_trainable(blocks, bn=bn)
+        ctx.fit(params, lr=best.config.lr, wd=best.config.wd, loss_fn=AutoFTLoss(best.config.weights, params, anchor))
+        return {
+            "autoft_trials": len(records),
+            "autoft_reused": reused,
+            "autoft_best_trial": best.index,
+            "autoft_best_val": best.value,
+            **best.config.columns(),
+            "autoft_trials_json": json.dumps([r.to_dict() for r in records]),
+        }

@@ -1,0 +1,228 @@
+"""Parameter-efficient transfer learning that selects or low-rank-updates existing weights.
+
+* ``bitfit`` — Ben Zaken et al. 2022, "BitFit: Simple Parameter-efficient Fine-tuning for
+  Transformer-based Masked Language-models": only the bias terms train.
+* ``ln-tune`` — the "LayerNorm" baseline of Mai et al. 2024, "Lessons Learned from a Unifying
+  Empirical Study of Parameter-Efficient Transfer Learning (PETL) in Visual Recognition": only the
+  normalisation layers' affine weights and biases train.
+* ``lora`` — Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models": a frozen linear
+  layer ``W`` becomes ``W + (alpha/r)·B·A`` with trainable ``A`` (r×in) and ``B`` (out×r, zero at
+  init), injected with the ``peft`` library.
+
+As in the PETL study's code (``TUNE_MODULES`` always holds ``head``), each method also trains the
+classifier head; every other parameter stays bit-identical, and the frozen backbone runs in eval mode
+(BatchNorm running statistics are kept). Each returns the true ``n_trainable`` (which overrides the
+runner's per-block count: these methods train parts of blocks) and ``trainable_fraction`` =
+``n_trainable / n_params``, both counted on the model as trained (LoRA's new matrices included).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ftbench.errors import UsageError
+from ftbench.methods.base import METHODS, Method, Option
+from ftbench.spec import RunSpec
+
+if TYPE_CHECKING:
+    from ftbench.train.context import TrainContext
+
+# Normalisation layers whose affine parameters ``ln-tune`` trains (LayerNorm subclasses such as
+# timm's LayerNorm2d included). BatchNorm counts too, so that on a CNN the method is norm-layer
+# tuning rather than a head-only run (docs/methods.md#ln-tune).
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)
+
+# ``--set targets=...`` of lora -> the module-name suffixes (of nn.Linear layers) that get LoRA.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "qkv": ("attn.qkv",),
+    "qkv,proj": ("attn.qkv", "attn.proj"),
+    "mlp": ("mlp.fc1", "mlp.fc2"),
+    "all-linear": (),  # every nn.Linear except the classifier head
+}
+
+
+def _head_ids(model: nn.Module) -> set[int]:
+    head = getattr(model, "head", None)
+    return {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+
+
+def bias_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Every parameter registered under the name ``bias`` (Linear, Conv, LayerNorm, BatchNorm …),
+    the classifier head's excluded; ``(qualified name, parameter)`` in model order."""
+    head = _head_ids(model)
+    return [(n, p) for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias" and id(p) not in head]
+
+
+def norm_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The affine weights and biases of every normalisation layer (:data:`NORM_TYPES`)."""
+    out = []
+    for prefix, m in model.named_modules():
+        if isinstance(m, NORM_TYPES):
+            out += [(f"{prefix}.{n}", p) for n, p in m.named_parameters(recurse=False)]
+    return out
+
+
+def lora_target_names(model: nn.Module, targets: str) -> list[str]:
+    """Qualified names of the ``nn.Linear`` layers that ``targets`` (a :data:`LORA_TARGETS` key) selects.
+
+    The classifier ``head`` is never a target (it trains in full anyway).
+    """
+    suffixes = LORA_TARGETS[targets]
+    head = getattr(model, "head", None)
+    names = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear) or m is head:
+            continue
+        if not suffixes or any(name == s or name.endswith("." + s) for s in suffixes):
+            names.append(name)
+    return names
+
+
+def inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropout: float,
+                seed: int) -> list[nn.Parameter]:
+    """Wrap the ``nn.Linear`` layers ``names`` of ``model`` with peft LoRA layers, in place; return the
+    new ``A``/``B`` parameters.
+
+    peft's init (as the paper and the PETL study): ``A`` Kaiming-uniform (a=√5), ``B`` zero, so the
+    model computes exactly what it did before. ``A`` is drawn from the CPU generator seeded with
+    ``seed`` (peft builds it on the CPU, then moves it to the layer's device), so it is the same on
+    every device and does not depend on the global RNG state.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(names), bias="none",
+                        init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, model)  # in place: the runner evaluates this same object
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return [p for m in layers for d in (m.lora_A, m.lora_B) for p in d.parameters()]
+
+
+class _PETLMethod(Method):
+    """Shared run: freeze everything, train the selected parameters + the head, report the true count."""
+
+    takes_blocks = False
+
+    def trainable_blocks(self, block_names: list[str]) -> list[str]:
+        return list(block_names)  # the selected parameters may lie in any block
+
+    def select(self, ctx: TrainContext) -> list[nn.Parameter]:
+        """The parameters this method trains besides the head (may insert modules first)."""
+        raise NotImplementedError
+
+    def train_modes(self, ctx: TrainContext) -> None:
+        """Put modules that must be in train mode while fitting (e.g. LoRA dropout) in train mode."""
+
+    def run(self, ctx: TrainContext) -> dict[str, Any]:
+        model = ctx.model
+        model.requires_grad_(False)
+        model.eval()  # frozen backbone: BatchNorm running statistics stay as pretrained
+        selected = self.select(ctx)
+        if not selected:
+            raise UsageError(f"method {self.name!r} finds nothing to train in model {self.spec.model!r}")
+        trainable = list({id(p): p for p in [*selected, *model.head.parameters()]}.values())
+        for p in trainable:
+            p.requires_grad_(True)
+        model.head.train()
+        self.train_modes(ctx)
+        n_params = sum(p.numel() for p in model.parameters())
+        ctx.fit(trainable)
+        n_trainable = sum(p.numel() for p in trainable)
+        return {"n_trainable": n_trainable, "trainable_fraction": n_trainable / n_params}
+
+
+@METHODS.register("bitfit")
+class BitFit(_PETLMethod):
+    """Bias terms + head."""
+
+    name = "bitfit"
+    help = "every bias term (Linear, Conv, LayerNorm and BatchNorm biases) + the classifier head"
+    paper = "Ben Zaken et al. 2022, BitFit: Simple Parameter-efficient Fine-tuning (as in Mai et al. 2024, PETL study)"
+    order = 70
+
+    def select(self, ctx: TrainContext) -> list[nn.Parameter]:
+        return [p for _, p in bias_parameters(ctx.model)]
+
+
+@METHODS.register("ln-tune")
+class LNTune(_PETLMethod):
+    """Normalisation-layer affine parameters + head."""
+
+    name = "ln-tune"
+    help = "LayerNorm (and BatchNorm/GroupNorm) affine weights and biases + the classifier head"
+    paper = "Mai et al. 2024, Lessons Learned from a Unifying Empirical Study of PETL in Visual Recognition (LayerNorm)"
+    order = 71
+
+    def select(self, ctx: TrainContext) -> list[nn.Parameter]:
+        return [p for _, p in norm_parameters(ctx.model)]
+
+
+@METHODS.register("lora")
+class LoRA(_PETLMethod):
+    """Low-rank updates ``(alpha/r)·B·A`` of chosen linear layers (peft) + head."""
+
+    name = "lora"
+    help = "low-rank updates W + (alpha/r)·B·A of the attention qkv (peft LoRA; --set targets=...) + the head"
+    paper = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models (as in Mai et al. 2024, PETL study)"
+    order = 75
+    options = {
+        "r": Option(4, "rank of the update (rows of A, columns of B)", minimum=1),
+        "alpha": Option(4.0, "scale numerator: the update is (alpha/r)·B·A (must be > 0)", minimum=0),
+        "dropout": Option(0.1, "dropout on the LoRA branch's input (the PETL study's 0.1), in [0, 1)", minimum=0),
+        "targets": Option("qkv", "linear layers that get LoRA: 'qkv' = attention qkv (the PETL study), "
+                          "'qkv,proj' = + attention output, 'mlp' = fc1 and fc2, 'all-linear' = every Linear "
+                          "but the head", tuple(LORA_TARGETS)),
+    }
+
+    @classmethod
+    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        spec = super().resolve(spec, block_names)
+        opts = dict(spec.options)
+        if not opts["alpha"] > 0:
+            raise UsageError(f"option alpha={opts['alpha']!r} of method 'lora' must be a positive number")
+        if not opts["dropout"] < 1:
+            raise UsageError(f"option dropout={opts['dropout']!r} of method 'lora' must be in [0, 1)")
+        model = _meta_model(spec)
+        if model is not None and not lora_target_names(model, opts["targets"]):
+            raise UsageError(f"method 'lora' with targets={opts['targets']} finds no such linear layer in "
+                             f"model {spec.model!r}; use a transformer, e.g. --model digits-vit")
+        return spec
+
+    def select(self, ctx: TrainContext) -> list[nn.Parameter]:
+        o = self.opts
+        names = lora_target_names(ctx.model, o["targets"])
+        if not names:
+            return []
+        return inject_lora(ctx.model, names, o["r"], o["alpha"], o["dropout"], self.spec.seed)
+
+    def train_modes(self, ctx: TrainContext) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        for m in ctx.model.modules():
+            if isinstance(m, LoraLayer):
+                m.lora_dropout.train()  # only the LoRA branch's dropout; the frozen layer stays in eval
+
+    def run(self, ctx: TrainContext) -> dict[str, Any]:
+        out = super().run(ctx)
+        out["lora_scaling"] = self.opts["alpha"] / self.opts["r"]
+        return out
+
+
+def _meta_model(spec: RunSpec) -> nn.Module | None:
+    """The spec's model built on the meta device (no memory, no pretraining), to check its layer
+    names before any run; None when it cannot be built so (then the check happens at run time)."""
+    if not spec.model:
+        return None
+    from ftbench.models.base import get_model_entry
+
+    entry = get_model_entry(spec.model)
+    try:
+        with torch.device("meta"):
+            return entry.build(1, 2)
+    except Exception:  # noqa: BLE001 - checked again at run time
+        return None

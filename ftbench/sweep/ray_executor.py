@@ -1,0 +1,194 @@
+"""The Ray executor: one Ray task per run, on an existing cluster (``--address``) or a local one.
+
+A task asks for ``num_cpus`` and ``num_gpus`` (fractional GPUs let several small runs share one;
+Ray sets ``CUDA_VISIBLE_DEVICES`` for the task) and returns the run's result rows; the driver
+writes them, so the nodes need no filesystem shared with the driver. The driver claims each run
+(see :func:`ftbench.sweep.task.claim`) for as long as its task is in flight, so a second sweep on
+the same results folder does not submit it too. Ray reruns a task whose worker process died
+(``max_retries=1``); a run whose second worker dies too is recorded as ``failed``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import UsageError
+from ftbench.results.store import completed_ids, write_result
+from ftbench.spec import RunSpec
+from ftbench.sweep.local import SweepSummary, failed_row
+from ftbench.sweep.progress import Progress
+from ftbench.sweep.task import Execute, Outcome, WorkerDied, claim, clean_tmp, execute_rows, has_result, holder, read_outcome
+
+BUSY_RETRY_S = 1.0
+
+
+@dataclass
+class RayOptions:
+    """Ray settings (flags, or a ``[suites.NAME.ray]`` table)."""
+
+    address: str | None = None  # None: start a local Ray instance for this sweep
+    gpus_per_job: float | None = None  # None: 1/per_gpu when the cluster has GPUs and device is not cpu
+    cpus_per_job: float = 1.0
+    jobs: int | None = None  # runs in flight at once; for a local instance also its CPU count / cpus_per_job
+    per_gpu: int = 1
+
+    def check(self) -> None:
+        if self.cpus_per_job <= 0:
+            raise UsageError(f"ray cpus-per-job must be > 0, got {self.cpus_per_job}")
+        if self.gpus_per_job is not None and self.gpus_per_job < 0:
+            raise UsageError(f"ray gpus-per-job must be >= 0, got {self.gpus_per_job}")
+        if self.jobs is not None and self.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.per_gpu < 1:
+            raise UsageError(f"--per-gpu must be >= 1, got {self.per_gpu}")
+
+
+def ray_run(spec: RunSpec, device: str, threads: int, workdir: str,
+            execute: Execute | None = None) -> list[dict[str, Any]]:
+    """The body of a Ray task: run one spec, return its rows (a failure is a ``failed`` row)."""
+    from ftbench.sweep.task import set_threads
+
+    set_threads(threads)
+    return execute_rows(spec, device, Path(workdir), execute)
+
+
+def run_ray(
+    specs: list[RunSpec],
+    out_dir: Path | str,
+    device: str = "auto",
+    threads: int = 1,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+    opts: RayOptions | None = None,
+    execute: Execute | None = None,
+) -> SweepSummary:
+    """Run every spec without a result in ``out_dir`` as Ray tasks; results are written here.
+
+    ``execute`` replaces :func:`ftbench.train.runner.execute` in the tasks (tests use it).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs ray: pip install 'ftbench[ray]'") from None
+    from ftbench.train.runner import work_dir
+
+    opts = opts or RayOptions()
+    opts.check()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_tmp(out_dir)
+    done_ids = completed_ids(out_dir, retry_failed)
+    todo = [s for s in specs if s.run_id not in done_ids]
+    summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
+    if not todo:
+        return summary
+    t0 = time.perf_counter()
+    started = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        if opts.address:
+            kw["address"] = opts.address
+        elif opts.jobs:
+            kw["num_cpus"] = max(1, int(round(opts.jobs * opts.cpus_per_job)))
+        try:
+            ray.init(**kw)
+        except ConnectionError as e:
+            raise UsageError(f"cannot connect to the Ray cluster at {opts.address!r}: {e}") from None
+        started = True
+    try:
+        resources = ray.cluster_resources()
+        gpus = opts.gpus_per_job
+        if gpus is None:
+            gpus = 1.0 / opts.per_gpu if resources.get("GPU", 0) and device != "cpu" else 0.0
+        if device == "cuda" and not gpus:
+            raise UsageError("--device cuda with the Ray executor needs GPUs in the cluster (--gpus-per-job)")
+        fits = int(resources.get("CPU", 1) // opts.cpus_per_job) or 1
+        if gpus:
+            fits = min(fits, int(resources.get("GPU", 0) // gpus) or 1)
+        window = opts.jobs or fits
+        task = ray.remote(num_cpus=opts.cpus_per_job, num_gpus=gpus, max_retries=1)(ray_run)
+        _drive(ray, task, todo, out_dir, device, threads, retry_failed, progress, window, summary, work_dir, execute)
+    finally:
+        if started:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _drive(ray: Any, task: Any, todo: list[RunSpec], out_dir: Path, device: str, threads: int,
+           retry_failed: bool, progress: bool | None, window: int, summary: SweepSummary, work_dir: Any,
+           execute: Execute | None) -> None:
+    pending: deque[RunSpec] = deque(todo)
+    held: dict[str, tuple[RunSpec, float]] = {}
+    inflight: dict[Any, tuple[RunSpec, ExitStack]] = {}
+
+    def finish(spec: RunSpec, outcome: Outcome) -> None:
+        summary.count(spec, outcome)
+        bar.advance(spec, outcome)
+
+    def next_spec() -> RunSpec | None:
+        if pending:
+            return pending.popleft()
+        now = time.monotonic()
+        for run_id, (spec, when) in held.items():
+            if when <= now:
+                del held[run_id]
+                return spec
+        return None
+
+    with Progress(len(todo), progress) as bar:
+        try:
+            while pending or held or inflight:
+                while len(inflight) < window:
+                    spec = next_spec()
+                    if spec is None:
+                        break
+                    stack = ExitStack()
+                    if not stack.enter_context(claim(out_dir, spec.run_id)):
+                        stack.close()
+                        if spec.run_id not in held:
+                            bar.note(f"run {spec.run_id} is held by another process "
+                                     f"({holder(out_dir, spec.run_id) or '?'}); waiting for it")
+                        held[spec.run_id] = (spec, time.monotonic() + BUSY_RETRY_S)
+                        continue
+                    if has_result(out_dir, spec.run_id, retry_failed):  # finished by someone else meanwhile
+                        stack.close()
+                        finish(spec, Outcome(spec.run_id, "done"))
+                        continue
+                    ref = task.remote(spec, device, threads, str(work_dir(out_dir, spec.run_id)), execute)
+                    inflight[ref] = (spec, stack)
+                bar.running(len(inflight))
+                if not inflight:
+                    time.sleep(BUSY_RETRY_S)
+                    continue
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    spec, stack = inflight.pop(ref)
+                    with stack:  # the claim is held until the result is written
+                        rows = _rows(ray, ref, spec)
+                        write_result(out_dir, rows)
+                    finish(spec, read_outcome(out_dir, spec.run_id) or Outcome.of(rows[-1]))
+                bar.running(len(inflight))
+        finally:
+            for ref, (_, stack) in inflight.items():
+                ray.cancel(ref, force=True)
+                stack.close()
+
+
+def _rows(ray: Any, ref: Any, spec: RunSpec) -> list[dict[str, Any]]:
+    """A task's rows; a task that raised or whose workers died becomes a ``failed`` row."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UsageError):
+            raise UsageError(str(cause)) from None
+        return [failed_row(spec, cause if isinstance(cause, BaseException) else e)]
+    except ray.exceptions.RayError as e:  # worker crashed / killed for memory / node died, after a retry
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return [failed_row(spec, WorkerDied(f"Ray worker died (twice): {type(e).__name__}: {first}"[:500]))]

@@ -1,0 +1,226 @@
+"""One run of a sweep, as every executor runs it: claim it, skip it if done, run it, write it.
+
+The results folder is the sweep's only state. A run is *claimed* with an exclusive ``flock`` on
+``<results>/.work/<run_id>.lock`` before it runs, so two workers (of one sweep or of two sweeps
+sharing a folder, e.g. a local pool and a Slurm array) never run the same id at the same time.
+The kernel drops the lock when its holder dies, however it dies (SIGKILL, OOM killer, node
+reboot), so a crash never leaves a run claimed. After claiming, the worker checks again whether the
+run has a result (another worker may have finished it in between), so each run is done once.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import UsageError
+from ftbench.results.store import result_path, write_result
+from ftbench.spec import RunSpec
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks; one sweep per folder there
+    fcntl = None  # type: ignore[assignment]
+
+Execute = Callable[[RunSpec, str, Any], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run, as reported to the sweep's driver.
+
+    ``status`` is a result status (``ok``, ``failed``, ``diverged``), or ``done`` (someone else
+    finished it first: nothing was run), or ``busy`` (another process holds the run: not run here).
+    """
+
+    run_id: str
+    status: str
+    id_acc: float = float("nan")
+    ood_acc: float = float("nan")
+    error: str = ""
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Outcome:
+        return cls(row["run_id"], row["status"], row["id_acc"], row["ood_acc"], row.get("error") or "")
+
+    @property
+    def ran(self) -> bool:
+        """True when this process produced the run's result (as opposed to done/busy)."""
+        return self.status not in ("done", "busy")
+
+
+def lock_path(out_dir: Path | str, run_id: str) -> Path:
+    return Path(out_dir) / ".work" / f"{run_id}.lock"
+
+
+@contextmanager
+def claim(out_dir: Path | str, run_id: str) -> Iterator[bool]:
+    """Try to take run ``run_id`` of ``out_dir`` exclusively; yields False if another process has it.
+
+    The lock file holds the holder's host and pid (for messages only). Lock files are left in place:
+    unlinking a flock'ed file lets two processes hold "the" lock on two different inodes.
+    """
+    path = lock_path(out_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    yield False
+                    return
+                raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.uname().nodename if hasattr(os, 'uname') else ''} {os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holder(out_dir: Path | str, run_id: str) -> str:
+    """``host pid`` of the last process that claimed the run (for messages)."""
+    try:
+        return lock_path(out_dir, run_id).read_text().strip()
+    except OSError:
+        return ""
+
+
+def has_result(out_dir: Path | str, run_id: str, retry_failed: bool = False) -> bool:
+    """Whether run ``run_id`` counts as done in ``out_dir`` (see ``completed_ids``)."""
+    path = result_path(Path(out_dir), run_id)
+    if not path.is_file():
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        if retry_failed:
+            statuses = pq.read_table(path, columns=["status"]).column("status").to_pylist()
+            return bool(statuses) and all(s == "ok" for s in statuses)
+        return pq.read_metadata(path).num_rows > 0
+    except Exception:
+        return False  # unreadable: redo it
+
+
+def read_outcome(out_dir: Path | str, run_id: str) -> Outcome | None:
+    """The outcome recorded in a run's result file (its final row), or None without a readable one."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(result_path(Path(out_dir), run_id),
+                             columns=["run_id", "status", "id_acc", "ood_acc", "error"]).to_pylist()
+    except Exception:
+        return None
+    return Outcome.of(rows[-1]) if rows else None
+
+
+def clean_tmp(out_dir: Path | str) -> int:
+    """Remove temporary result files left by killed writers; return how many were removed.
+
+    ``.<run_id>.parquet.<pid>.tmp`` (and a temporary file in the run's scratch folder
+    ``.work/<run_id>/``, e.g. of its resume state) is stale when nobody holds run ``run_id``: every
+    sweep writer holds the run's claim while it writes.
+    """
+    p = Path(out_dir)
+    if not p.is_dir():
+        return 0
+    removed = 0
+    stale = [(f, f.name[1:].split(".parquet.")[0]) for f in p.glob(".*.parquet.*.tmp")]
+    stale += [(f, f.parent.name) for f in p.glob(".work/*/.*.tmp")]
+    for f, run_id in stale:
+        with claim(p, run_id) as mine:
+            if mine:
+                f.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def set_threads(threads: int) -> int:
+    """Pin torch's intra-op threads (returns the previous count): CPU results depend on the thread
+    count, and runs sharing cores are faster single-threaded than oversubscribed."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    return previous
+
+
+def execute_rows(spec: RunSpec, device: str, workdir: Path | None, execute: Execute | None = None) -> list[dict[str, Any]]:
+    """Run ``spec``; an exception (including running out of memory) becomes one ``failed`` row.
+
+    A :class:`UsageError` (e.g. a benchmark's data not fetched) is raised: it would fail every run.
+    """
+    from ftbench.sweep.local import failed_row
+
+    if execute is None:
+        from ftbench.train import runner
+
+        execute = runner.execute  # looked up at call time (tests patch it)
+    try:
+        return execute(spec, device, workdir)
+    except UsageError:
+        raise
+    except Exception as e:  # includes MemoryError and torch.cuda.OutOfMemoryError
+        if os.environ.get("FTBENCH_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
+        row = failed_row(spec, e)
+        _free_memory()
+        return [row]
+
+
+def _free_memory() -> None:
+    # After an out-of-memory error the next run needs the memory back.
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def run_task(spec: RunSpec, out_dir: Path | str, device: str = "auto", retry_failed: bool = False,
+             execute: Execute | None = None) -> Outcome:
+    """Claim, run and record one run of a sweep; the run's result file is written atomically."""
+    from ftbench.train.runner import work_dir
+
+    out_dir = Path(out_dir)
+    with claim(out_dir, spec.run_id) as mine:
+        if not mine:
+            return Outcome(spec.run_id, "busy")
+        if has_result(out_dir, spec.run_id, retry_failed):
+            return Outcome(spec.run_id, "done")
+        rows = execute_rows(spec, device, work_dir(out_dir, spec.run_id), execute)
+        write_result(out_dir, rows)
+        return Outcome.of(rows[-1])
+
+
+def record_failure(spec: RunSpec, out_dir: Path | str, error: BaseException | str,
+                   retry_failed: bool = False) -> Outcome | None:
+    """Write a ``failed`` row for a run whose worker or job died (``error`` as a message or an
+    exception); None if another process holds the run. If the run has a result after all (its
+    worker wrote it just before dying), that result's outcome is returned and nothing is written."""
+    from ftbench.sweep.local import failed_row
+
+    with claim(out_dir, spec.run_id) as mine:
+        if not mine:
+            return None
+        if has_result(out_dir, spec.run_id, retry_failed):
+            return read_outcome(out_dir, spec.run_id)
+        row = failed_row(spec, WorkerDied(error) if isinstance(error, str) else error)
+        write_result(out_dir, [row])
+        return Outcome.of(row)
+
+
+class WorkerDied(RuntimeError):
+    """The process running a run ended without writing its result (killed, out of memory, ...)."""

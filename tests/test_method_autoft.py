@@ -1,0 +1,358 @@
+"""AutoFT: the loss terms on hand-worked cases, the search (sampled lr really used, seeded, resumable
+after an interrupt or a SIGKILL), the final fine-tune, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ftbench.methods.autoft as autoft
+from ftbench.data.base import get_benchmark
+from ftbench.methods.autoft import TERMS, AutoFTLoss, Space, best_of, loss_terms, run_search
+from ftbench.models.pretrain import pretrained
+from ftbench.spec import RunSpec, resolve
+from ftbench.train import loop
+from ftbench.train.runner import execute, fine_tune
+
+LN3 = math.log(3.0)
+
+
+def _opts(**kw: object) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(kw.items()))
+
+
+def _pretrained_state(spec: RunSpec) -> dict[str, torch.Tensor]:
+    spec = resolve(spec)
+    model = pretrained(spec.model, get_benchmark(spec.benchmark).source(spec), torch.device("cpu"))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --- the loss terms, by hand -----------------------------------------------------------------
+
+
+def test_prediction_terms_equal_hand_computed_values() -> None:
+    """Two classes, p1 = [3/4, 1/4] (label 0: right), p2 = [1/4, 3/4] (label 0: wrong)."""
+    logits = torch.tensor([[LN3, 0.0], [0.0, LN3]])
+    y = torch.tensor([0, 0])
+    t = loss_terms(logits, y)
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # entropy of both rows
+    uniform_ce = -0.5 * (math.log(0.75) + math.log(0.25))  # −(1/C) Σ_k log p_k, both rows
+    expected = {
+        "ce": (-math.log(0.75) - math.log(0.25)) / 2,
+        "hinge": (0.0 + (1 + LN3 - 0.0)) / 2,  # row 1: max(0, 1 + 0 − ln 3) = 0; row 2: 1 + ln 3 − 0
+        "entropy": h,
+        "ls": uniform_ce,
+        "dcm": (0.0 + uniform_ce) / 2,  # only the misclassified row 2 counts
+    }
+    for k, v in expected.items():
+        assert t[k].item() == pytest.approx(v, abs=1e-6), k
+
+
+def test_hinge_is_the_multiclass_margin_sum() -> None:
+    """z = [2, 1, 0], y = 0: both margins satisfied -> 0; z = [0, 1, 3], y = 0: (1+1) + (1+3) = 6."""
+    t = loss_terms(torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]]), torch.tensor([0, 0]))
+    assert t["hinge"].item() == pytest.approx(3.0)
+
+
+def test_dcm_pulls_misclassified_predictions_towards_uniform_only() -> None:
+    logits = torch.tensor([[LN3, 0.0], [0.0, LN3]], requires_grad=True)
+    loss_terms(logits, torch.tensor([0, 0]))["dcm"].backward()
+    # Row 1 is right: no gradient. Row 2: d/dz [−(1/C) Σ log p] = p − 1/C = [1/4 − 1/2, 3/4 − 1/2], / batch 2.
+    assert torch.allclose(logits.grad, torch.tensor([[0.0, 0.0], [-0.125, 0.125]]), atol=1e-6)
+
+
+def test_ce_plus_ls_is_label_smoothing() -> None:
+    """w_ce·CE + w_ls·LS = (w_ce + w_ls)·CE with label smoothing ε = w_ls / (w_ce + w_ls)."""
+    torch.manual_seed(0)
+    logits, y = torch.randn(7, 5), torch.randint(0, 5, (7,))
+    out = AutoFTLoss({"ce": 2.0, "ls": 0.5}, [])(logits, y)
+    ref = 2.5 * F.cross_entropy(logits, y, label_smoothing=0.5 / 2.5)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_weight_terms_and_the_weighted_sum() -> None:
+    theta = nn.Parameter(torch.tensor([1.0, -2.0, 0.0, 3.0]))
+    anchor = torch.tensor([0.0, 0.0, 0.0, 1.0])  # θ − θ0 = [1, −2, 0, 2]
+    loss = AutoFTLoss({"ce": 2.0, "hinge": 0.5, "l2init": 3.0, "l1zero": 0.1}, [theta], anchor)
+    p = loss.param_terms()
+    assert {k: v.item() for k, v in p.items()} == pytest.approx(
+        {"l1init": 5 / 4, "l2init": 9 / 4, "l1zero": 6 / 4, "l2zero": 14 / 4})
+    logits, y = torch.tensor([[0.0, 1.0, 3.0]]), torch.tensor([0])
+    ce = -math.log(1 / (1 + math.e + math.e**3))
+    assert loss(logits, y).item() == pytest.approx(2 * ce + 0.5 * 6 + 3 * 9 / 4 + 0.1 * 6 / 4, rel=1e-6)
+    # The weight terms differentiate into the parameters: d/dθ 3·mean(θ − θ0)² = 3·2(θ − θ0)/4, + 0.1·sign(θ)/4.
+    loss(logits, y).backward()
+    expected = 1.5 * torch.tensor([1.0, -2.0, 0.0, 2.0]) + 0.025 * torch.sign(theta.detach())
+    assert torch.allclose(theta.grad, expected)
+    with pytest.raises(ValueError):
+        AutoFTLoss({"l3": 1.0}, [])
+
+
+# --- the search ----------------------------------------------------------------------------
+
+SPACE = Space(TERMS, lr=(1e-5, 1e-1), wd=(1e-2, 0.3))
+
+
+def _synthetic(config: autoft.Config, index: int) -> float:
+    """A cheap objective with a known optimum (lr = 1e-3, small hinge weight)."""
+    return -(math.log10(config.lr) + 3) ** 2 - math.log10(config.weights["hinge"]) * 0.1
+
+
+def test_space_takes_exactly_the_trial_values() -> None:
+    values = {"lr": 3e-4, "wd": 0.05, **{f"w_{k}": 0.01 * (i + 1) for i, k in enumerate(TERMS)}}
+    config = SPACE.sample(optuna.trial.FixedTrial(values))
+    assert config.lr == 3e-4 and config.wd == 0.05
+    assert config.weights == {k: 0.01 * (i + 1) for i, k in enumerate(TERMS)}
+    fixed = Space(("ce", "l2init"), (1e-5, 1e-1), (1e-2, 0.3), fix_ce=True).sample(
+        optuna.trial.FixedTrial({"lr": 1e-3, "wd": 0.1, "w_l2init": 2.0}))
+    assert fixed.weights == {"ce": 1.0, "l2init": 2.0}
+
+
+def test_search_is_seeded_and_runs_tpe_past_the_startup_trials() -> None:
+    a, _ = run_search(SPACE, 14, _synthetic, seed=3, workdir=None)
+    b, _ = run_search(SPACE, 14, _synthetic, seed=3, workdir=None)
+    c, _ = run_search(SPACE, 14, _synthetic, seed=4, workdir=None)
+    assert [r.to_dict() for r in a] == [r.to_dict() for r in b]
+    assert [r.to_dict() for r in a] != [r.to_dict() for r in c]
+    assert [r.index for r in a] == list(range(14))
+    assert all(1e-5 <= r.config.lr <= 1e-1 and 1e-2 <= r.config.wd <= 0.3 for r in a)
+    assert all(1e-4 <= w <= 10 for r in a for w in r.config.weights.values())
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [2, 11])
+@pytest.mark.parametrize("mid_trial", [False, True])
+def test_resumed_search_equals_an_uninterrupted_one(tmp_path: Path, mid_trial: bool, stop_after: int,
+                                                    monkeypatch) -> None:
+    """Interrupt after 2 (random startup phase) or 11 (TPE phase) complete trials, between trials or
+    inside one (left RUNNING in the journal); the resumed study ends with the same trials."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # the journal's durability is not tested here: faster
+    whole, _ = run_search(SPACE, 13, _synthetic, seed=0, workdir=tmp_path / "whole")
+    work = tmp_path / "cut"
+    calls: list[int] = []
+
+    def evaluate(config: autoft.Config, index: int) -> float:
+        calls.append(index)
+        if mid_trial and index == stop_after and calls.count(index) == 1:
+            raise KeyboardInterrupt  # inside the trial: it stays RUNNING in the journal
+        return _synthetic(config, index)
+
+    def stop(record: autoft.TrialRecord) -> None:
+        if not mid_trial and record.index == stop_after - 1:
+            raise _Stop
+
+    with pytest.raises((KeyboardInterrupt, _Stop)):
+        run_search(SPACE, 13, evaluate, seed=0, workdir=work, callbacks=[stop])
+    resumed, reused = run_search(SPACE, 13, evaluate, seed=0, workdir=work)
+    assert reused == stop_after
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in whole]
+    # No complete trial was redone; only the one interrupted inside was.
+    assert sorted(calls) == sorted(list(range(13)) + ([stop_after] if mid_trial else []))
+    study = optuna.load_study(study_name="autoft", storage=autoft._storage(work))
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 13
+    assert states.count(optuna.trial.TrialState.FAIL) == (1 if mid_trial else 0)
+    assert optuna.trial.TrialState.RUNNING not in states
+    # Trials already complete are not rerun when the search is asked again.
+    assert run_search(SPACE, 13, evaluate, seed=0, workdir=work)[1] == 13 and len(calls) == 13 + mid_trial
+
+
+def test_best_trial_is_the_highest_value_later_on_ties() -> None:
+    recs = [autoft.TrialRecord(i, autoft.Config(1e-3, 0.1, {}), v) for i, v in enumerate([5.0, 7.0, 7.0, 6.0])]
+    assert best_of(recs).index == 2
+
+
+# --- the method on digits ------------------------------------------------------------------
+
+FAST = {"trials": 3, "inner_steps": 4}
+
+
+def test_inner_and_final_runs_use_the_sampled_lr_and_wd_at_every_step(monkeypatch) -> None:
+    """The released code's scheduler overwrote the sampled lr every step; here each trial's optimizer
+    keeps the trial's lr and wd for all its steps, and the final one the best trial's."""
+    spec = RunSpec(method="autoft", steps=6, options=_opts(**FAST))
+    _pretrained_state(spec)
+    seen: list[list[tuple[float, float]]] = []
+    original = loop.make_optimizer
+
+    def recording(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        opt = original(*args, **kwargs)
+        steps: list[tuple[float, float]] = []
+        seen.append(steps)
+        step = opt.step
+
+        def spy(*a: object, **k: object) -> object:
+            steps.extend((g["lr"], g["weight_decay"]) for g in opt.param_groups)
+            return step(*a, **k)
+
+        opt.step = spy  # type: ignore[method-assign]
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    (row,) = execute(spec, "cpu")
+    trials = json.loads(row["autoft_trials_json"])
+    assert len(seen) == 3 + 1 and [len(s) for s in seen] == [4, 4, 4, 6]
+    for steps, t in zip(seen, trials):
+        assert set(steps) == {(t["lr"], t["wd"])}
+    assert set(seen[-1]) == {(row["autoft_lr"], row["autoft_wd"])}
+    assert len({t["lr"] for t in trials}) == 3  # really sampled: three different rates
+
+
+def test_a_fixed_space_reduces_to_full_fine_tuning_from_the_pretrained_weights() -> None:
+    """lr, wd fixed and CE alone with weight 1: the final model is bit for bit the `full` one with
+    that lr and wd, whatever the trials did before: the final run starts from the pretrained weights."""
+    fixed = _opts(trials=2, inner_steps=3, terms="ce", fix_ce=True, lr_min=3e-3, lr_max=3e-3,
+                  wd_min=0.02, wd_max=0.02)
+    tr = fine_tune(RunSpec(method="autoft", steps=5, seed=2, options=fixed), "cpu")
+    full = fine_tune(RunSpec(method="full", steps=5, seed=2, lr=3e-3, wd=0.02), "cpu")
+    a, b = _state(tr.model), _state(full.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert tr.ctx.metrics["autoft_w_ce"] == 1.0 and tr.ctx.metrics["autoft_w_hinge"] == 0.0
+
+
+def test_every_parameter_changes_and_a_seed_gives_one_result() -> None:
+    spec = RunSpec(method="autoft", steps=5, options=_opts(**FAST))
+    before = _pretrained_state(spec)
+    first = fine_tune(spec, "cpu")
+    unchanged = [n for n, p in first.model.named_parameters() if torch.equal(before[n], p.detach())]
+    assert not unchanged
+    again = fine_tune(spec, "cpu")
+    assert again.ctx.metrics == first.ctx.metrics
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in first.model.state_dict().items())
+    other = fine_tune(RunSpec(method="autoft", steps=5, seed=1, options=_opts(**FAST)), "cpu")
+    assert other.ctx.metrics["autoft_trials_json"] != first.ctx.metrics["autoft_trials_json"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    spec = RunSpec(method="autoft", steps=5, options=_opts(trials=4, inner_steps=3))
+    whole = fine_tune(spec, "cpu", tmp_path / "whole")
+    original = autoft.run_search
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        def stop(record: autoft.TrialRecord) -> None:
+            if record.index == 1:
+                raise KeyboardInterrupt
+
+        return original(*args, **{**kwargs, "callbacks": [stop]})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(autoft, "run_search", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(spec, "cpu", tmp_path / "cut")
+    monkeypatch.setattr(autoft, "run_search", original)
+    resumed = fine_tune(spec, "cpu", tmp_path / "cut")
+    assert resumed.ctx.metrics["autoft_reused"] == 2 and whole.ctx.metrics["autoft_reused"] == 0
+    drop = {"autoft_reused"}
+    assert {k: v for k, v in resumed.ctx.metrics.items() if k not in drop} == \
+        {k: v for k, v in whole.ctx.metrics.items() if k not in drop}
+    assert all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in whole.model.state_dict().items())
+
+
+@pytest.mark.slow  # a second Python process (imports torch): ~5 s idle
+def test_sigkill_mid_trial_then_resume(tmp_path: Path, model_cache: Path) -> None:
+    """A process killed (SIGKILL) inside its third trial: the rerun counts 2 trials done, redoes the
+    third, and ends with exactly the trials and model of an uninterrupted run."""
+    spec = RunSpec(method="autoft", steps=4, options=_opts(trials=4, inner_steps=3))
+    work = tmp_path / "work"
+    script = textwrap.dedent("""
+        import json, os, signal, sys
+        from pathlib import Path
+        from ftbench.spec import RunSpec
+        from ftbench.train import loop
+        from ftbench.train.runner import fine_tune
+        calls = [0]
+        accuracy = loop.accuracy
+        def killing(model, data):
+            calls[0] += 1
+            if calls[0] == 3:  # after trial 3's inner fine-tune, before its value is stored
+                os.kill(os.getpid(), signal.SIGKILL)
+            return accuracy(model, data)
+        loop.accuracy = killing
+        fine_tune(RunSpec.from_dict(json.loads(sys.argv[1])), "cpu", Path(sys.argv[2]))
+    """)
+    env = {**os.environ, "FTBENCH_CACHE": str(model_cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec.to_dict()), str(work)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    study = optuna.load_study(study_name="autoft", storage=autoft._storage(work))
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.RUNNING]
+    resumed = fine_tune(spec, "cpu", work)
+    whole = fine_tune(spec, "cpu")
+    assert resumed.ctx.metrics["autoft_reused"] == 2
+    assert resumed.ctx.metrics["autoft_trials_json"] == whole.ctx.metrics["autoft_trials_json"]
+    assert all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in whole.model.state_dict().items())
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_run_writes_the_search_columns_and_a_rerun_reuses_the_trials(cli, tmp_path: Path) -> None:
+    args = ["run", "--method", "autoft", "--set", "trials=3", "--set", "inner_steps=5", "--steps", "5",
+            "--out", tmp_path]
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert "77,754/77,754 params trained" in r.out
+    row = pd.read_parquet(next(tmp_path.glob("*.parquet"))).iloc[0]
+    assert row.method == "autoft" and row.status == "ok"
+    assert row.autoft_trials == 3 and row.autoft_reused == 0
+    trials = json.loads(row.autoft_trials_json)
+    assert [t["index"] for t in trials] == [0, 1, 2]
+    best = max(trials, key=lambda t: (t["value"], t["index"]))
+    assert row.autoft_best_val == best["value"] and row.autoft_best_trial == best["index"]
+    assert row.autoft_lr == best["lr"] and row.autoft_wd == best["wd"]
+    for k in TERMS:
+        assert row[f"autoft_w_{k}"] == best["weights"][k]
+    assert pd.isna(row.lr) and pd.isna(row.wd) and row.batch_size == 64 and row.steps == 5  # lr, wd searched
+    assert (tmp_path / ".work" / row.run_id / "autoft-journal.log").is_file()
+    # The same command again: the study is found complete in the run's scratch folder.
+    r2 = cli(*args)
+    assert r2.code == 0, r2.err
+    rows = pd.read_parquet(tmp_path)
+    again = rows[rows.autoft_reused == 3]
+    assert len(again) == 1 and again.iloc[0].ood_acc == row.ood_acc
+
+
+def test_autoft_is_listed_with_its_options(cli) -> None:
+    r = cli("list", "methods")
+    assert r.code == 0, r.err
+    for text in ["autoft: trains all blocks", "--set trials=16", "--set inner_steps=20", "--set fix_ce=False",
+                 "AutoFT: Learning an Objective for Robust Fine-Tuning"]:
+        assert text in r.out, text
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["trials=0"], "option trials=0 of method 'autoft' must be a positive integer"),
+    (["terms=ce,foo"], "unknown term 'foo'"),
+    (["terms=ce,ce"], "a term is repeated"),
+    (["lr_min=0"], "option lr_min=0.0 of method 'autoft' must be a positive number"),
+    (["lr_min=0.1", "lr_max=0.01"], "must not exceed lr_max=0.01"),
+    (["terms=hinge", "fix_ce=true"], "needs 'ce' in terms"),
+])
+def test_bad_options_are_one_line_errors(cli, tmp_path: Path, sets: list[str], message: str) -> None:
+    r = cli("run", "--method", "autoft", *[a for s in sets for a in ("--set", s)], "--out", tmp_path)
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_terms_are_stored_in_one_order() -> None:
+    a = resolve(RunSpec(method="autoft", options=_opts(terms="l2init, ce")))
+    b = resolve(RunSpec(method="autoft", options=_opts(terms="ce,l2init")))
+    assert a.options_dict["terms"] == "ce,l2init" and a.run_id == b.run_id
