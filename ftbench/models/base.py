@@ -61,6 +61,32 @@ class BlockModel(nn.Module):
         return [p for m in self.blocks()[name] for p in m.parameters()]
 
 
+class PiecewiseForward:
+    """``forward_to``/``forward_from`` from a list of the forward pass's pieces, one per block.
+
+    A :class:`BlockModel` subclass that lists its forward pass as ``_pieces()`` — ``(block name,
+    function)`` pairs in order, together running exactly ``forward(x)``'s ops — inherits this
+    mixin (before ``BlockModel``) and so gets the frozen-prefix fast path.
+    """
+
+    def _pieces(self) -> list[tuple[str, Callable]]:
+        raise NotImplementedError
+
+    def forward_to(self, block: str, x):  # noqa: ANN001, ANN201
+        for name, piece in self._pieces():
+            if name == block:
+                return x
+            x = piece(x)
+        raise KeyError(block)
+
+    def forward_from(self, block: str, h):  # noqa: ANN001, ANN201
+        pieces = self._pieces()
+        start = [name for name, _ in pieces].index(block)
+        for _, piece in pieces[start:]:
+            h = piece(h)
+        return h
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: how to build it and the names of its blocks (known before building)."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ftbench.models.base import MODELS, BlockModel, ModelEntry
+from ftbench.models.base import MODELS, BlockModel, ModelEntry, PiecewiseForward
 
 
 class BasicBlock(nn.Module):
@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class SmallResNet(BlockModel):
+class SmallResNet(PiecewiseForward, BlockModel):
     """Stem + three stages + linear head; sized for 8×8 digits (16/32/64 channels)."""
 
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
@@ -61,19 +61,6 @@ class SmallResNet(BlockModel):
         return [("1", lambda h: self.stage1(self.stem(h))), ("2", lambda h: self.stage2(h)),
                 ("3", lambda h: self.stage3(h).mean(dim=(2, 3))), ("last", lambda h: self.head(h))]
 
-    def forward_to(self, block: str, x: torch.Tensor) -> torch.Tensor:
-        for name, piece in self._pieces():
-            if name == block:
-                return x
-            x = piece(x)
-        raise KeyError(block)
-
-    def forward_from(self, block: str, h: torch.Tensor) -> torch.Tensor:
-        pieces = self._pieces()
-        start = [name for name, _ in pieces].index(block)
-        for _, piece in pieces[start:]:
-            h = piece(h)
-        return h
 
 
 MODELS.register("digits-resnet")(

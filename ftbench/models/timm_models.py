@@ -55,7 +55,7 @@ from torch import nn
 
 from ftbench.data.base import SourceTask
 from ftbench.errors import UsageError
-from ftbench.models.base import MODELS, BlockModel, ModelEntry
+from ftbench.models.base import MODELS, BlockModel, ModelEntry, PiecewiseForward
 from ftbench.train.loop import autocast
 
 PREFIX = "timm/"
@@ -368,7 +368,7 @@ class TimmBlockModel(BlockModel):
         return f"net.{path}.weight" if isinstance(path, str) else None
 
 
-class _CuttableTimm(TimmBlockModel):
+class _CuttableTimm(PiecewiseForward, TimmBlockModel):
     """A known family, cut at block boundaries for the frozen-prefix fast path (train/prefix.py).
 
     Each piece runs exactly the ops of timm's ``forward_features`` + ``forward_head`` for its block.
@@ -399,19 +399,6 @@ class _CuttableTimm(TimmBlockModel):
         pieces += [(str(k), lambda h: net.forward_head(net.norm_pre(net.stages[k - 1](h)), pre_logits=True))]
         return pieces + head
 
-    def forward_to(self, block: str, x: torch.Tensor) -> torch.Tensor:
-        for name, piece in self._pieces():
-            if name == block:
-                return x
-            x = piece(x)
-        raise KeyError(block)
-
-    def forward_from(self, block: str, h: torch.Tensor) -> torch.Tensor:
-        pieces = self._pieces()
-        start = [name for name, _ in pieces].index(block)
-        for _, piece in pieces[start:]:
-            h = piece(h)
-        return h
 
 
 def parse_name(name: str) -> tuple[str, dict[str, Any]]:
@@ -557,7 +544,7 @@ class _CifarBasicBlock(nn.Module):
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-class _CifarNet(BlockModel):
+class _CifarNet(PiecewiseForward, BlockModel):
     """Shared by the CIFAR networks: three stages, a stem, pieces for the prefix fast path."""
 
     stages: tuple[str, str, str] = ("layer1", "layer2", "layer3")
@@ -577,19 +564,6 @@ class _CifarNet(BlockModel):
         for _, piece in self._pieces()[:-1]:
             x = piece(x)
         return x
-
-    def forward_to(self, block: str, x: torch.Tensor) -> torch.Tensor:
-        for name, piece in self._pieces():
-            if name == block:
-                return x
-            x = piece(x)
-        raise KeyError(block)
-
-    def forward_from(self, block: str, h: torch.Tensor) -> torch.Tensor:
-        pieces = self._pieces()
-        for _, piece in pieces[[n for n, _ in pieces].index(block):]:
-            h = piece(h)
-        return h
 
     def residual_units(self) -> list[tuple[str, str]]:
         return [(f"{path}.{i}", str(k + 1)) for k, s in enumerate(self.stages)
