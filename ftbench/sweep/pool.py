@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -30,10 +30,10 @@ from ftbench.results.store import completed_ids
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import Execute, Outcome, clean_tmp, has_result, holder, read_outcome, record_failure, run_task
+from ftbench.sweep.task import (BUSY_RETRY_S, Execute, Outcome, RunQueue, clean_tmp, has_result, read_outcome,
+                                record_failure, run_task)
 
 MAX_ATTEMPTS = 2  # a run whose worker dies is run once more; a second death records it as failed
-BUSY_RETRY_S = 1.0  # how often a run held by another process is tried again
 
 
 def visible_gpus(device: str = "auto") -> list[str]:
@@ -151,8 +151,7 @@ def run_pool(
     slots = worker_slots(device, jobs, per_gpu)[: max(1, len(todo))]
     ctx = mp.get_context("spawn")
     t0 = time.perf_counter()
-    queue: deque[RunSpec] = deque(todo)
-    held: dict[str, tuple[RunSpec, float]] = {}  # runs another process holds -> when to try again
+    runs = RunQueue(todo)
     attempts: Counter[str] = Counter()
     idle_deaths = 0
     workers: list[_Worker] = []
@@ -178,16 +177,6 @@ def run_pool(
         child.close()
         return _Worker(gpu, proc, parent)
 
-    def next_spec() -> RunSpec | None:
-        if queue:
-            return queue.popleft()
-        now = time.monotonic()
-        for run_id, (spec, when) in held.items():
-            if when <= now:
-                del held[run_id]
-                return spec
-        return None
-
     def finish(w: _Worker, spec: RunSpec, outcome: Outcome) -> None:
         summary.count(spec, outcome)
         bar.advance(spec, outcome)
@@ -209,30 +198,30 @@ def run_pool(
             attempts[spec.run_id] += 1
             if attempts[spec.run_id] < MAX_ATTEMPTS:
                 bar.note(f"{reason} while running {spec.run_id}; running it again")
-                queue.append(spec)
+                runs.append(spec)
             else:
                 outcome = record_failure(spec, out_dir, f"{reason} (twice)", retry_failed)
                 if outcome is None:  # someone else holds it now
-                    held[spec.run_id] = (spec, time.monotonic() + BUSY_RETRY_S)
+                    runs.hold(spec)
                 else:
                     finish(w, spec, outcome)
-        if queue or held or any(x.spec for x in workers):
+        if runs or any(x.spec for x in workers):
             workers.append(start(w.gpu))
 
     with Progress(len(todo), progress) as bar:
         try:
             workers.extend(start(gpu) for gpu in (slots if todo else []))
-            while queue or held or any(w.spec for w in workers):
+            while runs or any(w.spec for w in workers):
                 for w in workers:
                     if w.spec is None and w.process.is_alive():
-                        spec = next_spec()
+                        spec = runs.pop()
                         if spec is None:
                             break
                         w.spec = spec
                         w.conn.send(spec)
                 bar.running(sum(1 for w in workers if w.spec))
                 waitables: list[Any] = [w.conn for w in workers if w.spec] + [w.process.sentinel for w in workers]
-                ready = set(wait(waitables, timeout=BUSY_RETRY_S if held else None))
+                ready = set(wait(waitables, timeout=BUSY_RETRY_S if runs.held else None))
                 for w in list(workers):
                     if w.conn in ready or (w.process.sentinel in ready and w.conn.poll()):
                         try:
@@ -245,10 +234,7 @@ def run_pool(
                         if kind == "usage":
                             raise UsageError(value)
                         if value.status == "busy":
-                            if spec.run_id not in held:
-                                bar.note(f"run {spec.run_id} is held by another process "
-                                         f"({holder(out_dir, spec.run_id) or '?'}); waiting for it")
-                            held[spec.run_id] = (spec, time.monotonic() + BUSY_RETRY_S)
+                            runs.hold(spec, out_dir, bar.note)
                         else:
                             finish(w, spec, value)
                     if w.process.sentinel in ready and not w.process.is_alive() and w in workers:

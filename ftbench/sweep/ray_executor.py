@@ -11,7 +11,6 @@ the same results folder does not submit it too. Ray reruns a task whose worker p
 from __future__ import annotations
 
 import time
-from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from ftbench.results.store import completed_ids, write_result
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary, failed_row
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import Execute, Outcome, WorkerDied, claim, clean_tmp, execute_rows, has_result, holder, read_outcome
+from ftbench.sweep.task import (BUSY_RETRY_S, Execute, Outcome, RunQueue, WorkerDied, claim, clean_tmp, execute_rows,
+                                has_result, read_outcome)
 
-BUSY_RETRY_S = 1.0
 
 
 @dataclass
@@ -123,38 +122,24 @@ def run_ray(
 def _drive(ray: Any, task: Any, todo: list[RunSpec], out_dir: Path, device: str, threads: int,
            retry_failed: bool, progress: bool | None, window: int, summary: SweepSummary, work_dir: Any,
            execute: Execute | None) -> None:
-    pending: deque[RunSpec] = deque(todo)
-    held: dict[str, tuple[RunSpec, float]] = {}
+    runs = RunQueue(todo)
     inflight: dict[Any, tuple[RunSpec, ExitStack]] = {}
 
     def finish(spec: RunSpec, outcome: Outcome) -> None:
         summary.count(spec, outcome)
         bar.advance(spec, outcome)
 
-    def next_spec() -> RunSpec | None:
-        if pending:
-            return pending.popleft()
-        now = time.monotonic()
-        for run_id, (spec, when) in held.items():
-            if when <= now:
-                del held[run_id]
-                return spec
-        return None
-
     with Progress(len(todo), progress) as bar:
         try:
-            while pending or held or inflight:
+            while runs or inflight:
                 while len(inflight) < window:
-                    spec = next_spec()
+                    spec = runs.pop()
                     if spec is None:
                         break
                     stack = ExitStack()
                     if not stack.enter_context(claim(out_dir, spec.run_id)):
                         stack.close()
-                        if spec.run_id not in held:
-                            bar.note(f"run {spec.run_id} is held by another process "
-                                     f"({holder(out_dir, spec.run_id) or '?'}); waiting for it")
-                        held[spec.run_id] = (spec, time.monotonic() + BUSY_RETRY_S)
+                        runs.hold(spec, out_dir, bar.note)
                         continue
                     if has_result(out_dir, spec.run_id, retry_failed):  # finished by someone else meanwhile
                         stack.close()

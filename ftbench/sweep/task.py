@@ -14,7 +14,9 @@ import errno
 import gc
 import os
 import sys
+import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +57,43 @@ class Outcome:
     def ran(self) -> bool:
         """True when this process produced the run's result (as opposed to done/busy)."""
         return self.status not in ("done", "busy")
+
+
+BUSY_RETRY_S = 1.0  # how often a run held by another process is tried again
+
+
+class RunQueue:
+    """The runs an executor still has to start: fresh ones in order, then those another process
+    holds (each tried again :data:`BUSY_RETRY_S` after it was found held)."""
+
+    def __init__(self, specs: list[RunSpec]) -> None:
+        self.pending: deque[RunSpec] = deque(specs)
+        self.held: dict[str, tuple[RunSpec, float]] = {}  # run id -> (spec, when to try again)
+
+    def __bool__(self) -> bool:
+        return bool(self.pending or self.held)
+
+    def append(self, spec: RunSpec) -> None:
+        self.pending.append(spec)
+
+    def pop(self) -> RunSpec | None:
+        """The next run to start now, or None (nothing pending, no held run due yet)."""
+        if self.pending:
+            return self.pending.popleft()
+        now = time.monotonic()
+        for run_id, (spec, when) in self.held.items():
+            if when <= now:
+                del self.held[run_id]
+                return spec
+        return None
+
+    def hold(self, spec: RunSpec, out_dir: Path | str | None = None,
+             note: Callable[[str], None] | None = None) -> None:
+        """Try ``spec`` again later; ``note`` says so (with the holder) the first time it is held."""
+        if note is not None and spec.run_id not in self.held:
+            note(f"run {spec.run_id} is held by another process ({holder(out_dir, spec.run_id) or '?'}); "
+                 "waiting for it")
+        self.held[spec.run_id] = (spec, time.monotonic() + BUSY_RETRY_S)
 
 
 def lock_path(out_dir: Path | str, run_id: str) -> Path:
