@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sweep_support import result_set, write_suite
 
 from ftbench.results.store import read_results
 from ftbench.spec import RunSpec, expand_suite
@@ -35,14 +36,11 @@ checkpoints = 3
 seed = [0, 1]
 """
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ["run_id", "step", "final", "status", "id_acc", "ood_acc", "val_acc", "source_val_acc"]
 
 
 @pytest.fixture(scope="module")
 def suite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    f = tmp_path_factory.mktemp("suite") / "benchmarks.toml"
-    f.write_text(SUITE)
-    return f
+    return write_suite(tmp_path_factory, SUITE)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +52,6 @@ def reference(suite_file: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.
     summary = run_sweep(specs, out, "cpu", progress=False, threads=1)
     assert summary.done == 8
     return result_set(out)
-
-
-def result_set(out: Path) -> pd.DataFrame:
-    df, problems = read_results(out)
-    assert not problems
-    return df[COLUMNS].sort_values(["run_id", "step", "final"]).reset_index(drop=True)
 
 
 def assert_same(out: Path, reference: pd.DataFrame) -> None:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sweep_support import reference_results, result_set, write_suite
 
-from ftbench.results.store import read_results
 from ftbench.spec import expand_suite
-from ftbench.sweep.local import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "services" / "slurm.sh"
@@ -42,7 +41,6 @@ method = "surgical"
 time = 10
 queue = "gpu"
 """
-COLUMNS = ["run_id", "step", "final", "status", "id_acc", "ood_acc", "val_acc", "source_val_acc"]
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +69,12 @@ def slurm() -> str:
 
 @pytest.fixture(scope="module")
 def suite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    f = tmp_path_factory.mktemp("suite") / "benchmarks.toml"
-    f.write_text(SUITE)
-    return f
+    return write_suite(tmp_path_factory, SUITE)
 
 
 @pytest.fixture(scope="module")
 def reference(suite_file: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    out = tmp_path_factory.mktemp("reference")
-    run_sweep(expand_suite("tiny", suite_file), out, "cpu", progress=False, threads=1)
-    return result_set(out)
-
-
-def result_set(out: Path) -> pd.DataFrame:
-    df, problems = read_results(out)
-    assert not problems
-    return df[COLUMNS].sort_values(["run_id", "step", "final"]).reset_index(drop=True)
+    return reference_results(suite_file, tmp_path_factory)
 
 
 def test_job_array_end_to_end(cli, slurm: str, suite_file: Path, reference: pd.DataFrame, tmp_path: Path) -> None:
