@@ -118,6 +118,10 @@ class _PETLMethod(Method):
     def train_modes(self, ctx: TrainContext) -> None:
         """Put modules that must be in train mode while fitting (e.g. LoRA dropout) in train mode."""
 
+    def fit_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of ``ctx.fit`` (e.g. a ``before_step`` hook); default none."""
+        return {}
+
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         model = ctx.model
         model.requires_grad_(False)
@@ -131,7 +135,7 @@ class _PETLMethod(Method):
         model.head.train()
         self.train_modes(ctx)
         n_params = sum(p.numel() for p in model.parameters())
-        ctx.fit(trainable)
+        ctx.fit(trainable, **self.fit_options())
         n_trainable = sum(p.numel() for p in trainable)
         return {"n_trainable": n_trainable, "trainable_fraction": n_trainable / n_params}
 

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import METHODS, Method, Option
+from ftbench.methods.base import METHODS, Option
+from ftbench.methods.petl import _PETLMethod
 from ftbench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -406,10 +407,8 @@ def _probe_model(spec: RunSpec) -> nn.Module | None:
         return None
 
 
-class _InsertedModules(Method):
-    """Shared run: freeze everything, insert modules, train them + the head, report the true count."""
-
-    takes_blocks = False
+class _InsertedModules(_PETLMethod):
+    """PETL by inserted modules: :meth:`install` them, train them + the head (``_PETLMethod.run``)."""
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return ["last"]  # of the partition, only the head trains; the new modules are in no block
@@ -436,23 +435,18 @@ class _InsertedModules(Method):
         """An optional ``before_step`` hook for the loop (see :func:`ftbench.train.loop.fit`)."""
         return None
 
-    def run(self, ctx: TrainContext) -> dict[str, Any]:
-        """Insert, freeze the backbone, train the new modules and the head; return the true counts."""
-        model = ctx.model
-        model.requires_grad_(False)
-        model.eval()  # BatchNorm running statistics of the frozen backbone stay as they are
+    def select(self, ctx: TrainContext) -> list[nn.Parameter]:
         # New parameters are drawn on the CPU from the run's seed, then moved: same init on any device.
-        new, modules = self.install(ctx, torch.Generator().manual_seed(self.spec.seed))
-        trainable = list({id(p): p for p in [*new, *model.head.parameters()]}.values())
-        for p in trainable:
-            p.requires_grad_(True)
-        for m in [*modules, model.head]:
+        new, self._inserted = self.install(ctx, torch.Generator().manual_seed(self.spec.seed))
+        return new
+
+    def train_modes(self, ctx: TrainContext) -> None:
+        for m in self._inserted:
             m.train()
-        n_params = sum(p.numel() for p in model.parameters())
+
+    def fit_options(self) -> dict[str, Any]:
         hook = self.before_step()
-        ctx.fit(trainable, **({"before_step": hook} if hook is not None else {}))
-        n_trainable = sum(p.numel() for p in trainable)
-        return {"n_trainable": n_trainable, "trainable_fraction": n_trainable / n_params}
+        return {"before_step": hook} if hook is not None else {}
 
 
 @METHODS.register("adapter")
