@@ -11,29 +11,66 @@ Roles (the words used everywhere, including parquet columns):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
+import numpy as np
 import torch
 
 from ftbench.registry import Registry
 
 if TYPE_CHECKING:
+    from ftbench.data.stream import StreamSplit
     from ftbench.spec import RunSpec
 
 
 @dataclass(frozen=True)
 class Split:
-    """Images ``x`` (float, N×C×H×W) and integer labels ``y`` (N,), kept on one device."""
+    """Images ``x`` (float, N×C×H×W) and integer labels ``y`` (N,), kept on one device.
+
+    ``meta`` (optional, N×K integers) carries what a benchmark's metrics need besides the label,
+    e.g. the group of each example (WILDS' metadata array). Splits too large for memory are
+    :class:`ftbench.data.stream.StreamSplit` objects, which offer the same ``batches``/``take``/``y``.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    meta: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def channels(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+        meta = None if self.meta is None else self.meta.to(device, non_blocking=True)
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True), meta)
+
+    def batches(self, batch_size: int = 4096) -> Iterator[torch.Tensor]:
+        """The images in order, in batches (views, no copy)."""
+        for i in range(0, len(self), batch_size):
+            yield self.x[i : i + batch_size]
+
+    def take(self, idx: np.ndarray | Sequence[int] | None = None) -> Split:
+        """The examples at positions ``idx`` (default: all)."""
+        if idx is None:
+            return self
+        t = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.x.device)
+        return Split(self.x[t], self.y[t], None if self.meta is None else self.meta[t])
+
+
+# A split of either kind; the runner evaluates both, training takes in-memory Splits.
+AnySplit = Union[Split, "StreamSplit"]
+# Extra metrics of a benchmark: (predicted labels, the split) -> {name: value}, e.g. worst-group
+# accuracy. Each becomes a result column, prefixed by the split's role (docs/results.md).
+Metrics = Callable[[torch.Tensor, "AnySplit"], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -42,10 +79,11 @@ class SourceTask:
 
     key: dict[str, Any]  # identifies the source model's training data, for the pretrain cache
     num_classes: int
-    train: Split
-    val: Split
-    test: Split
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
     recipe: dict[str, Any] | None = None  # how to pretrain on it (ftbench.models.pretrain); None: RECIPE
+    metrics: Metrics | None = None  # extra metrics of source_test, as id_<name> columns
 
 
 @dataclass(frozen=True)
@@ -53,10 +91,11 @@ class TargetTask:
     """The target (OOD) side: few-shot train, validation for selection, test for reporting."""
 
     num_classes: int
-    train: Split
-    val: Split
-    test: Split
+    train: Split  # few-shot: always in memory
+    val: AnySplit
+    test: AnySplit
     info: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics | None = None  # extra metrics of target_val / target_test, as val_<name> / ood_<name>
 
 
 @dataclass(frozen=True)
@@ -98,9 +137,22 @@ class Benchmark:
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
 
+def _register_all() -> None:
+    """Import every module of ``ftbench.data``: each registers its benchmarks (digits, cifar10-*,
+    imagenet-c, living17/entity30, the WILDS datasets). Modules keep heavy imports (wilds,
+    torchvision) inside functions, so this stays cheap."""
+    import importlib
+    import pkgutil
+
+    import ftbench.data as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"ftbench.data.{info.name}")
+
+
 def get_benchmark(name: str) -> Benchmark:
     """Instantiate the benchmark registered as ``name`` (UsageError listing names if unknown)."""
-    import ftbench.data.digits  # noqa: F401  (registers the embedded benchmark)
-    import ftbench.data.cifar  # noqa: F401  (cifar10-c, cifar10-c-gen, cifar10-flip)
+    _register_all()
 
     return BENCHMARKS.get(name)()

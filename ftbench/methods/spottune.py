@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftbench.data.base import AnySplit, Split
 from ftbench.errors import UsageError
 from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
 from ftbench.spec import RunSpec
@@ -209,18 +210,21 @@ def attach(model: BlockModel, in_channels: int, width: int = 4, temperature: flo
 
 
 @torch.no_grad()
-def route_frequencies(model: BlockModel, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Fraction of the images ``x`` that each unit sends through its fine-tuned copy at evaluation
-    (argmax routing, policy in eval mode); float64 CPU vector in ``residual_units()`` order."""
+def route_frequencies(model: BlockModel, x: torch.Tensor | AnySplit, batch_size: int = 4096) -> torch.Tensor:
+    """Fraction of the images ``x`` (a tensor or a split, in memory or streamed) that each unit
+    sends through its fine-tuned copy at evaluation (argmax routing, policy in eval mode); float64
+    CPU vector in ``residual_units()`` order."""
     router: SpotTuneRouter = model.spottune
     was = router.training
     router.eval()
     total = torch.zeros(router.policy.units, dtype=torch.float64)
-    for i in range(0, x.shape[0], batch_size):
-        with autocast(x.device):  # the precision the runner evaluates in, so these are its decisions
-            total += router.decide(x[i : i + batch_size]).sum(dim=0).to("cpu", torch.float64)
+    data = Split(x, torch.empty(x.shape[0])) if isinstance(x, torch.Tensor) else x
+    with torch.inference_mode():
+        for xb in data.batches(batch_size if isinstance(data, Split) else 256):
+            with autocast(xb.device):  # the precision the runner evaluates in, so these are its decisions
+                total += router.decide(xb).sum(dim=0).to("cpu", torch.float64)
     router.train(was)
-    return total / max(1, x.shape[0])
+    return total / max(1, len(data))
 
 
 # --- the methods ----------------------------------------------------------------------------
@@ -271,7 +275,7 @@ class SpotTune(Method):
         o = self.opts
         model = ctx.model
         units = model.residual_units()
-        router = attach(model, int(ctx.target.train.x.shape[1]), o["policy_width"], o["temperature"])
+        router = attach(model, ctx.target.train.channels, o["policy_width"], o["temperature"])
         routed = [model.get_submodule(path) for path, _ in units]
         policy_ids = {id(p) for p in router.parameters()}
         in_units = {id(p) for r in routed for p in r.parameters()} | policy_ids
@@ -300,7 +304,7 @@ class SpotTune(Method):
         router.last = None
 
         model.eval()
-        ood = route_frequencies(model, ctx.target.test.x).tolist()
+        ood = route_frequencies(model, ctx.target.test).tolist()
         cols: dict[str, Any] = {"n_trainable": sum(p.numel() for p in params),
                                 "n_policy_params": sum(p.numel() for p in router.parameters())}
         cols.update(self._per_block(units, ood, "route"))
@@ -319,13 +323,13 @@ class SpotTune(Method):
         cols[f"{prefix}_mean"] = sum(freq) / len(freq)
         return cols
 
-    def _source_test(self, ctx: TrainContext) -> torch.Tensor | None:
-        """The source test images on the model's device (the method is not given the source task;
+    def _source_test(self, ctx: TrainContext) -> AnySplit | None:
+        """The source test split on the model's device (the method is not given the source task;
         the benchmark rebuilds it, which is cached for ``digits``)."""
         from ftbench.data.base import get_benchmark
 
-        x = get_benchmark(self.spec.benchmark).source(self.spec).test.x
-        return x.to(ctx.target.test.x.device) if len(x) else None
+        test = get_benchmark(self.spec.benchmark).source(self.spec).test
+        return test.to(ctx.target.train.device) if len(test) else None
 
 
 @METHODS.register("spottune-global-k")

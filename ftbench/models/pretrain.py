@@ -59,10 +59,10 @@ def pretrained(model: str, source: SourceTask, device: torch.device, weights: st
     from ftbench.models.timm_models import given_weights, fit_head
 
     entry = get_model_entry(model)
-    given = given_weights(entry, model, int(source.train.x.shape[1]), source.num_classes, weights)
+    given = given_weights(entry, model, source.train.channels, source.num_classes, weights)
     if given is not None and given.head_loaded:
         return given.model.to(device).eval()
-    net = given.model if given is not None else entry.build(int(source.train.x.shape[1]), source.num_classes)
+    net = given.model if given is not None else entry.build(source.train.channels, source.num_classes)
     path = cache_path(model, source, device, given.key() if given is not None else None)
     if path.is_file():
         try:

@@ -832,9 +832,8 @@ def fit_head(model: BlockModel, source: SourceTask, device: torch.device) -> Blo
     linear probe fits it (``TrainContext.linear_probe``)."""
     model = model.to(device).eval()
     dev = torch.device(device)
-    x = source.train.x
-    with torch.no_grad(), autocast(dev):
-        feats = torch.cat([model.features(x[i : i + 256].to(dev)).float() for i in range(0, len(x), 256)])
+    with torch.no_grad(), autocast(dev):  # streamed splits (ImageNet-size sources) are decoded batch by batch
+        feats = torch.cat([model.features(xb).float() for xb in source.train.to(dev).batches(256)])
     y = source.train.y.to(dev)
     head = model.head
     w = torch.zeros(head.weight.shape, device=dev, requires_grad=True)

@@ -38,6 +38,7 @@ only for long runs). Channels-last (``FTBENCH_CHANNELS_LAST``) applies to the pl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ftbench.data.base import SourceTask, Split, TargetTask, get_benchmark
+from ftbench.data.base import Split, TargetTask, get_benchmark
 from ftbench.methods.base import get_method
 from ftbench.models.base import BlockModel
 from ftbench.spec import RunSpec, resolve
@@ -331,7 +332,7 @@ def train_fused(specs: Sequence[RunSpec], device: str = "auto",
     s0 = specs[0]
     bench = get_benchmark(s0.benchmark)
     s = bench.source(s0)
-    source = SourceTask(s.key, s.num_classes, s.train, s.val.to(dev), s.test.to(dev))
+    source = dataclasses.replace(s, val=s.val.to(dev), test=s.test.to(dev))
     from ftbench.models.pretrain import pretrained
 
     base = pretrained(s0.model, s, dev, s0.weights)
@@ -342,7 +343,7 @@ def train_fused(specs: Sequence[RunSpec], device: str = "auto",
     for spec in specs:
         if spec.seed not in targets:
             t = bench.target(spec)
-            targets[spec.seed] = TargetTask(t.num_classes, t.train.to(dev), t.val.to(dev), t.test.to(dev), t.info)
+            targets[spec.seed] = dataclasses.replace(t, train=t.train.to(dev), val=t.val.to(dev), test=t.test.to(dev))
         ctx = TrainContext(spec, copy.deepcopy(base), targets[spec.seed], torch.Generator().manual_seed(spec.seed),
                            workdir=(workdirs or {}).get(spec.run_id))
         ctxs.append(ctx)

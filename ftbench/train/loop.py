@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftbench.data.base import Split
+from ftbench.data.base import AnySplit, Split
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def autocast(device: torch.device):  # noqa: ANN201
 def fit(
     model: nn.Module,
     params: Iterable[nn.Parameter],
-    data: Split,
+    data: AnySplit,
     *,
     lr: float,
     wd: float,
@@ -99,8 +99,10 @@ def fit(
     ``start_step``; the batch indices are drawn in full either way.
     """
     params = [p for p in params if p.requires_grad]
-    device = data.x.device
+    device = data.device
     idx = batch_indices(len(data), batch_size, steps, generator).to(device)
+    # A streamed split (a large source set) is decoded batch by batch, ahead, by its worker pool.
+    streamed = None if isinstance(data, Split) else data.batches_at(idx[start_step:])
     if not params or steps == 0:
         return FitStats(0, 0, float("nan"))
     groups: Any = [{"params": [p]} for p in params] if before_step is not None else params
@@ -111,7 +113,7 @@ def fit(
     for t in range(start_step, idx.shape[0]):
         b = idx[t]
         with autocast(device):
-            logits = model(data.x[b])
+            logits = model(data.x[b] if streamed is None else next(streamed))
         loss = (loss_fn or F.cross_entropy)(logits.float(), data.y[b])
         if extra_loss is not None:
             loss = loss + extra_loss()
@@ -129,16 +131,37 @@ def fit(
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Predicted labels for ``x`` in large batches (model must already be in eval mode)."""
+    return predictions(model, Split(x, torch.empty(x.shape[0])), batch_size)
+
+
+@torch.inference_mode()
+def predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted labels for every example of ``data``, in order (model must be in eval mode).
+
+    In-memory splits go in batches of 4096; streamed ones (:class:`ftbench.data.stream.StreamSplit`)
+    in the decoder pool's batches of 256, each moved to the device as it is decoded.
+    """
     out = []
-    for i in range(0, x.shape[0], batch_size):
-        with autocast(x.device):
-            out.append(model(x[i : i + batch_size]).argmax(dim=1))
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+    bs = batch_size or (4096 if isinstance(data, Split) else 256)
+    for xb in data.batches(bs):
+        with autocast(xb.device):
+            out.append(model(xb).argmax(dim=1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=data.device)
 
 
-def accuracy(model: nn.Module, data: Split) -> float:
+def accuracy(model: nn.Module, data: AnySplit) -> float:
     """Top-1 accuracy in % of ``model`` (put in eval mode here) on ``data``."""
+    return evaluate(model, data)[0]
+
+
+def evaluate(model: nn.Module, data: AnySplit,
+             metrics: Callable[[torch.Tensor, AnySplit], dict[str, float]] | None = None,
+             ) -> tuple[float, dict[str, float]]:
+    """Top-1 accuracy in % of ``model`` (put in eval mode here) on ``data``, and the benchmark's
+    extra ``metrics`` of the same predictions (one pass over the data)."""
     model.eval()
     if len(data) == 0:
-        return float("nan")
-    return float((predict(model, data.x) == data.y).float().mean()) * 100.0
+        return float("nan"), {}
+    pred = predictions(model, data)
+    acc = float((pred == data.y.to(pred.device)).float().mean()) * 100.0
+    return acc, (metrics(pred, data) if metrics is not None else {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import platform
@@ -20,7 +21,7 @@ from ftbench.models.base import BlockModel
 from ftbench.models.pretrain import pretrained
 from ftbench.spec import RunSpec, resolve
 from ftbench.train.context import TrainContext
-from ftbench.train.loop import accuracy
+from ftbench.train.loop import evaluate
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -66,12 +67,14 @@ class Trained:
 def _evaluate(model: BlockModel, source: SourceTask, target: TargetTask, dev: torch.device) -> dict[str, float]:
     """The four accuracies of a result row; restores the modules' train/eval modes afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    out = {
-        "id_acc": accuracy(model, source.test),
-        "source_val_acc": accuracy(model, source.val),
-        "val_acc": accuracy(model, target.val),
-        "ood_acc": accuracy(model, target.test),
-    }
+    out: dict[str, float] = {}
+    # (column of the accuracy, prefix of the benchmark's extra metrics, split, metrics)
+    for col, prefix, split, metrics in (("id_acc", "id_", source.test, source.metrics),
+                                        ("source_val_acc", "source_val_", source.val, None),
+                                        ("val_acc", "val_", target.val, target.metrics),
+                                        ("ood_acc", "ood_", target.test, target.metrics)):
+        out[col], extra = evaluate(model, split, metrics)
+        out.update({prefix + k: v for k, v in extra.items()})
     for m, training in modes:
         m.train(training)
     return out
@@ -96,9 +99,9 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
     torch.manual_seed(spec.seed)
     bench = get_benchmark(spec.benchmark)
     s = bench.source(spec)
-    source = SourceTask(s.key, s.num_classes, s.train, s.val.to(dev), s.test.to(dev))
+    source = dataclasses.replace(s, val=s.val.to(dev), test=s.test.to(dev))
     t = bench.target(spec)
-    target = TargetTask(t.num_classes, t.train.to(dev), t.val.to(dev), t.test.to(dev), t.info)
+    target = dataclasses.replace(t, train=t.train.to(dev), val=t.val.to(dev), test=t.test.to(dev))
     model = pretrained(spec.model, s, dev, spec.weights)
     method = get_method(spec.method)(spec)
     ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed), workdir=workdir)

@@ -1,0 +1,223 @@
+"""Splits too large to hold in memory: image files decoded on the fly by a worker pool.
+
+ImageNet-C, BREEDS and the WILDS datasets have tens of thousands of test images at 96-448 px; as
+float32 tensors they would not fit in memory (50,000 ImageNet images at 224 px are 30 GB). A
+:class:`StreamSplit` keeps only the file list and the labels; :meth:`StreamSplit.batches` decodes
+the images with TorchCodec's (or torchvision's) decoders (libjpeg-turbo / libpng, in C) in a
+``torch.utils.data.DataLoader`` worker pool, sends each batch to the device as uint8 (a quarter of
+the bytes of float32, pinned memory on CUDA) and converts and normalises it there.
+
+Few-shot target training sets and validation splits are small: :meth:`StreamSplit.take` decodes
+them once into an in-memory :class:`~ftbench.data.base.Split`, which training indexes as usual.
+Evaluation (``ftbench.train.loop.predictions``) accepts either kind.
+
+Why not torchvision's ``ImageFolder``: it decodes with PIL, returns float tensors per image and
+assumes one folder per class; the benchmarks here list their files and labels from metadata
+(WILDS' CSVs, BREEDS' class hierarchy) and want uint8 batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ftbench.data.base import Split
+from ftbench.errors import UsageError
+
+Transform = Callable[[torch.Tensor], torch.Tensor]  # uint8 C×H×W -> uint8 C×h×w
+
+
+def _decoder() -> Callable[[str], torch.Tensor]:
+    """TorchCodec's ``decode_image`` (the PyTorch image decoder since torchvision 0.29 deprecated
+    its own) when installed, else torchvision's; both give the same uint8 RGB pixels."""
+    try:
+        from torchcodec.decoders import decode_image as codec_decode
+
+        return lambda path: codec_decode(path, mode="RGB")
+    except ImportError:
+        import warnings
+
+        from torchvision.io import ImageReadMode, decode_image
+
+        def tv_decode(path: str) -> torch.Tensor:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_image(path, mode=ImageReadMode.RGB)
+
+        return tv_decode
+
+
+_DECODE: Callable[[str], torch.Tensor] | None = None
+
+
+def decode(path: str | Path) -> torch.Tensor:
+    """The image file at ``path`` as uint8 RGB, 3×H×W (grayscale and RGBA are converted).
+
+    A file that is missing or not a decodable image is a UsageError naming it.
+    """
+    global _DECODE
+    if _DECODE is None:
+        _DECODE = _decoder()
+    try:
+        return _DECODE(str(path))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise UsageError(f"cannot read image {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         "the dataset copy is incomplete or corrupt — fetch it again") from None
+
+
+def resize_center_crop(size: int, resize: int | None = None) -> Transform:
+    """Resize the shorter side to ``resize`` (default ``size``; bilinear, antialiased, as PIL) and
+    take the central ``size`` × ``size`` crop — the usual evaluation transform (ImageNet: 256, 224)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    short = size if resize is None else resize
+
+    def transform(img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        if min(h, w) != short:
+            img = TF.resize(img, [short], antialias=True)
+        if img.shape[-2:] != (size, size):
+            img = TF.center_crop(img, [size, size])
+        return img
+
+    return transform
+
+
+def resize_to(height: int, width: int) -> Transform:
+    """Resize to exactly ``height`` × ``width`` (bilinear, antialiased), aspect ratio not kept."""
+    from torchvision.transforms.v2 import functional as TF
+
+    def transform(img: torch.Tensor) -> torch.Tensor:
+        if img.shape[-2:] != (height, width):
+            img = TF.resize(img, [height, width], antialias=True)
+        return img
+
+    return transform
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files by index, decoded by :func:`decode` and passed through ``transform``.
+
+    Picklable (a list of paths and a top-level transform) so DataLoader workers can be spawned.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], transform: Transform | None = None) -> None:
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = decode(self.paths[i])
+        return self.transform(img) if self.transform is not None else img
+
+
+def workers() -> int:
+    """Decoder processes per streamed split: ``$FTBENCH_WORKERS``, else up to 8 of this machine's CPUs."""
+    env = os.environ.get("FTBENCH_WORKERS")
+    if env is not None:
+        try:
+            return max(0, int(env))
+        except ValueError:
+            raise UsageError(f"FTBENCH_WORKERS must be a non-negative integer, got {env!r}") from None
+    return min(8, os.cpu_count() or 1)
+
+
+# Below this many images a split is decoded in the calling process: starting workers costs more.
+INLINE_BELOW = 512
+
+
+def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255).sub_(mean).div_(std)
+
+
+@dataclass(frozen=True)
+class StreamSplit:
+    """A split whose images stay on disk: ``images[i]`` is image ``i`` (uint8 C×H×W, one shape for
+    all), ``y`` its label; ``mean``/``std`` normalise ``[0, 1]`` pixels per channel.
+
+    ``index`` (None: all) selects and orders the images of ``images`` this split consists of, so
+    subsets share one file list. ``meta`` holds per-example integers a benchmark's metrics need
+    (e.g. WILDS' metadata array), aligned with ``y``.
+    """
+
+    images: torch.utils.data.Dataset
+    y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meta: torch.Tensor | None = None
+    index: np.ndarray | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def x(self) -> torch.Tensor:  # so a caller that assumes an in-memory split fails loudly
+        raise TypeError("a StreamSplit has no in-memory images: iterate batches() or take() a subset")
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def to(self, device: torch.device | str) -> StreamSplit:
+        return replace(self, device=torch.device(device))
+
+    def subset(self, idx: np.ndarray | Sequence[int]) -> StreamSplit:
+        """The examples at positions ``idx`` of this split (still on disk)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        base = idx if self.index is None else self.index[idx]
+        t = torch.from_numpy(idx)
+        return replace(self, y=self.y[t.to(self.y.device)], index=base,
+                       meta=None if self.meta is None else self.meta[t.to(self.meta.device)])
+
+    def _loader(self, batch_size: int) -> torch.utils.data.DataLoader:
+        data = self.images if self.index is None else torch.utils.data.Subset(self.images, self.index.tolist())
+        n = workers() if len(self) >= INLINE_BELOW else 0
+        return torch.utils.data.DataLoader(
+            data, batch_size=batch_size, shuffle=False, num_workers=n,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if n else None,
+            persistent_workers=False)
+
+    def uint8_batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """The images in order, as uint8 batches on :attr:`device`."""
+        for xb in self._loader(batch_size):
+            yield xb.to(self.device, non_blocking=True)
+
+    def batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """The images in order, normalised float32 batches on :attr:`device`."""
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        for xb in self.uint8_batches(batch_size):
+            yield _normalise(xb, mean, std)
+
+    def batches_at(self, index_batches: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Normalised float32 batches on :attr:`device` of the examples at each row of positions
+        ``index_batches`` (steps × batch), decoded ahead by the worker pool — how training reads a
+        streamed split with the same batch draws as an in-memory one."""
+        rows = index_batches.cpu().numpy()
+        base = rows if self.index is None else self.index[rows]
+        n = workers() if base.size >= INLINE_BELOW else 0
+        loader = torch.utils.data.DataLoader(
+            self.images, batch_sampler=base.tolist(), num_workers=n, pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if n else None)
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        for xb in loader:
+            yield _normalise(xb.to(self.device, non_blocking=True), mean, std)
+
+    def take(self, idx: np.ndarray | Sequence[int] | None = None) -> Split:
+        """Decode the examples at positions ``idx`` (default: all) into an in-memory :class:`Split`."""
+        part = self if idx is None else self.subset(idx)
+        xs = list(part.batches())
+        c = self.channels
+        x = torch.cat(xs) if xs else torch.empty(0, c, 0, 0, device=self.device)
+        meta = None if part.meta is None else part.meta.to(self.device)
+        return Split(x, part.y.to(self.device), meta)
+

@@ -1,0 +1,145 @@
+"""Streamed splits (ftbench/data/stream.py): images decoded from disk give the same batches,
+training and evaluation as the same images held in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ftbench.data.base import Split
+from ftbench.data.stream import ImageFiles, StreamSplit, decode, resize_center_crop, resize_to
+from ftbench.errors import UsageError
+from ftbench.train import loop
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def _write_pngs(folder: Path, n: int, size: tuple[int, int] = (12, 10), seed: int = 0) -> tuple[list[Path], np.ndarray]:
+    """``n`` random RGB PNGs (lossless, so decoding must give the pixels back exactly)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, size[0], size[1], 3), dtype=np.uint8)
+    paths = []
+    for i in range(n):
+        p = folder / f"img_{i:03d}.png"
+        Image.fromarray(pixels[i]).save(p)
+        paths.append(p)
+    return paths, pixels
+
+
+def _in_memory(pixels: np.ndarray, y: torch.Tensor) -> Split:
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return Split(x, y)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> tuple[StreamSplit, Split]:
+    paths, pixels = _write_pngs(tmp_path, 40)
+    y = torch.arange(40) % 4
+    meta = torch.stack([y, torch.arange(40) % 3], dim=1)
+    stream = StreamSplit(ImageFiles(paths), y, MEAN, STD, meta=meta)
+    return stream, Split(_in_memory(pixels, y).x, y, meta)
+
+
+def test_decode_gives_the_pixels_and_converts_grayscale(tmp_path: Path) -> None:
+    paths, pixels = _write_pngs(tmp_path, 1)
+    assert torch.equal(decode(paths[0]), torch.from_numpy(pixels[0]).permute(2, 0, 1))
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((5, 7), 9, dtype=np.uint8)).save(gray)
+    img = decode(gray)
+    assert img.shape == (3, 5, 7) and img.dtype == torch.uint8 and int(img.max()) == 9
+
+
+def test_a_corrupt_or_missing_file_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(UsageError, match="bad.jpg"):
+        decode(bad)
+    with pytest.raises(UsageError, match="missing.png"):
+        decode(tmp_path / "missing.png")
+
+
+def test_transforms_give_the_requested_shape(tmp_path: Path) -> None:
+    img = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
+    assert resize_center_crop(16, 20)(img).shape == (3, 16, 16)
+    assert resize_center_crop(30)(img).shape == (3, 30, 30)  # shorter side already 30: crop only
+    assert torch.equal(resize_center_crop(30)(img), img[:, :, 5:35])
+    assert resize_to(8, 12)(img).shape == (3, 8, 12)
+
+
+def test_batches_take_and_subset_match_the_in_memory_split(images: tuple[StreamSplit, Split]) -> None:
+    stream, mem = images
+    assert len(stream) == 40 and stream.channels == 3
+    got = torch.cat(list(stream.batches(7)))
+    assert torch.allclose(got, mem.x, atol=1e-6)
+    idx = np.array([5, 1, 33])
+    part = stream.take(idx)
+    assert torch.allclose(part.x, mem.x[idx], atol=1e-6)
+    assert torch.equal(part.y, mem.y[idx]) and torch.equal(part.meta, mem.meta[idx])
+    nested = stream.subset(np.arange(10, 30)).subset([0, 19])  # positions compose
+    assert torch.equal(nested.y, mem.y[[10, 29]])
+    assert torch.allclose(nested.take().x, mem.x[[10, 29]], atol=1e-6)
+    with pytest.raises(TypeError, match="batches"):
+        stream.x  # noqa: B018  (code written for in-memory splits must fail loudly, not load it all)
+
+
+def test_worker_pool_gives_the_same_batches_in_order(images: tuple[StreamSplit, Split], monkeypatch) -> None:
+    import ftbench.data.stream as stream_mod
+
+    stream, mem = images
+    monkeypatch.setattr(stream_mod, "INLINE_BELOW", 0)  # force worker processes on a small split
+    monkeypatch.setenv("FTBENCH_WORKERS", "2")
+    assert torch.allclose(torch.cat(list(stream.batches(6))), mem.x, atol=1e-6)
+    rows = torch.tensor([[3, 3, 0], [39, 2, 7]])
+    got = list(stream.batches_at(rows))
+    assert torch.allclose(got[1], mem.x[[39, 2, 7]], atol=1e-6)
+
+
+def test_bad_workers_setting_is_a_usage_error(monkeypatch) -> None:
+    from ftbench.data.stream import workers
+
+    monkeypatch.setenv("FTBENCH_WORKERS", "many")
+    with pytest.raises(UsageError, match="FTBENCH_WORKERS"):
+        workers()
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 4))
+
+
+def test_training_on_a_streamed_split_equals_training_in_memory(images: tuple[StreamSplit, Split]) -> None:
+    stream, mem = images
+    results = []
+    for data in (stream, mem):
+        model = _tiny_model()
+        stats = loop.fit(model, model.parameters(), data, lr=0.05, wd=0.0, steps=6, batch_size=8,
+                         optimizer="sgd", generator=torch.Generator().manual_seed(3))
+        results.append((stats, [p.detach().clone() for p in model.parameters()]))
+    (s1, p1), (s2, p2) = results
+    assert s1.steps == s2.steps == 6
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(p1, p2))
+    assert any(not torch.equal(a, b) for a, b in zip(p1, [p.detach() for p in _tiny_model().parameters()]))
+
+
+def test_evaluation_streams_and_computes_the_benchmark_metrics_from_the_same_predictions(
+        images: tuple[StreamSplit, Split]) -> None:
+    stream, mem = images
+    model = _tiny_model().eval()
+    seen = {}
+
+    def metrics(pred: torch.Tensor, split) -> dict[str, float]:
+        seen["pred"] = pred
+        return {"worst_group_acc": min(float((pred[split.meta[:, 1] == g] == split.y[split.meta[:, 1] == g])
+                                             .float().mean()) for g in range(3)) * 100}
+
+    acc_s, extra_s = loop.evaluate(model, stream, metrics)
+    acc_m, extra_m = loop.evaluate(model, mem, metrics)
+    assert acc_s == acc_m and extra_s == extra_m and set(extra_s) == {"worst_group_acc"}
+    assert torch.equal(seen["pred"], loop.predictions(model, mem))
+    assert acc_s == pytest.approx(float((seen["pred"] == mem.y).float().mean()) * 100)
