@@ -365,3 +365,63 @@ def test_fused_training_leaves_the_source_model_untouched() -> None:
     fused.train_fused([spec, dataclasses.replace(spec, lr=1e-2)], "cpu")
     after = _state(pretrained(spec.model, get_benchmark("digits").source(spec), torch.device("cpu")))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --- fused training inside a sweep --------------------------------------------------------------
+
+
+def _sweep_specs() -> list[RunSpec]:
+    return [_spec(method="surgical", blocks=("last",), lr=lr, seed=seed) for lr in (1e-3, 1e-2) for seed in (0, 1)] \
+        + [_spec(method="l2-sp", lr=1e-3)]
+
+
+def _final_rows(out: Path) -> dict[str, dict]:
+    from ftbench.results.store import read_results
+
+    df, problems = read_results(out)
+    assert not problems
+    return {r["run_id"]: r for r in df[df["final"]].to_dict("records")}
+
+
+def test_sweep_trains_fusable_runs_together_with_each_runs_own_result(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ftbench.sweep.local import run_sweep
+
+    specs = _sweep_specs()
+    groups: list[int] = []
+    real = fused.run_fused
+    monkeypatch.setattr(fused, "run_fused", lambda s, *a, **k: groups.append(len(s)) or real(s, *a, **k))
+    monkeypatch.setenv("FTBENCH_FASTPATH", "all")
+    summary = run_sweep(specs, tmp_path / "fused", "cpu", progress=False)
+    assert (summary.done, summary.failed) == (5, 0) and groups == [4]  # l2-sp runs alone
+    monkeypatch.setenv("FTBENCH_FASTPATH", "prefix")
+    run_sweep(specs, tmp_path / "plain", "cpu", progress=False)
+    assert groups == [4]  # fused training off: every run on its own
+    got, want = _final_rows(tmp_path / "fused"), _final_rows(tmp_path / "plain")
+    assert got.keys() == want.keys() == {s.run_id for s in specs}
+    n_test = len(get_benchmark("digits").target(specs[0]).test)
+    for run_id in want:
+        _assert_same_accuracies(got[run_id], want[run_id], n_test)
+    # A second sweep finds every run done and trains nothing.
+    monkeypatch.setenv("FTBENCH_FASTPATH", "all")
+    again = run_sweep(specs, tmp_path / "fused", "cpu", progress=False)
+    assert (again.done, again.skipped) == (0, 5) and groups == [4]
+
+
+def test_a_fused_group_that_fails_is_run_one_by_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from ftbench.sweep.task import claim, run_group
+
+    def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(fused, "run_fused", broken)
+    specs = _sweep_specs()[:3]
+    with claim(tmp_path, specs[2].run_id):  # another process holds the third run
+        outcomes = run_group(specs, tmp_path, "cpu")
+    assert [o.status for o in outcomes] == ["ok", "ok", "busy"]
+    assert "running them one by one" in capsys.readouterr().err
+    rows = _final_rows(tmp_path)
+    assert set(rows) == {specs[0].run_id, specs[1].run_id}
+    assert rows[specs[0].run_id]["ood_acc"] == execute(specs[0], "cpu")[-1]["ood_acc"]
+    assert [o.status for o in run_group(specs, tmp_path, "cpu")][:2] == ["done", "done"]

@@ -17,7 +17,8 @@ from typing import Any
 from ftbench.results.store import completed_ids
 from ftbench.spec import RunSpec
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import Outcome, clean_tmp, holder, run_task, set_threads
+from ftbench.sweep.task import Outcome, clean_tmp, holder, run_group, run_task, set_threads
+from ftbench.train.fused import fusable_groups
 
 
 @dataclass
@@ -82,16 +83,22 @@ def run_sweep(
         pending = list(todo)
         while pending:
             held = []
-            for spec in pending:
-                bar.running(1)
-                outcome = run_task(spec, out_dir, device, retry_failed)
-                if outcome.status == "busy":
-                    held.append(spec)
-                    continue
-                summary.count(spec, outcome)
-                bar.advance(spec, outcome)
-                if on_result:
-                    on_result(spec, outcome.__dict__)
+            # Runs that differ only in lr, wd or seed train together where fused training is on
+            # (on CUDA by default; ftbench/train/fused.py); every other group is one run.
+            for group in fusable_groups(pending, device):
+                bar.running(len(group))
+                if len(group) == 1:
+                    outcomes = [run_task(group[0], out_dir, device, retry_failed)]
+                else:
+                    outcomes = run_group(group, out_dir, device, retry_failed)
+                for spec, outcome in zip(group, outcomes):
+                    if outcome.status == "busy":
+                        held.append(spec)
+                        continue
+                    summary.count(spec, outcome)
+                    bar.advance(spec, outcome)
+                    if on_result:
+                        on_result(spec, outcome.__dict__)
             bar.running(0)
             if held:
                 bar.note(f"waiting for {len(held)} run(s) held by another process "

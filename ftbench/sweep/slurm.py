@@ -32,7 +32,8 @@ from ftbench.results.store import completed_ids, result_path
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import Outcome, clean_tmp, has_result, read_outcome, record_failure, run_task, set_threads
+from ftbench.sweep.task import (Outcome, clean_tmp, has_result, read_outcome, record_failure, run_group, run_task,
+                                set_threads)
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
@@ -76,14 +77,18 @@ try:  # submitit is an optional extra: the class below exists only where it is i
 
         def __call__(self, specs: list[RunSpec], out_dir: str, device: str, threads: int,
                      retry_failed: bool) -> list[Outcome]:
+            from ftbench.train.fused import fusable_groups
+
             set_threads(threads)
             outcomes = []
-            for spec in specs:
+            # The job's runs that fuse (on GPU nodes by default) train together, as in a local sweep.
+            for group in fusable_groups(specs, device):
                 try:
-                    outcomes.append(run_task(spec, out_dir, device, retry_failed))
+                    outcomes += (run_group(group, out_dir, device, retry_failed) if len(group) > 1
+                                 else [run_task(group[0], out_dir, device, retry_failed)])
                 except UsageError as e:  # e.g. data not fetched on this node: visible, retried with --retry-failed
-                    outcomes.append(record_failure(spec, out_dir, UsageError(str(e)), retry_failed)
-                                    or Outcome(spec.run_id, "busy"))
+                    outcomes += [record_failure(spec, out_dir, UsageError(str(e)), retry_failed)
+                                 or Outcome(spec.run_id, "busy") for spec in group]
             return outcomes
 except ImportError:  # pragma: no cover
     submitit = None  # type: ignore[assignment]

@@ -244,6 +244,49 @@ def run_task(spec: RunSpec, out_dir: Path | str, device: str = "auto", retry_fai
         return Outcome.of(rows[-1])
 
 
+def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", retry_failed: bool = False,
+              execute: Execute | None = None) -> list[Outcome]:
+    """:func:`run_task` for a group of runs that train together (``ftbench.train.fused``): each run
+    is claimed and re-checked as :func:`run_task` does; those claimed and not done train fused (one
+    of them alone trains as usual) and each gets its own result file. One outcome per spec, in order.
+
+    If fused training raises (other than a usage error), the claimed runs are run one by one, so a
+    fast-path failure costs time, never a run.
+    """
+    from contextlib import ExitStack
+
+    from ftbench.train import fused
+    from ftbench.train.runner import work_dir
+
+    out_dir = Path(out_dir)
+    outcomes: dict[str, Outcome] = {}
+    with ExitStack() as stack:
+        todo = []
+        for spec in specs:
+            if not stack.enter_context(claim(out_dir, spec.run_id)):
+                outcomes[spec.run_id] = Outcome(spec.run_id, "busy")
+            elif has_result(out_dir, spec.run_id, retry_failed):
+                outcomes[spec.run_id] = Outcome(spec.run_id, "done")
+            else:
+                todo.append(spec)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        if len(todo) > 1 and execute is None:
+            try:
+                rows = fused.run_fused(todo, device, {s.run_id: work_dir(out_dir, s.run_id) for s in todo})
+            except UsageError:
+                raise
+            except Exception as e:
+                print(f"warning: fused training of {len(todo)} runs failed ({type(e).__name__}: {e}); "
+                      "running them one by one", file=sys.stderr)
+                _free_memory()
+                rows = {}
+        for spec in todo:
+            r = rows.get(spec.run_id) or execute_rows(spec, device, work_dir(out_dir, spec.run_id), execute)
+            write_result(out_dir, r)
+            outcomes[spec.run_id] = Outcome.of(r[-1])
+    return [outcomes[s.run_id] for s in specs]
+
+
 def record_failure(spec: RunSpec, out_dir: Path | str, error: BaseException | str,
                    retry_failed: bool = False) -> Outcome | None:
     """Write a ``failed`` row for a run whose worker or job died (``error`` as a message or an
