@@ -194,12 +194,21 @@ _WILDS = (
     ("iwildcam", "iwildcam_v2.0", "0x6313da2b204647e79a14b468131fcd64", 11_957_420_032, "12.0 GB",
      "iWildCam2020-WILDS camera traps; macro-F1", "CDLA-Permissive 1.0"),
 )
+# What the wilds 2.0.0 dataset classes read from each folder; wilds loads a folder only when its
+# RELEASE_v<version>.txt is there (WILDSDataset.dataset_exists_locally).
+_WILDS_REQUIRED = {
+    "waterbirds": ("RELEASE_v1.0.txt", "metadata.csv"),
+    "celeba": ("RELEASE_v1.0.txt", "list_attr_celeba.csv", "list_eval_partition.csv", "img_align_celeba"),
+    "camelyon17": ("RELEASE_v1.0.txt", "metadata.csv", "patches"),
+    "fmow": ("RELEASE_v1.1.txt", "rgb_metadata.csv", "country_code_mapping.csv", "images"),
+    "iwildcam": ("RELEASE_v2.0.txt", "metadata.csv", "train"),
+}
 for _name, _folder, _bundle, _size, _human, _help, _licence in _WILDS:
     register(Dataset(
         _name, _help, _licence, _folder, _human,
         (RemoteFile(f"{_folder}.tar.gz", f"https://worksheets.codalab.org/rest/bundles/{_bundle}/contents/blob/",
                     _size),),
-        required=("metadata.csv",) if _name != "fmow" else ("rgb_metadata.csv",),
+        required=_WILDS_REQUIRED[_name],
     ))
 
 
