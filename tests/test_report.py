@@ -88,6 +88,26 @@ def test_selection_uses_validation_never_test() -> None:
     assert o1.loc[0, "ood_acc"] == 90.0
 
 
+def test_a_benchmark_metric_is_selected_on_the_same_metric_of_target_validation() -> None:
+    from ftbench.report.table import build
+
+    df, _ = read_results(DATA)
+    cells = (df["blocks"] == "1") & (df["corruption"] == "gaussian_noise") & (df["seed"] == 0)
+    # As a WILDS benchmark reports them: worst-group accuracy on target val and test; here the
+    # run that is worse on val_acc (lr 1e-2) is the better one on val_worst_group_acc.
+    df["val_worst_group_acc"] = float("nan")
+    df["ood_worst_group_acc"] = float("nan")
+    df.loc[cells & (df["lr"] == 1e-3), ["val_worst_group_acc", "ood_worst_group_acc"]] = [40.0, 30.0]
+    df.loc[cells & (df["lr"] == 1e-2), ["val_worst_group_acc", "ood_worst_group_acc"]] = [60.0, 50.0]
+    pick = lambda m: select(df, "target-val", metric=m).set_index(["blocks", "corruption", "seed"])  # noqa: E731
+    assert pick("ood_worst_group_acc").loc[("1", "gaussian_noise", 0), "lr"] == 1e-2
+    assert pick("ood_acc").loc[("1", "gaussian_noise", 0), "lr"] == 1e-3  # accuracy tables: val_acc
+    # Rows without the metric (other cells) keep accuracy selection rather than an arbitrary pick.
+    assert pick("ood_worst_group_acc").loc[("1", "gaussian_noise", 1), "lr"] == \
+        pick("ood_acc").loc[("1", "gaussian_noise", 1), "lr"]
+    assert "worst_group_acc (where the runs have it)" in build(df, metric="ood_worst_group_acc").caption
+
+
 def test_cells_are_mean_and_sample_std_over_seeds() -> None:
     from ftbench.report.table import build
 
