@@ -70,34 +70,36 @@ def decode(path: str | Path) -> torch.Tensor:
                          "the dataset copy is incomplete or corrupt — fetch it again") from None
 
 
-def resize_center_crop(size: int, resize: int | None = None) -> Transform:
+class resize_center_crop:  # noqa: N801  (used like a function; a class so DataLoader workers can pickle it)
     """Resize the shorter side to ``resize`` (default ``size``; bilinear, antialiased, as PIL) and
     take the central ``size`` × ``size`` crop — the usual evaluation transform (ImageNet: 256, 224)."""
-    from torchvision.transforms.v2 import functional as TF
 
-    short = size if resize is None else resize
+    def __init__(self, size: int, resize: int | None = None) -> None:
+        self.size, self.short = size, size if resize is None else resize
 
-    def transform(img: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         h, w = img.shape[-2:]
-        if min(h, w) != short:
-            img = TF.resize(img, [short], antialias=True)
-        if img.shape[-2:] != (size, size):
-            img = TF.center_crop(img, [size, size])
+        if min(h, w) != self.short:
+            img = TF.resize(img, [self.short], antialias=True)
+        if img.shape[-2:] != (self.size, self.size):
+            img = TF.center_crop(img, [self.size, self.size])
         return img
 
-    return transform
 
-
-def resize_to(height: int, width: int) -> Transform:
+class resize_to:  # noqa: N801  (used like a function; picklable)
     """Resize to exactly ``height`` × ``width`` (bilinear, antialiased), aspect ratio not kept."""
-    from torchvision.transforms.v2 import functional as TF
 
-    def transform(img: torch.Tensor) -> torch.Tensor:
-        if img.shape[-2:] != (height, width):
-            img = TF.resize(img, [height, width], antialias=True)
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        if img.shape[-2:] != (self.height, self.width):
+            img = TF.resize(img, [self.height, self.width], antialias=True)
         return img
-
-    return transform
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -167,7 +169,10 @@ class StreamSplit:
         return len(self.mean)
 
     def to(self, device: torch.device | str) -> StreamSplit:
-        return replace(self, device=torch.device(device))
+        """The split with its batches, labels and metadata on ``device`` (the files stay on disk)."""
+        dev = torch.device(device)
+        return replace(self, device=dev, y=self.y.to(dev),
+                       meta=None if self.meta is None else self.meta.to(dev))
 
     def subset(self, idx: np.ndarray | Sequence[int]) -> StreamSplit:
         """The examples at positions ``idx`` of this split (still on disk)."""
