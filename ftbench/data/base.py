@@ -134,6 +134,69 @@ class Benchmark:
         raise NotImplementedError
 
 
+class FetchedBenchmark(Benchmark):
+    """A benchmark on data that ``ftbench fetch`` downloads or checks (``datasets``), with the
+    usual spec resolution: one shift taken as the CLI's default, ``--corruption``/``--severity``
+    only for a ``corruption`` shift, ``shots`` in ``1..max_shots``."""
+
+    datasets: ClassVar[tuple[str, ...]]  # the ``ftbench fetch`` datasets this benchmark reads
+    max_shots: ClassVar[int]  # the largest --shots the real data allow (target() checks the copy at hand)
+    default_corruption: ClassVar[str] = "gaussian_noise"
+    default_severity: ClassVar[int] = 5
+
+    def corruption_names(self) -> list[str]:
+        """The ``--corruption`` values this benchmark accepts."""
+        return []
+
+    def resolve(self, spec: RunSpec) -> RunSpec:
+        import dataclasses
+
+        from ftbench.errors import UsageError, unknown
+        from ftbench.spec import RunSpec
+
+        shift = spec.shift
+        # A benchmark with one shift takes the CLI's default --shift (RunSpec's) to mean that shift.
+        if (shift not in self.shifts and shift == RunSpec.shift and len(self.shifts) == 1
+                and spec.corruption is None and spec.severity is None):
+            shift = next(iter(self.shifts))
+        if shift not in self.shifts:
+            raise unknown(f"shift for benchmark {self.name!r}:", shift, list(self.shifts))
+        changes: dict[str, Any] = {"shift": shift}
+        if shift == "corruption":
+            name = spec.corruption or self.default_corruption
+            if name not in self.corruption_names():
+                raise unknown(f"corruption for benchmark {self.name!r}:", name, self.corruption_names())
+            sev = self.default_severity if spec.severity is None else spec.severity
+            if not (isinstance(sev, int) and 1 <= sev <= 5):
+                raise UsageError(f"severity must be an integer in 1..5, got {sev!r}")
+            changes.update(corruption=name, severity=sev)
+        elif spec.corruption is not None or spec.severity is not None:
+            raise UsageError(f"--corruption/--severity apply only to --shift corruption, not {shift!r} "
+                             f"(benchmark {self.name!r})")
+        shots = self.default_shots if spec.shots is None else spec.shots
+        if not (isinstance(shots, int) and 1 <= shots <= self.max_shots):
+            raise UsageError(f"shots must be an integer in 1..{self.max_shots} for benchmark {self.name!r}, "
+                             f"got {shots!r}")
+        changes["shots"] = shots
+        return dataclasses.replace(spec, **changes)
+
+    def missing_datasets(self) -> tuple[Any, list[str]]:
+        """(the data root, the datasets of ``datasets`` not in place under it)."""
+        from ftbench.data.fetch import DATASETS, data_root
+
+        root = data_root()
+        return root, [d for d in self.datasets if DATASETS.get(d).problems(root)]
+
+    def status(self) -> str:
+        from ftbench.data.fetch import DATASETS
+        from ftbench.data.fetch import status as dataset_status
+
+        root, missing = self.missing_datasets()
+        if not missing:
+            return "ready"
+        return f"{dataset_status(DATASETS.get(missing[0]), root)}: ftbench fetch {' '.join(missing)}"
+
+
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
 

@@ -24,7 +24,6 @@ channel with the CIFAR-10 training-set mean and standard deviation. Data come fr
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -33,16 +32,15 @@ import pickle
 import sys
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ftbench.data import corruptions
-from ftbench.data.base import BENCHMARKS, Benchmark, ShiftInfo, SourceTask, Split, TargetTask
-from ftbench.data.fetch import CIFAR10_C_FILES, DATASETS, data_root
-from ftbench.data.fetch import status as dataset_status
-from ftbench.errors import UsageError, unknown
+from ftbench.data.base import BENCHMARKS, FetchedBenchmark, ShiftInfo, SourceTask, Split, TargetTask
+from ftbench.data.fetch import CIFAR10_C_FILES, DATASETS
+from ftbench.errors import UsageError
 
 if TYPE_CHECKING:
     from ftbench.spec import RunSpec
@@ -236,49 +234,18 @@ def few_shot(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarr
 
 # --- the benchmarks ---------------------------------------------------------------------------
 
-class _Cifar10(Benchmark):
+class _Cifar10(FetchedBenchmark):
     """What the three CIFAR-10 benchmarks share: source task, target partition, checks."""
 
-    datasets: ClassVar[tuple[str, ...]]  # the ``ftbench fetch`` datasets this benchmark reads
     default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/timm_models.py)
     default_shots = DEFAULT_SHOTS
-
-    def corruption_names(self) -> list[str]:
-        """The ``--corruption`` values this benchmark accepts."""
-        return []
-
-    def resolve(self, spec: RunSpec) -> RunSpec:
-        from ftbench.spec import RunSpec
-
-        shift = spec.shift
-        # A benchmark with one shift takes the CLI's default --shift (RunSpec's) to mean that shift.
-        if (shift not in self.shifts and shift == RunSpec.shift and len(self.shifts) == 1
-                and spec.corruption is None and spec.severity is None):
-            shift = next(iter(self.shifts))
-        if shift not in self.shifts:
-            raise unknown(f"shift for benchmark {self.name!r}:", shift, list(self.shifts))
-        changes: dict[str, Any] = {"shift": shift}
-        if shift == "corruption":
-            name = spec.corruption or DEFAULT_CORRUPTION
-            if name not in self.corruption_names():
-                raise unknown(f"corruption for benchmark {self.name!r}:", name, self.corruption_names())
-            sev = DEFAULT_SEVERITY if spec.severity is None else spec.severity
-            if not (isinstance(sev, int) and 1 <= sev <= 5):
-                raise UsageError(f"severity must be an integer in 1..5, got {sev!r}")
-            changes.update(corruption=name, severity=sev)
-        elif spec.corruption is not None or spec.severity is not None:
-            raise UsageError(f"--corruption/--severity apply only to --shift corruption, not {shift!r} "
-                             f"(benchmark {self.name!r})")
-        shots = self.default_shots if spec.shots is None else spec.shots
-        if not (isinstance(shots, int) and 1 <= shots <= MAX_SHOTS):
-            raise UsageError(f"shots must be an integer in 1..{MAX_SHOTS} for benchmark {self.name!r}, got {shots!r}")
-        changes["shots"] = shots
-        return dataclasses.replace(spec, **changes)
+    max_shots = MAX_SHOTS
+    default_corruption = DEFAULT_CORRUPTION
+    default_severity = DEFAULT_SEVERITY
 
     def _root(self) -> str:
         """The data root, after checking every dataset this benchmark reads is there."""
-        root = data_root()
-        missing = [d for d in self.datasets if DATASETS.get(d).problems(root)]
+        root, missing = self.missing_datasets()
         if missing:
             raise UsageError(f"{self.name} data not found under {root}: run `ftbench fetch {' '.join(missing)}` "
                              "(or --mirror)")
@@ -315,12 +282,6 @@ class _Cifar10(Benchmark):
         return TargetTask(NUM_CLASSES, _split(x[train], yt[train]), _split(x[val], yt[val]),
                           _split(x[test], yt[test]), info={"shift_level": self.shifts[spec.shift].level})
 
-    def status(self) -> str:
-        root = data_root()
-        missing = [d for d in self.datasets if DATASETS.get(d).problems(root)]
-        if not missing:
-            return "ready"
-        return f"{dataset_status(DATASETS.get(missing[0]), root)}: ftbench fetch {' '.join(missing)}"
 
 
 @BENCHMARKS.register("cifar10-c")

@@ -30,7 +30,6 @@ Few-shot draws use the run seed, as in ``ftbench.data.cifar``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -39,17 +38,16 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ftbench.data import corruptions
-from ftbench.data.base import BENCHMARKS, Benchmark, ShiftInfo, SourceTask, TargetTask
+from ftbench.data.base import BENCHMARKS, FetchedBenchmark, ShiftInfo, SourceTask, TargetTask
 from ftbench.data.fetch import DATASETS, IMAGENET_C, data_root
-from ftbench.data.fetch import status as dataset_status
 from ftbench.data.stream import ImageFiles, StreamSplit, Transform, resize_center_crop
-from ftbench.errors import UsageError, unknown
+from ftbench.errors import UsageError
 
 if TYPE_CHECKING:
     from ftbench.spec import RunSpec
@@ -366,45 +364,12 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class _ImageNetBenchmark(Benchmark):
-    """What the ImageNet benchmarks share: data checks, resolve, status."""
+class _ImageNetBenchmark(FetchedBenchmark):
+    """What the ImageNet benchmarks share: data checks (resolve and status: FetchedBenchmark)."""
 
-    datasets: ClassVar[tuple[str, ...]]  # the ``ftbench fetch`` datasets this benchmark reads
     default_model = "resnet50"
-    max_shots: ClassVar[int]
-
-    def corruption_names(self) -> list[str]:
-        """The ``--corruption`` values this benchmark accepts."""
-        return []
-
-    def resolve(self, spec: RunSpec) -> RunSpec:
-        from ftbench.spec import RunSpec
-
-        shift = spec.shift
-        # A benchmark with one shift takes the CLI's default --shift (RunSpec's) to mean that shift.
-        if (shift not in self.shifts and shift == RunSpec.shift and len(self.shifts) == 1
-                and spec.corruption is None and spec.severity is None):
-            shift = next(iter(self.shifts))
-        if shift not in self.shifts:
-            raise unknown(f"shift for benchmark {self.name!r}:", shift, list(self.shifts))
-        changes: dict[str, Any] = {"shift": shift}
-        if shift == "corruption":
-            name = spec.corruption or DEFAULT_CORRUPTION
-            if name not in self.corruption_names():
-                raise unknown(f"corruption for benchmark {self.name!r}:", name, self.corruption_names())
-            sev = DEFAULT_SEVERITY if spec.severity is None else spec.severity
-            if not (isinstance(sev, int) and 1 <= sev <= 5):
-                raise UsageError(f"severity must be an integer in 1..5, got {sev!r}")
-            changes.update(corruption=name, severity=sev)
-        elif spec.corruption is not None or spec.severity is not None:
-            raise UsageError(f"--corruption/--severity apply only to --shift corruption, not {shift!r} "
-                             f"(benchmark {self.name!r})")
-        shots = self.default_shots if spec.shots is None else spec.shots
-        if not (isinstance(shots, int) and 1 <= shots <= self.max_shots):
-            raise UsageError(f"shots must be an integer in 1..{self.max_shots} for benchmark {self.name!r}, "
-                             f"got {shots!r}")
-        changes["shots"] = shots
-        return dataclasses.replace(spec, **changes)
+    default_corruption = DEFAULT_CORRUPTION
+    default_severity = DEFAULT_SEVERITY
 
     def _root(self) -> Path:
         """The data root, after checking every dataset this benchmark reads is in place."""
@@ -416,13 +381,6 @@ class _ImageNetBenchmark(Benchmark):
                 raise UsageError(f"{self.name} data not found under {root}: {found[0]}; expected {ds.layout} "
                                  f"(check with `ftbench fetch {' '.join(self.datasets)}`)")
         return root
-
-    def status(self) -> str:
-        root = data_root()
-        missing = [d for d in self.datasets if DATASETS.get(d).problems(root)]
-        if not missing:
-            return "ready"
-        return f"{dataset_status(DATASETS.get(missing[0]), root)}: ftbench fetch {' '.join(missing)}"
 
 
 class _ImageNetSource(_ImageNetBenchmark):

@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ftbench.data.base import BENCHMARKS, Benchmark, Metrics, ShiftInfo, SourceTask, TargetTask
+from ftbench.data.base import BENCHMARKS, FetchedBenchmark, Metrics, ShiftInfo, SourceTask, TargetTask
 from ftbench.data.fetch import DATASETS, data_root
-from ftbench.data.fetch import status as dataset_status
 from ftbench.errors import UsageError, unknown
 
 if TYPE_CHECKING:
@@ -334,7 +333,7 @@ WILDS_NAMES = {"waterbirds": "waterbirds", "celeba": "celebA", "camelyon17": "ca
                "iwildcam": "iwildcam"}
 
 
-class _Wilds(Benchmark):
+class _Wilds(FetchedBenchmark):
     """What the five WILDS benchmarks share: data loading, splits, few-shot draw, checks."""
 
     default_model = "resnet50"  # timm resnet50.tv_in1k (ftbench/models/timm_models.py), as WILDS' baselines
@@ -378,10 +377,9 @@ class _Wilds(Benchmark):
         """The dataset's :class:`WildsData` (UsageError naming ``ftbench fetch`` when missing)."""
         return load(self.name, self._root())
 
-    def status(self) -> str:
-        root = data_root()
-        ds = DATASETS.get(self.name)
-        return "ready" if not ds.problems(root) else f"{dataset_status(ds, root)}: ftbench fetch {self.name}"
+    @property
+    def datasets(self) -> tuple[str, ...]:  # type: ignore[override]  # each reads the dataset of its name
+        return (self.name,)
 
     def image_size(self) -> int:
         return SIZE[self.name]
