@@ -66,6 +66,8 @@ def run(
     threads: int = typer.Option(1, help="torch CPU threads (CPU results depend on it; 1 as in sweeps, so a run "
                                 "gives the same result from run and from sweep)"),
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
+    protocol: str = typer.Option("few-shot", help="few-shot (fine-tune on --shots target images per class) or id-ood "
+                                 "(fine-tune on ID train, score every OOD set); docs/protocols.md"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -77,6 +79,7 @@ def run(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
+        protocol=protocol,
     ))
     pick_device(device)  # validate before any work
     if threads < 1:
@@ -86,11 +89,18 @@ def run(
     path = write_result(out_dir, rows)
     row = rows[-1]
     blocks = f" --block {' --block '.join(spec.blocks)}" if spec.blocks else ""
+    from ftbench.protocols.base import get_protocol
+
+    proto = get_protocol(spec.protocol)
     out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
-              f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}")
-    out.print(f"  ID acc  {row['id_acc']:6.2f}%   (source test)")
-    out.print(f"  OOD acc {row['ood_acc']:6.2f}%   (target test)")
-    out.print(f"  val acc {row['val_acc']:6.2f}%   (target val)   status {row['status']}   "
+              f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}"
+              f"  (protocol {spec.protocol})")
+    out.print(f"  ID acc  {row['id_acc']:6.2f}%   ({proto.id_words})")
+    out.print(f"  OOD acc {row['ood_acc']:6.2f}%   ({proto.ood_words})")
+    for col in [k for k in row if k.startswith("ood.") and k.endswith("_acc")]:
+        out.print(escape(f"    {col[4:-4]:10s}{row[col]:6.2f}%"))
+    extra = f"   OOD val acc {row['ood_val_acc']:.2f}%" if "ood_val_acc" in row else ""
+    out.print(f"  val acc {row['val_acc']:6.2f}%   ({proto.selections['val'][1]}){extra}   status {row['status']}   "
               f"{row['n_trainable']:,}/{row['n_params']:,} params trained   {row['train_seconds']:.2f} s on {row['device']}")
     out.print(f"  -> {path}")
 

@@ -30,7 +30,9 @@ SPEC_VERSION = 1  # bump when the meaning of a field changes, so old run ids are
 # Hyperparameter fields a method may or may not use (see Method.uses).
 HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
-LATER_FIELDS = ("checkpoints", "weights")
+# Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
+# else, so the ids of runs made before them stay valid (their result folders are read as done).
+LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class RunSpec:
     options: tuple[tuple[str, Any], ...] = ()
     checkpoints: int | None = None  # evaluate at this many evenly spaced points of fine-tuning
     weights: str | None = None  # pretrained weights: None (the model's default), "scratch" or a state-dict file
+    protocol: str = "few-shot"  # which splits fine-tune, select and report (ftbench/protocols, docs/protocols.md)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -74,7 +77,7 @@ class RunSpec:
     def run_id(self) -> str:
         """Stable hash of the (resolved) configuration: 16 hex characters."""
         # Fields added after 0.1.0 enter the hash only when set, so earlier run ids stay valid.
-        d = {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v is None)}
+        d = {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
         payload = json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -110,12 +113,15 @@ def resolve(spec: RunSpec) -> RunSpec:
     from ftbench.data.base import get_benchmark
     from ftbench.methods.base import get_method
     from ftbench.models.base import get_model_entry
+    from ftbench.protocols.base import get_protocol
 
     bench = get_benchmark(spec.benchmark)
-    spec = bench.resolve(spec)
+    protocol = get_protocol(spec.protocol)
+    spec = protocol.resolve(bench, spec)
     entry = get_model_entry(spec.model or bench.default_model)
     spec = dataclasses.replace(spec, model=spec.model or bench.default_model)
     method_cls = get_method(spec.method)
+    method_cls.check_protocol(protocol)
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
@@ -123,6 +129,7 @@ def resolve(spec: RunSpec) -> RunSpec:
         from ftbench.models.timm_models import resolve_weights
 
         spec = dataclasses.replace(spec, weights=resolve_weights(spec.weights, entry))
+    protocol.check_weights(bench, spec, entry.weights is not None)
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
@@ -150,6 +157,7 @@ SUITE_KEYS: dict[str, str] = {
     "seed": "seed",
     "checkpoints": "checkpoints",
     "weights": "weights",
+    "protocol": "protocol",
 }
 SUITE_META = ("description", "include", "options", "slurm", "ray")  # slurm/ray: executor settings (ftbench.sweep)
 
@@ -286,7 +294,9 @@ def _resolve_in_suite(spec: RunSpec) -> RunSpec:
     if not method.takes_blocks:
         spec = dataclasses.replace(spec, blocks=())
     spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options if k in method.options))
-    if spec.shift != "corruption":
+    from ftbench.protocols.base import get_protocol
+
+    if spec.shift != "corruption" or not get_protocol(spec.protocol).shift_params:
         spec = dataclasses.replace(spec, corruption=None, severity=None)
     return resolve(spec)
 

@@ -136,13 +136,13 @@ def test_alpha_0_is_none_and_alpha_1_is_full() -> None:
     tr = fine_tune(SPEC, "cpu")
     states = []
     for cols in tr.method.extra_states(tr.ctx):  # what the runner does with Method.extra_states
-        states.append({**cols, **_evaluate(tr.model, tr.source, tr.target, tr.device)})
+        states.append({**cols, **_evaluate(tr.model, tr.task)})
     assert [s["alpha"] for s in states] == [0.0, 0.25, 0.5, 0.75]
     none = execute(dataclasses.replace(SPEC, method="none", options=()), "cpu")[-1]
     full = execute(dataclasses.replace(SPEC, method="full", options=()), "cpu")[-1]
     assert _accs(states[0]) == _accs(none)
     # After the extra states the model is the fine-tuned one again, identical to `full`'s.
-    assert _evaluate(tr.model, tr.source, tr.target, tr.device) == _accs(full)
+    assert _evaluate(tr.model, tr.task) == _accs(full)
     assert tr.ctx.metrics == {"alpha": 1.0}
     # Fine-tuning moved the model (else the two invariants above say nothing).
     assert _accs(none) != _accs(full)

@@ -1,12 +1,15 @@
-"""What a benchmark is: named splits with roles, built for one shift.
+"""What a benchmark is: named splits, built for one shift; a protocol gives them roles.
 
-Roles (the words used everywhere, including parquet columns):
+A benchmark offers up to two families of splits (ftbench/protocols assigns their roles):
 
-* ``source_train`` — what the source model is pretrained on;
-* ``source_val`` / ``source_test`` — held-out source data; ``source_test`` gives ``id_acc``;
-* ``target_train`` — the few labelled target examples fine-tuning sees;
-* ``target_val`` — target data for model selection (``val_acc``);
-* ``target_test`` — target data for the reported ``ood_acc``.
+* few-shot target (every benchmark): ``source_train`` (what the source model is pretrained on),
+  ``source_val`` / ``source_test`` (held-out source data; ``source_test`` gives ``id_acc``),
+  ``target_train`` (the few labelled target examples fine-tuning sees), ``target_val`` (selection,
+  ``val_acc``) and ``target_test`` (the reported ``ood_acc``) — :meth:`Benchmark.source`,
+  :meth:`Benchmark.target`;
+* ID→OOD (benchmarks with ``id_ood_shift``): ``id_train``, ``id_val``, ``id_test``, an optional
+  ``ood_val`` and one or more named OOD test sets — :meth:`Benchmark.id_ood`, plus the pretraining
+  task of :meth:`Benchmark.source` where the benchmark has one.
 """
 
 from __future__ import annotations
@@ -99,6 +102,24 @@ class TargetTask:
 
 
 @dataclass(frozen=True)
+class IdOodSplits:
+    """The ID→OOD side of a benchmark: ID train / val / test, OOD val, and named OOD test sets.
+
+    No OOD image may reach fine-tuning: only ``train`` is trained on (tests/test_protocols.py).
+    """
+
+    num_classes: int
+    train: AnySplit  # all of ID train (the protocol draws --shots per class from it)
+    val: AnySplit  # ID val: the default selection split
+    test: AnySplit  # ID test: id_acc
+    ood_tests: dict[str, AnySplit]  # set name -> split, display order; names use [a-z0-9.-] only
+    ood_val: AnySplit | None = None  # a small OOD val set from another distribution than ood_tests (AutoFT)
+    metrics: Metrics | None = None  # the benchmark's metrics, computed on every split
+    info: dict[str, Any] = field(default_factory=dict)
+    strata: Any = None  # per-example stratum of ``train`` for --shots (default: its labels), e.g. WILDS groups
+
+
+@dataclass(frozen=True)
 class ShiftInfo:
     """One shift a benchmark offers, with the surgical paper's level of it."""
 
@@ -116,6 +137,13 @@ class Benchmark:
     shifts: ClassVar[dict[str, ShiftInfo]]
     default_model: ClassVar[str]
     default_shots: ClassVar[int]
+    # The ID→OOD protocol: the shift its OOD sets make (None: the benchmark offers no ID→OOD splits),
+    # the OOD test sets' names with their levels, and whether its source task pretrains a model
+    # (else the protocol needs given weights: hub or --weights FILE).
+    id_ood_shift: ClassVar[ShiftInfo | None] = None
+    id_ood_sets: ClassVar[dict[str, str]] = {}
+    id_ood_has_val: ClassVar[bool] = False
+    id_ood_pretrains: ClassVar[bool] = False
 
     def resolve(self, spec: RunSpec) -> RunSpec:
         """Fill benchmark defaults into ``spec`` and reject values this benchmark cannot take."""
@@ -128,6 +156,15 @@ class Benchmark:
     def target(self, spec: RunSpec) -> TargetTask:
         """The target task of ``spec``'s shift; the few-shot draw depends on ``spec.seed``."""
         raise NotImplementedError
+
+    def id_ood(self, spec: RunSpec) -> IdOodSplits:
+        """The ID→OOD splits of ``spec`` (benchmarks with ``id_ood_shift``)."""
+        raise NotImplementedError
+
+    def id_ood_max_shots(self) -> int | None:
+        """The largest ``--shots`` (per class) ID train allows in the ID→OOD protocol; None: unknown
+        until the data are read (the draw then checks)."""
+        return None
 
     def status(self) -> str:
         """One line on whether the data are available locally."""

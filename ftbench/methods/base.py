@@ -128,12 +128,26 @@ class Method:
                 changes[h] = None
         return dataclasses.replace(spec, **changes)
 
+    @classmethod
+    def check_protocol(cls, protocol: Any) -> None:
+        """Refuse (one UsageError) a protocol this method cannot run in; default: it runs in every one.
+
+        ``protocol`` is a :class:`ftbench.protocols.base.Protocol`; with ``protocol.fresh_head`` the ID
+        task's classifier is new when the method starts (see :attr:`head_init`)."""
+
     def variant(self) -> str:
         """Non-default options as ``k=v`` text (part of a report row's label)."""
         return ",".join(f"{k}={v}" for k, v in sorted(self.opts.items())
                         if self.options[k].in_variant and v != self.options[k].default)
 
     # --- behaviour -------------------------------------------------------------------------
+    def head_init(self, block_names: list[str]) -> str:
+        """How the ID task's new classifier starts, under a protocol that gives one (id-ood):
+        ``"fresh"`` — re-initialised, as LP-FT's fine-tuning baseline — for methods that train the
+        classifier; ``"probe"`` — the linear probe of the pretrained features, fit on the train split
+        before the method runs — for methods that do not (their readout would otherwise stay random)."""
+        return "fresh" if "last" in self.trainable_blocks(block_names) else "probe"
+
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         """Blocks whose parameters this method may change."""
         raise NotImplementedError

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ftbench.errors import UsageError
 from ftbench.methods.base import BN_OPTION, METHODS, Method
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
@@ -60,6 +61,13 @@ class NoFineTuning(Method):
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return []
+
+    @classmethod
+    def check_protocol(cls, protocol: Any) -> None:
+        if protocol.fresh_head:
+            raise UsageError(f"method 'none' trains nothing, and protocol {protocol.name!r} gives the ID task a new "
+                             "classifier, so there is no pretrained classifier to evaluate; its untuned-backbone "
+                             "reference row is method linear-probe")
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         ctx.set_trainable([], bn="frozen")

@@ -124,6 +124,12 @@ class WiseFT(Method):
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)
 
+    def head_init(self, block_names: list[str]) -> str:
+        # The alpha = 0 end must be a classifier: with a new head for the ID task (id-ood), the linear
+        # probe of the pretrained features stands where the paper's zero-shot head stands, and
+        # fine-tuning starts from it as the paper's end-to-end fine-tuning starts from the zero-shot head.
+        return "probe"
+
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         self._pretrained = snapshot(ctx.model)
         ctx.fit(ctx.set_trainable(self.trainable_blocks(ctx.block_names), bn=self.opts["bn"]))

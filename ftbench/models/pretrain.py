@@ -47,8 +47,13 @@ def cache_path(model: str, source: SourceTask, device: torch.device, weights: st
     return cache_dir() / "models" / f"{model.replace('/', '_').replace(':', '_')}-{digest}.pt"
 
 
-def pretrained(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> BlockModel:
+def pretrained(model: str, source: SourceTask | None, device: torch.device, weights: str | None = None, *,
+               channels: int | None = None, num_classes: int | None = None) -> BlockModel:
     """The source model for ``(model, source)`` on ``device``: from the cache, or trained now.
+
+    ``source=None`` (a protocol without a pretraining task of the benchmark's, whose ID task gets a
+    new classifier anyway): the given weights as they are, built for ``channels`` inputs and
+    ``num_classes`` classes, with no classifier fit; the resolved spec guarantees weights are given.
 
     ``weights`` is a resolved RunSpec's: None (the model's default), ``"scratch"`` or a state-dict
     file. Given weights (the file, or by default the model's own hub weights) are the source model
@@ -59,6 +64,12 @@ def pretrained(model: str, source: SourceTask, device: torch.device, weights: st
     from ftbench.models.timm_models import given_weights, fit_head
 
     entry = get_model_entry(model)
+    if source is None:
+        assert channels is not None and num_classes is not None
+        given = given_weights(entry, model, channels, num_classes, weights)
+        if given is None:  # resolve() refuses this (Protocol.check_weights)
+            raise ValueError(f"model {model!r} with weights {weights!r}: no pretrained weights and no pretraining task")
+        return given.model.to(device).eval()
     given = given_weights(entry, model, source.train.channels, source.num_classes, weights)
     if given is not None and given.head_loaded:
         return given.model.to(device).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftbench.data.base import TargetTask
+from ftbench.data.base import Split
 from ftbench.models.base import BlockModel
+from ftbench.protocols.base import Task
 from ftbench.spec import RunSpec
 from ftbench.train import prefix
 from ftbench.train.loop import FitStats, fit, steps_for
@@ -22,7 +24,7 @@ from ftbench.train.loop import FitStats, fit, steps_for
 class TrainContext:
     spec: RunSpec
     model: BlockModel
-    target: TargetTask
+    target: Task  # the run's data by role (ftbench/protocols): .train is all fine-tuning ever reads
     generator: torch.Generator
     fits: list[FitStats] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -31,6 +33,26 @@ class TrainContext:
     # method can resume work there (e.g. AutoFT's Optuna storage); None when the caller gives none.
     workdir: Path | None = None
     resume: Any = None  # ftbench.train.resume.Resume: checkpoint state of an interrupted run
+
+    @property
+    def task(self) -> Task:
+        """The run's data by role (the same object as ``target``)."""
+        return self.target
+
+    def new_head(self) -> None:
+        """Give the model a new classifier for the task's classes, initialised as ``nn.Linear`` does
+        (weight and bias uniform in ±1/sqrt(fan_in)) from a generator of the run's seed, so it does not
+        depend on whatever used torch's global RNG before (pretraining, or loading from the cache)."""
+        old = self.model.head
+        dev = old.weight.device
+        g = torch.Generator().manual_seed(self.spec.seed)
+        bound = 1.0 / math.sqrt(old.in_features)
+        n = self.target.num_classes
+        head = nn.Linear(old.in_features, n)
+        with torch.no_grad():
+            head.weight.copy_((torch.rand(n, old.in_features, generator=g) * 2 - 1) * bound)
+            head.bias.copy_((torch.rand(n, generator=g) * 2 - 1) * bound)
+        self.model.head = head.to(dev)
 
     @property
     def block_names(self) -> list[str]:
@@ -96,8 +118,9 @@ class TrainContext:
         full-batch L-BFGS, starting from the current head.
         """
         self.model.eval()
-        feats = self.features(self.target.train.x)
-        y = self.target.train.y
+        train = self.target.train
+        feats = torch.cat([self.features(xb) for xb in train.batches(256 if not isinstance(train, Split) else 4096)])
+        y = train.y.to(feats.device)
         head = self.model.head
         w = head.weight.detach().clone().float().requires_grad_(True)
         b = head.bias.detach().clone().float().requires_grad_(True)

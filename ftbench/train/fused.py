@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ftbench.data.base import Split, TargetTask, get_benchmark
+from ftbench.data.base import Split
 from ftbench.methods.base import get_method
 from ftbench.models.base import BlockModel
 from ftbench.spec import RunSpec, resolve
@@ -75,7 +75,11 @@ def _flag(name: str) -> bool:
 
 def fusion_key(spec: RunSpec) -> str | None:
     """What a *resolved* spec shares with the runs it can be fused with; None if it cannot be fused."""
-    if spec.method not in FUSABLE_METHODS:
+    from ftbench.protocols.base import get_protocol
+
+    # A protocol that gives each run a new classifier (id-ood) leaves frozen parameters that differ
+    # by run (a probed head), which the fused step shares: those runs train one by one.
+    if spec.method not in FUSABLE_METHODS or get_protocol(spec.protocol).fresh_head:
         return None
     d = spec.to_dict()
     for k in FUSED_FIELDS:
@@ -319,8 +323,10 @@ def run_fused(specs: Sequence[RunSpec], device: str = "auto",
 def train_fused(specs: Sequence[RunSpec], device: str = "auto",
                 workdirs: dict[str, Path] | None = None) -> list[Trained]:
     """:func:`~ftbench.train.runner.fine_tune` for a fusable group: one ``Trained`` per spec, in order."""
+    from ftbench.data.base import get_benchmark
+    from ftbench.protocols.base import Task, get_protocol
     from ftbench.train.context import TrainContext
-    from ftbench.train.runner import Trained, _evaluate, _sync, pick_device
+    from ftbench.train.runner import Trained, _evaluate, _sync, load, pick_device
 
     specs = [resolve(s) for s in specs]
     keys = {fusion_key(s) for s in specs}
@@ -330,20 +336,14 @@ def train_fused(specs: Sequence[RunSpec], device: str = "auto",
         raise ValueError("run_fused: duplicate runs")
     dev = pick_device(device)
     s0 = specs[0]
-    bench = get_benchmark(s0.benchmark)
-    s = bench.source(s0)
-    source = dataclasses.replace(s, val=s.val.to(dev), test=s.test.to(dev))
-    from ftbench.models.pretrain import pretrained
-
-    base = pretrained(s0.model, s, dev, s0.weights)
-    targets: dict[int, TargetTask] = {}
+    base, _ = load(s0, dev)
+    targets: dict[int, Task] = {}
     ctxs: list[TrainContext] = []
     methods = []
     checkpoints: list[dict[int, dict[str, float]]] = [{} for _ in specs]
     for spec in specs:
-        if spec.seed not in targets:
-            t = bench.target(spec)
-            targets[spec.seed] = dataclasses.replace(t, train=t.train.to(dev), val=t.val.to(dev), test=t.test.to(dev))
+        if spec.seed not in targets:  # the seed draws the few-shot sample; the model is the group's one
+            targets[spec.seed] = get_protocol(spec.protocol).task(get_benchmark(spec.benchmark), spec).to(dev)
         ctx = TrainContext(spec, copy.deepcopy(base), targets[spec.seed], torch.Generator().manual_seed(spec.seed),
                            workdir=(workdirs or {}).get(spec.run_id))
         ctxs.append(ctx)
@@ -353,7 +353,7 @@ def train_fused(specs: Sequence[RunSpec], device: str = "auto",
     def on_step(step: int) -> None:
         t0 = time.perf_counter()
         for r, ctx in enumerate(ctxs):
-            checkpoints[r][step] = _evaluate(ctx.model, source, ctx.target, dev)
+            checkpoints[r][step] = _evaluate(ctx.model, ctx.target)
         eval_seconds[0] += time.perf_counter() - t0
 
     _sync(dev)
@@ -379,8 +379,8 @@ def train_fused(specs: Sequence[RunSpec], device: str = "auto",
     seconds = (time.perf_counter() - t0 - eval_seconds[0]) / len(specs)
     out: list[Trained] = []
     for r, (spec, m, ctx) in enumerate(zip(specs, methods, ctxs)):
-        states = [{**cols, **_evaluate(ctx.model, source, ctx.target, dev)} for cols in m.extra_states(ctx)]
-        out.append(Trained(spec, dev, ctx.model, m, source, ctx.target, ctx, seconds, checkpoints[r], states))
+        states = [{**cols, **_evaluate(ctx.model, ctx.target)} for cols in m.extra_states(ctx)]
+        out.append(Trained(spec, dev, ctx.model, m, ctx.target, ctx, seconds, checkpoints[r], states))
     return out
 
 

@@ -193,6 +193,9 @@ def fit_inputs(model: nn.Module, params: list[nn.Parameter], data: Split, hp: di
     """What the loop should run on: ``(Suffix, cached activations)`` when the fast path is exact,
     else ``(model, data)``. Labels, and hence the batch draws, are the same either way. With
     ``$FTBENCH_CHANNELS_LAST=1`` the images (or 4-d activations) are made channels-last too."""
+    if not isinstance(data, Split):  # a streamed train split (ID→OOD on a large benchmark): decoded per batch
+        debug("plain loop (streamed train split)")
+        return model, data
     p = plan(model, params, hp)
     if not p or len(data) == 0:
         debug(f"plain loop ({p.reason})")

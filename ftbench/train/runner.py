@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 import platform
@@ -14,11 +13,12 @@ from typing import Any
 import torch
 
 import ftbench
-from ftbench.data.base import SourceTask, TargetTask, get_benchmark
+from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.methods.base import Method, get_method
 from ftbench.models.base import BlockModel
 from ftbench.models.pretrain import pretrained
+from ftbench.protocols.base import Task, get_protocol
 from ftbench.spec import RunSpec, resolve
 from ftbench.train.context import TrainContext
 from ftbench.train.loop import evaluate
@@ -56,28 +56,59 @@ class Trained:
     device: torch.device
     model: BlockModel
     method: Method
-    source: SourceTask
-    target: TargetTask
+    task: Task
     ctx: TrainContext
     train_seconds: float
     checkpoints: dict[int, dict[str, float]]
     states: list[dict[str, Any]] = field(default_factory=list)  # Method.extra_states: columns + accuracies
 
+    @property
+    def target(self) -> Task:
+        """The run's data by role (``task``; the name TrainContext uses too)."""
+        return self.task
 
-def _evaluate(model: BlockModel, source: SourceTask, target: TargetTask, dev: torch.device) -> dict[str, float]:
-    """The four accuracies of a result row; restores the modules' train/eval modes afterwards."""
+
+def _evaluate(model: BlockModel, task: Task) -> dict[str, float]:
+    """The accuracies (and benchmark metrics) of a result row, one per scored split of the task
+    (``<prefix>_acc``, ``<prefix>_<metric>``); with several OOD test sets (``ood.<set>_*``), ``ood_acc``
+    and each ``ood_<metric>`` all sets have are their means. Restores the modules' modes afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     out: dict[str, float] = {}
-    # (column of the accuracy, prefix of the benchmark's extra metrics, split, metrics)
-    for col, prefix, split, metrics in (("id_acc", "id_", source.test, source.metrics),
-                                        ("source_val_acc", "source_val_", source.val, None),
-                                        ("val_acc", "val_", target.val, target.metrics),
-                                        ("ood_acc", "ood_", target.test, target.metrics)):
-        out[col], extra = evaluate(model, split, metrics)
-        out.update({prefix + k: v for k, v in extra.items()})
+    for sc in task.scored:
+        out[f"{sc.prefix}_acc"], extra = evaluate(model, sc.split, sc.metrics)
+        out.update({f"{sc.prefix}_{k}": v for k, v in extra.items()})
+    sets = [p for p in task.ood_prefixes if p != "ood"]
+    if sets:  # the headline OOD number: the mean over the OOD test sets, as the papers average them
+        names = {k[len(sets[0]) + 1:] for k in out if k.startswith(sets[0] + "_")}
+        for name in sorted(names):
+            vals = [out.get(f"{p}_{name}") for p in sets]
+            if all(v is not None for v in vals):
+                out[f"ood_{name}"] = sum(vals) / len(vals)
     for m, training in modes:
         m.train(training)
     return out
+
+
+def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
+    """The pretrained model and the task (splits by role) of resolved ``spec``, on ``dev``."""
+    bench = get_benchmark(spec.benchmark)
+    task = get_protocol(spec.protocol).task(bench, spec).to(dev)
+    model = pretrained(spec.model, task.pretraining, dev, spec.weights,
+                       channels=task.train.channels, num_classes=task.num_classes)
+    return model, task
+
+
+def prepare_head(method: Method, ctx: TrainContext) -> None:
+    """Under a protocol that gives the ID task a new classifier: put it in, and fit it as the linear
+    probe first for methods whose ``head_init`` asks for it (docs/protocols.md)."""
+    if not ctx.target.fresh_head:
+        return
+    ctx.new_head()
+    if method.head_init(ctx.block_names) == "probe":
+        from ftbench.models.timm_models import HEAD_RECIPE
+
+        ctx.set_trainable(["last"], bn="frozen")
+        ctx.linear_probe(l2=HEAD_RECIPE["l2"], max_iter=HEAD_RECIPE["max_iter"])
 
 
 def work_dir(out_dir: Path | str, run_id: str) -> Path:
@@ -97,14 +128,9 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
     spec = resolve(spec)
     dev = pick_device(device)
     torch.manual_seed(spec.seed)
-    bench = get_benchmark(spec.benchmark)
-    s = bench.source(spec)
-    source = dataclasses.replace(s, val=s.val.to(dev), test=s.test.to(dev))
-    t = bench.target(spec)
-    target = dataclasses.replace(t, train=t.train.to(dev), val=t.val.to(dev), test=t.test.to(dev))
-    model = pretrained(spec.model, s, dev, spec.weights)
+    model, task = load(spec, dev)
     method = get_method(spec.method)(spec)
-    ctx = TrainContext(spec, model, target, torch.Generator().manual_seed(spec.seed), workdir=workdir)
+    ctx = TrainContext(spec, model, task, torch.Generator().manual_seed(spec.seed), workdir=workdir)
     # With checkpoints and a workdir, the run's state is saved at each checkpoint and an interrupted
     # run resumes from the last one (ftbench/train/resume.py).
     from ftbench.train.resume import Resume
@@ -117,7 +143,7 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
 
     def on_checkpoint(step: int) -> None:
         t = time.perf_counter()
-        checkpoints[step] = _evaluate(model, source, target, dev)
+        checkpoints[step] = _evaluate(model, task)
         eval_seconds[0] += time.perf_counter() - t
         if resume is not None:
             resume.save(ctx, step, checkpoints, before + time.perf_counter() - t0 - eval_seconds[0])
@@ -126,14 +152,15 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
         ctx.on_checkpoint = on_checkpoint
     _sync(dev)
     t0 = time.perf_counter()
+    prepare_head(method, ctx)
     ctx.metrics.update(method.run(ctx))
     _sync(dev)
     seconds = before + time.perf_counter() - t0 - eval_seconds[0]
     if resume is not None:
         resume.discard()
     # States the method asks to have evaluated too (WiSE-FT's interpolations); not timed as training.
-    states = [{**cols, **_evaluate(model, source, target, dev)} for cols in method.extra_states(ctx)]
-    return Trained(spec, dev, model, method, source, target, ctx, seconds, checkpoints, states)
+    states = [{**cols, **_evaluate(model, task)} for cols in method.extra_states(ctx)]
+    return Trained(spec, dev, model, method, task, ctx, seconds, checkpoints, states)
 
 
 def execute(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> list[dict[str, Any]]:
@@ -156,13 +183,13 @@ def result_rows(tr: Trained) -> list[dict[str, Any]]:
     final = {
         **spec.columns(),
         "variant": tr.method.variant(),
-        "shift_level": tr.target.info.get("shift_level", ""),
+        "shift_level": tr.task.info.get("shift_level", ""),
         "status": "diverged" if diverged else "ok",
         "error": "non-finite loss or weights" if diverged else "",
-        **_evaluate(model, tr.source, tr.target, dev),
+        **_evaluate(model, tr.task),
         "step": loop_steps,
         "final": True,
-        "n_target_train": len(tr.target.train),
+        "n_target_train": len(tr.task.train),  # the fine-tuning examples, whichever split the protocol trains on
         "n_trainable": sum(p.numel() for b in trainable for p in model.block_parameters(b)),
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_steps": sum(f.steps for f in ctx.fits),

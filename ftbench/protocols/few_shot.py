@@ -1,0 +1,44 @@
+"""The few-shot target protocol (the surgical fine-tuning paper's; SpotTune's transfer setting).
+
+The source model is pretrained on the source split; fine-tuning sees ``--shots`` labelled *target*
+images per class; hyperparameters are selected on target val; the row reports source test (ID) and
+target test (OOD)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from ftbench.protocols.base import PROTOCOLS, Protocol, Scored, Task
+
+if TYPE_CHECKING:
+    from ftbench.data.base import Benchmark
+    from ftbench.spec import RunSpec
+
+
+@PROTOCOLS.register("few-shot")
+class FewShotTarget(Protocol):
+    name = "few-shot"
+    help = ("pretrain on the source split, fine-tune on --shots labelled target images per class, "
+            "select on target val, report source test (ID) and target test (OOD)")
+    papers = "surgical fine-tuning (Lee et al. 2022), SpotTune (Guo et al. 2019)"
+    selections: ClassVar[dict[str, tuple[str, str]]] = {
+        "val": ("val_acc", "target validation"),
+        "target-val": ("val_acc", "target validation"),
+        "source-val": ("source_val_acc", "source validation"),
+        "oracle": ("ood_acc", "target TEST"),
+    }
+    id_words = "source test"
+    ood_words = "target test"
+
+    def offered_by(self, bench: Benchmark) -> bool:
+        return True
+
+    def resolve(self, bench: Benchmark, spec: RunSpec) -> RunSpec:
+        return bench.resolve(spec)
+
+    def task(self, bench: Benchmark, spec: RunSpec) -> Task:
+        s, t = bench.source(spec), bench.target(spec)
+        scored = (Scored("id", "id-test", s.test, s.metrics), Scored("source_val", "source-val", s.val),
+                  Scored("val", "val", t.val, t.metrics), Scored("ood", "ood-test", t.test, t.metrics))
+        return Task(self.name, t.num_classes, t.train, t.val, t.val, s.test, t.test, scored, t.metrics,
+                    dict(t.info), fresh_head=False, pretraining=s)
