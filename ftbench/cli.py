@@ -198,11 +198,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _report(
-    results: Path, fmt: str = "terminal", selection: str = "target-val", output: Optional[Path] = None,
+    results: Path, fmt: str = "terminal", selection: str = "val", output: Optional[Path] = None,
     run_ids: Optional[set[str]] = None, title: str = "", table: str = "shifts", metric: str = "ood_acc",
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
-    allow_missing: bool = False, checkpoint: str = "best",
+    allow_missing: bool = False, checkpoint: str = "best", trend: str = "full",
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
@@ -217,6 +217,13 @@ def _report(
         raise unknown("selection", selection, list(SELECTIONS))
     if checkpoint not in CHECKPOINTS:
         raise unknown("checkpoint", checkpoint, CHECKPOINTS)
+    trend_methods = tuple(m.strip() for m in trend.split(",") if m.strip())
+    if not trend_methods:
+        raise UsageError(f"--trend expects comma-separated method names, got {trend!r}")
+    from ftbench.methods.base import get_method
+
+    for m in trend_methods:
+        get_method(m)  # an unknown name is one error line listing the methods
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"unsupported plot format {plot.suffix or plot.name!r}; accepted: {', '.join(PLOT_SUFFIXES)}")
     tol: Any = None
@@ -241,7 +248,7 @@ def _report(
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
     parts = split_groups(df, group_by)
     grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
-                   checkpoint=checkpoint) for group, part in parts]
+                   checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
     if fmt == "terminal" and output is None:
         for g in grids:
             out.print(render_rich(g))
@@ -260,7 +267,7 @@ def _report(
     if plot is not None:
         from ftbench.report.plots import plot_results
 
-        plot_results(df, plot, selection, metric)
+        plot_results(df, plot, selection, metric, trend=trend_methods)
         print(f"plot written to {plot}", file=sys.stderr)
     if baseline is not None:
         from ftbench.report.regress import compare, render_summary, render_text
@@ -279,9 +286,13 @@ def _report(
 @app.command()
 def report(
     results: Path = typer.Argument(DEFAULT_OUT, help="results folder (or one parquet file)"),
-    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style) or corruptions"),
+    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style), corruptions "
+                              "or robustness (effective robustness, Taori et al. 2020)"),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json"),
-    select: str = typer.Option("target-val", help="model selection: target-val, source-val or oracle"),
+    select: str = typer.Option("val", help="model selection: val (the protocol's own: target val in few-shot, ID val "
+                               "in id-ood), target-val, id-val, ood-val (id-ood), source-val (few-shot) or oracle"),
+    trend: str = typer.Option("full", help="--table robustness: comma-separated methods whose runs (every "
+                              "hyperparameter, seed and checkpoint) fit the ID-OOD trend line"),
     checkpoint: str = typer.Option("best", help="best: select among --checkpoints rows too (early stopping); final: end of training only"),
     metric: str = typer.Option("ood_acc", help="target metric column to tabulate (e.g. ood_acc)"),
     filter_: list[str] = typer.Option([], "--filter", help="keep runs with column=value, repeatable"),
@@ -296,7 +307,7 @@ def report(
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
-                   allow_missing=allow_missing, checkpoint=checkpoint)
+                   allow_missing=allow_missing, checkpoint=checkpoint, trend=trend)
     if code:
         raise typer.Exit(code)
 
@@ -332,7 +343,7 @@ def fetch(
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions or suites"),
+    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, suites or protocols"),
     suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
@@ -358,6 +369,19 @@ def list_(
             out.print(f"[bold]{n}[/]: " + escape(f"{b.help} (default model {b.default_model}, shots {b.default_shots})"))
             for s in b.shifts.values():
                 out.print(escape(f"    --shift {s.name} [{s.level} level]: {s.help}"))
+            if b.id_ood_shift is not None:
+                sets = ", ".join(f"{k} ({v} level)" for k, v in b.id_ood_sets.items())
+                val = "; OOD val set" if b.id_ood_has_val else "; no OOD val set"
+                out.print(escape(f"    --protocol id-ood --shift {b.id_ood_shift.name}: {b.id_ood_shift.help}; "
+                                 f"OOD test sets: {sets}{val}"))
+    elif what == "protocols":
+        from ftbench.protocols.base import get_protocol, protocol_names
+
+        for n in protocol_names():
+            p = get_protocol(n)
+            out.print(f"[bold]{n}[/]" + escape(f": {p.help}"))
+            out.print(escape(f"    papers: {p.papers}"))
+            out.print(escape(f"    --select: {', '.join(p.selections)}"))
     elif what == "models":
         from ftbench.models.timm_models import block_parameter_counts
 
@@ -382,7 +406,7 @@ def list_(
         for name, about in suite_descriptions(path).items():
             out.print(f"[bold]{escape(name)}[/] ({len(expand_suite(name, path))} runs): {escape(about)}")
     else:
-        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "suites"])
+        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "suites", "protocols"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -32,7 +32,7 @@ HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
 # Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
-LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot"}
+LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class RunSpec:
     checkpoints: int | None = None  # evaluate at this many evenly spaced points of fine-tuning
     weights: str | None = None  # pretrained weights: None (the model's default), "scratch" or a state-dict file
     protocol: str = "few-shot"  # which splits fine-tune, select and report (ftbench/protocols, docs/protocols.md)
+    # Set by resolution, never by the user: the benchmark's revision of this shift's data
+    # (Benchmark.data_version), so results of a redefined shift are not taken for the new one.
+    data_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -118,6 +121,7 @@ def resolve(spec: RunSpec) -> RunSpec:
     bench = get_benchmark(spec.benchmark)
     protocol = get_protocol(spec.protocol)
     spec = protocol.resolve(bench, spec)
+    spec = dataclasses.replace(spec, data_version=bench.data_version(spec))
     entry = get_model_entry(spec.model or bench.default_model)
     spec = dataclasses.replace(spec, model=spec.model or bench.default_model)
     method_cls = get_method(spec.method)

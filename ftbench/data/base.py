@@ -157,6 +157,11 @@ class Benchmark:
         """The target task of ``spec``'s shift; the few-shot draw depends on ``spec.seed``."""
         raise NotImplementedError
 
+    def data_version(self, spec: RunSpec) -> int | None:
+        """The revision of the data ``spec``'s shift reads, when it was redefined after results of the
+        earlier definition could exist (it enters the run id, so those are not reused); None: the first."""
+        return None
+
     def id_ood(self, spec: RunSpec) -> IdOodSplits:
         """The ID→OOD splits of ``spec`` (benchmarks with ``id_ood_shift``)."""
         raise NotImplementedError

@@ -165,6 +165,10 @@ class Digits(Benchmark):
         changes["shots"] = shots
         return dataclasses.replace(spec, **changes)
 
+    def data_version(self, spec: RunSpec) -> int | None:
+        # 2: subpopulation = writing styles (was: super-classes {d, d+5}, an output-level shift).
+        return 2 if spec.shift == "subpopulation" else None
+
     def source(self, spec: RunSpec) -> SourceTask:
         x, y, roles = _digits()
         # subpopulation: the source sees one writing style; every other shift, and the ID→OOD

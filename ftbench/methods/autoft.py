@@ -360,8 +360,13 @@ class AutoFT(Method):
         process), ``autoft_best_trial``, ``autoft_best_val``, the best configuration
         (``autoft_lr``, ``autoft_wd``, ``autoft_w_<term>``) and ``autoft_trials_json``.
         """
-        if len(ctx.target.val) == 0:
-            raise UsageError("method 'autoft' needs a non-empty target validation split to score its trials")
+        # The protocol's search split: target val (few-shot), the benchmark's OOD val set (id-ood), as AutoFT
+        # searches on a small OOD validation set from another distribution than the OOD test sets.
+        search = ctx.target.search
+        if search is None or len(search) == 0:
+            raise UsageError(f"method 'autoft' scores its trials on the protocol's search split (target val in few-shot, "
+                             f"the OOD val set in id-ood); benchmark {self.spec.benchmark!r} has none in protocol "
+                             f"{self.spec.protocol!r}")
         blocks = self.trainable_blocks(ctx.block_names)
         bn = self.opts["bn"]
         pretrained = _snapshot(ctx.model)
@@ -377,7 +382,7 @@ class AutoFT(Method):
                      batch_size=spec.batch_size, optimizer=spec.optimizer,
                      generator=torch.Generator().manual_seed(derive_seed(spec.seed, index, SALT_INNER)),
                      loss_fn=AutoFTLoss(config.weights, ps, anchor))
-            return loop.accuracy(ctx.model, ctx.target.val)
+            return loop.accuracy(ctx.model, search)
 
         records, reused = run_search(self.space(), self.opts["trials"], evaluate, spec.seed, ctx.workdir,
                                      callbacks=callbacks)

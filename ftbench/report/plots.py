@@ -27,14 +27,22 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ftbench.errors import UsageError, unknown
-from ftbench.report.table import SELECTIONS, label_columns, select
+from ftbench.report.table import (DEFAULT_SELECTION, DEFAULT_TREND, SELECTIONS, Trend, fit_trend, label_columns,
+                                  protocols_of, select, trend_points)
 
 FORMATS = (".png", ".svg", ".pdf")
-SELECTION_TITLE = {
-    "target-val": "hyperparameters selected per seed on target validation",
-    "source-val": "hyperparameters selected per seed on source validation (no target labels)",
-    "oracle": "ORACLE selection on target test (an upper bound, not a result)",
-}
+
+
+def _selection_title(selection: str, protocols: list[str]) -> str:
+    """What the selection read, in the words of the rows' protocols (ftbench/protocols)."""
+    from ftbench.protocols.base import get_protocol
+
+    words = " / ".join(dict.fromkeys(get_protocol(p).selections[selection][1] for p in protocols))
+    if selection == "oracle":
+        return f"ORACLE selection on {words.replace('TEST', 'test')} (an upper bound, not a result)"
+    return f"hyperparameters selected per seed on {words}"
+
+
 METRIC_LABEL = {
     "ood_acc": "OOD accuracy (%)",
     "id_acc": "ID accuracy (%)",
@@ -182,10 +190,14 @@ def _padded(lo: float, hi: float, frac: float, minimum: float) -> tuple[float, f
     return lo - pad, hi + pad
 
 
-def _draw_scatter(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style]) -> None:
+def _draw_scatter(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style],
+                  trend: Trend | None = None) -> None:
     _draw_points(ax, pts, labels, styles)
     x0, x1, y0, y1 = _extent(pts)
     xlim, ylim = _padded(x0, x1, 0.12, 2.0), _padded(y0, y1, 0.12, 2.0)
+    if trend is not None:  # the ID-OOD trend line (straight in logit space, curved on these axes)
+        xs = np.linspace(max(xlim[0], 0.01), min(xlim[1], 99.99), 100)
+        ax.plot(xs, trend.predict(xs), color="grey", linestyle=":", linewidth=1.2, zorder=1, gid="trend")
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_xlabel("ID accuracy (%)")
@@ -273,7 +285,8 @@ def _draw_bars(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str,
     ax.set_axisbelow(True)
 
 
-def build_figure(df: pd.DataFrame, selection: str = "target-val", metric: str = "ood_acc") -> Figure:
+def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: str = "ood_acc",
+                 trend: tuple[str, ...] = DEFAULT_TREND) -> Figure:
     """Build (without saving) the results figure; see :func:`plot_results` for what it shows.
 
     Scatter axes carry the gid ``"scatter:<column>"`` and bar axes ``"bars:<column>"``, so callers
@@ -287,6 +300,8 @@ def build_figure(df: pd.DataFrame, selection: str = "target-val", metric: str = 
         raise UsageError("no successful runs to plot (status == 'ok')")
     pts, labels, columns = _points(chosen, metric)
     styles = _styles(labels)
+    points = trend_points(df, label_columns(chosen), trend)
+    fits = {col: fit_trend(points[points["column"] == col], metric) for col in columns}
 
     ncols = min(len(columns), PANELS_PER_ROW)
     nrows = math.ceil(len(columns) / ncols)
@@ -297,7 +312,7 @@ def build_figure(df: pd.DataFrame, selection: str = "target-val", metric: str = 
         r, c = divmod(i, ncols)
         title = textwrap.fill(col, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
         sc = fig.add_subplot(grid[r, c], gid=f"scatter:{col}")
-        _draw_scatter(sc, pts[pts["column"] == col], labels, styles)
+        _draw_scatter(sc, pts[pts["column"] == col], labels, styles, fits[col])
         sc.set_title(title, fontsize=10)
         bar = fig.add_subplot(grid[nrows + r, c], gid=f"bars:{col}")
         _draw_bars(bar, pts[pts["column"] == col], labels, styles)
@@ -309,11 +324,17 @@ def build_figure(df: pd.DataFrame, selection: str = "target-val", metric: str = 
     ns = sorted(set(pts["n"]))
     n_text = f"n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds"
     what = "ID vs OOD accuracy" if metric == "ood_acc" else f"ID accuracy vs {ylabel.removesuffix(' (%)')}"
-    details = (f"ID = source test, OOD = target test; mean over seeds ± sample std (ddof=1), {n_text}. "
+    from ftbench.protocols.base import get_protocol
+
+    roles = "; ".join(f"{p}: ID = {get_protocol(p).id_words}, OOD = {get_protocol(p).ood_words}"
+                      for p in protocols_of(df))
+    line = (f" Dotted: the ID-OOD trend of every run of {', '.join(trend)} (logit-space linear fit)."
+            if any(fits.values()) else "")
+    details = (f"{roles}; mean over seeds ± sample std (ddof=1), {n_text}.{line} "
                f"Top: one point per tuned row. Bottom: {ylabel.removesuffix(' (%)')} by tuned block, "
                f"best bar outlined.")
     # Wrapped to the figure width (~12 characters per inch at 10 pt) so it is never clipped.
-    fig.suptitle(f"{what} — {SELECTION_TITLE[selection]}\n" + textwrap.fill(details, int(fig.get_figwidth() * 12)),
+    fig.suptitle(textwrap.fill(f"{what} — {_selection_title(selection, protocols_of(df))}", int(fig.get_figwidth() * 11)) + "\n" + textwrap.fill(details, int(fig.get_figwidth() * 12)),
                  fontsize=10)
     handles = _legend_handles(pts, labels, styles)
     ncols = max(1, min(len(handles), int(fig.get_figwidth() / 1.75)))
@@ -348,12 +369,14 @@ def _legend_handles(pts: pd.DataFrame, labels: list[str], styles: dict[str, _Sty
     return handles
 
 
-def plot_results(df: pd.DataFrame, path: Path, selection: str = "target-val", metric: str = "ood_acc") -> Path:
+def plot_results(df: pd.DataFrame, path: Path, selection: str = DEFAULT_SELECTION, metric: str = "ood_acc",
+                 trend: tuple[str, ...] = DEFAULT_TREND) -> Path:
     """Write the results figure of ``df`` (as from ``read_results``) to ``path``; return ``path``.
 
     Top row: per shift column, ID accuracy (x) vs ``metric`` (y), one point per tuned row (mean over
     seeds, error bars = sample std over seeds in both directions); ``none`` is a black star; WiSE-FT
-    rows with an ``alpha`` column are joined by a line in alpha order. Bottom row: ``metric`` per
+    rows with an ``alpha`` column are joined by a line in alpha order; the dotted line is the ID-OOD
+    trend fit to every run of the ``trend`` methods (as ``report --table robustness``). Bottom row: ``metric`` per
     surgically tuned block, then ``full``, best bar outlined, ``none`` as a dashed line.
 
     The format comes from the suffix (.png, .svg, .pdf; anything else is a :class:`UsageError`
@@ -362,7 +385,7 @@ def plot_results(df: pd.DataFrame, path: Path, selection: str = "target-val", me
     """
     path = Path(path)
     suffix = _check_suffix(path)
-    fig = build_figure(df, selection, metric)  # validates everything before the disk is touched
+    fig = build_figure(df, selection, metric, trend)  # validates everything before the disk is touched
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # Text stays text in SVG/PDF (searchable, editable in papers); no dates, so reruns are identical.

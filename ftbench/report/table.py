@@ -1,16 +1,23 @@
 """Paper-style tables from a results folder. Never imports the runner.
 
 Protocol (stated in every caption): for each table cell and each seed, the hyperparameter setting
-(lr, wd, steps/epochs, batch size, optimizer) with the best selection metric (by default *target
-validation* accuracy) is chosen; its accuracies are then aggregated over seeds. ± is the sample
-standard deviation over seeds (ddof = 1); n is the number of seeds.
+(lr, wd, steps/epochs, batch size, optimizer) with the best selection metric (by default the run
+protocol's own validation split: target val in the few-shot protocol, ID val in the ID→OOD one) is
+chosen; its accuracies are then aggregated over seeds. ± is the sample standard deviation over seeds
+(ddof = 1); n is the number of seeds. The run protocol (ftbench/protocols) is a column key and named
+in the caption.
 
 Table kinds (``--table``):
 
 * ``shifts`` — rows = tuned blocks / methods, columns = shifts, cells = OOD and ID (the default);
 * ``blocks`` — the surgical paper's table: rows = benchmark/shift, columns = tuned block / method;
 * ``methods`` — the LP-FT / PETL papers' table: rows = methods, ID | OOD per shift, plus average;
-* ``corruptions`` — per corruption and severity, plus the mean over corruptions.
+* ``corruptions`` — per corruption and severity, plus the mean over corruptions;
+* ``robustness`` — effective robustness (Taori et al. 2020): each method's OOD accuracy above the
+  logit-space linear trend of OOD on ID accuracy fit to every run of the trend methods.
+
+ID→OOD rows carry one OOD column per OOD test set (``ood.<set>_acc``): the ``shifts``, ``methods`` and
+``robustness`` tables show each set beside their mean.
 """
 
 from __future__ import annotations
@@ -21,22 +28,30 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ftbench.errors import UsageError, unknown
 
-SELECTIONS = {"target-val": "val_acc", "source-val": "source_val_acc", "oracle": "ood_acc"}
-SELECTION_TEXT = {
-    "target-val": "hyperparameters chosen per seed on target validation accuracy",
-    "source-val": "hyperparameters chosen per seed on source validation accuracy",
-    "oracle": "ORACLE: hyperparameters chosen per seed on target TEST accuracy (an upper bound, not a result)",
+# Model selections (--select): name -> what it means. Which column each one reads depends on the rows'
+# protocol (Protocol.selections); a selection a protocol does not have is refused for its rows.
+SELECTIONS = {
+    "val": "the protocol's validation split (target val in few-shot, ID val in id-ood)",
+    "target-val": "target validation (few-shot)",
+    "id-val": "ID validation (id-ood)",
+    "ood-val": "the benchmark's OOD validation set (id-ood)",
+    "source-val": "source validation (few-shot)",
+    "oracle": "the reported OOD test metric itself: an upper bound, not a result",
 }
+DEFAULT_SELECTION = "val"
+DEFAULT_PROTOCOL = "few-shot"  # rows written before protocols existed
 HYPERPARAMETERS = ["lr", "wd", "steps", "epochs", "batch_size", "optimizer"]
 ROW_KEY = ["method", "blocks", "variant"]
-COL_KEY = ["benchmark", "shift", "corruption", "severity", "model", "shots"]
-LEVEL_ORDER = {"input": 0, "feature": 1, "output": 2, "natural": 3}
+COL_KEY = ["benchmark", "shift", "corruption", "severity", "model", "shots", "protocol"]
+LEVEL_ORDER = {"input": 0, "feature": 1, "output": 2, "natural": 3, "mixed": 4}
 FORMATS = ("terminal", "markdown", "latex", "html", "csv", "json")
-TABLES = ("shifts", "blocks", "methods", "corruptions")
+TABLES = ("shifts", "blocks", "methods", "corruptions", "robustness")
+DEFAULT_TREND = ("full",)  # methods whose runs trace the ID-OOD trend line of --table robustness
 CHECKPOINTS = ("best", "final")
 METRIC_NAMES = {"ood_acc": "OOD", "id_acc": "ID", "val_acc": "target val", "source_val_acc": "source val"}
 
@@ -105,6 +120,7 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
             df[c] = None
     for c in ("variant", "blocks", "corruption", "shift_level"):
         df[c] = df[c].fillna("").astype(str)
+    df["protocol"] = df["protocol"].fillna(DEFAULT_PROTOCOL).astype(str)
     df["severity"] = pd.to_numeric(df["severity"], errors="coerce").fillna(0).astype(int)
     return df
 
@@ -116,42 +132,90 @@ def is_final(df: pd.DataFrame) -> pd.Series:
     return df["final"].map(lambda v: True if v is None or v != v else bool(v))
 
 
-def selection_column(selection: str, metric: str = "ood_acc") -> str:
-    """The column ``selection`` ranks by, for a table of ``metric``: a benchmark metric
-    ``ood_<m>`` (e.g. ``ood_worst_group_acc``) is selected on the same metric of the selection
-    split (``val_<m>``, ``id_<m>`` for source-val — there is no ``source_val_<m>``, so accuracy);
-    accuracy tables on the accuracies."""
-    col = SELECTIONS[selection]
-    if metric.startswith("ood_") and metric != "ood_acc":
+def _protocol(name: str):  # noqa: ANN202 - ftbench.protocols.base.Protocol
+    from ftbench.protocols.base import get_protocol
+
+    return get_protocol(name)
+
+
+def protocols_of(df: pd.DataFrame) -> list[str]:
+    """The protocols of ``df``'s rows (rows without the column are few-shot), default first."""
+    names = set(df["protocol"].fillna(DEFAULT_PROTOCOL).astype(str)) if "protocol" in df.columns else {DEFAULT_PROTOCOL}
+    return sorted(names, key=lambda n: (n != DEFAULT_PROTOCOL, n))
+
+
+def _metric_name(metric: str) -> str | None:
+    """``m`` of a benchmark metric column of an OOD split (``ood_<m>``, ``ood.<set>_<m>``); None for accuracy."""
+    if metric.startswith("ood."):
+        m = metric.split("_", 1)[1] if "_" in metric else "acc"
+    elif metric.startswith("ood_"):
         m = metric.removeprefix("ood_")
-        col = {"target-val": f"val_{m}", "oracle": metric}.get(selection, col)
+    else:
+        return None
+    return None if m == "acc" else m
+
+
+def selection_column(selection: str, metric: str = "ood_acc", protocol: str = DEFAULT_PROTOCOL) -> str:
+    """The column ``selection`` ranks rows of ``protocol`` by, for a table of ``metric``.
+
+    Accuracy tables select on the selection split's accuracy (``Protocol.selections``). A benchmark
+    metric (``ood_worst_group_acc``, ``ood.<set>_macro_f1``) is selected on the same metric of the
+    selection split (``val_<m>``, ``ood_val_<m>``); source-val has no benchmark metrics (accuracy).
+    Raises UsageError when the protocol has no such selection."""
+    if selection not in SELECTIONS:
+        raise unknown("selection", selection, list(SELECTIONS))
+    p = _protocol(protocol)
+    if selection not in p.selections:
+        raise UsageError(f"--select {selection} does not apply to runs of protocol {protocol!r}; "
+                         f"accepted for them: {', '.join(p.selections)}")
+    col = p.selections[selection][0]
+    m = _metric_name(metric)
+    if m is not None:
+        if selection == "oracle":
+            return metric
+        if col in ("val_acc", "ood_val_acc"):
+            return col.removesuffix("acc") + m
+    elif selection == "oracle":
+        return metric if metric.startswith("ood") else col
     return col
 
 
-def select(df: pd.DataFrame, selection: str = "target-val", checkpoint: str = "best",
+def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str = "best",
            metric: str = "ood_acc") -> pd.DataFrame:
     """One chosen row per (cell, seed): the best by the selection metric over hyperparameters.
 
     With ``checkpoint="best"`` the checkpoint rows of runs made with ``--checkpoints`` are
     candidates too (early stopping on the selection metric); ``"final"`` uses end-of-training rows.
-    For a table of a benchmark metric (``metric="ood_worst_group_acc"``) the selection uses that
-    metric on target validation where the rows have it (:func:`selection_column`).
+    The selection column depends on each row's protocol (:func:`selection_column`); a benchmark
+    metric is selected on that metric of the selection split where the rows have it, else on its
+    accuracy. A selection split absent from every row of a benchmark (``ood-val`` where the
+    benchmark has no OOD val set) is a UsageError.
     """
     if selection not in SELECTIONS:
         raise unknown("selection", selection, list(SELECTIONS))
     if checkpoint not in CHECKPOINTS:
         raise unknown("checkpoint", checkpoint, CHECKPOINTS)
-    column, base = selection_column(selection, metric), SELECTIONS[selection]
     df = df[df["status"] == "ok"]
     if checkpoint == "final":
         df = df[is_final(df)]
     df = _prepare(df)
     if df.empty:
         return df
-    score = pd.to_numeric(df.get(base), errors="coerce")
-    if column != base and column in df.columns:  # the benchmark metric where a row has it, else accuracy
-        score = pd.to_numeric(df[column], errors="coerce").fillna(score)
-    df = df.assign(_score=score.fillna(-math.inf))
+    score = pd.Series(-math.inf, index=df.index)
+    for name in protocols_of(df):
+        rows = df["protocol"] == name
+        column, base = selection_column(selection, metric, name), selection_column(selection, "ood_acc", name)
+        s = pd.to_numeric(df.loc[rows].get(base), errors="coerce") if base in df.columns else \
+            pd.Series(float("nan"), index=df.index[rows])
+        if column != base and column in df.columns:  # the benchmark metric where a row has it, else accuracy
+            s = pd.to_numeric(df.loc[rows, column], errors="coerce").fillna(s)
+        missing = sorted(set(df.loc[rows][s.isna().to_numpy()]["benchmark"].astype(str)))
+        if missing and selection != "oracle":
+            raise UsageError(f"--select {selection}: runs of protocol {name!r} on {', '.join(missing)} have no "
+                             f"{base.removesuffix('_acc').replace('_', ' ')} split to select on; accepted for them: "
+                             + ", ".join(k for k in _protocol(name).selections if k != selection))
+        score.loc[rows] = s.fillna(-math.inf)
+    df = df.assign(_score=score)
     # Deterministic tie-break: run id order (never the test metric).
     df = df.sort_values(["_score", "run_id"], ascending=[False, True], kind="mergesort")
     keys = ROW_KEY + COL_KEY + ["seed"]
@@ -160,7 +224,7 @@ def select(df: pd.DataFrame, selection: str = "target-val", checkpoint: str = "b
 
 def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.DataFrame:
     """Add display labels and sort keys: ``row``/``_rsort`` (method) and ``column``/``_csort`` (shift)."""
-    varying = {k for k in ("benchmark", "model", "shots") if chosen[k].nunique(dropna=False) > 1}
+    varying = {k for k in ("benchmark", "model", "shots", "protocol") if chosen[k].nunique(dropna=False) > 1}
     order = method_order()
 
     def col_label(r: pd.Series) -> str:
@@ -169,7 +233,7 @@ def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.
             label += f" ({r['corruption']}, s{int(r['severity'])})"
         if "benchmark" in varying:
             label = f"{r['benchmark']}/{label}"
-        extra = [f"{k}={r[k]}" for k in ("model", "shots") if k in varying]
+        extra = [f"{k}={r[k]}" for k in ("model", "shots", "protocol") if k in varying]
         return label + (f" [{', '.join(extra)}]" if extra else "")
 
     return chosen.assign(
@@ -177,8 +241,9 @@ def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.
         column=[col_label(r) for _, r in chosen.iterrows()],
         _rsort=[(order.get(m, 1000), m, block_key(b), v)
                 for m, b, v in zip(chosen["method"], chosen["blocks"], chosen["variant"])],
-        _csort=[(r["benchmark"], LEVEL_ORDER.get(r["shift_level"], 9), r["shift"], r["corruption"],
-                 r["severity"], str(r["model"]), _num(r["shots"])) for _, r in chosen.iterrows()],
+        _csort=[(r["protocol"] != DEFAULT_PROTOCOL, r["protocol"], r["benchmark"], LEVEL_ORDER.get(r["shift_level"], 9),
+                 r["shift"], r["corruption"], r["severity"], str(r["model"]), _num(r["shots"]))
+                for _, r in chosen.iterrows()],
     )
 
 
@@ -211,29 +276,37 @@ def _mark_best(grid: Grid, along: str, sub: str) -> None:
                 c.best = c.mean >= top - 1e-9
 
 
-def _caption(selection: str, grid: Grid, metric: str, extra: str = "") -> str:
+def _caption(selection: str, grid: Grid, metric: str, extra: str = "", protocols: list[str] | None = None) -> str:
     ns = sorted(grid.n_values())
     n_text = (f"n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else "n (seeds) given per cell")
-    what = "OOD = target test, ID = source test" if metric == "ood_acc" else \
-        f"OOD = target test ({metric}), ID = source test"
-    chosen_on = SELECTION_TEXT[selection]
-    if selection_column(selection, metric) != SELECTIONS[selection]:
-        chosen_on = chosen_on.replace("accuracy", f"{metric.removeprefix('ood_')} (where the runs have it)", 1)
-    return (f"Accuracy (%): {what}; mean ± sample std over seeds (ddof=1), {n_text}; "
-            f"{chosen_on}{extra}.")
+    parts = []
+    for name in protocols or [DEFAULT_PROTOCOL]:
+        p = _protocol(name)
+        ood = p.ood_words if metric == "ood_acc" else f"{p.ood_words} ({metric})"
+        words = p.selections[selection][1]
+        col = selection_column(selection, metric, name)
+        if col != selection_column(selection, "ood_acc", name) and selection != "oracle":
+            words += f" {_metric_name(metric) or metric} (where the runs have it)"
+        else:
+            words += " accuracy" if selection != "oracle" else ""
+        chosen = (f"ORACLE: hyperparameters chosen per seed on {words} (an upper bound, not a result)"
+                  if selection == "oracle" else f"hyperparameters chosen per seed on {words}")
+        parts.append(f"protocol {name}: OOD = {ood}, ID = {p.id_words}; {chosen}")
+    return f"Accuracy (%): {'; '.join(parts)}; mean ± sample std over seeds (ddof=1), {n_text}{extra}."
 
 
 # --------------------------------------------------------------------------------------------
 # Table kinds
 
 
-def build(df: pd.DataFrame, table: str = "shifts", selection: str = "target-val", metric: str = "ood_acc",
-          title: str = "", checkpoint: str = "best") -> Grid:
-    """Build table ``table`` from raw results ``df`` (one row per run)."""
+def build(df: pd.DataFrame, table: str = "shifts", selection: str = DEFAULT_SELECTION, metric: str = "ood_acc",
+          title: str = "", checkpoint: str = "best", trend: tuple[str, ...] = DEFAULT_TREND) -> Grid:
+    """Build table ``table`` from raw results ``df`` (one row per run); ``trend``: the methods whose
+    runs fit the trend line of ``table="robustness"``."""
     if table not in TABLES:
         raise unknown("table", table, TABLES)
     if metric not in df.columns:
-        numeric = sorted(c for c in df.columns if c.endswith("_acc") or c.startswith("ood_"))
+        numeric = sorted(c for c in df.columns if c.endswith("_acc") or c.startswith("ood"))
         raise unknown("metric", metric, numeric)
     chosen = select(df, selection, checkpoint, metric)
     if chosen.empty:
@@ -244,8 +317,11 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = "target-val"
         if chosen.empty:
             raise UsageError("--table corruptions needs runs with --shift corruption")
     chosen = label_columns(chosen, corruption_in_label=table != "corruptions")
-    builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
-    grid = builder(chosen, selection, metric, title)
+    if table == "robustness":
+        grid = _robustness(chosen, df, selection, metric, title, trend)
+    else:
+        builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
+        grid = builder(chosen, selection, metric, title)
     if with_ckpt:  # say so: the numbers include early stopping or WiSE-FT's choice of alpha
         extra = df[(df["status"] == "ok") & ~is_final(df)]
         alpha = extra["alpha"] if "alpha" in extra.columns else pd.Series(float("nan"), index=extra.index)
@@ -258,12 +334,18 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = "target-val"
 def _shifts(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
     rows, cols = _ordered(chosen, "row", "_rsort"), _ordered(chosen, "column", "_csort")
     name = METRIC_NAMES.get(metric, metric)
-    grid = Grid(title or "ID vs OOD accuracy", "", "tuned", rows, [(c, [name, "ID"]) for c in cols])
+    sets = {c: ood_sets(chosen[chosen["column"] == c], metric) for c in cols}
+    grid = Grid(title or "ID vs OOD accuracy", "", "tuned", rows,
+                [(c, [name, *sets[c], "ID"]) for c in cols])
     for (r, c), g in chosen.groupby(["row", "column"], sort=False):
         grid.cells[(r, c, name)] = _stats(_per_seed(g, [], metric)[metric])
+        for label, col in sets[c].items():
+            grid.cells[(r, c, label)] = _stats(_per_seed(g, [], col)[col])
         grid.cells[(r, c, "ID")] = _stats(_per_seed(g, [], "id_acc")["id_acc"])
     _mark_best(grid, "column", name)
-    grid.caption = _caption(selection, grid, metric, f"; best {name} per column marked")
+    for label in {label for v in sets.values() for label in v}:
+        _mark_best(grid, "column", label)
+    grid.caption = _caption(selection, grid, metric, f"; best {name} per column marked", protocols_of(chosen))
     return grid
 
 
@@ -274,8 +356,22 @@ def _blocks(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Gr
     for (shift, tuned), g in chosen.groupby(["column", "row"], sort=False):
         grid.cells[(shift, tuned, name)] = _stats(_per_seed(g, [], metric)[metric])
     _mark_best(grid, "row", name)
-    grid.caption = _caption(selection, grid, metric, f"; best {name} per row marked")
+    grid.caption = _caption(selection, grid, metric, f"; best {name} per row marked", protocols_of(chosen))
     return grid
+
+
+def ood_sets(rows: pd.DataFrame, metric: str = "ood_acc") -> dict[str, str]:
+    """The OOD test sets of ID→OOD ``rows`` as {label: column} for ``metric`` (``ood_acc`` ->
+    ``ood.<set>_acc``, ``ood_<m>`` -> ``ood.<set>_<m>``), in column order; {} for few-shot rows."""
+    if not metric.startswith("ood_"):
+        return {}
+    suffix = metric.removeprefix("ood_")
+    out = {}
+    for col in rows.columns:
+        if col.startswith("ood.") and col.endswith("_" + suffix) and "_" not in col[4:-len(suffix) - 1]:
+            if pd.to_numeric(rows[col], errors="coerce").notna().any():
+                out[col[4:-len(suffix) - 1]] = col
+    return out
 
 
 def _average(chosen: pd.DataFrame, row: str, metric: str, columns: list[str]) -> Cell:
@@ -290,10 +386,13 @@ def _average(chosen: pd.DataFrame, row: str, metric: str, columns: list[str]) ->
 def _methods(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
     rows, cols = _ordered(chosen, "row", "_rsort"), _ordered(chosen, "column", "_csort")
     name = METRIC_NAMES.get(metric, metric)
-    groups = [(c, ["ID", name]) for c in cols] + ([("average", ["ID", name])] if len(cols) > 1 else [])
+    per_set = {c: ood_sets(chosen[chosen["column"] == c], metric) for c in cols}
+    groups = [(c, ["ID", *per_set[c], name]) for c in cols] + ([("average", ["ID", name])] if len(cols) > 1 else [])
     grid = Grid(title or "Methods: ID and OOD accuracy", "", "method", rows, groups)
     for (r, c), g in chosen.groupby(["row", "column"], sort=False):
         grid.cells[(r, c, "ID")] = _stats(_per_seed(g, [], "id_acc")["id_acc"])
+        for label, col in per_set[c].items():
+            grid.cells[(r, c, label)] = _stats(_per_seed(g, [], col)[col])
         grid.cells[(r, c, name)] = _stats(_per_seed(g, [], metric)[metric])
     if len(cols) > 1:
         for r in rows:
@@ -301,8 +400,85 @@ def _methods(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> G
             grid.cells[(r, "average", name)] = _average(chosen, r, metric, cols)
     _mark_best(grid, "column", name)
     _mark_best(grid, "column", "ID")
+    for label in {label for v in per_set.values() for label in v}:
+        _mark_best(grid, "column", label)
     avg = "; average = per-seed mean over the columns (rows missing a column get none)" if len(cols) > 1 else ""
-    grid.caption = _caption(selection, grid, metric, f"{avg}; best per column marked")
+    sets = f"; {name} = mean over the OOD test sets beside it" if any(per_set.values()) else ""
+    grid.caption = _caption(selection, grid, metric, f"{avg}{sets}; best per column marked", protocols_of(chosen))
+    return grid
+
+
+def _logit(acc: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of accuracies in %, clipped to [0.01%, 99.99%] so 0 and 100 stay finite."""
+    p = np.clip(np.asarray(acc, dtype=float) / 100.0, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The line logit(OOD) = slope · logit(ID) + intercept fit to ``n`` runs (Taori et al. 2020)."""
+
+    slope: float
+    intercept: float
+    n: int
+
+    def predict(self, id_acc: np.ndarray | float) -> np.ndarray:
+        """The OOD accuracy (%) on the line at ``id_acc`` (%)."""
+        return 100.0 / (1.0 + np.exp(-(self.slope * _logit(id_acc) + self.intercept)))
+
+
+def fit_trend(points: pd.DataFrame, metric: str = "ood_acc") -> Trend | None:
+    """Least-squares fit of logit(``metric``) on logit(``id_acc``) over ``points`` (one per run and
+    checkpoint); None with fewer than two distinct ID accuracies (no line through one point)."""
+    x = pd.to_numeric(points.get("id_acc"), errors="coerce")
+    y = pd.to_numeric(points.get(metric), errors="coerce")
+    ok = x.notna() & y.notna()
+    if x[ok].nunique() < 2:
+        return None
+    slope, intercept = np.polyfit(_logit(x[ok].to_numpy()), _logit(y[ok].to_numpy()), 1)
+    return Trend(float(slope), float(intercept), int(ok.sum()))
+
+
+def trend_points(df: pd.DataFrame, chosen: pd.DataFrame, trend: tuple[str, ...]) -> pd.DataFrame:
+    """Every ok row (all hyperparameters, seeds and checkpoints) of the ``trend`` methods, labelled
+    with the ``column`` of ``chosen`` that has the same column key."""
+    base = _prepare(df[(df["status"] == "ok") & df["method"].isin(trend)])
+
+    def keys(frame: pd.DataFrame) -> list[tuple[str, ...]]:  # as text: NaN (no shots) != NaN as a float
+        return [tuple(map(str, k)) for k in frame[COL_KEY].itertuples(index=False)]
+
+    labels = dict(zip(keys(chosen), chosen["column"]))
+    return base.assign(column=[labels.get(k) for k in keys(base)])
+
+
+def _robustness(chosen: pd.DataFrame, df: pd.DataFrame, selection: str, metric: str, title: str,
+                trend: tuple[str, ...]) -> Grid:
+    rows, cols = _ordered(chosen, "row", "_rsort"), _ordered(chosen, "column", "_csort")
+    name = METRIC_NAMES.get(metric, metric)
+    points = trend_points(df, chosen, trend)
+    fits = {c: fit_trend(points[points["column"] == c], metric) for c in cols}
+    if not any(fits.values()):
+        raise UsageError(f"--table robustness fits its trend line to the runs of {', '.join(trend)} (--trend), and "
+                         "no column has two of them with different ID accuracy; run those methods over a grid "
+                         "(e.g. several lr) or name other methods with --trend")
+    grid = Grid(title or "Effective robustness", "", "method", rows, [(c, ["ID", name, "ER"]) for c in cols])
+    for (r, c), g in chosen.groupby(["row", "column"], sort=False):
+        grid.cells[(r, c, "ID")] = _stats(_per_seed(g, [], "id_acc")["id_acc"])
+        grid.cells[(r, c, name)] = _stats(_per_seed(g, [], metric)[metric])
+        fit = fits[c]
+        if fit is not None:
+            er = g.assign(_er=pd.to_numeric(g[metric], errors="coerce")
+                          - fit.predict(pd.to_numeric(g["id_acc"], errors="coerce").to_numpy()))
+            grid.cells[(r, c, "ER")] = _stats(_per_seed(er, [], "_er")["_er"])
+    _mark_best(grid, "column", "ER")
+    nofit = [c for c in cols if fits[c] is None]
+    runs = sorted({f.n for f in fits.values() if f is not None})
+    extra = (f"; ER = effective robustness (Taori et al. 2020), in points: {name} minus the {name} that the "
+             f"linear fit of logit({name}) on logit(ID) over every run of {', '.join(trend)} (all hyperparameters, "
+             f"seeds and checkpoints; {'/'.join(map(str, runs))} runs per column) predicts at the row's ID accuracy"
+             + (f"; no fit (fewer than 2 distinct ID accuracies) for {', '.join(nofit)}" if nofit else "")
+             + "; best ER per column marked")
+    grid.caption = _caption(selection, grid, metric, extra, protocols_of(chosen))
     return grid
 
 
@@ -343,7 +519,8 @@ def _corruptions(chosen: pd.DataFrame, selection: str, metric: str, title: str) 
                 for c in cells:
                     c.best = c.mean >= top - 1e-9
     grid.caption = _caption(selection, grid, metric,
-                            "; mean = per-seed mean over the corruptions, then over seeds; best per column marked")
+                            "; mean = per-seed mean over the corruptions, then over seeds; best per column marked",
+                            protocols_of(chosen))
     return grid
 
 

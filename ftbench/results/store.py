@@ -32,6 +32,8 @@ SCHEMA = pa.schema(
         ("shots", pa.int64()),
         ("model", pa.string()),
         ("weights", pa.string()),  # --weights: a state-dict file, "scratch", or null (the model's default)
+        ("protocol", pa.string()),  # few-shot | id-ood (ftbench/protocols); absent in older files = few-shot
+        ("data_version", pa.int64()),  # the benchmark's revision of the shift's data; null = the first
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),

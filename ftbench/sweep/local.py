@@ -133,4 +133,6 @@ def describe(spec: RunSpec) -> str:
         if v is not None:
             parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
     parts.append(f"seed={spec.seed}")
+    if spec.protocol != type(spec).protocol:  # the default (few-shot) is not spelled out
+        parts.append(f"protocol={spec.protocol}")
     return " ".join(parts)
