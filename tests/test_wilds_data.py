@@ -396,7 +396,7 @@ def test_id_ood_shots_draw_per_group_or_class_from_wilds_train(data: Path, weigh
         d = bench.data()
         train = set(d.indices("train").tolist())
 
-        def drawn(shots: int, seed: int = 0) -> np.ndarray:
+        def drawn(shots: int, seed: int = 0, bench=bench, name: str = name) -> np.ndarray:
             return levels(proto.task(bench, id_ood_spec(name, weights, shots=shots, seed=seed)).train)
 
         three = drawn(3)

@@ -498,7 +498,7 @@ class _Spurious(_Wilds):
     main_metric = "worst_group_acc"
     # ID→OOD: WILDS has no id_val / id_test / OOD val here. ID val = WILDS val, and WILDS test is both
     # the ID test (average accuracy) and the one OOD test set, whose headline is worst-group accuracy.
-    id_ood_roles = {"train": "train", "val": "val", "test": "test"}
+    id_ood_roles: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
     id_ood_has_val = False
     id_ood_max_group: ClassVar[int]  # the smallest (label, attribute) group of the real WILDS train
 
@@ -555,7 +555,7 @@ class Waterbirds(_Spurious):
         "spurious-background", "output",
         "ID: WILDS train (bird type correlated with background), val, test (average accuracy); OOD test set 'test': "
         "WILDS test, scored by its worst (bird, background) group (ood_worst_group_acc)")
-    id_ood_sets = {"test": "output"}
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "output"}
     id_ood_max_group = min(WATERBIRDS_TRAIN_GROUPS.values())  # 56 waterbirds on land
 
 
@@ -576,7 +576,7 @@ class CelebA(_Spurious):
         "spurious-gender", "output",
         "ID: WILDS train (blond hair correlated with gender), val, test (average accuracy); OOD test set 'test': "
         "WILDS test, scored by its worst (hair, gender) group (ood_worst_group_acc)")
-    id_ood_sets = {"test": "output"}
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "output"}
     id_ood_max_group = 1387  # blond men in WILDS train (Sagawa et al. 2020, table of group sizes)
 
 
@@ -593,12 +593,12 @@ class Camelyon17(_Natural):
     val_per_class = 250
     main_metric = "acc"
     # No id_test in Camelyon17 (WILDS 2.0): ID test is id_val, the split WILDS reports ID accuracy on.
-    id_ood_roles = {"train": "train", "val": "id_val", "test": "id_val", "ood_val": "val"}
+    id_ood_roles: ClassVar[dict[str, str]] = {"train": "train", "val": "id_val", "test": "id_val", "ood_val": "val"}
     id_ood_shift = ShiftInfo(
         "hospital", "natural",
         "ID: hospitals 0, 3, 4 (WILDS train, id_val; no id_test, so ID test = id_val); OOD val: hospital 1 "
         "(WILDS val); OOD test set 'test': hospital 2 (WILDS test)")
-    id_ood_sets = {"test": "natural"}
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "natural"}
     # --weights scratch: WILDS' ERM recipe for Camelyon17, the one WILDS trains from random initialisation
     # (examples/configs/datasets.py: SGD, momentum 0.9, lr 1e-3, weight decay 0.01, batch 32, 5 epochs).
     recipe = {"optimizer": "sgd", "lr": 1e-3, "wd": 1e-2, "epochs": 5, "batch_size": 32, "seed": 0}
@@ -630,7 +630,7 @@ class FMoW(_Natural):
         "time", "natural",
         "ID: images before 2013 (WILDS train, id_val, id_test); OOD val: 2013-2015 (WILDS val); OOD test set "
         "'test': 2016-2017 (WILDS test); worst-region accuracy")
-    id_ood_sets = {"test": "natural"}
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "natural"}
 
     def metrics(self, d: WildsData) -> Metrics:
         other = tuple(i for i, r in enumerate(d.metadata_map.get("region", [])) if "Other" in str(r))
@@ -654,7 +654,7 @@ class IWildCam(_Natural):
         "camera", "natural",
         "ID: 243 camera traps (WILDS train, id_val, id_test); OOD val: 32 other cameras (WILDS val); OOD test "
         "set 'test': 48 unseen cameras (WILDS test); macro-F1")
-    id_ood_sets = {"test": "natural"}
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "natural"}
 
     def metrics(self, d: WildsData) -> Metrics:
         return macro_metrics
