@@ -578,7 +578,6 @@ class _Breeds(_ImageNetBenchmark):
         return TargetTask(len(split.superclasses), images.take(train), images.subset(val),
                           _stream(test_paths, test_y, tf), info={"shift_level": self.shifts[spec.shift].level})
 
-
     def id_ood(self, spec: RunSpec) -> IdOodSplits:
         """ID train / val / test are the few-shot protocol's source_train / source_val / source_test (the
         source subclasses' ImageNet train images less 10 per subclass, those 10, their ImageNet val

@@ -28,7 +28,8 @@ splits, as ``dataset.get_subset(split)`` gives it (:attr:`_Wilds.id_ood_roles`):
 ``train``, ID val = ``id_val``, ID test = ``id_test`` (Camelyon17, which has none: ``id_val``, as
 WILDS reports its ID accuracy), OOD val = ``val``, one OOD test set ``test`` = ``test``. Waterbirds
 and CelebA have only ``train`` / ``val`` / ``test``: ID val = ``val``, and ``test`` is both the ID
-test (average accuracy, ``id_acc``) and the OOD test set whose worst-group accuracy is the headline
+test (average accuracy: ``id_acc``; for Waterbirds, whose test balances backgrounds, the
+train-weighted ``id_adj_avg_acc``) and the OOD test set whose worst-group accuracy is the headline
 (``ood_worst_group_acc``); they have no OOD val set.
 
 Heavy imports (``wilds``, pandas, torchvision) happen inside functions: importing this module,
@@ -553,8 +554,9 @@ class Waterbirds(_Spurious):
     max_shots = 66  # WILDS val has 133 waterbirds on land: half are the pool
     id_ood_shift = ShiftInfo(
         "spurious-background", "output",
-        "ID: WILDS train (bird type correlated with background), val, test (average accuracy); OOD test set 'test': "
-        "WILDS test, scored by its worst (bird, background) group (ood_worst_group_acc)")
+        "ID: WILDS train (bird type correlated with background), val, test (average weighted by the train groups: "
+        "id_adj_avg_acc); OOD test set 'test': WILDS test, scored by its worst (bird, background) group "
+        "(ood_worst_group_acc)")
     id_ood_sets: ClassVar[dict[str, str]] = {"test": "output"}
     id_ood_max_group = min(WATERBIRDS_TRAIN_GROUPS.values())  # 56 waterbirds on land
 
