@@ -97,8 +97,8 @@ def run(
               f"  (protocol {spec.protocol})")
     out.print(f"  ID acc  {row['id_acc']:6.2f}%   ({proto.id_words})")
     out.print(f"  OOD acc {row['ood_acc']:6.2f}%   ({proto.ood_words})")
-    for col in [k for k in row if k.startswith("ood.") and k.endswith("_acc")]:
-        out.print(escape(f"    {col[4:-4]:10s}{row[col]:6.2f}%"))
+    for col in [k for k in row if k.startswith("ood.") and k.endswith("_acc") and "_" not in k[4:-4]]:
+        out.print(escape(f"    {col[4:-4]:10s}{row[col]:6.2f}%"))  # one line per OOD test set
     extra = f"   OOD val acc {row['ood_val_acc']:.2f}%" if "ood_val_acc" in row else ""
     out.print(f"  val acc {row['val_acc']:6.2f}%   ({proto.selections['val'][1]}){extra}   status {row['status']}   "
               f"{row['n_trainable']:,}/{row['n_params']:,} params trained   {row['train_seconds']:.2f} s on {row['device']}")

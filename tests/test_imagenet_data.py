@@ -10,6 +10,7 @@ and JPEG rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from ftbench.data.base import get_benchmark
 from ftbench.data.fetch import IMAGENET_C
 from ftbench.data.stream import StreamSplit, decode, resize_center_crop
 from ftbench.errors import UsageError
+from ftbench.models.base import get_model_entry
+from ftbench.protocols.base import get_protocol
 from ftbench.spec import RunSpec, resolve
 
 WNIDS = [f"n{i:08d}" for i in range(1000)]  # the 1000 ImageNet class folders (sorted: label = position)
@@ -321,3 +324,76 @@ def test_missing_data_is_one_error_line_and_writes_nothing(cli, tmp_path: Path, 
     assert r.code == 2 and r.err.count("\n") == 1
     assert f"{tmp_path / 'breeds'} does not exist" in r.err and "MadryLab/BREEDS-Benchmarks" in r.err
     assert not out.exists() or not list(out.glob("*.parquet"))
+
+
+# --- the ID→OOD protocol (LP-FT's BREEDS) -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrained model for the protocol (which refuses --weights scratch): a random resnet26-cifar."""
+    path = tmp_path_factory.mktemp("weights") / "resnet26-cifar.pt"
+    torch.manual_seed(0)
+    torch.save(get_model_entry("resnet26-cifar").build(3, 10).state_dict(), path)
+    return path
+
+
+def test_breeds_id_ood_roles_follow_lp_ft(data, weights: Path) -> None:
+    """ID = the source subclasses (train: their ImageNet train images less ID val, which is the
+    few-shot source_val; ID test: their ImageNet val images); the one OOD test set is the target
+    subclasses' ImageNet val images; no OOD val; labels are superclasses."""
+    proto = get_protocol("id-ood")
+    for task_name in ("living17", "entity30"):
+        bench = get_benchmark(task_name)
+        spec = resolve(RunSpec(benchmark=task_name, protocol="id-ood", model="resnet26-cifar", weights=str(weights),
+                               method="linear-probe"))
+        assert spec.shift == "subpopulation" and spec.shots is None
+        split = imagenet.breeds_split(Path(imagenet.data_root()) / "breeds", task_name)
+        sup = {w: c for c, g in enumerate(split.source) for w in g}
+        tup = {w: c for c, g in enumerate(split.target) for w in g}
+        t = proto.task(bench, spec)
+        roles = {"train": t.train, **{s.prefix: s.split for s in t.scored}}
+        assert set(roles) == {"train", "id", "val", "ood.unseen-subclasses"} and t.search is None
+        assert t.num_classes == len(split.superclasses) and t.pretraining is None and t.fresh_head
+        def sub(p: str) -> str:
+            return Path(p).parent.name
+
+        paths = {role: files(s) for role, s in roles.items()}
+        train_files = {p for p in data if "/imagenet/train/" in p and sub(p) in sup}
+        assert set(paths["train"]) | set(paths["val"]) == train_files and not set(paths["train"]) & set(paths["val"])
+        assert len(paths["val"]) == len(sup)  # 1 of 12 per source subclass (at most a tenth, at least one)
+        assert sorted(paths["id"]) == sorted(p for p in data if "/imagenet/val/" in p and sub(p) in sup)
+        assert sorted(paths["ood.unseen-subclasses"]) == sorted(
+            p for p in data if "/imagenet/val/" in p and sub(p) in tup)
+        for role, ps in paths.items():
+            labels = tup if role.startswith("ood") else sup
+            assert roles[role].y.tolist() == [labels[sub(p)] for p in ps], role
+        # The few-shot protocol's source roles are the same files (one source model for both).
+        s = bench.source(resolve(RunSpec(benchmark=task_name, shots=3)))
+        assert (files(s.train), files(s.val), files(s.test)) == (paths["train"], paths["val"], paths["id"])
+        # --shots k: k per superclass, from ID train only.
+        few = proto.task(bench, dataclasses.replace(spec, shots=3)).train
+        by_id = {i: p for p, i in data.items()}
+        assert {by_id[i] for i in image_ids(few.x)} <= set(paths["train"])
+        assert np.bincount(few.y.numpy()).tolist() == [3] * len(split.superclasses)
+
+
+@pytest.mark.parametrize("name", ["living17", "entity30"])
+def test_breeds_id_ood_cli_run_end_to_end(cli, data, weights: Path, tmp_path: Path, name: str) -> None:
+    r = cli("run", "--protocol", "id-ood", "--benchmark", name, "--model", "resnet26-cifar", "--weights", weights,
+            "--method", "lp-ft", "--steps", "2", "--device", "cpu", "--out", tmp_path)
+    assert r.code == 0, r.err
+    assert "unseen-subclasses" in r.out
+    files_ = list(tmp_path.glob("*.parquet"))
+    assert len(files_) == 1
+    rows = pd.read_parquet(files_[0])
+    row = rows[rows["final"]].iloc[0]
+    n_sub = 2 if name == "living17" else 4
+    n_super = len(imagenet.breeds_split(Path(imagenet.data_root()) / "breeds", name).superclasses)
+    assert (row.protocol, row["shift"], row.shift_level, row.status) == ("id-ood", "subpopulation", "feature", "ok")
+    assert row.n_target_train == n_super * n_sub * (N_TRAIN - 1)  # every source image less ID val
+    for col in ("id_acc", "val_acc", "ood.unseen-subclasses_acc"):
+        assert 0 <= row[col] <= 100, col
+    assert row.ood_acc == row["ood.unseen-subclasses_acc"] and "ood_val_acc" not in rows.columns
+    r = cli("run", "--protocol", "id-ood", "--benchmark", name, "--model", "resnet26-cifar", "--weights", "scratch",
+            "--method", "lp-ft", "--out", tmp_path / "no")
+    assert r.code == 2 and r.err.count("\n") == 1 and "protocol id-ood fine-tunes a pretrained model" in r.err

@@ -331,7 +331,7 @@ def test_ssf_merge_option_gives_the_same_predictions_with_the_pretrained_paramet
     assert not any(isinstance(m, ScaleShift) for m in merged.model.modules())
     # Same parameters as the pretrained model, plus a bias for each convolution that had none (it takes
     # the shift β of the SSF after it).
-    original = pretrained("digits-resnet", merged.source, torch.device("cpu"))
+    original = pretrained("digits-resnet", merged.task.pretraining, torch.device("cpu"))
     biasless = sum(m.out_channels for m in original.modules() if isinstance(m, nn.Conv2d) and m.bias is None)
     assert biasless > 0
     n = sum(p.numel() for p in merged.model.parameters())

@@ -1,5 +1,6 @@
 """The WILDS benchmarks (ftbench/data/wilds_data.py) on tiny fabricated copies of the real file
-layouts (tests/wilds_fixtures.py), read through the ``wilds`` package itself.
+layouts (tests/wilds_fixtures.py), read through the ``wilds`` package itself, in both protocols
+(few-shot target and ID→OOD).
 
 Every fabricated image is flat grey at the level of its position in the wilds dataset, so the
 decoded pixels of a split say exactly which examples it holds.
@@ -21,6 +22,8 @@ from ftbench.data import wilds_data
 from ftbench.data.base import Split, get_benchmark
 from ftbench.data.stream import StreamSplit, decode
 from ftbench.errors import UsageError
+from ftbench.models.base import get_model_entry
+from ftbench.protocols.base import get_protocol
 from ftbench.spec import RunSpec, resolve
 
 NAMES = ("waterbirds", "celeba", "camelyon17", "fmow", "iwildcam")
@@ -327,3 +330,138 @@ def test_cli_run_end_to_end(cli, data: Path, tmp_path: Path, name: str) -> None:
         for prefix in ("id_", "val_", "ood_"):
             assert 0 <= row[prefix + metric] <= 100, prefix + metric
     assert bench.main_metric in ("acc", *METRIC_COLUMNS[name])
+
+
+# --- the ID→OOD protocol ----------------------------------------------------------------------
+
+# Each scored role of protocol id-ood (column prefix; "train" = what fine-tunes) and the WILDS split
+# it must be, whole: WILDS' official splits for the natural shifts (Camelyon17 has no id_test: ID
+# test is id_val); for Waterbirds / CelebA, WILDS test is both ID test and the OOD test set.
+NATURAL_ROLES = {"train": "train", "val": "id_val", "id": "id_test", "ood_val": "val", "ood.test": "test"}
+SPURIOUS_ROLES = {"train": "train", "val": "val", "id": "test", "ood.test": "test"}
+ID_OOD_ROLES = {"waterbirds": SPURIOUS_ROLES, "celeba": SPURIOUS_ROLES, "fmow": NATURAL_ROLES,
+                "iwildcam": NATURAL_ROLES, "camelyon17": {**NATURAL_ROLES, "id": "id_val"}}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrained model for the protocol (which refuses --weights scratch): a random resnet26-cifar."""
+    path = tmp_path_factory.mktemp("weights") / "resnet26-cifar.pt"
+    torch.manual_seed(0)
+    torch.save(get_model_entry("resnet26-cifar").build(3, 10).state_dict(), path)
+    return path
+
+
+def id_ood_spec(name: str, weights: Path, **kw) -> RunSpec:
+    return resolve(RunSpec(benchmark=name, protocol="id-ood", model="resnet26-cifar", weights=str(weights),
+                           method="linear-probe", **kw))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_id_ood_roles_are_the_wilds_get_subset_splits(data: Path, weights: Path, name: str) -> None:
+    """Every role of the ID→OOD task holds exactly the examples of its WILDS split as
+    ``dataset.get_subset(split)`` of wilds itself gives them, with their labels and metadata."""
+    ds = wilds_data.load_wilds_dataset(name, data)
+    task = get_protocol("id-ood").task(get_benchmark(name), id_ood_spec(name, weights))
+    splits = {"train": task.train, **{s.prefix: s.split for s in task.scored}}
+    assert set(splits) == set(ID_OOD_ROLES[name])  # no other role
+    y, meta = torch.as_tensor(ds.y_array).long(), torch.as_tensor(ds.metadata_array).long()
+    for role, split_name in ID_OOD_ROLES[name].items():
+        expected = ds.get_subset(split_name).indices
+        got = positions(splits[role])
+        assert len(expected) > 0 and np.array_equal(got, expected), (role, split_name)
+        if isinstance(splits[role], Split):  # decoded into memory: the pixels say which images
+            assert np.array_equal(levels(splits[role]), expected), role
+        t = torch.from_numpy(expected)
+        assert torch.equal(splits[role].y.cpu(), y[t]) and torch.equal(splits[role].meta.cpu(), meta[t]), role
+    # Nothing fine-tuning sees is scored: ID train is disjoint from every other role.
+    train = set(positions(task.train).tolist())
+    assert all(not train & set(positions(s.split).tolist()) for s in task.scored)
+    # AutoFT's search split is WILDS' OOD val where there is one; Waterbirds / CelebA have none.
+    if "ood_val" in ID_OOD_ROLES[name]:
+        assert np.array_equal(positions(task.search), ds.get_subset("val").indices)
+    else:
+        assert task.search is None and not get_benchmark(name).id_ood_has_val
+    assert task.num_classes == ds.n_classes and task.fresh_head and task.pretraining is None
+    assert task.ood_prefixes == ("ood.test",)
+    assert task.info["shift_level"] == get_benchmark(name).id_ood_shift.level
+
+
+def test_id_ood_shots_draw_per_group_or_class_from_wilds_train(data: Path, weights: Path) -> None:
+    """--shots k: k examples per (label, attribute) group for Waterbirds (as in the few-shot protocol),
+    per class for FMoW, all from WILDS train, drawn by the seed and nested across k."""
+    proto = get_protocol("id-ood")
+    for name in ("waterbirds", "fmow"):
+        bench = get_benchmark(name)
+        d = bench.data()
+        train = set(d.indices("train").tolist())
+
+        def drawn(shots: int, seed: int = 0, bench=bench, name: str = name) -> np.ndarray:
+            return levels(proto.task(bench, id_ood_spec(name, weights, shots=shots, seed=seed)).train)
+
+        three = drawn(3)
+        assert set(three.tolist()) <= train
+        strata = bench.strata(d, three)
+        assert sorted(np.unique(strata, return_counts=True)[1].tolist()) == [3] * (4 if name == "waterbirds" else 3)
+        assert set(drawn(2).tolist()) < set(three.tolist())
+        assert set(drawn(3, seed=1).tolist()) != set(three.tolist())
+    # More than the copy's smallest train group (10), or than the real data's (56 waterbirds on land).
+    with pytest.raises(UsageError, match=r"shots must be at most 10 per class of ID train for benchmark 'waterbirds'"):
+        proto.task(get_benchmark("waterbirds"), id_ood_spec("waterbirds", weights, shots=11))
+    with pytest.raises(UsageError, match=r"shots must be 1\.\.56 per class of ID train for benchmark 'waterbirds'"):
+        id_ood_spec("waterbirds", weights, shots=57)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_id_ood_cli_run_end_to_end(cli, data: Path, weights: Path, tmp_path: Path, name: str) -> None:
+    r = cli("run", "--protocol", "id-ood", "--benchmark", name, "--model", "resnet26-cifar", "--weights", weights,
+            "--method", "lp-ft", "--steps", "2", "--device", "cpu", "--out", tmp_path)
+    assert r.code == 0, r.err
+    files = list(tmp_path.glob("*.parquet"))
+    assert len(files) == 1
+    rows = pd.read_parquet(files[0])
+    row = rows[rows["final"]].iloc[0]
+    bench = get_benchmark(name)
+    assert (row.protocol, row.benchmark, row["shift"], row.status) == ("id-ood", name, bench.id_ood_shift.name, "ok")
+    assert row.n_target_train == len(bench.data().indices("train"))  # all of WILDS train
+    natural = name not in ("waterbirds", "celeba")
+    prefixes = ["id", "val", "ood.test", "ood"] + (["ood_val"] if natural else [])
+    for prefix in prefixes:
+        for metric in ("acc", *METRIC_COLUMNS[name]):
+            assert 0 <= row[f"{prefix}_{metric}"] <= 100, f"{prefix}_{metric}"
+    assert ("ood_val_acc" in row.index) == natural
+    # One OOD test set: the headline OOD columns are its own.
+    assert row.ood_acc == row["ood.test_acc"] and row[f"ood_{METRIC_COLUMNS[name][0]}"] == row[
+        f"ood.test_{METRIC_COLUMNS[name][0]}"]
+    if not natural:  # WILDS test is ID test (average) and the OOD set (worst group) at once
+        assert row.id_acc == row["ood.test_acc"] and row.id_worst_group_acc == row.ood_worst_group_acc
+        assert row.ood_worst_group_acc <= row.ood_acc
+    if name == "camelyon17":  # no id_test: ID test is id_val
+        assert row.id_acc == row.val_acc
+
+
+def test_id_ood_refuses_scratch_and_an_empty_split(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   weights: Path) -> None:
+    """The protocol fine-tunes a given pretrained model: --weights scratch (or a model without hub
+    weights) is one error line; so is a copy whose metadata leave a WILDS split the protocol scores empty."""
+    folder = wilds_fixtures.make("iwildcam", tmp_path)
+    monkeypatch.setenv("FTBENCH_DATA", str(tmp_path))
+    monkeypatch.setitem(wilds_data.SIZE, "iwildcam", SIZE)
+    out = tmp_path / "out"
+    for extra in (["--weights", "scratch"], []):
+        r = cli("run", "--protocol", "id-ood", "--benchmark", "iwildcam", "--model", "resnet26-cifar", *extra,
+                "--method", "linear-probe", "--device", "cpu", "--out", out)
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert r.err.startswith("error: protocol id-ood fine-tunes a pretrained model")
+    meta = pd.read_csv(folder / "metadata.csv")
+    meta.loc[meta["split"] == "id_test", "split"] = "id_val"  # wilds reads it; its id_test is empty
+    meta.to_csv(folder / "metadata.csv", index=False)
+    wilds_data.load.cache_clear()
+    try:
+        r = cli("run", "--protocol", "id-ood", "--benchmark", "iwildcam", "--model", "resnet26-cifar", "--weights",
+                weights, "--method", "linear-probe", "--device", "cpu", "--out", out)
+    finally:
+        wilds_data.load.cache_clear()
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "WILDS split 'id_test' (ID test in protocol id-ood)" in r.err and "is empty" in r.err
+    assert not out.exists() or not list(out.rglob("*.parquet"))

@@ -11,7 +11,10 @@ Four registered benchmarks read a user-supplied ImageNet (``ftbench fetch imagen
   et al. (2021) — superclasses of ImageNet classes; the source sees some subclasses of each
   superclass, the target the others. The split is computed from the BREEDS hierarchy files exactly
   as ``robustness.tools.breeds_helpers.make_living17`` / ``make_entity30`` compute it with
-  ``split="rand"`` (:func:`breeds_split`).
+  ``split="rand"`` (:func:`breeds_split`). They also offer the ID→OOD protocol (``--protocol
+  id-ood``) of LP-FT (Kumar et al. 2022): fine-tune on the source subclasses, report ImageNet val
+  of the source subclasses (ID) and of the unseen target subclasses (OOD test set
+  ``unseen-subclasses``).
 
 Images stay on disk: every large split is a :class:`~ftbench.data.stream.StreamSplit`, decoded by a
 worker pool; the few-shot target train split is decoded once into memory. ImageNet images go
@@ -38,13 +41,13 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from ftbench.data import corruptions
-from ftbench.data.base import BENCHMARKS, FetchedBenchmark, ShiftInfo, SourceTask, TargetTask
+from ftbench.data.base import BENCHMARKS, FetchedBenchmark, IdOodSplits, ShiftInfo, SourceTask, TargetTask
 from ftbench.data.fetch import DATASETS, IMAGENET_C, data_root
 from ftbench.data.stream import ImageFiles, StreamSplit, Transform, resize_center_crop
 from ftbench.errors import UsageError
@@ -518,6 +521,16 @@ class _Breeds(_ImageNetBenchmark):
     datasets = ("imagenet", "breeds")
     default_shots = BREEDS_DEFAULT_SHOTS
     max_shots = BREEDS_MAX_SHOTS
+    # The ID→OOD protocol (LP-FT's BREEDS): ID = the source subclasses, OOD = the target ones; no OOD
+    # val set; the pretrained model is given (hub weights or --weights FILE).
+    id_ood_shift = ShiftInfo(
+        "subpopulation", "feature",
+        "ID: the source subclasses of each superclass (ImageNet train minus 10 per subclass held out as ID val; "
+        "ID test: their ImageNet val images); OOD test set 'unseen-subclasses': ImageNet val images of the "
+        "target subclasses (BREEDS split 'rand')")
+    id_ood_sets: ClassVar[dict[str, str]] = {"unseen-subclasses": "feature"}
+    id_ood_has_val = False
+    id_ood_pretrains = False
 
     def split(self, root: Path) -> BreedsSplit:
         """This task's BREEDS split, from the hierarchy files under ``root``."""
@@ -564,6 +577,19 @@ class _Breeds(_ImageNetBenchmark):
         test_paths, test_y, _, _ = self._files(root, split.target, "val")
         return TargetTask(len(split.superclasses), images.take(train), images.subset(val),
                           _stream(test_paths, test_y, tf), info={"shift_level": self.shifts[spec.shift].level})
+
+    def id_ood(self, spec: RunSpec) -> IdOodSplits:
+        """ID train / val / test are the few-shot protocol's source_train / source_val / source_test (the
+        source subclasses' ImageNet train images less 10 per subclass, those 10, their ImageNet val
+        images); the OOD test set is the target subclasses' ImageNet val images, the few-shot
+        protocol's target_test. LP-FT's release (``datasets/breeds.py``) trains on all the source
+        subclasses' train images and early-stops on their val images; the held-out ID val here keeps
+        selection off the ID test images (docs/benchmarks.md)."""
+        s = self.source(spec)
+        root = self._root()
+        paths, y, _, _ = self._files(root, self.split(root).target, "val")
+        return IdOodSplits(s.num_classes, s.train, s.val, s.test,
+                           {"unseen-subclasses": _stream(paths, y, _imagenet_transform())})
 
 
 @BENCHMARKS.register("living17")

@@ -23,6 +23,15 @@ Two families (docs/benchmarks.md states the protocols in full):
   rest is ``target_test``, so fine-tuning sees the distribution it is scored on. Main metrics:
   accuracy, worst-region accuracy, macro-F1.
 
+In the ID→OOD protocol (``--protocol id-ood``; LP-FT, AutoFT) every role is one of WILDS' official
+splits, as ``dataset.get_subset(split)`` gives it (:attr:`_Wilds.id_ood_roles`): ID train =
+``train``, ID val = ``id_val``, ID test = ``id_test`` (Camelyon17, which has none: ``id_val``, as
+WILDS reports its ID accuracy), OOD val = ``val``, one OOD test set ``test`` = ``test``. Waterbirds
+and CelebA have only ``train`` / ``val`` / ``test``: ID val = ``val``, and ``test`` is both the ID
+test (average accuracy: ``id_acc``; for Waterbirds, whose test balances backgrounds, the
+train-weighted ``id_adj_avg_acc``) and the OOD test set whose worst-group accuracy is the headline
+(``ood_worst_group_acc``); they have no OOD val set.
+
 Heavy imports (``wilds``, pandas, torchvision) happen inside functions: importing this module,
 which ``get_benchmark`` does for every benchmark, stays cheap.
 """
@@ -44,7 +53,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ftbench.data.base import BENCHMARKS, FetchedBenchmark, Metrics, ShiftInfo, SourceTask, TargetTask
+from ftbench.data.base import BENCHMARKS, FetchedBenchmark, IdOodSplits, Metrics, ShiftInfo, SourceTask, TargetTask
 from ftbench.data.fetch import DATASETS, data_root
 from ftbench.errors import UsageError, unknown
 
@@ -343,6 +352,12 @@ class _Wilds(FetchedBenchmark):
     max_shots: ClassVar[int]  # the largest --shots the real data allow (checked again on the data in target())
     main_metric: ClassVar[str]  # the WILDS metric this benchmark is reported by (a result column suffix)
     recipe: ClassVar[dict[str, Any] | None] = None  # pretraining recipe for --weights scratch (None: RECIPE)
+    # The ID→OOD protocol: each role is one WILDS split, whole (role -> split name), and each OOD test
+    # set too (set name -> split name). The pretrained model is given (hub weights or --weights FILE).
+    id_ood_roles: ClassVar[dict[str, str]] = {"train": "train", "val": "id_val", "test": "id_test", "ood_val": "val"}
+    id_ood_test_splits: ClassVar[dict[str, str]] = {"test": "test"}
+    id_ood_has_val = True
+    id_ood_pretrains = False
 
     # --- resolve / data ---
 
@@ -440,6 +455,34 @@ class _Wilds(FetchedBenchmark):
                           info={"shift_level": self.shifts[spec.shift].level, "shots_per": self.shots_per},
                           metrics=self.metrics(d))
 
+    def id_ood_indices(self, d: WildsData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Positions of each ID→OOD role (train, val, test, ood_val where there is one) and of each OOD
+        test set: the WILDS splits of :attr:`id_ood_roles` / :attr:`id_ood_test_splits`, whole."""
+        roles = {role: d.indices(split) for role, split in self.id_ood_roles.items()}
+        sets = {name: d.indices(split) for name, split in self.id_ood_test_splits.items()}
+        words = {"train": "ID train", "val": "ID val", "test": "ID test", "ood_val": "OOD val"}
+        for what, split, idx in [*((words[r], self.id_ood_roles[r], i) for r, i in roles.items()),
+                                 *((f"OOD test set {n!r}", self.id_ood_test_splits[n], i) for n, i in sets.items())]:
+            if len(idx) == 0:  # a copy whose metadata put nothing in a split: evaluation would be meaningless
+                raise UsageError(f"benchmark {self.name!r}: WILDS split {split!r} ({what} in protocol id-ood) of the "
+                                 f"data under {data_root()} is empty; move the folder away and run "
+                                 f"`ftbench fetch {self.name}` again")
+        return roles, sets
+
+    def id_ood(self, spec: RunSpec) -> IdOodSplits:
+        d = self.data()
+        roles, sets = self.id_ood_indices(d)
+        full, size = self.images(d), self.image_size()
+        train = roles["train"]
+        # Val and OOD val are read at every checkpoint and AutoFT trial: decoded once when small (as target_val).
+        ood_val = _in_memory_if_small(full, roles["ood_val"], size) if "ood_val" in roles else None
+        return IdOodSplits(
+            d.num_classes, full.subset(train), _in_memory_if_small(full, roles["val"], size),
+            full.subset(roles["test"]), {name: full.subset(idx) for name, idx in sets.items()}, ood_val=ood_val,
+            metrics=self.metrics(d), info={"shots_per": self.shots_per},
+            # --shots counts per group where the few-shot protocol does (waterbirds, celeba), else per class.
+            strata=self.strata(d, train) if self.shots_per == "group" else None)
+
 
 def _in_memory_if_small(full: StreamSplit, idx: np.ndarray, size: int) -> AnySplit:
     """The examples at ``idx``: decoded into memory when their float32 images (3 × size × size each)
@@ -454,6 +497,14 @@ class _Spurious(_Wilds):
     shots_per = "group"
     val_per_group: ClassVar[int] = 100  # target_val: at most this many per group
     main_metric = "worst_group_acc"
+    # ID→OOD: WILDS has no id_val / id_test / OOD val here. ID val = WILDS val, and WILDS test is both
+    # the ID test (average accuracy) and the one OOD test set, whose headline is worst-group accuracy.
+    id_ood_roles: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
+    id_ood_has_val = False
+    id_ood_max_group: ClassVar[int]  # the smallest (label, attribute) group of the real WILDS train
+
+    def id_ood_max_shots(self) -> int:
+        return self.id_ood_max_group
 
     def strata(self, d: WildsData, idx: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(idx)
@@ -501,6 +552,13 @@ class Waterbirds(_Spurious):
     transform_kind = "resize-crop"
     default_shots = 50
     max_shots = 66  # WILDS val has 133 waterbirds on land: half are the pool
+    id_ood_shift = ShiftInfo(
+        "spurious-background", "output",
+        "ID: WILDS train (bird type correlated with background), val, test (average weighted by the train groups: "
+        "id_adj_avg_acc); OOD test set 'test': WILDS test, scored by its worst (bird, background) group "
+        "(ood_worst_group_acc)")
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "output"}
+    id_ood_max_group = min(WATERBIRDS_TRAIN_GROUPS.values())  # 56 waterbirds on land
 
 
 @BENCHMARKS.register("celeba")
@@ -516,6 +574,12 @@ class CelebA(_Spurious):
     transform_kind = "crop-resize"
     default_shots = 50
     max_shots = 91  # WILDS val has 182 blond men: half are the pool
+    id_ood_shift = ShiftInfo(
+        "spurious-gender", "output",
+        "ID: WILDS train (blond hair correlated with gender), val, test (average accuracy); OOD test set 'test': "
+        "WILDS test, scored by its worst (hair, gender) group (ood_worst_group_acc)")
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "output"}
+    id_ood_max_group = 1387  # blond men in WILDS train (Sagawa et al. 2020, table of group sizes)
 
 
 @BENCHMARKS.register("camelyon17")
@@ -530,6 +594,13 @@ class Camelyon17(_Natural):
     pool_per_class = 1000
     val_per_class = 250
     main_metric = "acc"
+    # No id_test in Camelyon17 (WILDS 2.0): ID test is id_val, the split WILDS reports ID accuracy on.
+    id_ood_roles: ClassVar[dict[str, str]] = {"train": "train", "val": "id_val", "test": "id_val", "ood_val": "val"}
+    id_ood_shift = ShiftInfo(
+        "hospital", "natural",
+        "ID: hospitals 0, 3, 4 (WILDS train, id_val; no id_test, so ID test = id_val); OOD val: hospital 1 "
+        "(WILDS val); OOD test set 'test': hospital 2 (WILDS test)")
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "natural"}
     # --weights scratch: WILDS' ERM recipe for Camelyon17, the one WILDS trains from random initialisation
     # (examples/configs/datasets.py: SGD, momentum 0.9, lr 1e-3, weight decay 0.01, batch 32, 5 epochs).
     recipe = {"optimizer": "sgd", "lr": 1e-3, "wd": 1e-2, "epochs": 5, "batch_size": 32, "seed": 0}
@@ -557,6 +628,11 @@ class FMoW(_Natural):
     pool_per_class = 100
     val_per_class = 10
     main_metric = "worst_region_acc"
+    id_ood_shift = ShiftInfo(
+        "time", "natural",
+        "ID: images before 2013 (WILDS train, id_val, id_test); OOD val: 2013-2015 (WILDS val); OOD test set "
+        "'test': 2016-2017 (WILDS test); worst-region accuracy")
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "natural"}
 
     def metrics(self, d: WildsData) -> Metrics:
         other = tuple(i for i, r in enumerate(d.metadata_map.get("region", [])) if "Other" in str(r))
@@ -576,6 +652,11 @@ class IWildCam(_Natural):
     pool_per_class = 100
     val_per_class = 10
     main_metric = "macro_f1"
+    id_ood_shift = ShiftInfo(
+        "camera", "natural",
+        "ID: 243 camera traps (WILDS train, id_val, id_test); OOD val: 32 other cameras (WILDS val); OOD test "
+        "set 'test': 48 unseen cameras (WILDS test); macro-F1")
+    id_ood_sets: ClassVar[dict[str, str]] = {"test": "natural"}
 
     def metrics(self, d: WildsData) -> Metrics:
         return macro_metrics
