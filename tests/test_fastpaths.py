@@ -121,7 +121,7 @@ def test_fastpath_env_turns_the_prefix_path_off(spy: list[str], monkeypatch: pyt
 
 
 def test_prefix_path_leaves_the_frozen_blocks_bit_identical() -> None:
-    spec = _spec(method="surgical", blocks=("3",), lr=1e-2)
+    spec = _spec(method="surgical", blocks=("3",), lr=1e-2, options=(("bn", "train"),))
     before = _state(pretrained(spec.model, get_benchmark("digits").source(spec), torch.device("cpu")))
     after = _state(fine_tune(spec, "cpu").model)
     frozen = [k for k in before if k.startswith(("stem.", "stage1.", "stage2.", "head."))]

@@ -58,13 +58,25 @@ def test_surgical_trains_exactly_the_chosen_blocks(blocks: list[str], shift: str
 
 
 def test_surgical_bn_statistics_update_only_when_asked() -> None:
-    spec = RunSpec(method="surgical", blocks=("2",), steps=3, lr=1e-2)
-    before, after, model = _before_after(spec)
     key = "stage2.bn1.running_mean"
+    before, after, model = _before_after(RunSpec(method="surgical", blocks=("2",), steps=3, lr=1e-2,
+                                                 options=(("bn", "train"),)))
     assert not torch.equal(before[key], after[key]), "bn=train must update the tuned block's running stats"
     before, after, model = _before_after(RunSpec(method="surgical", blocks=("2",), steps=3, lr=1e-2, options=(("bn", "frozen"),)))
     assert torch.equal(before[key], after[key]), "bn=frozen must keep running stats"
     assert not torch.equal(before["stage2.conv1.weight"], after["stage2.conv1.weight"])
+
+
+@pytest.mark.parametrize("method", ["surgical", "full", "lp-ft", "auto-rgn", "wise-ft"])
+def test_by_default_no_batchnorm_statistic_moves(method: str) -> None:
+    """The surgical and LP-FT releases train with the model in eval mode (issue 14): a default run must
+    not re-estimate BatchNorm statistics, which would be test-time adaptation of a size that differs by
+    block. (Fails with the former default bn=train.)"""
+    spec = RunSpec(method=method, blocks=("2",) if method == "surgical" else (), steps=3, lr=1e-2)
+    before, after, model = _before_after(spec)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats), \
+        [k for k in stats if not torch.equal(before[k], after[k])]
 
 
 def test_full_trains_every_parameter() -> None:

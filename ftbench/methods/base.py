@@ -65,11 +65,14 @@ class Option:
 
 
 BN_OPTION = Option(
-    "train",
-    "BatchNorm in trained blocks: 'train' = batch statistics, running stats updated; "
-    "'frozen' = running stats kept (eval mode). BatchNorm in frozen blocks is always frozen.",
-    ("train", "frozen"),
+    "frozen",
+    "BatchNorm in trained blocks: 'frozen' = running stats kept (eval mode), as the surgical and LP-FT "
+    "releases train; 'train' = batch statistics, running stats updated. BatchNorm in frozen blocks is "
+    "always frozen.",
+    ("frozen", "train"),
 )
+# SpotTune's release trains with net.train() (main.py:74), so its fine-tuned copies update their statistics.
+BN_OPTION_TRAIN = dataclasses.replace(BN_OPTION, default="train")
 
 
 class Method:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ftbench.data.base import AnySplit, Split
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import BN_OPTION_TRAIN, METHODS, Method, Option
 from ftbench.spec import RunSpec
 from ftbench.train.loop import autocast
 
@@ -248,7 +248,7 @@ class SpotTune(Method):
         "policy_lr_mult": Option(0.1, "policy learning rate = lr * this (released code: 0.01 vs 0.1)", minimum=0),
         "policy_wd": Option(0.001, "weight decay of the policy (released code: 0.001)", minimum=0),
         "policy_width": Option(4, "policy net widths w, 2w, 4w, 8w", minimum=1),
-        "bn": BN_OPTION,
+        "bn": BN_OPTION_TRAIN,
     }
 
     @classmethod
