@@ -73,7 +73,7 @@ def test_by_default_no_batchnorm_statistic_moves(method: str) -> None:
     not re-estimate BatchNorm statistics, which would be test-time adaptation of a size that differs by
     block. (Fails with the former default bn=train.)"""
     spec = RunSpec(method=method, blocks=("2",) if method == "surgical" else (), steps=3, lr=1e-2)
-    before, after, model = _before_after(spec)
+    before, after, _ = _before_after(spec)
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats), \
         [k for k in stats if not torch.equal(before[k], after[k])]

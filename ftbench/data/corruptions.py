@@ -699,7 +699,7 @@ def frost_photo_dir() -> Path | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "frost"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "frost"
     return folder if all((folder / f).is_file() for f in FROST_FILES) else None
 
 
