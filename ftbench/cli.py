@@ -82,6 +82,7 @@ def run(
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     set_threads(threads)
+    _print_notices([spec])
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
     row = rows[-1]
@@ -159,6 +160,7 @@ def sweep(
         return
     print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)
+    _print_notices(specs)
     summary = run_executor(executor, specs, out_dir, device=device, threads=threads, retry_failed=retry_failed,
                            jobs=jobs, per_gpu=per_gpu, settings=settings, name=f"ftbench-{suite}")
     if executor == "slurm" and not settings.get("wait", True):
@@ -168,6 +170,18 @@ def sweep(
     for f in summary.failures:
         print(f"failed: {f}", file=sys.stderr)
     _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}", table=table)
+
+
+def _print_notices(specs: list[Any]) -> None:
+    """Each distinct warning the specs' methods give about their settings, once, on stderr."""
+    from ftbench.methods.base import get_method
+
+    seen: list[str] = []
+    for s in specs:
+        note = get_method(s.method).notice(s)
+        if note and note not in seen:
+            seen.append(note)
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _check_format(fmt: str) -> None:

@@ -131,6 +131,13 @@ class Method:
                 changes[h] = None
         return dataclasses.replace(spec, **changes)
 
+    @classmethod
+    def notice(cls, spec: RunSpec) -> str | None:
+        """A line the CLI prints (on stderr) before running a resolved ``spec``, when its settings
+        deserve a warning the user would otherwise not see (e.g. a search budget far below the
+        paper's). Default: none."""
+        return None
+
     def variant(self) -> str:
         """Non-default options as ``k=v`` text (part of a report row's label)."""
         return ",".join(f"{k}={v}" for k, v in sorted(self.opts.items())
