@@ -44,6 +44,7 @@ def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)"),
     shift: str = typer.Option("corruption", help="shift of the benchmark, e.g. corruption, subpopulation, label-flip"),
     corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption"),
@@ -62,6 +63,8 @@ def run(
     checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)"),
     weights: Optional[str] = typer.Option(None, "--weights", "--checkpoint", help="pretrained weights: a state-dict file, or scratch (default: the model's hub weights, else trained on the source split)"),
     set_: list[str] = typer.Option([], "--set", help="method option key=value, repeatable"),
+    recipe: Optional[str] = typer.Option(None, help="a paper's released defaults for every setting not given "
+                                         "here (ftbench list recipes)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     threads: int = typer.Option(1, help="torch CPU threads (CPU results depend on it; 1 as in sweeps, so a run "
                                 "gives the same result from run and from sweep)"),
@@ -73,11 +76,17 @@ def run(
     from ftbench.spec import RunSpec, resolve
     from ftbench.train.runner import execute, pick_device, work_dir
 
-    spec = resolve(RunSpec(
+    fields: dict[str, Any] = dict(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
-    ))
+    )
+    if recipe is not None:  # before resolution; what the command line gives wins
+        from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe
+
+        given = {f for f in FIELDS if ctx.get_parameter_source(f).name != "DEFAULT"}
+        fields = apply_recipe(get_recipe(recipe), fields, given)
+    spec = resolve(RunSpec(**fields))
     pick_device(device)  # validate before any work
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
@@ -336,7 +345,7 @@ def fetch(
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions or suites"),
+    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, recipes or suites"),
     suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
@@ -379,6 +388,14 @@ def list_(
         out.print("    weights: any model takes --weights PATH (a state dict) or --weights scratch (trained on the source split)")
     elif what == "corruptions":
         out.print(", ".join(corruptions.names()))
+        out.print(escape(f"frost: {corruptions.frost_source()}"))
+    elif what == "recipes":
+        from ftbench.papers.recipes import describe, recipes
+
+        for name, r in recipes().items():
+            out.print(f"[bold]{escape(name)}[/] (--recipe {escape(name)}; suite key recipe = \"{escape(name)}\")")
+            for line in describe(r):
+                out.print(escape(f"    {line}"))
     elif what == "suites":
         from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
 
@@ -386,7 +403,7 @@ def list_(
         for name, about in suite_descriptions(path).items():
             out.print(f"[bold]{escape(name)}[/] ({len(expand_suite(name, path))} runs): {escape(about)}")
     else:
-        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "suites"])
+        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "recipes", "suites"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

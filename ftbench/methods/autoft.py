@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import BN_OPTION, DECAY_OPTION, METHODS, DecoupledDecay, Method, Option, decay_arguments
 from ftbench.spec import RunSpec
 from ftbench.train import loop
 
@@ -306,27 +306,6 @@ def run_search(space: Space, n_trials: int, evaluate: Any, seed: int, workdir: P
             cb(TrialRecord(k, config, value))
 
 
-class DecoupledDecay:
-    """A ``before_step(opt, t)`` hook: AdamW's decoupled weight decay on an optimizer built with wd 0.
-
-    Before each update, every parameter that has a gradient is multiplied by ``1 − lr·wd`` with its
-    group's lr: exactly what ``torch.optim.AdamW`` (and the release, autoft.py:110) does before its
-    Adam step, so Adam + this hook is AdamW (tested bit for bit); with SGD it is SGDW.
-    """
-
-    def __init__(self, wd: float) -> None:
-        self.wd = float(wd)
-
-    @torch.no_grad()
-    def __call__(self, opt: torch.optim.Optimizer, t: int) -> None:
-        if self.wd == 0.0:
-            return
-        for g in opt.param_groups:
-            ps = [p for p in g["params"] if p.grad is not None]
-            if ps:
-                torch._foreach_mul_(ps, 1.0 - g["lr"] * self.wd)
-
-
 def objective_metric(spec: RunSpec, objective: str) -> str:
     """The metric trials are scored by: ``acc`` or a benchmark metric (a ``val_<m>`` column's ``m``).
 
@@ -372,8 +351,7 @@ class AutoFT(Method):
         "wd_max": Option(1.0, "highest weight decay searched", minimum=0),
         "wd_scale": Option("uniform", "how wd is sampled: 'uniform' (the release) or 'log' (log-uniform; "
                            "needs wd_min > 0)", ("uniform", "log")),
-        "decay": Option("decoupled", "'decoupled' = AdamW's weight decay, as the release; 'coupled' = L2 "
-                        "added to the gradient (ftbench's loop, Adam(weight_decay))", ("decoupled", "coupled")),
+        "decay": DECAY_OPTION,
         "objective": Option("main", "what trials are scored by on target val: 'main' = the benchmark's main "
                             "metric (accuracy, macro_f1, worst_region_acc, ...), 'acc', or a metric name"),
         "bn": BN_OPTION,
@@ -412,10 +390,7 @@ class AutoFT(Method):
                      (float(o["wd_min"]), float(o["wd_max"])), bool(o["fix_ce"]), wd_log=o["wd_scale"] == "log")
 
     def _decay(self, wd: float) -> dict[str, Any]:
-        """The loop's wd and hook for a trial's weight decay: AdamW-style or coupled L2."""
-        if self.opts["decay"] == "decoupled":
-            return {"wd": 0.0, "before_step": DecoupledDecay(wd)}
-        return {"wd": wd}
+        return decay_arguments(self.opts["decay"], wd)
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)

@@ -75,6 +75,44 @@ BN_OPTION = Option(
 BN_OPTION_TRAIN = dataclasses.replace(BN_OPTION, default="train")
 
 
+class DecoupledDecay:
+    """A ``before_step(opt, t)`` hook: AdamW's decoupled weight decay on an optimizer built with wd 0.
+
+    Before each update, every parameter that has a gradient is multiplied by ``1 − lr·wd`` with its
+    group's lr: exactly what ``torch.optim.AdamW`` does before its Adam step, so Adam + this hook is
+    AdamW (tested bit for bit); with SGD it is SGDW. (The loop's own Adam couples wd as L2.)
+    """
+
+    def __init__(self, wd: float) -> None:
+        self.wd = float(wd)
+
+    def __call__(self, opt: Any, t: int) -> None:
+        import torch
+
+        if self.wd == 0.0:
+            return
+        with torch.no_grad():
+            for g in opt.param_groups:
+                ps = [p for p in g["params"] if p.grad is not None]
+                if ps:
+                    torch._foreach_mul_(ps, 1.0 - g["lr"] * self.wd)
+
+
+DECAY_OPTION = Option(
+    "decoupled",
+    "weight decay: 'decoupled' = AdamW's (the AutoFT, WiSE-FT and PETL releases); 'coupled' = L2 added to "
+    "the gradient, as ftbench's loop (Adam(weight_decay))",
+    ("decoupled", "coupled"),
+)
+
+
+def decay_arguments(decay: str, wd: float) -> dict[str, Any]:
+    """Keyword arguments of the loop (``ctx.fit``/``loop.fit``) for weight decay ``wd`` applied as ``decay``."""
+    if decay == "decoupled":
+        return {"wd": 0.0, "before_step": DecoupledDecay(wd)}
+    return {"wd": wd}
+
+
 class Method:
     """Base class. Subclasses set the class attributes and implement ``trainable_blocks``/``run``."""
 
