@@ -215,7 +215,7 @@ def _report(
     run_ids: Optional[set[str]] = None, title: str = "", table: str = "shifts", metric: str = "ood_acc",
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
-    allow_missing: bool = False, checkpoint: str = "best",
+    allow_missing: bool = False, checkpoint: str = "best", compare: Optional[str] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
@@ -241,6 +241,11 @@ def _report(
     elif summary is not None:
         raise UsageError("--summary needs --baseline")
 
+    published: Any = None
+    if compare is not None:
+        from ftbench.report.compare import load_published
+
+        published = load_published(compare)
     df, problems = read_results(results)
     for p in problems:
         print(f"warning: skipped {p.path}: {p.reason}", file=sys.stderr)
@@ -252,6 +257,18 @@ def _report(
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
+    if published is not None:  # the papers' numbers beside ftbench's, instead of the tables
+        from ftbench.report.compare import compare as compare_published
+        from ftbench.report.compare import render as render_comparison
+
+        comparison = compare_published(df, published[0], selection, checkpoint)
+        comparison.missing_tables = published[1]
+        text = render_comparison(comparison, "markdown" if fmt == "markdown" else "terminal")
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomic(output, text)
+        return 0
     parts = split_groups(df, group_by)
     grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
                    checkpoint=checkpoint) for group, part in parts]
@@ -305,11 +322,13 @@ def report(
     tolerance: str = typer.Option("1.0", help="allowed drop in accuracy points, or 'auto' (t-test over seeds)"),
     summary: Optional[Path] = typer.Option(None, help="write a Markdown summary of the gate (e.g. $GITHUB_STEP_SUMMARY)"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="'paper': the papers' published numbers beside "
+                                          "ftbench's, with the difference (or a TOML file of published numbers)"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
-                   allow_missing=allow_missing, checkpoint=checkpoint)
+                   allow_missing=allow_missing, checkpoint=checkpoint, compare=compare)
     if code:
         raise typer.Exit(code)
 
