@@ -166,6 +166,9 @@ def sweep(
             out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}"))
         out.print(escape(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, "
                          f"{len(specs) - len(done)} to do" + (f" — {about}" if about else "")))
+        from ftbench.papers.estimate import describe_estimate
+
+        out.print(escape(describe_estimate([s for s in specs if s.run_id not in done])))
         return
     print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)

@@ -258,7 +258,9 @@ class SpotTune(Method):
     order = 62
     options = {
         "temperature": Option(5.0, "Gumbel-softmax temperature (released code: 5)", minimum=0),
-        "policy_lr_mult": Option(0.1, "policy learning rate = lr * this (released code: 0.01 vs 0.1)", minimum=0),
+        "policy_lr_mult": Option(10.0, "policy learning rate = lr * this: a from-scratch network under Adam, "
+                                 "enough for the router to decide within the run (docs/methods.md#spottune); the "
+                                 "release's SGD ratio is 0.1 (--recipe spottune)", minimum=0),
         "policy_wd": Option(0.001, "weight decay of the policy (released code: 0.001)", minimum=0),
         "policy_width": Option(4, "policy net widths w, 2w, 4w, 8w", minimum=1),
         "bn": BN_OPTION_TRAIN,
