@@ -216,7 +216,7 @@ def test_policy_has_its_own_learning_rate_and_weight_decay(trained: dict) -> Non
     model, opt = trained["trained"].model, trained["opt"]
     policy = {id(p) for p in model.spottune.parameters()}
     rates = {(id(g["params"][0]) in policy, round(g["lr"], 12), g["weight_decay"]) for g in opt.param_groups}
-    assert rates == {(True, 1e-3, 0.0), (False, 1e-2, 1e-4)}  # policy: lr · policy_lr_mult, policy_wd (0 here)
+    assert rates == {(True, 0.1, 0.0), (False, 1e-2, 1e-4)}  # policy: lr · policy_lr_mult (10), policy_wd (0 here)
     assert {id(g["params"][0]) for g in opt.param_groups} == {id(p) for p in model.parameters() if p.requires_grad}
     frozen = {id(p) for n, p in model.named_parameters() if ".frozen." in n}
     assert frozen and not frozen & {id(g["params"][0]) for g in opt.param_groups}

@@ -147,3 +147,31 @@ def test_compare_with_the_shipped_numbers_and_bad_files(cli, tmp_path) -> None:
     assert r.code == 2 and r.err.count("\n") == 1 and "published entry 1 lacks table, row" in r.err
     r = cli("report", SMALL, "--compare", tmp_path / "none.toml")
     assert r.code == 2 and "cannot read published numbers" in r.err and "accepted: 'paper'" in r.err
+
+
+# --- reproduction suites and the GPU-hours estimate ----------------------------------------------
+
+
+def test_reproduction_suites_expand_with_their_recipes_and_dry_run_estimates(cli) -> None:
+    from ftbench.spec import default_suites_file, suite_descriptions
+
+    names = [n for n in suite_descriptions(default_suites_file()) if n.startswith("paper-")]
+    assert {"paper-surgical-cifar10c", "paper-surgical-imagenetc", "paper-lpft", "paper-autoft"} <= set(names)
+    cifar = expand_suite("paper-surgical-cifar10c")
+    assert len(cifar) == 14 * 3 * (1 + 4 * 5 + 5) and {s.epochs for s in cifar if s.method != "none"} == {15}
+    assert {s.options_dict.get("bn") for s in cifar if s.method != "none"} == {"frozen"}
+    r = cli("sweep", "paper-autoft", "--dry-run")
+    assert r.code == 0, r.err
+    assert "estimated GPU-hours for the runs to do:" in r.out and "an estimate, not a measurement" in r.out
+
+
+def test_the_estimate_is_counted_flops_times_steps_at_the_assumed_rate(monkeypatch) -> None:
+    from ftbench.papers import estimate
+
+    spec = resolve(RunSpec(method="full", steps=10, batch_size=32))
+    f = estimate.forward_flops("digits-resnet", 1, 8, 10)
+    assert f is not None and 1e6 < f < 1e7  # ~1.5 MFLOPs: a 3-stage ResNet on 8×8 images
+    assert estimate.run_flops(spec) == pytest.approx(3 * f * 10 * 32)
+    monkeypatch.setenv("FTBENCH_GPU_TFLOPS", "2")
+    hours, unknown = estimate.estimate([spec, resolve(RunSpec(method="none"))])
+    assert unknown == 0 and hours == pytest.approx(3 * f * 10 * 32 / 2e12 / 3600)
