@@ -68,7 +68,7 @@ def test_suite_key_recipe_fills_grid_fields_and_options(tmp_path) -> None:
                  '[suites.bad]\nrecipe = ["surgical", "lp-ft"]\nmethod = "surgical"\n')
     specs = expand_suite("s", f)
     assert sorted({s.lr for s in specs}) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1] and len(specs) == 10
-    rgn = [s for s in specs if s.method == "auto-rgn"][0]
+    rgn = next(s for s in specs if s.method == "auto-rgn")
     assert rgn.options_dict["exclude_bn"] is True and rgn.options_dict["every"] == 3 and rgn.checkpoints == 15
     (t,) = expand_suite("t", f)
     assert (t.lr, t.epochs, t.wd) == (0.5, 2, 1e-4)  # the suite's own values win

@@ -35,7 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, DECAY_OPTION, METHODS, DecoupledDecay, Method, Option, decay_arguments
+from ftbench.methods.base import (
+    BN_OPTION,
+    DECAY_OPTION,
+    METHODS,
+    DecoupledDecay,  # noqa: F401  (re-exported: autoft.DecoupledDecay)
+    Method,
+    Option,
+    decay_arguments,
+)
 from ftbench.spec import RunSpec
 from ftbench.train import loop
 

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, DECAY_OPTION, METHODS, Method, Option, decay_arguments
+from ftbench.methods.base import (
+    BN_OPTION,
+    DECAY_OPTION,
+    METHODS,
+    Method,
+    Option,
+    decay_arguments,
+)
 
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
