@@ -44,6 +44,7 @@ def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)"),
     shift: str = typer.Option("corruption", help="shift of the benchmark, e.g. corruption, subpopulation, label-flip"),
     corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption"),
@@ -62,6 +63,8 @@ def run(
     checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)"),
     weights: Optional[str] = typer.Option(None, "--weights", "--checkpoint", help="pretrained weights: a state-dict file, or scratch (default: the model's hub weights, else trained on the source split)"),
     set_: list[str] = typer.Option([], "--set", help="method option key=value, repeatable"),
+    recipe: Optional[str] = typer.Option(None, help="a paper's released defaults for every setting not given "
+                                         "here (ftbench list recipes)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     threads: int = typer.Option(1, help="torch CPU threads (CPU results depend on it; 1 as in sweeps, so a run "
                                 "gives the same result from run and from sweep)"),
@@ -75,16 +78,23 @@ def run(
     from ftbench.spec import RunSpec, resolve
     from ftbench.train.runner import execute, pick_device, work_dir
 
-    spec = resolve(RunSpec(
+    fields: dict[str, Any] = dict(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
         protocol=protocol,
-    ))
+    )
+    if recipe is not None:  # before resolution; what the command line gives wins
+        from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe
+
+        given = {f for f in FIELDS if ctx.get_parameter_source(f).name != "DEFAULT"}
+        fields = apply_recipe(get_recipe(recipe), fields, given)
+    spec = resolve(RunSpec(**fields))
     pick_device(device)  # validate before any work
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     set_threads(threads)
+    _print_notices([spec])
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
     row = rows[-1]
@@ -166,9 +176,13 @@ def sweep(
             out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}"))
         out.print(escape(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, "
                          f"{len(specs) - len(done)} to do" + (f" — {about}" if about else "")))
+        from ftbench.papers.estimate import describe_estimate
+
+        out.print(escape(describe_estimate([s for s in specs if s.run_id not in done])))
         return
     print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)
+    _print_notices(specs)
     summary = run_executor(executor, specs, out_dir, device=device, threads=threads, retry_failed=retry_failed,
                            jobs=jobs, per_gpu=per_gpu, settings=settings, name=f"ftbench-{suite}")
     if executor == "slurm" and not settings.get("wait", True):
@@ -178,6 +192,18 @@ def sweep(
     for f in summary.failures:
         print(f"failed: {f}", file=sys.stderr)
     _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}", table=table)
+
+
+def _print_notices(specs: list[Any]) -> None:
+    """Each distinct warning the specs' methods give about their settings, once, on stderr."""
+    from ftbench.methods.base import get_method
+
+    seen: list[str] = []
+    for s in specs:
+        note = get_method(s.method).notice(s)
+        if note and note not in seen:
+            seen.append(note)
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _check_format(fmt: str) -> None:
@@ -202,7 +228,7 @@ def _report(
     run_ids: Optional[set[str]] = None, title: str = "", table: str = "shifts", metric: str = "ood_acc",
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
-    allow_missing: bool = False, checkpoint: str = "best", trend: str = "full",
+    allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
@@ -235,6 +261,11 @@ def _report(
     elif summary is not None:
         raise UsageError("--summary needs --baseline")
 
+    published: Any = None
+    if compare is not None:
+        from ftbench.report.compare import load_published
+
+        published = load_published(compare)
     df, problems = read_results(results)
     for p in problems:
         print(f"warning: skipped {p.path}: {p.reason}", file=sys.stderr)
@@ -246,6 +277,18 @@ def _report(
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
+    if published is not None:  # the papers' numbers beside ftbench's, instead of the tables
+        from ftbench.report.compare import compare as compare_published
+        from ftbench.report.compare import render as render_comparison
+
+        comparison = compare_published(df, published[0], selection, checkpoint)
+        comparison.missing_tables = published[1]
+        text = render_comparison(comparison, "markdown" if fmt == "markdown" else "terminal")
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomic(output, text)
+        return 0
     parts = split_groups(df, group_by)
     grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
                    checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
@@ -303,11 +346,13 @@ def report(
     tolerance: str = typer.Option("1.0", help="allowed drop in accuracy points, or 'auto' (t-test over seeds)"),
     summary: Optional[Path] = typer.Option(None, help="write a Markdown summary of the gate (e.g. $GITHUB_STEP_SUMMARY)"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="'paper': the papers' published numbers beside "
+                                          "ftbench's, with the difference (or a TOML file of published numbers)"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
-                   allow_missing=allow_missing, checkpoint=checkpoint, trend=trend)
+                   allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare)
     if code:
         raise typer.Exit(code)
 
@@ -343,7 +388,7 @@ def fetch(
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, suites or protocols"),
+    what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, recipes, suites or protocols"),
     suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
@@ -399,6 +444,14 @@ def list_(
         out.print("    weights: any model takes --weights PATH (a state dict) or --weights scratch (trained on the source split)")
     elif what == "corruptions":
         out.print(", ".join(corruptions.names()))
+        out.print(escape(f"frost: {corruptions.frost_source()}"))
+    elif what == "recipes":
+        from ftbench.papers.recipes import describe, recipes
+
+        for name, r in recipes().items():
+            out.print(f"[bold]{escape(name)}[/] (--recipe {escape(name)}; suite key recipe = \"{escape(name)}\")")
+            for line in describe(r):
+                out.print(escape(f"    {line}"))
     elif what == "suites":
         from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
 
@@ -406,7 +459,7 @@ def list_(
         for name, about in suite_descriptions(path).items():
             out.print(f"[bold]{escape(name)}[/] ({len(expand_suite(name, path))} runs): {escape(about)}")
     else:
-        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "suites", "protocols"])
+        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "recipes", "suites", "protocols"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

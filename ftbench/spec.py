@@ -163,7 +163,8 @@ SUITE_KEYS: dict[str, str] = {
     "weights": "weights",
     "protocol": "protocol",
 }
-SUITE_META = ("description", "include", "options", "slurm", "ray")  # slurm/ray: executor settings (ftbench.sweep)
+SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
+              "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)
 
 
 def default_suites_file() -> Path:
@@ -241,11 +242,18 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
     for inc in _as_list(table.get("include", [])):
         specs += _expand(str(inc), suites, text, path, stack + (name,))
     axes = {k: v for k, v in table.items() if k in SUITE_KEYS}
+    recipe = None
+    if "recipe" in table:
+        from ftbench.papers.recipes import check_suite_recipe
+
+        recipe = check_suite_recipe(table["recipe"], f"{path}:{_line_of(text, name, 'recipe')}: suite {name!r}")
+        # the recipe's grid axes the suite does not set (e.g. its learning rates)
+        axes.update({k: v for k, v in recipe.grid.items() if k not in axes})
     if "options" in table and not axes:
         raise UsageError(f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: options need a grid "
                          "(method, shift, ...) in the same suite; included suites keep their own")
     if axes:
-        specs += _grid(name, axes, table.get("options", {}), text, path)
+        specs += _grid(name, axes, table.get("options", {}), text, path, recipe)
     seen: set[str] = set()
     if not specs and not stack:
         raise UsageError(f"{path}:{_line_of(text, name)}: suite {name!r} expands to no runs")
@@ -257,7 +265,7 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
     return unique
 
 
-def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path) -> list[RunSpec]:
+def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path, recipe: Any = None) -> list[RunSpec]:
     if not isinstance(options, dict):
         raise UsageError(f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: options must be a table")
     keys = list(axes)
@@ -278,6 +286,10 @@ def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path) 
         fields: dict[str, Any] = {SUITE_KEYS[k]: v for k, v in zip(keys, combo)}
         fields["options"] = opts
         try:
+            if recipe is not None:  # fills the fields and options the suite does not give
+                from ftbench.papers.recipes import apply_recipe
+
+                fields = apply_recipe(recipe, fields, {SUITE_KEYS[k] for k in keys})
             spec = RunSpec(**fields)
             out.append(_resolve_in_suite(spec))
         except UsageError as e:

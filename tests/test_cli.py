@@ -96,7 +96,7 @@ def test_list_and_fetch(cli) -> None:
     assert r.code == 0
     for name in ["none", "surgical", "linear-probe", "full", "lp-ft"]:
         assert name in r.out
-    assert "--set bn=train" in r.out
+    assert "--set bn=frozen" in r.out
     assert "blocks: 1, 2, 3, last" in cli("list", "models").out
     assert "subpopulation [feature level]" in cli("list", "benchmarks").out
     r = cli("fetch")

@@ -131,6 +131,9 @@ ORDERED_PAIRS = {
     ("imagenet", "elastic_transform"): [(3, 4), (4, 5)],
     # sigma goes 0.05, 0.25, 0.4, 0.25, 0.4: the second blur smooths the shuffle; more passes, more shift
     ("cifar", "glass_blur"): [(2, 4), (3, 5)],
+    # ImageNet (sigma, delta, passes) = (.7,1,2), (.9,2,1), (1,2,3), (1.1,3,2), (1.5,4,2): the copy
+    # passes do most of the damage, so only pairs with no fewer passes and larger sigma/delta are ordered
+    ("imagenet", "glass_blur"): [(1, 4), (2, 3), (4, 5)],
     # 32 * 0.95 -> 30 px and 32 * 0.9 -> 28 px: a 30 px round trip misaligns more than a 28 px one
     ("cifar", "pixelate"): [(2, 3), (3, 4), (4, 5)],
     # c0 x + c1 frost: from severity 3 on, darkening the image more (c0 0.9 -> 0.75) offsets the frost
@@ -336,14 +339,40 @@ def test_motion_blur_is_imagemagicks_one_sided_gaussian() -> None:
     assert np.allclose(diag, ref, atol=1e-6)
 
 
-def test_glass_shuffle_replays_the_reference_loop() -> None:
+@pytest.mark.parametrize("radius, alias", [(8, 0.5), (10, 0.5), (3, 0.1), (1.5, 0.1)])
+def test_defocus_disk_is_antialiased_with_opencvs_reflect_101_border(radius: float, alias: float) -> None:
+    """make_*_c's disk() blurs the disk with cv2.GaussianBlur, whose default border is REFLECT_101
+    (numpy's "reflect" pad); zero padding, the former behaviour, loses mass where the disk reaches
+    the support's edge (ImageNet-C severities 4-5)."""
+    half = 8 if radius <= 8 else int(radius)
+    r = np.arange(-half, half + 1)
+    disk = ((r[None, :] ** 2 + r[:, None] ** 2) <= radius**2).astype(np.float64)
+    disk /= disk.sum()
+    k = 3 if radius <= 8 else 5
+    t = np.arange(k) - k // 2
+    g = np.exp(-(t**2) / (2 * alias**2))
+    g /= g.sum()
+    padded = np.pad(disk, k // 2, mode="reflect")
+    rows = sum(g[i] * padded[i : i + disk.shape[0], :] for i in range(k))
+    ref = sum(g[j] * rows[:, j : j + disk.shape[1]] for j in range(k))
+    kernel = corruptions._disk(radius, alias, torch.device("cpu")).double().numpy()
+    assert np.allclose(kernel, ref, atol=1e-7)  # float32 kernel: rounding of values <= 1
+    if radius >= 8:  # the edge matters: reflection folds mass back in (sum > 1), zero padding loses it (< 1)
+        assert kernel.sum() > 1.005
+
+
+def test_glass_shuffle_replays_the_reference_loop_on_colour_arrays() -> None:
+    """The reference's ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` runs on H×W×3 arrays, where both
+    sides are views: it copies (h', w') into (h, w) and swaps nothing. Replayed here on such an
+    array; the former swap semantics (what the statement does on a 2-D array) fails this test."""
     rng = np.random.default_rng(0)
+    copies = 0
     for h, w, d, iters in [(12, 12, 1, 2), (10, 13, 2, 3), (9, 9, 4, 1)]:
         n_pos = max(h - 2 * d, 0) * max(w - 2 * d, 0)
         draws = rng.integers(-d, d, (iters, n_pos, 2, 3)).astype(np.int8)
         perm = corruptions.glass_permutation(draws, h, w, d)
         for n in range(3):
-            img = np.arange(h * w).reshape(h, w)
+            img = np.repeat(np.arange(h * w).reshape(h, w, 1), 3, axis=2)  # H×W×3, as the datasets' images
             for it in range(iters):  # make_*_c.glass_blur's loop, fed the same (dx, dy) draws
                 k = 0
                 for y in range(h - d, d, -1):
@@ -351,8 +380,35 @@ def test_glass_shuffle_replays_the_reference_loop() -> None:
                         dx, dy = draws[it, k, 0, n], draws[it, k, 1, n]
                         k += 1
                         img[y, x], img[y + dy, x + dx] = img[y + dy, x + dx], img[y, x]
-            assert np.array_equal(perm[n], img.reshape(-1)), (h, w, d, n)
-            assert sorted(perm[n].tolist()) == list(range(h * w))
+            assert (img == img[..., :1]).all()
+            assert np.array_equal(perm[n], img[..., 0].reshape(-1)), (h, w, d, n)
+            copies += h * w - len(set(perm[n].tolist()))  # pixels whose value now appears twice
+    assert copies > 0  # not a permutation: a swap would keep every pixel exactly once
+
+
+def test_glass_blur_matches_the_reference_on_a_colour_image() -> None:
+    """End to end against numpy + scipy's Gaussian (scikit-image's ``gaussian``) with the same draws."""
+    from scipy.ndimage import gaussian_filter
+
+    x = _photos(16)[:2]
+    sigma, d, iters = corruptions.PARAMS["cifar"]["glass_blur"][4]
+    out = corruptions.corrupt(x, "glass_blur", 5, seed=3, scale="cifar")
+    g = torch.Generator().manual_seed(3)
+    n, c, h, w = x.shape
+    draws = torch.randint(-d, d, (iters, (h - 2 * d) * (w - 2 * d), 2, n), generator=g, dtype=torch.int8).numpy()
+    for i in range(n):
+        img = np.stack([gaussian_filter(x[i, ch].double().numpy(), sigma, mode="nearest", truncate=4.0)
+                        for ch in range(c)], axis=2)
+        for it in range(iters):
+            k = 0
+            for yy in range(h - d, d, -1):
+                for xx in range(w - d, d, -1):
+                    dx, dy = int(draws[it, k, 0, i]), int(draws[it, k, 1, i])
+                    k += 1
+                    img[yy, xx], img[yy + dy, xx + dx] = img[yy + dy, xx + dx], img[yy, xx]
+        ref = np.stack([gaussian_filter(img[..., ch], sigma, mode="nearest", truncate=4.0) for ch in range(c)])
+        # float32 filters against float64 ones: a few float32 ulps of values in [0, 1]
+        assert np.allclose(out[i].numpy(), np.clip(ref, 0, 1), atol=1e-5)
 
 
 def test_elastic_sampling_matches_scipy_map_coordinates() -> None:
@@ -424,7 +480,9 @@ def test_snow_only_brightens_the_whitened_image() -> None:
         assert bool((out >= base - 1e-6).all()) and float((out - base).mean()) > 0.01
 
 
-def test_frost_blends_a_texture_and_uses_its_luminance_on_grey() -> None:
+def test_frost_blends_a_texture_and_uses_its_luminance_on_grey(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv(corruptions.FROST_DIR_ENV, "none")  # the procedural fallback, whatever is installed
+    monkeypatch.setattr(corruptions, "_FROST_WARNED", [])
     rgb_zero, grey_zero = torch.zeros(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)
     for scale in ("cifar", "imagenet"):
         keep, amount = corruptions.PARAMS[scale]["frost"][2]
@@ -436,6 +494,61 @@ def test_frost_blends_a_texture_and_uses_its_luminance_on_grey() -> None:
         x = _scene(2, 16, 16)
         out = corruptions.corrupt(x, "frost", 3, 4, scale)
         assert torch.allclose(out, (keep * x + amount * tex).clamp(0, 1), atol=1e-5)
+    err = capsys.readouterr().err
+    assert err.count("warning: frost:") == 1 and "procedural texture" in err  # labelled, once per process
+    assert "procedural texture" in corruptions.frost_source()
+
+
+def _fake_frost_folder(folder, sizes=((600, 900), (315, 560), (315, 560), (350, 527), (495, 660))) -> list:
+    """Five photographs (lossless PNG bytes under the reference's names) with position-coded pixels."""
+    from PIL import Image
+
+    photos = []
+    for k, (h, w) in enumerate(sizes):
+        r, c = np.mgrid[0:h, 0:w]
+        arr = np.stack([(k * 50 + r + 3 * c + 17 * ch) % 256 for ch in range(3)], axis=2).astype(np.uint8)
+        Image.fromarray(arr).save(folder / corruptions.FROST_FILES[k], format="PNG")
+        photos.append(arr)
+    return photos
+
+
+@pytest.mark.parametrize("scale", ["cifar", "imagenet"])
+def test_frost_crops_the_reference_photographs_when_present(tmp_path, monkeypatch, scale: str) -> None:
+    """make_cifar_c: cv2.resize(photo, fx=fy=0.2) (INTER_LINEAR: pixels 5i + 2), a random 32×32 crop
+    at (randint(0, Hp - h), randint(0, Wp - w)), clip(c0·x + c1·crop); make_imagenet_c: no resize."""
+    pytest.importorskip("PIL")
+    photos = _fake_frost_folder(tmp_path)
+    monkeypatch.setenv(corruptions.FROST_DIR_ENV, str(tmp_path))
+    assert str(tmp_path) in corruptions.frost_source()
+    x = _scene(3, 16, 16)
+    keep, amount = corruptions.PARAMS[scale]["frost"][2]
+    out = corruptions.corrupt(x, "frost", 3, 9, scale)
+    g = torch.Generator().manual_seed(9)
+    for i in range(3):
+        k = int(torch.randint(0, 5, (1,), generator=g))
+        p = photos[k][2::5, 2::5] if scale == "cifar" else photos[k]
+        r0 = int(torch.randint(0, p.shape[0] - 16, (1,), generator=g))
+        c0 = int(torch.randint(0, p.shape[1] - 16, (1,), generator=g))
+        crop = torch.from_numpy(p[r0 : r0 + 16, c0 : c0 + 16].astype(np.float32) / 255).permute(2, 0, 1)
+        assert torch.allclose(out[i], (keep * x[i] + amount * crop).clamp(0, 1), atol=1e-6)
+    grey = corruptions.corrupt(x[:, :1], "frost", 3, 9, scale)  # same draws: the crop's luminance
+    assert grey.shape == (3, 1, 16, 16) and float(grey.std()) > 0
+
+
+def test_frost_reports_a_folder_without_the_photographs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(corruptions.FROST_DIR_ENV, str(tmp_path))
+    from ftbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"lacks the frost photographs frost1.png, .*accepted: a folder holding"):
+        corruptions.corrupt(torch.zeros(1, 3, 8, 8), "frost", 1, 0)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("imagecorruptions") is None,
+                    reason="imagecorruptions (the frost photographs, ftbench[frost]) not installed")
+def test_frost_reads_the_installed_imagecorruptions_photographs(monkeypatch) -> None:
+    monkeypatch.delenv(corruptions.FROST_DIR_ENV, raising=False)
+    photos = corruptions.frost_photographs()
+    assert photos is not None and [tuple(p.shape) for p in photos][:2] == [(3, 600, 900), (3, 315, 560)]
 
 
 def test_spatter_opencv_pieces_on_hand_worked_cases() -> None:

@@ -20,7 +20,8 @@ from torch import nn
 
 import ftbench.methods.autoft as autoft
 from ftbench.data.base import get_benchmark
-from ftbench.methods.autoft import TERMS, AutoFTLoss, Space, best_of, loss_terms, run_search
+from ftbench.errors import UsageError
+from ftbench.methods.autoft import TERMS, AutoFT, AutoFTLoss, Space, best_of, loss_terms, run_search
 from ftbench.models.pretrain import pretrained
 from ftbench.spec import RunSpec, resolve
 from ftbench.train import loop
@@ -189,7 +190,7 @@ FAST = {"trials": 3, "inner_steps": 4}
 def test_inner_and_final_runs_use_the_sampled_lr_and_wd_at_every_step(monkeypatch) -> None:
     """The released code's scheduler overwrote the sampled lr every step; here each trial's optimizer
     keeps the trial's lr and wd for all its steps, and the final one the best trial's."""
-    spec = RunSpec(method="autoft", steps=6, options=_opts(**FAST))
+    spec = RunSpec(method="autoft", steps=6, options=_opts(**FAST, decay="coupled"))
     _pretrained_state(spec)
     seen: list[list[tuple[float, float]]] = []
     original = loop.make_optimizer
@@ -221,7 +222,7 @@ def test_a_fixed_space_reduces_to_full_fine_tuning_from_the_pretrained_weights()
     """lr, wd fixed and CE alone with weight 1: the final model is bit for bit the `full` one with
     that lr and wd, whatever the trials did before: the final run starts from the pretrained weights."""
     fixed = _opts(trials=2, inner_steps=3, terms="ce", fix_ce=True, lr_min=3e-3, lr_max=3e-3,
-                  wd_min=0.02, wd_max=0.02)
+                  wd_min=0.02, wd_max=0.02, decay="coupled")
     tr = fine_tune(RunSpec(method="autoft", steps=5, seed=2, options=fixed), "cpu")
     full = fine_tune(RunSpec(method="full", steps=5, seed=2, lr=3e-3, wd=0.02), "cpu")
     a, b = _state(tr.model), _state(full.model)
@@ -279,13 +280,13 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, model_cache: Path) -> Non
         from ftbench.train import loop
         from ftbench.train.runner import fine_tune
         calls = [0]
-        accuracy = loop.accuracy
-        def killing(model, data):
+        evaluate = loop.evaluate
+        def killing(model, data, metrics=None):
             calls[0] += 1
             if calls[0] == 3:  # after trial 3's inner fine-tune, before its value is stored
                 os.kill(os.getpid(), signal.SIGKILL)
-            return accuracy(model, data)
-        loop.accuracy = killing
+            return evaluate(model, data, metrics)
+        loop.evaluate = killing
         fine_tune(RunSpec.from_dict(json.loads(sys.argv[1])), "cpu", Path(sys.argv[2]))
     """)
     env = {**os.environ, "FTBENCH_CACHE": str(model_cache), "OMP_NUM_THREADS": "1"}
@@ -356,3 +357,99 @@ def test_terms_are_stored_in_one_order() -> None:
     a = resolve(RunSpec(method="autoft", options=_opts(terms="l2init, ce")))
     b = resolve(RunSpec(method="autoft", options=_opts(terms="ce,l2init")))
     assert a.options_dict["terms"] == "ce,l2init" and a.run_id == b.run_id
+
+
+# --- issue 14: the released search space and optimizer ----------------------------------------
+
+
+def test_default_space_is_the_releases_uniform_weight_decay_on_0_1() -> None:
+    """autoft/src/models/autoft.py:47 (the current release): trial.suggest_float("wd", 0.0, 1.0), no log.
+    The former default sampled log-uniform [0.01, 0.3] and fails here."""
+    method = AutoFT(resolve(RunSpec(method="autoft")))
+    space = method.space()
+    assert space.wd == (0.0, 1.0) and not space.wd_log
+    records, _ = run_search(space, 12, _synthetic, seed=0, workdir=None)
+    wds = [r.config.wd for r in records]
+    assert all(0.0 <= w <= 1.0 for w in wds) and max(wds) > 0.3  # uniform: most of the mass above 0.3
+    log = AutoFT(resolve(RunSpec(method="autoft", options=_opts(wd_scale="log", wd_min=0.01, wd_max=0.3)))).space()
+    assert log.wd_log and log.wd == (0.01, 0.3)  # the former space, one option away
+    with pytest.raises(UsageError, match="wd_min=0.0 of method 'autoft' must be a positive number"):
+        resolve(RunSpec(method="autoft", options=_opts(wd_scale="log")))
+
+
+def test_decoupled_decay_is_adamw_bit_for_bit() -> None:
+    """Adam(wd=0) + DecoupledDecay(wd) is torch.optim.AdamW(wd): the release's optimizer (autoft.py:110)."""
+    torch.manual_seed(0)
+    w0 = [torch.randn(5, 3), torch.randn(7)]
+    grads = [[torch.randn_like(w) for w in w0] for _ in range(6)]
+    a = [w.clone().requires_grad_(True) for w in w0]
+    b = [w.clone().requires_grad_(True) for w in w0]
+    ref = torch.optim.AdamW(a, lr=1e-2, weight_decay=0.4, foreach=True)
+    ours = loop.make_optimizer([{"params": [p]} for p in b], "adam", 1e-2, 0.0)
+    hook = autoft.DecoupledDecay(0.4)
+    for t, gs in enumerate(grads, 1):
+        for p, q, g in zip(a, b, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        hook(ours, t)
+        ours.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    coupled = [w.clone().requires_grad_(True) for w in w0]
+    opt = torch.optim.Adam(coupled, lr=1e-2, weight_decay=0.4)
+    for gs in grads:
+        for p, g in zip(coupled, gs):
+            p.grad = g.clone()
+        opt.step()
+    assert not torch.allclose(coupled[0], a[0])  # coupled L2 is a different optimizer
+
+
+def test_default_trials_are_decayed_decoupled_and_scored_by_the_benchmarks_main_metric(monkeypatch) -> None:
+    spec = resolve(RunSpec(method="autoft", steps=3, options=_opts(**FAST)))
+    assert spec.options_dict["decay"] == "decoupled" and spec.options_dict["objective"] == "main"
+    hooks: list[object] = []
+    original = loop.fit
+
+    def spy(*args: object, **kwargs: object):
+        hooks.append(kwargs.get("before_step"))
+        assert kwargs["wd"] == 0.0  # the decay is the hook's, not Adam's coupled L2
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", spy)
+    (row,) = execute(spec, "cpu")
+    assert len(hooks) == 3 and all(isinstance(h, autoft.DecoupledDecay) for h in hooks)  # the trials' fits
+    assert [h.wd for h in hooks[:3]] == [t["wd"] for t in json.loads(row["autoft_trials_json"])]
+    assert row["autoft_objective"] == "acc"  # digits has no metric beyond accuracy
+
+
+def test_objective_is_a_benchmark_metric_and_a_wrong_one_is_one_error_line(cli, tmp_path, monkeypatch) -> None:
+    from ftbench.data import digits
+
+    bench = digits.Digits
+    monkeypatch.setattr(bench, "main_metric", "half_acc", raising=False)
+    original = bench.target
+
+    def target(self, spec):  # a benchmark metric: half the accuracy, to tell it from accuracy
+        t = original(self, spec)
+        import dataclasses
+
+        return dataclasses.replace(t, metrics=lambda pred, split: {
+            "half_acc": 50.0 * float((pred == split.y.to(pred.device)).float().mean())})
+
+    monkeypatch.setattr(bench, "target", target)
+    spec = RunSpec(method="autoft", steps=2, options=_opts(trials=2, inner_steps=2))
+    (row,) = execute(spec, "cpu")
+    trials = json.loads(row["autoft_trials_json"])
+    assert row["autoft_objective"] == "half_acc" and all(0 <= t["value"] <= 50 for t in trials)
+    r = cli("run", "--method", "autoft", "--steps", "2", "--set", "trials=1", "--set", "inner_steps=1",
+            "--set", "objective=worst_group_acc", "--out", tmp_path / "r")
+    assert r.code == 2 and r.err.count("\n") <= 2 and "objective='worst_group_acc'" in r.err
+    assert "accepted: main, acc, half_acc" in r.err and not list((tmp_path / "r").glob("*.parquet"))
+
+
+def test_a_small_search_budget_is_said_where_the_user_sees_it(cli, tmp_path) -> None:
+    assert "close to random search" in AutoFT.notice(resolve(RunSpec(method="autoft")))
+    assert AutoFT.notice(resolve(RunSpec(method="autoft", options=_opts(trials=100)))) is None
+    r = cli("run", "--method", "autoft", "--steps", "1", "--set", "trials=1", "--set", "inner_steps=1",
+            "--out", tmp_path)
+    assert r.code == 0, r.err
+    assert "note: autoft: 1 trials over 11 searched numbers is close to random search" in r.err

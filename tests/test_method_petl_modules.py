@@ -242,6 +242,30 @@ def test_vpt_token_counts_and_which_prompts_each_block_sees(mode: str) -> None:
     assert torch.equal(seen[0][:, 0], cls)  # the class token stays first
 
 
+def test_petl_shallow_prompts_act_in_the_first_block_only() -> None:
+    """PETL_Vision's shallow VPT (model/vision_transformer.py: prepend before block 0, drop the prompt
+    outputs after it): blocks 1.. see 1 + N tokens, and the output equals running block 0 on the
+    prompted sequence and the rest of the ViT unprompted. The VPT paper's shallow differs (tested above)."""
+    vit = _vit()
+    x = _x(2)
+    vp = add_prompts(vit, 3, "petl-shallow", generator=torch.Generator().manual_seed(0))
+    assert vp.prompts.shape == (1, 3, DIM)
+    seen: list[int] = []
+    for blk in vit.blocks:
+        blk.register_forward_pre_hook(lambda _m, a: seen.append(a[0].shape[1]))
+    out = vit(x)
+    assert seen == [1 + 3 + PATCHES] + [1 + PATCHES] * (DEPTH - 1)
+    vp.detach()
+    with torch.no_grad():
+        t = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        t = vit.blocks[0](torch.cat([t[:, :1], vp.prompts[0].expand(2, -1, -1), t[:, 1:]], dim=1))
+        t = torch.cat([t[:, :1], t[:, 4:]], dim=1)
+        for blk in vit.blocks[1:]:
+            t = blk(t)
+        ref = vit.forward_head(vit.norm(t))
+    assert torch.allclose(out, ref, atol=1e-6)  # same float32 ops in the same order, up to kernel rounding
+
+
 def test_vpt_prompts_are_xavier_uniform_as_released() -> None:
     vit = _vit()
     vp = add_prompts(vit, 50, "deep", generator=torch.Generator().manual_seed(0))
@@ -292,7 +316,7 @@ def _check_frozen(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str
 
 @pytest.mark.parametrize("method, options", [
     ("adapter", ()), ("adapter", (("placement", "pfeiffer"),)),
-    ("vpt", (("mode", "shallow"),)), ("vpt", (("mode", "deep"),)), ("ssf", ()),
+    ("vpt", (("mode", "shallow"),)), ("vpt", (("mode", "deep"),)), ("vpt", (("mode", "petl-shallow"),)), ("ssf", ()),
 ])
 def test_vit_backbone_stays_bit_identical_and_new_parameters_train(method: str, options: tuple) -> None:
     spec = RunSpec(method=method, model="digits-vit", steps=3, options=options)

@@ -133,7 +133,7 @@ def _bn_param_names(model: nn.Module) -> set[str]:
 
 @pytest.mark.parametrize("exclude_bn", [False, True])
 def test_auto_rgn_trains_every_parameter_unless_batchnorm_is_excluded(exclude_bn: bool) -> None:
-    spec = RunSpec(method="auto-rgn", steps=3, options=(("exclude_bn", exclude_bn),))
+    spec = RunSpec(method="auto-rgn", steps=3, options=(("exclude_bn", exclude_bn), ("bn", "train")))
     before = _pretrained_state(spec)
     model = fine_tune(spec, "cpu").model
     bn = _bn_param_names(model)
@@ -154,7 +154,25 @@ def test_auto_rgn_block_columns_land_in_the_parquet_row(cli, tmp_path) -> None:
     row = pd.read_parquet(next(tmp_path.glob("*.parquet"))).iloc[0]
     values = [row[f"rgn_block_{b}"] for b in ("1", "2", "3", "last")]
     assert all(0 < v <= 1 for v in values), values
-    assert row.n_trainable == row.n_params and row.status == "ok"
+    assert row.status == "ok" and row.rgn_top and not row.rgn_top.startswith("stem.1")  # stem.1: BatchNorm
+    # BatchNorm affine parameters are excluded by default (the release): they are not trained
+    assert row.n_trainable < row.n_params
+
+
+def test_auto_rgn_excludes_batchnorm_by_default_and_its_diagnostic_ignores_it() -> None:
+    """Issue 14: with BatchNorm included, a BatchNorm bias (norm near 0) sets the maximum RGN and every
+    convolution runs at a fraction of lr. The release excludes BatchNorm (main.py:46, 212); so does
+    the default now, and rgn_block_* is normalised over the same non-BatchNorm tensors either way."""
+    default = resolve(RunSpec(method="auto-rgn"))
+    assert default.options_dict["exclude_bn"] is True  # fails with the former default
+    tops, cols = {}, {}
+    for exclude in (True, False):
+        tr = fine_tune(RunSpec(method="auto-rgn", steps=4, options=(("exclude_bn", exclude),)), "cpu")
+        bn = _bn_param_names(tr.model)
+        tops[exclude], cols[exclude] = tr.ctx.metrics["rgn_top"] in bn, tr.ctx.metrics
+    assert tops == {True: False, False: True}  # included, a BatchNorm tensor takes the full lr
+    for b in ("1", "2", "3", "last"):  # the diagnostic is over weight tensors either way: in (0, 1]
+        assert 0 < cols[True][f"rgn_block_{b}"] <= 1 and 0 < cols[False][f"rgn_block_{b}"] <= 1
 
 
 # --- l2-sp / l1-sp: the defining computation ---------------------------------------------
@@ -248,7 +266,7 @@ def test_sp_trains_every_parameter(method: str) -> None:
 
 
 @pytest.mark.parametrize("method, sets", [
-    ("auto-rgn", ["every=2", "exclude_bn=true"]),
+    ("auto-rgn", ["every=2", "exclude_bn=false"]),
     ("l2-sp", ["alpha=0.1", "beta=0.01"]),
     ("l1-sp", ["alpha=0.001"]),
 ])
@@ -266,7 +284,7 @@ def test_methods_run_from_the_cli_and_label_their_options(cli, tmp_path, method:
 def test_methods_are_listed_with_their_options(cli) -> None:
     r = cli("list", "methods")
     assert r.code == 0, r.err
-    for text in ["auto-rgn: trains all blocks", "--set every=1", "--set exclude_bn=False",
+    for text in ["auto-rgn: trains all blocks", "--set every=1", "--set exclude_bn=True",
                  "l2-sp: trains all blocks", "l1-sp: trains all blocks", "--set alpha=0.01", "--set beta=0.0",
                  "Li et al. 2018", "Auto-RGN"]:
         assert text in r.out, text

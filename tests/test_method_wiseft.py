@@ -109,7 +109,7 @@ def test_alphas_rejected_with_a_clear_message(text: str, why: str) -> None:
 
 def test_equal_grids_share_a_run_id_and_the_grid_is_not_a_variant() -> None:
     default = resolve(SPEC)
-    assert default.options_dict == {"alphas": "0,0.25,0.5,0.75,1", "bn": "train"}
+    assert default.options_dict == {"alphas": "0,0.25,0.5,0.75,1", "bn": "frozen", "decay": "coupled"}
     same = resolve(dataclasses.replace(SPEC, options=(("alphas", " 0, .25,0.5 ,0.75,1.0"),)))
     assert same.run_id == default.run_id
     other = resolve(dataclasses.replace(SPEC, options=(("alphas", "0,0.5,1"),)))
@@ -117,7 +117,7 @@ def test_equal_grids_share_a_run_id_and_the_grid_is_not_a_variant() -> None:
     from ftbench.methods.wiseft import WiseFT
 
     assert WiseFT(other).variant() == ""
-    assert WiseFT(resolve(dataclasses.replace(SPEC, options=(("alphas", "0,1"), ("bn", "frozen"))))).variant() == "bn=frozen"
+    assert WiseFT(resolve(dataclasses.replace(SPEC, options=(("alphas", "0,1"), ("bn", "train"))))).variant() == "bn=train"
 
 
 def test_cli_rejects_a_bad_grid_in_one_line(cli, tmp_path: Path) -> None:

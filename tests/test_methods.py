@@ -58,13 +58,25 @@ def test_surgical_trains_exactly_the_chosen_blocks(blocks: list[str], shift: str
 
 
 def test_surgical_bn_statistics_update_only_when_asked() -> None:
-    spec = RunSpec(method="surgical", blocks=("2",), steps=3, lr=1e-2)
-    before, after, model = _before_after(spec)
     key = "stage2.bn1.running_mean"
+    before, after, model = _before_after(RunSpec(method="surgical", blocks=("2",), steps=3, lr=1e-2,
+                                                 options=(("bn", "train"),)))
     assert not torch.equal(before[key], after[key]), "bn=train must update the tuned block's running stats"
     before, after, model = _before_after(RunSpec(method="surgical", blocks=("2",), steps=3, lr=1e-2, options=(("bn", "frozen"),)))
     assert torch.equal(before[key], after[key]), "bn=frozen must keep running stats"
     assert not torch.equal(before["stage2.conv1.weight"], after["stage2.conv1.weight"])
+
+
+@pytest.mark.parametrize("method", ["surgical", "full", "lp-ft", "auto-rgn", "wise-ft"])
+def test_by_default_no_batchnorm_statistic_moves(method: str) -> None:
+    """The surgical and LP-FT releases train with the model in eval mode (issue 14): a default run must
+    not re-estimate BatchNorm statistics, which would be test-time adaptation of a size that differs by
+    block. (Fails with the former default bn=train.)"""
+    spec = RunSpec(method=method, blocks=("2",) if method == "surgical" else (), steps=3, lr=1e-2)
+    before, after, _ = _before_after(spec)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats), \
+        [k for k in stats if not torch.equal(before[k], after[k])]
 
 
 def test_full_trains_every_parameter() -> None:
@@ -79,7 +91,7 @@ def test_none_changes_nothing() -> None:
 
 
 def test_linear_probe_changes_only_the_head_and_converges() -> None:
-    spec = RunSpec(shift="label-flip", method="linear-probe", wd=1e-3)
+    spec = RunSpec(shift="label-flip", method="linear-probe", wd=1e-3, options=(("select", "fixed"),))
     before, after, model = _before_after(spec)
     for key, changed in _changed(before, after, model, params_only=False).items():
         assert changed == key.startswith("head."), key
@@ -99,14 +111,54 @@ def test_lp_ft_probes_then_trains_everything() -> None:
     assert all(_changed(before, after, model, params_only=True).values())
     tr = fine_tune(spec, "cpu")
     lp, ft = tr.ctx.fits  # the L-BFGS stage, then the fine-tuning stage
-    assert 0 < lp.steps <= 200 and ft.steps == 2
+    assert lp.kind == "lbfgs" and 0 < lp.steps <= 200 * 50 and ft.steps == 2  # 50 warm-started solves
 
 
 def test_lp_ft_head_starts_from_the_probe() -> None:
     """With zero fine-tuning learning signal (lr tiny), LP-FT's head equals the linear probe's."""
-    probe = fine_tune(RunSpec(shift="label-flip", method="linear-probe", wd=1e-3), "cpu").model
-    lpft = fine_tune(RunSpec(shift="label-flip", method="lp-ft", steps=1, lr=1e-12, options=(("lp_l2", 1e-3),)), "cpu").model
+    probe = fine_tune(RunSpec(shift="label-flip", method="linear-probe", wd=1e-3, options=(("select", "fixed"),)),
+                      "cpu").model
+    lpft = fine_tune(RunSpec(shift="label-flip", method="lp-ft", steps=1, lr=1e-12,
+                             options=(("lp_l2", 1e-3), ("lp_select", "fixed"))), "cpu").model
     assert torch.allclose(probe.head.weight, lpft.head.weight, atol=1e-6)
+    # The default (the release's C sweep): LP-FT starts from exactly the linear probe's chosen head,
+    # as the release loads the linear probe's weights (baseline_train.py:225-250).
+    probe = fine_tune(RunSpec(shift="corruption", method="linear-probe"), "cpu")
+    lpft = fine_tune(RunSpec(shift="corruption", method="lp-ft", steps=1, lr=1e-12), "cpu")
+    assert probe.ctx.metrics["lp_c"] == lpft.ctx.metrics["lp_c"]
+    assert torch.allclose(probe.model.head.weight, lpft.model.head.weight, atol=1e-6)
+
+
+def test_the_probe_sweeps_c_and_keeps_the_first_best_on_validation() -> None:
+    """log_reg_sk.py: C over logspace(-7, 2, 50), warm-started refits, the first C of the best val
+    accuracy. The former default (one fixed lp_l2 the report never selects) fails this."""
+    import numpy as np
+
+    from ftbench.methods.linear import c_grid, sweep_probe
+
+    assert resolve(RunSpec(method="lp-ft")).options_dict["lp_select"] == "val"
+    assert resolve(RunSpec(method="linear-probe")).wd is None  # the sweep, not --wd, sets the strength
+    grid = c_grid(1e-7, 1e2, 50)
+    assert len(grid) == 50 and np.allclose(grid, np.logspace(-7, 2, 50), rtol=1e-12)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 6))
+    y, yv = rng.integers(0, 4, 80), rng.integers(0, 4, 200)
+    z, zv = centres[y] + rng.normal(0, 1.5, (80, 6)), centres[yv] + rng.normal(0, 1.5, (200, 6))
+    choice = sweep_probe(z, y, zv, yv, 4, grid[::7], 200)
+    accs = choice.val_accs
+    assert choice.index == int(np.argmax(accs)) and accs[choice.index] == max(accs)
+    pred = (zv @ choice.w.numpy().T + choice.b.numpy()).argmax(1)
+    assert float((pred == yv).mean()) * 100 == pytest.approx(accs[choice.index])
+
+
+def test_the_chosen_probe_is_recorded_and_maps_back_to_the_raw_features() -> None:
+    tr = fine_tune(RunSpec(method="linear-probe"), "cpu")
+    m = tr.ctx.metrics
+    n = len(tr.target.train)
+    assert 1e-7 <= m["lp_c"] <= 1e2 and m["lp_l2"] == pytest.approx(1 / (m["lp_c"] * n))
+    feats = tr.model.features(tr.target.val.x)  # raw features: the head undoes the standardisation
+    acc = float((tr.model.head(feats).argmax(1) == tr.target.val.y).float().mean()) * 100
+    assert acc == pytest.approx(m["lp_probe_val_acc"], abs=1e-4)
 
 
 def test_trainable_parameter_counts_are_reported(cli, tmp_path) -> None:

@@ -19,9 +19,14 @@ def test_run_id_is_stable_across_versions() -> None:
     spec = resolve(RunSpec(method="surgical", blocks=("1",), shift="corruption"))
     assert spec.run_id == resolve(RunSpec(method="surgical", blocks=("1",), shift="corruption")).run_id
     assert spec.run_id == GOLDEN_ID
+    # The default bn became 'frozen' (issue 14): a default run is a new configuration with a new id,
+    # and a result made before under the former default keeps its id, now spelled --set bn=train.
+    old = resolve(RunSpec(method="surgical", blocks=("1",), shift="corruption", options=(("bn", "train"),)))
+    assert old.run_id == GOLDEN_ID_BN_TRAIN
 
 
-GOLDEN_ID = "5f9c1a843ef31a8e"
+GOLDEN_ID = "f02f83d34fa20551"
+GOLDEN_ID_BN_TRAIN = "5f9c1a843ef31a8e"  # the default id before 0.2 (bn=train)
 
 
 def test_equivalent_requests_share_one_id() -> None:
@@ -38,7 +43,7 @@ def test_equivalent_requests_share_one_id() -> None:
 def test_different_configurations_get_different_ids() -> None:
     base = resolve(RunSpec())
     for change in [dict(seed=1), dict(lr=1e-2), dict(blocks=("2",)), dict(shift="label-flip"),
-                   dict(severity=3), dict(options=(("bn", "frozen"),)), dict(shots=5)]:
+                   dict(severity=3), dict(options=(("bn", "train"),)), dict(shots=5)]:
         assert resolve(dataclasses.replace(RunSpec(), **change)).run_id != base.run_id, change
 
 

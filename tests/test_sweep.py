@@ -122,11 +122,12 @@ def test_retry_failed_reruns_only_failed_runs(tmp_path: Path, suite_file: Path, 
 
 def test_suite_options_apply_to_the_methods_that_take_them(tmp_path: Path) -> None:
     f = tmp_path / "b.toml"
-    f.write_text('[suites.s]\nmethod = ["none", "surgical", "linear-probe"]\nblock = 1\noptions = { bn = "frozen" }\n'
-                 '[suites.bad]\nmethod = ["none", "linear-probe"]\noptions = { bn = "frozen" }\n')
+    f.write_text('[suites.s]\nmethod = ["none", "surgical", "linear-probe"]\nblock = 1\noptions = { bn = "train" }\n'
+                 '[suites.bad]\nmethod = ["none", "linear-probe"]\noptions = { bn = "train" }\n')
     specs = {s.method: s for s in expand_suite("s", f)}
-    assert specs["surgical"].options_dict == {"bn": "frozen"}
-    assert specs["none"].options == () and specs["linear-probe"].options_dict == {"max_iter": 200}
+    assert specs["surgical"].options_dict == {"bn": "train"}
+    assert specs["none"].options == () and specs["linear-probe"].options_dict == {
+        "c_max": 100.0, "c_min": 1e-07, "c_steps": 50, "max_iter": 200, "select": "val"}
     from ftbench.errors import UsageError
 
     with pytest.raises(UsageError, match="option 'bn' is taken by none of its methods"):

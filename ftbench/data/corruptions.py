@@ -11,8 +11,9 @@ The reference code calls OpenCV, scikit-image, ImageMagick (Wand) and Pillow on 
 time; here every step is a torch operation on the whole batch. Where the reference's output can be
 reproduced it is (JPEG bit-exact with libjpeg-turbo, ImageMagick's motion-blur kernel, OpenCV's
 Canny and chamfer distance, scikit-image's HSV and Gaussian filters); docs/benchmarks.md
-("Corruptions") lists every difference, chiefly: the frost photographs are replaced by a procedural
-texture, intermediate uint8 roundings are not applied, and random draws come from torch.
+("Corruptions") lists every difference, chiefly: the frost photographs are read from the
+``imagecorruptions`` wheel when it is installed and replaced by a procedural texture otherwise,
+intermediate uint8 roundings are not applied, and random draws come from torch.
 
 ``inversion`` is not part of ImageNet-C; it is the input-level shift the embedded digits benchmark
 adds because it is the purest case for tuning the first block (``1 - x`` is undone exactly by
@@ -25,8 +26,12 @@ function of (images, severity, seed) on every device).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -671,6 +676,118 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     return torch.where((lowest == total).view(n, 1, 1), img.float(), out)
 
 
+# ----------------------------------------------------------------------------- frost photographs
+
+# The reference draws np.random.randint(5) over a list of six files, so frost6.jpg is never used.
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+FROST_DIR_ENV = "FTBENCH_FROST_DIR"  # a folder holding FROST_FILES, or "none" for the procedural texture
+_FROST_WARNED: list[bool] = []
+
+
+def frost_photo_dir() -> Path | None:
+    """Where the reference's frost photographs are: ``$FTBENCH_FROST_DIR``, else the ``frost`` folder
+    of an installed ``imagecorruptions`` package (found without importing it: its module imports
+    OpenCV and numba and, in the PyPI release, breaks on numpy 2 for some functions); None if neither."""
+    env = os.environ.get(FROST_DIR_ENV, "").strip()
+    if env:
+        return None if env.lower() == "none" else Path(env)
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("imagecorruptions")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "frost"
+    return folder if all((folder / f).is_file() for f in FROST_FILES) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_frost_photos(folder: str) -> tuple[torch.Tensor, ...]:
+    from PIL import Image
+
+    out = []
+    for f in FROST_FILES:
+        path = Path(folder) / f
+        try:
+            with Image.open(path) as im:
+                # cv2.imread(IMREAD_COLOR) drops an alpha channel without compositing, as convert("RGB")
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read frost photograph {str(path)!r}: {e}") from None
+        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())  # 3×H×W uint8, RGB
+    return tuple(out)
+
+
+def frost_photographs() -> tuple[torch.Tensor, ...] | None:
+    """The five frost photographs the reference draws from (3×H×W uint8 RGB), or None when absent."""
+    folder = frost_photo_dir()
+    if folder is None:
+        return None
+    missing = [f for f in FROST_FILES if not (folder / f).is_file()]
+    if missing:
+        raise UsageError(f"${FROST_DIR_ENV}={str(folder)!r} lacks the frost photographs {', '.join(missing)}; "
+                         f"accepted: a folder holding {', '.join(FROST_FILES)}, or 'none'")
+    return _load_frost_photos(str(folder))
+
+
+def frost_source() -> str:
+    """Which frost ``frost`` uses here, in words (``ftbench list corruptions``)."""
+    folder = frost_photo_dir()
+    if folder is not None:
+        return f"the reference's photographs ({folder})"
+    return ("ftbench's procedural texture, weaker than the reference's photographs (install them with "
+            "pip install 'ftbench[frost]')")
+
+
+def _warn_procedural_frost() -> None:
+    if not _FROST_WARNED:
+        _FROST_WARNED.append(True)
+        print("warning: frost: the reference's photographs are not installed; using ftbench's procedural "
+              "texture, 30-40% weaker than the reference (pip install 'ftbench[frost]')", file=sys.stderr)
+
+
+def _resize_linear(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """cv2.resize(img, (0, 0), fx=factor, fy=factor) with INTER_LINEAR on a 3×H×W uint8 image: output
+    size round(H·factor), source coordinate (i + 0.5) / factor − 0.5, edges replicated, rounded to
+    uint8. For the reference's factor 0.2 the coordinates are the integers 5i + 2: a subsampling."""
+    if factor == 1.0:
+        return img
+    _, h, w = img.shape
+    ho, wo = int(round(h * factor)), int(round(w * factor))
+    r = ((torch.arange(ho, dtype=torch.float64) + 0.5) / factor - 0.5).clamp(0, h - 1)
+    c = ((torch.arange(wo, dtype=torch.float64) + 0.5) / factor - 0.5).clamp(0, w - 1)
+    r0, c0 = r.floor().long(), c.floor().long()
+    r1, c1 = (r0 + 1).clamp(max=h - 1), (c0 + 1).clamp(max=w - 1)
+    fr, fc = (r - r0)[:, None], (c - c0)[None, :]
+    f = img.double()
+    top = f[:, r0][:, :, c0] * (1 - fc) + f[:, r0][:, :, c1] * fc
+    bottom = f[:, r1][:, :, c0] * (1 - fc) + f[:, r1][:, :, c1] * fc
+    return (top * (1 - fr) + bottom * fr).round().clamp(0, 255).to(torch.uint8)
+
+
+def frost_crops(photos: tuple[torch.Tensor, ...], n: int, h: int, w: int, shrink: float,
+                g: torch.Generator) -> torch.Tensor:
+    """(N, 3, H, W) frost in [0, 1], as make_cifar_c / make_imagenet_c ``frost``: per image one of the
+    photographs (randint(5)), shrunk by ``shrink`` (CIFAR-10-C: 0.2; ImageNet-C: 1), and a random
+    H×W crop with top-left ``(randint(0, Hp − H), randint(0, Wp − W))``. A photograph smaller than
+    H+1 × W+1 (images over 300 px with ImageNet-C's constants) is first enlarged bilinearly to cover
+    it, where the reference would fail."""
+    shrunk = [_resize_linear(p, shrink) for p in photos]
+    out = torch.empty(n, 3, h, w)
+    for i in range(n):
+        k = int(torch.randint(0, len(shrunk), (1,), generator=g))
+        p = shrunk[k]
+        if p.shape[1] <= h or p.shape[2] <= w:
+            grow = max((h + 1) / p.shape[1], (w + 1) / p.shape[2])
+            p = F.interpolate(p[None].float(), scale_factor=grow, mode="bilinear", align_corners=False)[0]
+        r0 = int(torch.randint(0, p.shape[1] - h, (1,), generator=g))
+        c0 = int(torch.randint(0, p.shape[2] - w, (1,), generator=g))
+        out[i] = p[:, r0 : r0 + h, c0 : c0 + w].float() / 255.0
+    return out
+
+
 # ----------------------------------------------------------------------------- frost texture
 
 
@@ -736,14 +853,19 @@ def frost_texture(n: int, h: int, w: int, shrink: float, g: torch.Generator, dev
 
 
 def glass_permutation(draws: np.ndarray, h: int, w: int, delta: int) -> np.ndarray:
-    """The local pixel shuffle of make_*_c ``glass_blur``, one permutation per image.
+    """The local pixel shuffle of make_*_c ``glass_blur``, one index map per image.
 
     The reference visits pixels from the bottom-right up, ``for h in range(H - d, d, -1)``,
-    ``for w in range(W - d, d, -1)``, and swaps each with the pixel at ``(h + dy, w + dx)``,
-    ``dx, dy = randint(-d, d)`` (so in [-d, d - 1]). The swaps depend only on the draws, so they are
-    replayed on an index array for the whole batch at once; a pixel may move several times, as in
-    the reference. ``draws``: int array (iterations, positions, 2 (dx, dy), N). Returns (N, H*W):
-    output pixel p takes input pixel ``perm[n, p]``.
+    ``for w in range(W - d, d, -1)``, draws ``dx, dy = randint(-d, d)`` (so in [-d, d - 1]) and runs
+    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` with ``(h', w') = (h + dy, w + dx)``. On the H×W×3
+    arrays the published datasets were made from, both right-hand sides are *views*: the first
+    assignment copies pixel ``(h', w')`` into ``(h, w)``, and the second writes ``(h, w)``'s new value,
+    i.e. ``(h', w')``'s own, back to ``(h', w')``. So each step *copies* a neighbour in and swaps
+    nothing (only on a 2-D grey array is the statement a swap). The copies depend only on the draws,
+    so they are replayed on an index array for the whole batch at once; a pixel may be copied
+    several times and one source may fill several pixels, as in the reference. ``draws``: int array
+    (iterations, positions, 2 (dx, dy), N). Returns (N, H*W): output pixel p takes input pixel
+    ``perm[n, p]`` (not a permutation).
     """
     iters, _, _, n = draws.shape
     perm = np.tile(np.arange(h * w, dtype=np.int64)[:, None], (1, n))  # position-major: rows are contiguous
@@ -753,9 +875,7 @@ def glass_permutation(draws: np.ndarray, h: int, w: int, delta: int) -> np.ndarr
     for it in range(iters):
         targets = pos[:, None] + draws[it, :, 1].astype(np.int64) * w + draws[it, :, 0].astype(np.int64)
         for p, q in zip(pos.tolist(), targets):
-            held = perm[p].copy()
-            perm[p] = perm[q, ar]
-            perm[q, ar] = held
+            perm[p] = perm[q, ar]  # copy, not swap: see the docstring
     return perm.T.copy()
 
 
@@ -800,10 +920,12 @@ def _disk(radius: float, alias_blur: float, device: torch.device) -> torch.Tenso
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     kernel = ((xx**2 + yy**2) <= radius**2).float()
     kernel /= kernel.sum()
+    # cv2.GaussianBlur pads with its default border, BORDER_REFLECT_101 ("mirror" here), not zeros:
+    # where the disk reaches the support's edge (radius 8 and 10, ImageNet-C severities 4-5) the
+    # reflection folds mass back in (the kernel sums to ~1.013, as the reference's) where zeros would
+    # lose it: about one grey level of the output.
     gk = _gaussian_kernel1d(alias_blur, ksize // 2, device)
-    kernel = F.conv2d(kernel[None, None], gk[None, None, None, :], padding=(0, ksize // 2))
-    kernel = F.conv2d(kernel, gk[None, None, :, None], padding=(ksize // 2, 0))
-    return kernel[0, 0]
+    return _separable(kernel[None, None], gk, gk, "mirror")[0, 0]
 
 
 def _depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -831,7 +953,7 @@ def defocus_blur(x: torch.Tensor, severity: int, g: torch.Generator, scale: str)
 
 @_register("glass_blur")
 def glass_blur(x: torch.Tensor, severity: int, g: torch.Generator, scale: str) -> torch.Tensor:
-    # Gaussian blur, local pixel shuffle (iterations × every interior pixel), Gaussian blur again.
+    # Gaussian blur, local pixel copies (iterations × every interior pixel), Gaussian blur again.
     sigma, delta, iters = _c("glass_blur", severity, scale)
     n, c, h, w = x.shape
     y = _gaussian(x, sigma)
@@ -881,10 +1003,16 @@ def snow(x: torch.Tensor, severity: int, g: torch.Generator, scale: str) -> torc
 
 @_register("frost")
 def frost(x: torch.Tensor, severity: int, g: torch.Generator, scale: str) -> torch.Tensor:
-    # c0 * x + c1 * frost; the frost photographs are replaced by frost_texture (see docs).
+    # c0 * x + c1 * frost: a random crop of one of the reference's photographs when they are at hand
+    # (the imagecorruptions wheel, `pip install 'ftbench[frost]'`), else the procedural texture.
     keep, amount = _c("frost", severity, scale)
     n, c, h, w = x.shape
-    tex = frost_texture(n, h, w, FROST_SCALE[scale], g, x.device)
+    photos = frost_photographs()
+    if photos is None:
+        _warn_procedural_frost()
+        tex = frost_texture(n, h, w, FROST_SCALE[scale], g, x.device)
+    else:
+        tex = frost_crops(photos, n, h, w, FROST_SCALE[scale], g).to(x.device)
     if c == 1:
         tex = _luma(tex)
     return (keep * x + amount * tex).clamp(0, 1)

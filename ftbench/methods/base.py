@@ -65,11 +65,52 @@ class Option:
 
 
 BN_OPTION = Option(
-    "train",
-    "BatchNorm in trained blocks: 'train' = batch statistics, running stats updated; "
-    "'frozen' = running stats kept (eval mode). BatchNorm in frozen blocks is always frozen.",
-    ("train", "frozen"),
+    "frozen",
+    "BatchNorm in trained blocks: 'frozen' = running stats kept (eval mode), as the surgical and LP-FT "
+    "releases train; 'train' = batch statistics, running stats updated. BatchNorm in frozen blocks is "
+    "always frozen.",
+    ("frozen", "train"),
 )
+# SpotTune's release trains with net.train() (main.py:74), so its fine-tuned copies update their statistics.
+BN_OPTION_TRAIN = dataclasses.replace(BN_OPTION, default="train")
+
+
+class DecoupledDecay:
+    """A ``before_step(opt, t)`` hook: AdamW's decoupled weight decay on an optimizer built with wd 0.
+
+    Before each update, every parameter that has a gradient is multiplied by ``1 − lr·wd`` with its
+    group's lr: exactly what ``torch.optim.AdamW`` does before its Adam step, so Adam + this hook is
+    AdamW (tested bit for bit); with SGD it is SGDW. (The loop's own Adam couples wd as L2.)
+    """
+
+    def __init__(self, wd: float) -> None:
+        self.wd = float(wd)
+
+    def __call__(self, opt: Any, t: int) -> None:
+        import torch
+
+        if self.wd == 0.0:
+            return
+        with torch.no_grad():
+            for g in opt.param_groups:
+                ps = [p for p in g["params"] if p.grad is not None]
+                if ps:
+                    torch._foreach_mul_(ps, 1.0 - g["lr"] * self.wd)
+
+
+DECAY_OPTION = Option(
+    "decoupled",
+    "weight decay: 'decoupled' = AdamW's (the AutoFT, WiSE-FT and PETL releases); 'coupled' = L2 added to "
+    "the gradient, as ftbench's loop (Adam(weight_decay))",
+    ("decoupled", "coupled"),
+)
+
+
+def decay_arguments(decay: str, wd: float) -> dict[str, Any]:
+    """Keyword arguments of the loop (``ctx.fit``/``loop.fit``) for weight decay ``wd`` applied as ``decay``."""
+    if decay == "decoupled":
+        return {"wd": 0.0, "before_step": DecoupledDecay(wd)}
+    return {"wd": wd}
 
 
 class Method:
@@ -134,6 +175,13 @@ class Method:
 
         ``protocol`` is a :class:`ftbench.protocols.base.Protocol`; with ``protocol.fresh_head`` the ID
         task's classifier is new when the method starts (see :attr:`head_init`)."""
+
+    @classmethod
+    def notice(cls, spec: RunSpec) -> str | None:
+        """A line the CLI prints (on stderr) before running a resolved ``spec``, when its settings
+        deserve a warning the user would otherwise not see (e.g. a search budget far below the
+        paper's). Default: none."""
+        return None
 
     def variant(self) -> str:
         """Non-default options as ``k=v`` text (part of a report row's label)."""

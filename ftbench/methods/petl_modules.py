@@ -308,7 +308,10 @@ def merge_ssf(model: nn.Module) -> int:
 
 # --- VPT -----------------------------------------------------------------------------------
 
-VPT_MODES = ("deep", "shallow")
+# "shallow": the VPT paper (prompts enter at block 0 and travel through every block); "petl-shallow":
+# PETL_Vision's shallow (model/vpt.py:15-16 builds one prompt layer; model/vision_transformer.py:225-241
+# prepends it before block 0 and drops its outputs right after block 0, so it acts in block 0 only).
+VPT_MODES = ("deep", "shallow", "petl-shallow")
 
 
 class VisualPrompts(nn.Module):
@@ -352,7 +355,7 @@ class VisualPrompts(nn.Module):
         for i, blk in enumerate(blocks):
             if self.mode == "deep" or i == 0:
                 self._handles.append(blk.register_forward_pre_hook(functools.partial(self._insert, i)))
-            if self.mode == "deep" or i == last:
+            if self.mode == "deep" or (self.mode == "shallow" and i == last) or (self.mode == "petl-shallow" and i == 0):
                 self._handles.append(blk.register_forward_hook(self._remove))
 
     def detach(self) -> None:
@@ -495,8 +498,10 @@ class VPTMethod(_InsertedModules):
     order = 73
     options = {
         "prompts": Option(4, "prompt tokens per prompted layer", minimum=1),
-        "mode": Option("deep", "'shallow' = prompts at the first block's input only; "
-                       "'deep' = new prompts at every block's input", VPT_MODES),
+        "mode": Option("deep", "'deep' = new prompts at every block's input (the PETL study's ImageNet rows: "
+                       "deep, 50 prompts); 'shallow' = prompts at the first block's input, through every block "
+                       "(the VPT paper); 'petl-shallow' = PETL_Vision's shallow: removed after the first block",
+                       VPT_MODES),
         "dropout": Option(0.0, "dropout on the prompt tokens, in [0, 1)", minimum=0),
     }
 

@@ -69,17 +69,22 @@ class RGNSchedule:
     the maximum). :meth:`mean_multipliers` averages the multipliers in effect over the steps.
     """
 
-    def __init__(self, base_lr: float, every: int = 1, excluded: set[int] | None = None, eps: float = EPS) -> None:
+    def __init__(self, base_lr: float, every: int = 1, excluded: set[int] | None = None, eps: float = EPS,
+                 reported: set[int] | None = None) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.base_lr = float(base_lr)
         self.every = every
         self.excluded_ids = set(excluded or ())
+        # The diagnostic (mean_reported) normalises over these tensors only, whatever trains.
+        self.reported_ids = None if reported is None else set(reported)
         self.eps = eps
         self.params: list[torch.Tensor] = []
         self.multipliers: torch.Tensor | None = None
+        self.reported: torch.Tensor | None = None
         self.recomputed_at: list[int] = []
         self._sum: torch.Tensor | None = None
+        self._reported_sum: torch.Tensor | None = None
         self._steps = 0
 
     def __call__(self, opt: torch.optim.Optimizer, t: int) -> None:
@@ -93,10 +98,17 @@ class RGNSchedule:
             rgn = relative_gradient_norms(self.params, self.eps)
             excluded = torch.tensor([id(p) in self.excluded_ids for p in self.params], dtype=torch.bool)
             self.multipliers = normalised_multipliers(rgn, excluded)
+            if self.reported_ids is None:
+                self.reported = self.multipliers
+            else:
+                self.reported = normalised_multipliers(
+                    rgn, torch.tensor([id(p) not in self.reported_ids for p in self.params], dtype=torch.bool))
             for g, m in zip(groups, self.multipliers.tolist()):
                 g["lr"] = self.base_lr * m  # in place: the optimizer and its state persist
             self.recomputed_at.append(t)
+        assert self.reported is not None
         self._sum = self.multipliers.clone() if self._sum is None else self._sum + self.multipliers
+        self._reported_sum = self.reported.clone() if self._reported_sum is None else self._reported_sum + self.reported
         self._steps += 1
 
     def mean_multipliers(self) -> torch.Tensor:
@@ -104,6 +116,13 @@ class RGNSchedule:
         if self._sum is None:
             return torch.full((len(self.params),), float("nan"), dtype=torch.float64)
         return self._sum / self._steps
+
+    def mean_reported(self) -> torch.Tensor:
+        """Mean over the steps of ``RGN_i / max_j RGN_j`` with the maximum over the ``reported`` tensors
+        only (0 for the others): the diagnostic, the same quantity whether or not BatchNorm trains."""
+        if self._reported_sum is None:
+            return torch.full((len(self.params),), float("nan"), dtype=torch.float64)
+        return self._reported_sum / self._steps
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -121,30 +140,43 @@ class AutoRGN(Method):
     order = 42
     options = {
         "every": Option(1, "recompute the multipliers every k optimizer steps (kept in between)", minimum=1),
-        "exclude_bn": Option(False, "give BatchNorm weights/biases multiplier 0, as the released code effectively did"),
+        "exclude_bn": Option(True, "BatchNorm weights/biases get multiplier 0 and stay put, as the released code "
+                             "(their near-zero norms would set the maximum RGN); false: they train too"),
         "bn": BN_OPTION,
     }
-
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
-        """Train every block with RGN-scaled per-tensor rates; return ``rgn_block_<name>`` columns.
+        """Train every block with RGN-scaled per-tensor rates; return the diagnostic columns.
 
-        ``rgn_block_<name>`` is the mean over training steps and over the block's parameter
-        tensors (each tensor counts once, whatever its size) of the multiplier in effect.
+        ``rgn_block_<name>``: mean over training steps and over the block's non-BatchNorm parameter
+        tensors (each tensor counts once, whatever its size) of ``RGN_i / max_j RGN_j``, the maximum
+        taken over the non-BatchNorm tensors: the same quantity with ``exclude_bn`` true or false, so
+        it shows which block RGN favours, not how BatchNorm is handled (NaN for a block with no such
+        tensor). ``rgn_top``: the tensor with the largest mean training multiplier. ``n_trainable``:
+        the parameters that can move (BatchNorm affine parameters excluded with ``exclude_bn``).
         """
         blocks = self.trainable_blocks(ctx.block_names)
         params = ctx.set_trainable(blocks, bn=self.opts["bn"])
         owner = {id(p): name for name in blocks for p in ctx.model.block_parameters(name)}
-        excluded: set[int] = set()
-        if self.opts["exclude_bn"]:
-            excluded = {id(p) for m in ctx.model.modules() if is_batchnorm(m) for p in m.parameters(recurse=False)}
-        schedule = RGNSchedule(float(self.spec.lr), self.opts["every"], excluded)
+        bn_ids = {id(p) for m in ctx.model.modules() if is_batchnorm(m) for p in m.parameters(recurse=False)}
+        excluded = bn_ids if self.opts["exclude_bn"] else set()
+        reported = {id(p) for p in params if id(p) not in bn_ids}
+        schedule = RGNSchedule(float(self.spec.lr), self.opts["every"], excluded, reported=reported)
         ctx.fit(params, before_step=schedule)
-        means = schedule.mean_multipliers().tolist()
+        means = schedule.mean_reported().tolist()
         per_block: dict[str, list[float]] = {name: [] for name in blocks}
         for p, m in zip(schedule.params, means):
-            per_block[owner[id(p)]].append(m)
-        return {f"rgn_block_{name}": (sum(v) / len(v) if v else float("nan")) for name, v in per_block.items()}
+            if id(p) in reported:
+                per_block[owner[id(p)]].append(m)
+        names = {id(p): n for n, p in ctx.model.named_parameters()}
+        cols: dict[str, Any] = {f"rgn_block_{name}": (sum(v) / len(v) if v else float("nan"))
+                                for name, v in per_block.items()}
+        training = schedule.mean_multipliers().tolist()
+        if schedule.params:
+            top = max(range(len(training)), key=lambda i: training[i])
+            cols["rgn_top"] = names.get(id(schedule.params[top]), "")
+        cols["n_trainable"] = sum(p.numel() for p in params if id(p) not in excluded)
+        return cols

@@ -26,7 +26,7 @@ from torch import nn
 
 from ftbench.data.base import AnySplit, Split
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import BN_OPTION_TRAIN, METHODS, Method, Option
 from ftbench.spec import RunSpec
 from ftbench.train.loop import autocast
 
@@ -210,21 +210,34 @@ def attach(model: BlockModel, in_channels: int, width: int = 4, temperature: flo
 
 
 @torch.no_grad()
-def route_frequencies(model: BlockModel, x: torch.Tensor | AnySplit, batch_size: int = 4096) -> torch.Tensor:
-    """Fraction of the images ``x`` (a tensor or a split, in memory or streamed) that each unit
-    sends through its fine-tuned copy at evaluation (argmax routing, policy in eval mode); float64
-    CPU vector in ``residual_units()`` order."""
+def route_statistics(model: BlockModel, x: torch.Tensor | AnySplit, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, over the images ``x`` (a tensor or a split, in memory or streamed), with the policy in
+    eval mode: the fraction sent through the fine-tuned copy (argmax routing) and the mean entropy,
+    in bits, of the policy's routing distribution ``softmax(logits)`` (1 = a coin flip, 0 = decided).
+    Two float64 CPU vectors in ``residual_units()`` order."""
     router: SpotTuneRouter = model.spottune
     was = router.training
     router.eval()
     total = torch.zeros(router.policy.units, dtype=torch.float64)
+    entropy = torch.zeros(router.policy.units, dtype=torch.float64)
     data = Split(x, torch.empty(x.shape[0])) if isinstance(x, torch.Tensor) else x
     with torch.inference_mode():
         for xb in data.batches(batch_size if isinstance(data, Split) else 256):
             with autocast(xb.device):  # the precision the runner evaluates in, so these are its decisions
-                total += router.decide(xb).sum(dim=0).to("cpu", torch.float64)
+                logits = router.policy(xb).float()
+            total += (logits.argmax(dim=-1) == 1).sum(dim=0).to("cpu", torch.float64)
+            logp = F.log_softmax(logits, dim=-1)
+            h = -(logp.exp() * logp).sum(dim=-1) / math.log(2.0)
+            entropy += h.sum(dim=0).to("cpu", torch.float64)
     router.train(was)
-    return total / max(1, len(data))
+    n = max(1, len(data))
+    return total / n, entropy / n
+
+
+def route_frequencies(model: BlockModel, x: torch.Tensor | AnySplit, batch_size: int = 4096) -> torch.Tensor:
+    """Fraction of the images ``x`` that each unit sends through its fine-tuned copy at evaluation
+    (argmax routing, policy in eval mode); float64 CPU vector in ``residual_units()`` order."""
+    return route_statistics(model, x, batch_size)[0]
 
 
 # --- the methods ----------------------------------------------------------------------------
@@ -245,10 +258,12 @@ class SpotTune(Method):
     order = 62
     options = {
         "temperature": Option(5.0, "Gumbel-softmax temperature (released code: 5)", minimum=0),
-        "policy_lr_mult": Option(0.1, "policy learning rate = lr * this (released code: 0.01 vs 0.1)", minimum=0),
+        "policy_lr_mult": Option(10.0, "policy learning rate = lr * this: a from-scratch network under Adam, "
+                                 "enough for the router to decide within the run (docs/methods.md#spottune); the "
+                                 "release's SGD ratio is 0.1 (--recipe spottune)", minimum=0),
         "policy_wd": Option(0.001, "weight decay of the policy (released code: 0.001)", minimum=0),
         "policy_width": Option(4, "policy net widths w, 2w, 4w, 8w", minimum=1),
-        "bn": BN_OPTION,
+        "bn": BN_OPTION_TRAIN,
     }
 
     @classmethod
@@ -270,7 +285,9 @@ class SpotTune(Method):
         Columns: ``route_block_<b>`` / ``route_id_block_<b>`` = fraction of target test (OOD) /
         source test (ID) images sent through the fine-tuned copy, averaged over block ``b``'s
         units; ``route_mean`` / ``route_id_mean`` over all units; ``route_units`` the target test
-        fractions per unit (``residual_units()`` order, comma-separated); ``n_trainable``.
+        fractions per unit (``residual_units()`` order, comma-separated); ``route_entropy`` (and per unit
+        ``route_entropy_units``) the mean entropy in bits of the policy's routing distribution on target
+        test: 1 = coin flips, as an untrained router, 0 = decided; ``n_trainable``.
         """
         o = self.opts
         model = ctx.model
@@ -304,13 +321,17 @@ class SpotTune(Method):
         router.last = None
 
         model.eval()
-        ood = route_frequencies(model, ctx.target.test).tolist()
+        freq, entropy = route_statistics(model, ctx.target.test)
+        ood = freq.tolist()
         cols: dict[str, Any] = {"n_trainable": sum(p.numel() for p in params),
                                 "n_policy_params": sum(p.numel() for p in router.parameters())}
         cols.update(self._per_block(units, ood, "route"))
         cols["route_units"] = ",".join(f"{v:.4g}" for v in ood)
-        source_test = self._source_test(ctx)
-        if source_test is not None:
+        # Whether the router learned: near 1 bit it routes by coin flip (an untrained router), near 0 it decides.
+        cols["route_entropy"] = float(entropy.mean())
+        cols["route_entropy_units"] = ",".join(f"{v:.4g}" for v in entropy.tolist())
+        source_test = ctx.target.id_test  # the ID test split of the run's protocol (source test in few-shot)
+        if len(source_test):
             cols.update(self._per_block(units, route_frequencies(model, source_test).tolist(), "route_id"))
         return cols
 
@@ -322,14 +343,6 @@ class SpotTune(Method):
         cols = {f"{prefix}_block_{b}": sum(v) / len(v) for b, v in blocks.items()}
         cols[f"{prefix}_mean"] = sum(freq) / len(freq)
         return cols
-
-    def _source_test(self, ctx: TrainContext) -> AnySplit | None:
-        """The source test split on the model's device (the method is not given the source task;
-        the benchmark rebuilds it, which is cached for ``digits``)."""
-        from ftbench.data.base import get_benchmark
-
-        test = get_benchmark(self.spec.benchmark).source(self.spec).test
-        return test.to(ctx.target.train.device) if len(test) else None
 
 
 @METHODS.register("spottune-global-k")

@@ -13,6 +13,7 @@ fine-tuned weights when done.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ import torch
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import (
+    BN_OPTION,
+    DECAY_OPTION,
+    METHODS,
+    Method,
+    Option,
+    decay_arguments,
+)
 
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
@@ -110,6 +118,8 @@ class WiseFT(Method):
                                # The grid says where the curve is sampled, not how the model trains:
                                # runs with different grids are one report row.
                                in_variant=False),
+        # coupled by default, so the alpha = 1 row is exactly `full`'s; the release's AdamW: decay=decoupled
+        "decay": dataclasses.replace(DECAY_OPTION, default="coupled"),
         "bn": BN_OPTION,
     }
 
@@ -132,7 +142,8 @@ class WiseFT(Method):
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         self._pretrained = snapshot(ctx.model)
-        ctx.fit(ctx.set_trainable(self.trainable_blocks(ctx.block_names), bn=self.opts["bn"]))
+        params = ctx.set_trainable(self.trainable_blocks(ctx.block_names), bn=self.opts["bn"])
+        ctx.fit(params, **decay_arguments(self.opts["decay"], float(self.spec.wd or 0.0)))
         return {"alpha": 1.0}  # the model stays fine-tuned: the final row
 
     def extra_states(self, ctx: TrainContext) -> Iterator[dict[str, Any]]:

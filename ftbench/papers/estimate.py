@@ -1,0 +1,103 @@
+"""A GPU-hours estimate for a suite, from counted FLOPs (``ftbench sweep NAME --dry-run``).
+
+**An estimate, not a measurement**: no GPU was available where this was written, so no per-step cost
+was measured. The formula:
+
+    GPU-hours ≈ Σ_runs 3 · F(model, image size) · steps · batch size / (throughput · 3600)
+
+* ``F`` is the forward FLOPs of one image, *counted* by ``torch.utils.flop_counter`` on the model
+  built on PyTorch's meta device (no weights, no memory) at the benchmark's image size; a training
+  step costs about 3 forward passes (forward + backward), the usual rule of thumb;
+* ``steps`` is the run's ``--steps``, or ``--epochs`` × ⌊n / batch size⌋ with n = shots × classes;
+* ``throughput`` is an *assumed* sustained rate, ``$FTBENCH_GPU_TFLOPS`` (default 100 TFLOP/s, bf16,
+  a fraction of a current data-centre GPU's peak that small fine-tuning batches typically reach).
+
+It counts training only: each evaluation adds F × (target val + test + source test images), which
+for ImageNet-C-sized test sets and many ``--checkpoints`` can be of the same order. AutoFT's search counts
+its trials × inner steps; methods that train more than one network per step (spottune) count as one.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+DEFAULT_TFLOPS = 100.0
+# The image size each benchmark feeds its model, and its number of classes (docs/benchmarks.md).
+IMAGE_SIZE = {"digits": 8, "cifar10-c": 32, "cifar10-c-gen": 32, "cifar10-flip": 32, "imagenet-c": 224,
+              "imagenet-c-gen": 224, "living17": 224, "entity30": 224, "waterbirds": 224, "celeba": 224,
+              "camelyon17": 96, "fmow": 224, "iwildcam": 448}
+CLASSES = {"digits": 10, "cifar10-c": 10, "cifar10-c-gen": 10, "cifar10-flip": 10, "imagenet-c": 1000,
+           "imagenet-c-gen": 1000, "living17": 17, "entity30": 30, "waterbirds": 2, "celeba": 2, "camelyon17": 2,
+           "fmow": 62, "iwildcam": 182}
+
+
+@lru_cache(maxsize=64)
+def forward_flops(model: str, channels: int, size: int, classes: int) -> float | None:
+    """Forward FLOPs of one ``channels``×``size``×``size`` image, counted on the meta device (None if the
+    model cannot be built or traced there)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ftbench.models.base import get_model_entry
+
+    try:
+        with torch.device("meta"):
+            net = get_model_entry(model).build(channels, classes)
+            x = torch.empty(1, channels, size, size)
+            with FlopCounterMode(display=False) as counter:
+                net(x)
+        return float(counter.get_total_flops())
+    except Exception:  # noqa: BLE001  (a model that does not run on meta tensors: no estimate for it)
+        return None
+
+
+def run_flops(spec: Any) -> float | None:
+    """Training FLOPs of one resolved RunSpec (3 forward passes per image per step), or None."""
+    if spec.method == "none":
+        return 0.0
+    size, classes = IMAGE_SIZE.get(spec.benchmark), CLASSES.get(spec.benchmark)
+    if size is None or classes is None or not spec.model:
+        return None
+    channels = 1 if spec.benchmark == "digits" else 3
+    f = forward_flops(spec.model, channels, size, classes)
+    if f is None:
+        return None
+    bs = spec.batch_size or 64
+    if spec.steps is not None:
+        steps = spec.steps
+    elif spec.epochs is not None:
+        n = (spec.shots or 1) * classes
+        steps = spec.epochs * max(1, n // min(bs, n))
+    else:
+        steps = 0  # a method without a loop (linear-probe)
+    if spec.method == "autoft":  # its search: trials × inner_steps more steps
+        o = dict(spec.options)
+        steps += int(o.get("trials", 0)) * int(o.get("inner_steps", 0))
+    return 3.0 * f * steps * min(bs, (spec.shots or bs) * classes)
+
+
+def estimate(specs: list[Any]) -> tuple[float, int]:
+    """(GPU-hours, runs without an estimate) for ``specs`` at ``$FTBENCH_GPU_TFLOPS``."""
+    tflops = float(os.environ.get("FTBENCH_GPU_TFLOPS", DEFAULT_TFLOPS))
+    total, unknown = 0.0, 0
+    for s in specs:
+        f = run_flops(s)
+        if f is None:
+            unknown += 1
+        else:
+            total += f
+    return total / (tflops * 1e12) / 3600.0, unknown
+
+
+def describe_estimate(specs: list[Any]) -> str:
+    """The dry-run's line: the estimate, marked as such, with its formula's assumption."""
+    hours, unknown = estimate(specs)
+    tflops = float(os.environ.get("FTBENCH_GPU_TFLOPS", DEFAULT_TFLOPS))
+    text = (f"estimated GPU-hours for the runs to do: {hours:.3g} (an estimate, not a measurement: counted "
+            f"training FLOPs at an assumed {tflops:g} TFLOP/s, $FTBENCH_GPU_TFLOPS; evaluation not counted; "
+            "ftbench/papers/estimate.py)")
+    if unknown:
+        text += f"; {unknown} run(s) without an estimate (model or benchmark size unknown)"
+    return text

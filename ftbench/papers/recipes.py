@@ -1,0 +1,138 @@
+"""Paper recipes: every default of a paper's released code in one place (``recipes.toml``).
+
+A recipe fills RunSpec fields and method options *before* resolution, and only those the user did
+not give: ``ftbench run --recipe surgical --lr 0.01`` keeps 0.01. It is not a RunSpec field, so a
+run's id is the hash of the settings it actually ran with, whichever way they were given.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import UsageError, unknown
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+# RunSpec fields a recipe may set (the others, e.g. benchmark, shift, seed, say what is run, not how).
+FIELDS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "checkpoints", "shots")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One paper's released defaults; see recipes.toml for the format."""
+
+    name: str
+    paper: str
+    code: str
+    methods: tuple[str, ...]
+    fields: dict[str, Any]
+    grid: dict[str, list[Any]]
+    options: dict[str, dict[str, Any]]  # method name (or "*": every method that has the option) -> options
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def fields_for(self, benchmark: str) -> dict[str, Any]:
+        """The RunSpec fields for ``benchmark`` (the per-benchmark table over the general one)."""
+        return {**self.fields, **self.benchmarks.get(benchmark, {}).get("fields", {})}
+
+    def options_for(self, method: str, accepted: dict[str, Any], benchmark: str) -> dict[str, Any]:
+        """The options of ``method`` (its ``accepted`` option table) for ``benchmark``."""
+        out: dict[str, Any] = {}
+        per_bench = self.benchmarks.get(benchmark, {}).get("options", {})
+        for table in (self.options.get("*", {}), self.options.get(method, {}), per_bench.get("*", {}),
+                      per_bench.get(method, {})):
+            out.update({k: v for k, v in table.items() if k in accepted})
+        return out
+
+
+def _check(name: str, t: Any) -> Recipe:
+    if not isinstance(t, dict):
+        raise ValueError(f"recipe {name!r} is not a table")
+    bad = [k for k in {**t.get("fields", {}), **t.get("grid", {})} if k not in FIELDS]
+    for b in t.get("benchmarks", {}).values():
+        bad += [k for k in b.get("fields", {}) if k not in FIELDS]
+    if bad:
+        raise ValueError(f"recipe {name!r}: fields {bad} are not recipe fields ({', '.join(FIELDS)})")
+    return Recipe(name, str(t.get("paper", "")), str(t.get("code", "")), tuple(t.get("methods", ())),
+                  dict(t.get("fields", {})), {k: list(v) for k, v in t.get("grid", {}).items()},
+                  {k: dict(v) for k, v in t.get("options", {}).items()}, dict(t.get("benchmarks", {})),
+                  dict(t.get("notes", {})), {k: str(v) for k, v in t.get("sources", {}).items()})
+
+
+@lru_cache(maxsize=1)
+def recipes() -> dict[str, Recipe]:
+    """Every recipe of the shipped recipes.toml, by name, in file order."""
+    data = tomllib.loads(RECIPES_FILE.read_text())
+    return {n: _check(n, t) for n, t in data.get("recipes", {}).items()}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe ``name``; a UsageError listing the recipes if there is none."""
+    all_ = recipes()
+    if name not in all_:
+        raise unknown("recipe", name, list(all_))
+    return all_[name]
+
+
+def apply_recipe(recipe: Recipe, fields: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """RunSpec keyword arguments ``fields`` with the recipe's fields and options filled in where the
+    user gave none (``given``: the field names given explicitly; ``options`` given are kept per key).
+
+    Method options are those of ``fields["method"]``; an option the method does not have is skipped.
+    """
+    from ftbench.methods.base import get_method
+
+    out = dict(fields)
+    benchmark = str(out.get("benchmark", "digits"))
+    length_given = bool({"steps", "epochs"} & given)  # the run's length is one thing: given, or the recipe's
+    for k, v in recipe.fields_for(benchmark).items():
+        if k not in given and not (k in ("steps", "epochs") and length_given):
+            out[k] = v
+    method = get_method(str(out.get("method", "surgical")))
+    opts = dict(out.get("options") or ())
+    for k, v in recipe.options_for(method.name, method.options, benchmark).items():
+        opts.setdefault(k, v)
+    out["options"] = tuple(sorted(opts.items()))
+    return out
+
+
+def describe(recipe: Recipe) -> list[str]:
+    """Lines for ``ftbench list recipes``."""
+    lines = [f"paper: {recipe.paper}", f"released code: {recipe.code}",
+             f"methods: {', '.join(recipe.methods)}"]
+    if recipe.fields:
+        lines.append("fields: " + ", ".join(f"{k}={v}" for k, v in recipe.fields.items()))
+    for k, v in recipe.grid.items():
+        lines.append(f"grid (suites): {k} = {', '.join(map(str, v))}")
+    for m, opts in recipe.options.items():
+        lines.append(f"options ({'every method' if m == '*' else m}): " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    for b, t in recipe.benchmarks.items():
+        parts = [f"{k}={v}" for k, v in t.get("fields", {}).items()]
+        parts += [f"{m}: {k}={v}" for m, o in t.get("options", {}).items() for k, v in o.items()]
+        lines.append(f"on {b}: " + ", ".join(parts))
+    for k, v in recipe.notes.items():
+        if isinstance(v, list):
+            lines += [f"{k}: {item}" for item in v]
+        else:
+            lines.append(f"{k}: {v}")
+    lines += [f"source of {k}: {v}" for k, v in recipe.sources.items()]
+    return lines
+
+
+def check_suite_recipe(value: Any, where: str) -> Recipe:
+    """The recipe a suite names (``recipe = "NAME"``): one name, a known one."""
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: recipe must be one recipe name, got {value!r}; accepted: {', '.join(recipes())}")
+    try:
+        return get_recipe(value)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
