@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ftbench.errors import UsageError
-from ftbench.results.store import result_path, write_result
+from ftbench.results.store import is_done, result_path, write_result
 from ftbench.spec import RunSpec
 
 try:
@@ -137,17 +137,7 @@ def holder(out_dir: Path | str, run_id: str) -> str:
 def has_result(out_dir: Path | str, run_id: str, retry_failed: bool = False) -> bool:
     """Whether run ``run_id`` counts as done in ``out_dir`` (see ``completed_ids``)."""
     path = result_path(Path(out_dir), run_id)
-    if not path.is_file():
-        return False
-    import pyarrow.parquet as pq
-
-    try:
-        if retry_failed:
-            statuses = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-            return bool(statuses) and all(s == "ok" for s in statuses)
-        return pq.read_metadata(path).num_rows > 0
-    except Exception:
-        return False  # unreadable: redo it
+    return path.is_file() and is_done(path, retry_failed)
 
 
 def read_outcome(out_dir: Path | str, run_id: str) -> Outcome | None:
