@@ -72,6 +72,7 @@ def run(
     from ftbench.sweep.task import set_threads
     from ftbench.spec import RunSpec, resolve
     from ftbench.train.runner import execute, pick_device, work_dir
+    from ftbench.validate import check_output_dir, check_settings
 
     spec = resolve(RunSpec(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
@@ -79,8 +80,8 @@ def run(
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
     ))
     pick_device(device)  # validate before any work
-    if threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
+    check_settings({"threads": threads})
+    check_output_dir(out_dir, "--out")
     set_threads(threads)
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
@@ -129,6 +130,7 @@ def sweep(
     from ftbench.sweep.executors import run as run_executor
     from ftbench.sweep.local import describe
     from ftbench.train.runner import DEVICES, pick_device
+    from ftbench.validate import check_output_dir
 
     path = suites or default_suites_file()
     specs = expand_suite(suite, path)
@@ -149,6 +151,7 @@ def sweep(
     flags = {k: v for k, v in flags.items() if v is not None}
     settings = {**suite_settings(suite, path, executor), **flags}
     prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
+    check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
     if dry_run:
@@ -217,6 +220,11 @@ def _report(
         base_df = load_baseline(baseline)
     elif summary is not None:
         raise UsageError("--summary needs --baseline")
+    from ftbench.validate import check_output_file
+
+    for target, flag in ((output, "--output"), (plot, "--plot"), (summary, "--summary")):
+        if target is not None:
+            check_output_file(target, flag)  # before any work: a table is not computed to be lost
 
     df, problems = read_results(results)
     for p in problems:

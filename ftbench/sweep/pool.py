@@ -50,21 +50,24 @@ def visible_gpus(device: str = "auto") -> list[str]:
     return ids[:n]
 
 
-def worker_slots(device: str = "auto", jobs: int | None = None, per_gpu: int = 1) -> list[str | None]:
+def worker_slots(device: str = "auto", jobs: int | None = None, per_gpu: int = 1,
+                 limit: int | None = None) -> list[str | None]:
     """One entry per worker: its GPU id, or None for a CPU worker.
 
     With GPUs: ``jobs`` workers (default: ``per_gpu`` per GPU), ``per_gpu`` consecutive workers
-    sharing each GPU. Without: ``jobs`` CPU workers (default 1).
+    sharing each GPU. Without: ``jobs`` CPU workers (default 1). At most ``limit`` (the runs to
+    do: more workers would idle), so a huge ``--jobs`` costs nothing.
     """
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
     if per_gpu < 1:
         raise UsageError(f"--per-gpu must be >= 1, got {per_gpu}")
     gpus = visible_gpus(device)
+    n = jobs or (len(gpus) * per_gpu if gpus else 1)
+    n = max(1, min(n, limit)) if limit is not None else n
     if gpus:
-        n = jobs or len(gpus) * per_gpu
         return [gpus[(i // per_gpu) % len(gpus)] for i in range(n)]
-    return [None] * (jobs or 1)
+    return [None] * n
 
 
 @dataclass
@@ -148,7 +151,7 @@ def run_pool(
     done_ids = completed_ids(out_dir, retry_failed)
     todo = [s for s in specs if s.run_id not in done_ids]
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
-    slots = worker_slots(device, jobs, per_gpu)[: max(1, len(todo))]
+    slots = worker_slots(device, jobs, per_gpu, limit=len(todo))
     ctx = mp.get_context("spawn")
     t0 = time.perf_counter()
     runs = RunQueue(todo)
