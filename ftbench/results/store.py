@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ftbench.errors import UsageError
+from ftbench.errors import UsageError, disk_error
 
 SCHEMA_VERSION = 1
 SCHEMA = pa.schema(
@@ -72,10 +72,16 @@ def result_path(out_dir: Path, run_id: str) -> Path:
 
 
 def write_result(out_dir: Path | str, rows: dict[str, Any] | list[dict[str, Any]]) -> Path:
-    """Write one run's row(s) to ``<out_dir>/<run_id>.parquet`` atomically; return the path."""
+    """Write one run's row(s) to ``<out_dir>/<run_id>.parquet`` atomically; return the path.
+
+    A full or read-only disk is a :class:`~ftbench.errors.DiskError` naming the file (and leaves
+    neither a temporary file nor a changed result)."""
     rows = [rows] if isinstance(rows, dict) else rows
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(e, out) or e
     norm = []
     for r in rows:
         r = dict(r)
@@ -90,8 +96,13 @@ def write_result(out_dir: Path | str, rows: dict[str, Any] | list[dict[str, Any]
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise disk_error(e, path) or e
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # pragma: no cover - a read-only disk: no temporary file could be made either
+            pass
     return path
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from ftbench.errors import disk_error
+
 STATE_FILE = "resume.pt"
 VERSION = 1
 HOOKS = ("before_step", "extra_loss", "loss_fn")
@@ -148,13 +150,22 @@ class Resume:
             "evals": {int(k): {str(m): float(v) for m, v in e.items()} for k, e in evals.items()},
             "train_seconds": float(train_seconds),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            torch.save(state, tmp)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:  # a file object: torch.save then chains the OSError of a failed write
+                torch.save(state, fh)
             os.replace(tmp, self.path)
+        except Exception as e:  # a full or read-only disk stops a sweep (ftbench.errors.DiskError)
+            found = disk_error(e, self.path)
+            if found is not None:
+                raise found from None
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # pragma: no cover - read-only: it could not have been made
+                pass
 
     def discard(self) -> None:
         """The run finished: its resume state is no longer needed."""
