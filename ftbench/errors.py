@@ -41,6 +41,9 @@ class DiskError(UsageError):
         self.reason = reason
         super().__init__(f"cannot write {self.path}: {reason}")
 
+    def __reduce__(self) -> tuple:  # pickled across processes (Ray, submitit) with both fields
+        return (DiskError, (self.path, self.reason))
+
 
 def disk_error(exc: BaseException, path: object = None, writing: bool = True) -> DiskError | None:
     """The :class:`DiskError` that ``exc`` stands for, or None if it is no disk problem.

@@ -18,9 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError, unknown
+from ftbench.errors import DiskError, UsageError, unknown
 from ftbench.spec import RunSpec, load_suites
 from ftbench.sweep.local import SweepSummary, run_sweep
+from ftbench.sweep.task import stopped_by_disk
 from ftbench.validate import SETTING_NUMBERS, check_settings
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -136,13 +137,16 @@ def run(
             return run_sweep(specs, out_dir, device, progress=progress, retry_failed=retry_failed, threads=threads)
         return run_pool(specs, out_dir, device, jobs=len(slots), per_gpu=per_gpu, threads=threads,
                         retry_failed=retry_failed, progress=progress)
-    if executor == "slurm":
-        from ftbench.sweep.slurm import run_slurm
+    try:
+        if executor == "slurm":
+            from ftbench.sweep.slurm import run_slurm
 
-        return run_slurm(specs, out_dir, device, threads, retry_failed, progress, opts, name=name)
-    from ftbench.sweep.ray_executor import run_ray
+            return run_slurm(specs, out_dir, device, threads, retry_failed, progress, opts, name=name)
+        from ftbench.sweep.ray_executor import run_ray
 
-    return run_ray(specs, out_dir, device, threads, retry_failed, progress, opts)
+        return run_ray(specs, out_dir, device, threads, retry_failed, progress, opts)
+    except DiskError as e:  # the local executors say so themselves
+        raise stopped_by_disk(e, out_dir, specs) from None
 
 
 def _options(cls: Any, settings: dict[str, Any], executor: str) -> Any:
