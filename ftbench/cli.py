@@ -159,12 +159,17 @@ def sweep(
             out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}"))
         out.print(escape(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, "
                          f"{len(specs) - len(done)} to do" + (f" — {about}" if about else "")))
+        if report_format != "terminal" or table != "shifts":  # asked for a table: say why there is none
+            print(f"note: --dry-run lists the runs and prints no table; for the table of what is done: "
+                  f"ftbench report {out_dir} --format {report_format} --table {table}", file=sys.stderr)
         return
     print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)
     summary = run_executor(executor, specs, out_dir, device=device, threads=threads, retry_failed=retry_failed,
                            jobs=jobs, per_gpu=per_gpu, settings=settings, name=f"ftbench-{suite}")
     if executor == "slurm" and not settings.get("wait", True):
+        print(f"note: --no-wait prints no table (the runs are still to come); once the jobs are done: "
+              f"ftbench report {out_dir} --format {report_format} --table {table}", file=sys.stderr)
         return
     print(f"ran {summary.done + summary.failed} runs in {summary.seconds:.1f} s "
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
