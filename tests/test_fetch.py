@@ -387,3 +387,35 @@ def test_list_shows_every_dataset_with_size_licence_and_status(cli, tmp_path: Pa
     assert "2.9 GB" in r.out and "CC BY 4.0" in r.out and "not downloaded" in r.out
     r = cli("fetch", "nope", "--root", tmp_path)
     assert r.code == 2 and "unknown dataset 'nope'; accepted: digits, breeds" in r.err
+
+
+def test_a_full_disk_while_extracting_keeps_the_download(cli, server, monkeypatch, tmp_path: Path) -> None:
+    """No room to extract is no fault of the archive: it stays, and the next fetch only extracts."""
+    import errno
+
+    register(monkeypatch, server, tar_gz(PAYLOAD))
+    root = tmp_path / "data"
+
+    def full(self, *a, **k):  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(tarfile.TarFile, "extractall", full)
+        r = cli("fetch", "fake", "--root", root)
+    assert r.code == 2 and r.err.count("\n") == 1 and "no space left on the device" in r.err, r.err
+    assert leftovers(root) == [] and (root / ".downloads" / "fake.tar.gz.part").is_file()
+    n = len(server.log)
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 0, r.err
+    assert len(server.log) == n  # nothing downloaded again
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_a_data_root_that_cannot_be_a_folder_is_refused_before_downloading(cli, server, monkeypatch, tmp_path: Path,
+                                                                           where: str) -> None:
+    register(monkeypatch, server, tar_gz(PAYLOAD))
+    (tmp_path / "f").write_text("x")
+    root = tmp_path / "f" if where == "file" else tmp_path / "f" / "data"
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 2 and r.err.count("\n") == 1 and "data root" in r.err and str(root) in r.err
+    assert server.log == []

@@ -43,8 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ftbench.errors import UsageError
+from ftbench.errors import DiskError, UsageError, disk_error
 from ftbench.registry import Registry
+from ftbench.validate import check_output_dir
 
 MARKER = ".ftbench-complete.json"
 CHUNK = 1 << 20
@@ -288,9 +289,12 @@ def _download(f: RemoteFile, src: str, part: Path, say: Callable[[str], None]) -
         if not p.is_file():
             raise UsageError(f"mirror has no {f.name}: {p} does not exist")
         have = part.stat().st_size if part.is_file() else 0
-        with open(p, "rb") as s, open(part, "ab") as d:
-            s.seek(have)
-            shutil.copyfileobj(s, d, CHUNK)
+        try:
+            with open(p, "rb") as s, open(part, "ab") as d:
+                s.seek(have)
+                shutil.copyfileobj(s, d, CHUNK)
+        except OSError as e:  # a full disk keeps what was copied: the next fetch goes on from there
+            raise disk_error(e, part) or UsageError(f"copy of {p} to {part} failed: {e.strerror or e}") from None
         return
     last_error = ""
     for attempt in range(1, ATTEMPTS + 1):
@@ -324,6 +328,9 @@ def _download(f: RemoteFile, src: str, part: Path, say: Callable[[str], None]) -
                 raise UsageError(f"{src} not found (HTTP 404); use --mirror URL_OR_DIR with a copy of {f.name}") from None
             last_error = f"HTTP {e.code}"
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            found = disk_error(e)
+            if found is not None and not isinstance(e, urllib.error.URLError):  # our write, not the network
+                raise DiskError(part, found.reason) from None
             last_error = str(getattr(e, "reason", e))
         if attempt < ATTEMPTS:
             time.sleep(0.2 * attempt)
@@ -407,7 +414,13 @@ def _extract(archive: Path, dest: Path, label: str) -> None:
             t.extractall(dest, members=members, filter="data")  # seeks back: a second pass
     except UsageError:
         raise
-    except (tarfile.TarError, EOFError, zipfile.BadZipFile, OSError, zlib.error, lzma.LZMAError) as e:
+    except OSError as e:
+        found = disk_error(e, dest)  # the extraction's own writes: the archive is fine, keep it
+        if found is not None:
+            raise found from None
+        raise UsageError(f"archive {label} is truncated or corrupt ({type(e).__name__}: {e}); nothing was "
+                         "extracted") from None
+    except (tarfile.TarError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError) as e:
         raise UsageError(f"archive {label} is truncated or corrupt ({type(e).__name__}: {e}); nothing was "
                          "extracted") from None
 
@@ -430,6 +443,7 @@ def fetch(name: str, root: Path, mirror: str | None = None, say: Callable[[str],
     if folder.exists():  # incomplete: not written by a finished fetch (or damaged since)
         raise UsageError(f"{folder} exists but is not a complete {name} ({ds.problems(root)[0]}); "
                          "move it away and fetch again")
+    check_output_dir(root, "data root")  # a file in the way, or read-only: say so before downloading
     created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if left empty
     root.mkdir(parents=True, exist_ok=True)
     downloads = root / ".downloads"
@@ -466,6 +480,8 @@ def _fetch_files(ds: Dataset, root: Path, downloads: Path, mirror: str | None, s
         for f, part in zip(ds.files, parts):
             try:
                 _extract(part, tmp, f.name)
+            except DiskError:
+                raise  # no room to extract: the download is good, keep it for the next fetch
             except UsageError as e:
                 part.unlink(missing_ok=True)
                 raise UsageError(f"{e}; the download was removed, run fetch again (or check your --mirror)") from None
