@@ -79,9 +79,9 @@ def run(
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
     ))
-    pick_device(device)  # validate before any work
     check_settings({"threads": threads})
     check_output_dir(out_dir, "--out")
+    pick_device(device)  # validate before any work
     set_threads(threads)
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
@@ -143,8 +143,6 @@ def sweep(
         raise unknown("executor", executor, EXECUTORS)
     if device not in DEVICES:
         raise unknown("device", device, DEVICES)
-    if executor == "local":
-        pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
     flags = {"partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
              "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "runs_per_job": runs_per_job, "address": address,
              "wait": None if wait else False}
@@ -152,6 +150,8 @@ def sweep(
     settings = {**suite_settings(suite, path, executor), **flags}
     prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
     check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
+    if executor == "local":
+        pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
     if dry_run:

@@ -396,7 +396,7 @@ def test_a_full_disk_while_extracting_keeps_the_download(cli, server, monkeypatc
     register(monkeypatch, server, tar_gz(PAYLOAD))
     root = tmp_path / "data"
 
-    def full(self, *a, **k):  # noqa: ANN001
+    def full(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as m:

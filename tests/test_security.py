@@ -25,7 +25,7 @@ class Plant:
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.mkdir, (self.marker,))
 
 
@@ -119,7 +119,7 @@ def test_resume_state_is_plain_data(tmp_path: Path, monkeypatch, numpy_metrics: 
 
     real = Resume.save
 
-    def save(self, ctx, step, evals, seconds):  # noqa: ANN001
+    def save(self, ctx, step, evals, seconds):
         # numpy scalars, as benchmark metrics may return them, must not make the state unloadable
         evals = {k: {**v, "ood_worst": np.float64(1.5)} for k, v in evals.items()} if numpy_metrics else evals
         real(self, ctx, step, evals, seconds)

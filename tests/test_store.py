@@ -131,7 +131,7 @@ def test_sweep_reruns_a_run_whose_file_is_not_an_ftbench_row(tmp_path: Path, mon
     spec = resolve(RunSpec(steps=5))
     ran = []
 
-    def fake(s, device, workdir):  # noqa: ANN001
+    def fake(s, device, workdir):
         ran.append(s.run_id)
         return [{**s.columns(), "status": "ok", "id_acc": 1.0, "ood_acc": 2.0, "val_acc": 3.0}]
 
@@ -206,7 +206,7 @@ def test_a_failed_cache_write_leaves_no_temp_file(tmp_path: Path, monkeypatch) -
     spec = resolve(RunSpec())
     monkeypatch.setattr(pretrain, "_train", lambda net, source, device: net)
 
-    def full(obj, f, *a, **k):  # noqa: ANN001
+    def full(obj, f, *a, **k):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
