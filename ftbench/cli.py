@@ -77,6 +77,7 @@ def run(
     from ftbench.sweep.task import set_threads
     from ftbench.spec import RunSpec, resolve
     from ftbench.train.runner import execute, pick_device, work_dir
+    from ftbench.validate import check_output_dir, check_settings
 
     fields: dict[str, Any] = dict(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
@@ -90,9 +91,9 @@ def run(
         given = {f for f in FIELDS if ctx.get_parameter_source(f).name != "DEFAULT"}
         fields = apply_recipe(get_recipe(recipe), fields, given)
     spec = resolve(RunSpec(**fields))
+    check_settings({"threads": threads})
+    check_output_dir(out_dir, "--out")
     pick_device(device)  # validate before any work
-    if threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
     set_threads(threads)
     _print_notices([spec])
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
@@ -149,6 +150,7 @@ def sweep(
     from ftbench.sweep.executors import run as run_executor
     from ftbench.sweep.local import describe
     from ftbench.train.runner import DEVICES, pick_device
+    from ftbench.validate import check_output_dir
 
     path = suites or default_suites_file()
     specs = expand_suite(suite, path)
@@ -161,14 +163,15 @@ def sweep(
         raise unknown("executor", executor, EXECUTORS)
     if device not in DEVICES:
         raise unknown("device", device, DEVICES)
-    if executor == "local":
-        pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
     flags = {"partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
              "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "runs_per_job": runs_per_job, "address": address,
              "wait": None if wait else False}
     flags = {k: v for k, v in flags.items() if v is not None}
     settings = {**suite_settings(suite, path, executor), **flags}
     prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
+    check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
+    if executor == "local":
+        pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
     if dry_run:
@@ -179,6 +182,9 @@ def sweep(
         from ftbench.papers.estimate import describe_estimate
 
         out.print(escape(describe_estimate([s for s in specs if s.run_id not in done])))
+        if report_format != "terminal" or table != "shifts":  # asked for a table: say why there is none
+            print(f"note: --dry-run lists the runs and prints no table; for the table of what is done: "
+                  f"ftbench report {out_dir} --format {report_format} --table {table}", file=sys.stderr)
         return
     print(f"suite {suite!r}{' — ' + about if about else ''}: {len(specs)} runs, {len(done)} already in {out_dir}, "
           f"{len(specs) - len(done)} to run", file=sys.stderr)
@@ -186,6 +192,8 @@ def sweep(
     summary = run_executor(executor, specs, out_dir, device=device, threads=threads, retry_failed=retry_failed,
                            jobs=jobs, per_gpu=per_gpu, settings=settings, name=f"ftbench-{suite}")
     if executor == "slurm" and not settings.get("wait", True):
+        print(f"note: --no-wait prints no table (the runs are still to come); once the jobs are done: "
+              f"ftbench report {out_dir} --format {report_format} --table {table}", file=sys.stderr)
         return
     print(f"ran {summary.done + summary.failed} runs in {summary.seconds:.1f} s "
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
@@ -260,6 +268,11 @@ def _report(
         base_df = load_baseline(baseline)
     elif summary is not None:
         raise UsageError("--summary needs --baseline")
+    from ftbench.validate import check_output_file
+
+    for target, flag in ((output, "--output"), (plot, "--plot"), (summary, "--summary")):
+        if target is not None:
+            check_output_file(target, flag)  # before any work: a table is not computed to be lost
 
     published: Any = None
     if compare is not None:

@@ -117,7 +117,9 @@ def resolve(spec: RunSpec) -> RunSpec:
     from ftbench.methods.base import get_method
     from ftbench.models.base import get_model_entry
     from ftbench.protocols.base import get_protocol
+    from ftbench.validate import check_run_numbers
 
+    check_run_numbers(spec)  # types and ranges of every number first (ftbench/validate.py)
     bench = get_benchmark(spec.benchmark)
     protocol = get_protocol(spec.protocol)
     spec = protocol.resolve(bench, spec)
@@ -189,9 +191,12 @@ def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
 def load_suites(path: Path) -> tuple[dict[str, dict[str, Any]], str]:
     """Parse a suites file; malformed TOML becomes a UsageError naming the file and line."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read suites file {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not a text (UTF-8) file: byte 0x{e.object[e.start]:02x} at offset {e.start}; "
+                         "a suites file is TOML") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -232,12 +237,15 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
     table = suites[name]
     if not isinstance(table, dict):
         raise UsageError(f"{path}:{_line_of(text, name)}: suites.{name} must be a table")
-    for key in table:
+    for key, value in table.items():
         if key not in SUITE_KEYS and key not in SUITE_META:
             raise UsageError(
                 f"{path}:{_line_of(text, name, key)}: suite {name!r}: unknown key {key!r}; "
                 f"accepted: {', '.join(list(SUITE_KEYS) + list(SUITE_META))}"
             )
+        problem = _value_problem(key, value)
+        if problem:
+            raise UsageError(f"{path}:{_line_of(text, name, key)}: suite {name!r}: {problem}")
     specs: list[RunSpec] = []
     for inc in _as_list(table.get("include", [])):
         specs += _expand(str(inc), suites, text, path, stack + (name,))
@@ -265,6 +273,26 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
     return unique
 
 
+def _value_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the value of suite key ``key`` (its type; for numbers, its range)."""
+    from ftbench.validate import run_value_problem
+
+    if key in ("description",) and not isinstance(value, str):
+        return f"{key} must be a string, got {value!r}"
+    if key == "include" and not all(isinstance(v, str) for v in _as_list(value)):
+        return f"include must be a suite name or a list of them, got {value!r}"
+    if key not in SUITE_KEYS:
+        return None  # options, slurm, ray: checked where they are used
+    entries = value if isinstance(value, list) else [value]  # a list is a grid axis
+    for v in entries:
+        if isinstance(v, list) and key != "block":
+            return f"{key} must be a value or a list of values (a grid axis), got a nested list {value!r}"
+        problem = run_value_problem(key, SUITE_KEYS[key], v)
+        if problem:
+            return problem
+    return None
+
+
 def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path, recipe: Any = None) -> list[RunSpec]:
     if not isinstance(options, dict):
         raise UsageError(f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: options must be a table")
@@ -276,12 +304,17 @@ def _grid(name: str, axes: dict[str, Any], options: Any, text: str, path: Path, 
         from ftbench.methods.base import get_method
 
         methods = [get_method(str(m)) for m in _as_list(axes.get("method", RunSpec.method))]
-        for key, _ in opts:
+        for key, value in opts:
             if not any(key in m.options for m in methods):
                 raise UsageError(
                     f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: option {key!r} is taken by none of "
                     f"its methods ({', '.join(m.name for m in methods)})"
                 )
+            # true/false is no number (bool is an int in Python, so the option's parser would take it)
+            if isinstance(value, bool) and any(type(m.options[key].default) is not bool
+                                               for m in methods if key in m.options):
+                raise UsageError(f"{path}:{_line_of(text, name, 'options')}: suite {name!r}: option {key!r} must "
+                                 f"be a number, got {str(value).lower()} (a boolean)")
     for combo in itertools.product(*values):
         fields: dict[str, Any] = {SUITE_KEYS[k]: v for k, v in zip(keys, combo)}
         fields["options"] = opts

@@ -127,7 +127,7 @@ def test_fetch_downloads_verifies_extracts_and_is_idempotent(cli, server, monkey
     assert (root / "fake" / "fake" / "a.txt").read_bytes() == b"hello\n"
     assert (root / "fake" / "fake" / "big.bin").read_bytes() == PAYLOAD["fake/big.bin"]
     assert (root / "fake" / MARKER).is_file()
-    assert leftovers(root) == ["fake"] and not list((root / ".downloads").iterdir())
+    assert leftovers(root) == ["fake"] and not (root / ".downloads").exists()  # no empty folder left
     n = len(server.log)
     r = cli("fetch", "fake", "--root", root)
     assert r.code == 0 and "verified" in r.out and len(server.log) == n  # no second download
@@ -185,7 +185,7 @@ def test_checksum_mismatch_is_exit_2_and_removes_the_download(cli, server, monke
     monkeypatch.setitem(DATASETS._items, "fake", Dataset("fake", "x", "x", "fake", "1 MB", (bad,), ("fake/a.txt",)))
     r = cli("fetch", "fake", "--root", tmp_path)
     assert r.code == 2 and r.err.count("\n") == 1 and "checksum mismatch for fake.tar.gz: md5" in r.err
-    assert leftovers(tmp_path) == [] and not list((tmp_path / ".downloads").iterdir())
+    assert leftovers(tmp_path) == [] and not (tmp_path / ".downloads").exists()
 
 
 @pytest.mark.parametrize("archive", [
@@ -220,6 +220,116 @@ def test_a_truncated_archive_without_checksum_is_exit_2(cli, server, monkeypatch
     r = cli("fetch", "fake", "--root", tmp_path)
     assert r.code == 2 and "truncated or corrupt" in r.err and r.err.count("\n") == 1
     assert leftovers(tmp_path) == []
+    assert not (tmp_path / ".downloads").exists()  # discarded: resuming it would only repeat the failure
+    server.files["fake.tar.gz"] = data  # the mirror is fixed: the next fetch starts afresh and succeeds
+    r = cli("fetch", "fake", "--root", tmp_path)
+    assert r.code == 0, r.err
+    assert ("fake.tar.gz", None) == server.log[-1]  # a whole download, not a resume of the bad file
+    assert (tmp_path / "fake" / "fake" / "big.bin").read_bytes() == PAYLOAD["fake/big.bin"]
+
+
+def tar_gz_level(entries: dict[str, bytes], level: int) -> bytes:
+    """A .tar.gz at gzip ``level``: level 0 stores the bytes (deflate "stored" blocks), so a flipped
+    byte in it decompresses cleanly to a changed file, and only the CRC-32 tells."""
+    import gzip
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=level, mtime=0)
+
+
+def flip(data: bytes, at: int) -> bytes:
+    b = bytearray(data)
+    b[at] ^= 0x20
+    return bytes(b)
+
+
+CSV = b"img_id,img_filename,y,split,place\n" + b"".join(b"%d,bird_%04d.jpg,0,0,1\n" % (i, i) for i in range(200))
+GOOD_GZ = tar_gz_level({"fake/a.txt": b"hello\n", "fake/metadata.csv": CSV}, 0)
+
+
+@pytest.mark.parametrize("damage", [
+    flip(GOOD_GZ, GOOD_GZ.index(b"bird_0100")),  # a content byte: metadata.csv would change, quietly
+    flip(GOOD_GZ, len(GOOD_GZ) - 8),  # the CRC-32 in the trailer
+    flip(GOOD_GZ, len(GOOD_GZ) - 2),  # the length (ISIZE) in the trailer
+    GOOD_GZ[:-8],  # the trailer cut off (the tar itself is whole)
+    flip(tar_gz(PAYLOAD), len(tar_gz(PAYLOAD)) // 2),  # a byte inside compressed data: zlib's own error
+], ids=["content-byte", "crc32", "isize", "no-trailer", "deflate-data"])
+def test_an_archive_failing_its_gzip_check_is_refused_and_the_next_fetch_succeeds(
+        cli, server, monkeypatch, tmp_path: Path, damage: bytes) -> None:
+    """Size known, no checksum (as WILDS publishes): the gzip trailer is the only integrity check."""
+    register(monkeypatch, server, damage, checksum=False, size=False)
+    root = tmp_path / "data"
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 2 and r.err.count("\n") == 1 and "truncated or corrupt" in r.err, r.err
+    assert "Traceback" not in r.err
+    assert not root.exists()  # nothing extracted, nothing marked complete, no .part, no empty folder
+    server.files["fake.tar.gz"] = GOOD_GZ
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 0, r.err
+    assert (root / "fake" / "fake" / "metadata.csv").read_bytes() == CSV
+
+
+def test_the_wilds_archive_with_a_bad_crc_is_refused(cli, server, monkeypatch, tmp_path: Path) -> None:
+    """The case the issue reports: waterbirds (no published size or checksum), its metadata.csv with
+    one byte changed in a gzip stored block. tarfile alone stops reading at the tar's end blocks, so
+    the CRC-32 after them was never checked and the changed file was extracted and marked ready."""
+    import dataclasses
+
+    from wilds_fixtures import make_waterbirds
+
+    from ftbench.data.fetch import MARKER as marker
+
+    src = make_waterbirds(tmp_path / "src")
+    (src / marker).unlink()  # the fixture makes a fetched copy; an archive has no marker
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:  # the bundle holds the folder's contents
+        for child in sorted(src.iterdir()):
+            t.add(child, arcname=child.name)
+    import gzip
+
+    good = gzip.compress(raw.getvalue(), compresslevel=0, mtime=0)
+    csv = (src / "metadata.csv").read_bytes()
+    bad = flip(good, good.index(csv[:40]) + 20)
+    ds = DATASETS.get("waterbirds")
+    f = dataclasses.replace(ds.files[0], url=f"{server.url}/{ds.files[0].name}")
+    assert f.size is None and f.md5 is None and f.sha256 is None  # as registered: only gzip can tell
+    monkeypatch.setitem(DATASETS._items, "waterbirds", dataclasses.replace(ds, files=(f,)))
+    server.files[f.name] = bad
+    root = tmp_path / "data"
+    r = cli("fetch", "waterbirds", "--root", root)
+    assert r.code == 2 and "truncated or corrupt" in r.err and "CRC" in r.err, r.err
+    assert not root.exists()
+    assert "not downloaded" in cli("fetch", "--list", "--root", root).out
+    server.files[f.name] = good
+    assert cli("fetch", "waterbirds", "--root", root).code == 0
+    assert (root / "waterbirds_v1.0" / "metadata.csv").read_bytes() == csv
+
+
+def test_an_unsafe_archive_is_discarded_so_a_fixed_mirror_works(cli, server, monkeypatch, tmp_path: Path) -> None:
+    register(monkeypatch, server, tar_gz({"fake/a.txt": b"x", "../evil.txt": b"pwned"}), checksum=False, size=False)
+    root = tmp_path / "data"
+    assert cli("fetch", "fake", "--root", root).code == 2
+    assert not root.exists()
+    server.files["fake.tar.gz"] = tar_gz(PAYLOAD)
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 0, r.err
+    assert server.log[-1] == ("fake.tar.gz", None)
+
+
+def test_a_failed_fetch_leaves_no_empty_folders(cli, server, monkeypatch, tmp_path: Path) -> None:
+    register(monkeypatch, server, tar_gz(PAYLOAD), url=f"{server.url}/gone.tar.gz")
+    root = tmp_path / "a" / "b" / "data"
+    assert cli("fetch", "fake", "--root", root).code == 2
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert cli("fetch", "fake", "--root", existing).code == 2
+    assert existing.is_dir() and not list(existing.iterdir())  # the user's own folder stays
 
 
 def test_mirror_url_and_local_folder(cli, server, monkeypatch, tmp_path: Path) -> None:
@@ -277,3 +387,35 @@ def test_list_shows_every_dataset_with_size_licence_and_status(cli, tmp_path: Pa
     assert "2.9 GB" in r.out and "CC BY 4.0" in r.out and "not downloaded" in r.out
     r = cli("fetch", "nope", "--root", tmp_path)
     assert r.code == 2 and "unknown dataset 'nope'; accepted: digits, breeds" in r.err
+
+
+def test_a_full_disk_while_extracting_keeps_the_download(cli, server, monkeypatch, tmp_path: Path) -> None:
+    """No room to extract is no fault of the archive: it stays, and the next fetch only extracts."""
+    import errno
+
+    register(monkeypatch, server, tar_gz(PAYLOAD))
+    root = tmp_path / "data"
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(tarfile.TarFile, "extractall", full)
+        r = cli("fetch", "fake", "--root", root)
+    assert r.code == 2 and r.err.count("\n") == 1 and "no space left on the device" in r.err, r.err
+    assert leftovers(root) == [] and (root / ".downloads" / "fake.tar.gz.part").is_file()
+    n = len(server.log)
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 0, r.err
+    assert len(server.log) == n  # nothing downloaded again
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_a_data_root_that_cannot_be_a_folder_is_refused_before_downloading(cli, server, monkeypatch, tmp_path: Path,
+                                                                           where: str) -> None:
+    register(monkeypatch, server, tar_gz(PAYLOAD))
+    (tmp_path / "f").write_text("x")
+    root = tmp_path / "f" if where == "file" else tmp_path / "f" / "data"
+    r = cli("fetch", "fake", "--root", root)
+    assert r.code == 2 and r.err.count("\n") == 1 and "data root" in r.err and str(root) in r.err
+    assert server.log == []

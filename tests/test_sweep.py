@@ -159,3 +159,25 @@ def test_progress_shows_done_running_failed_and_the_latest_result(monkeypatch) -
         bar._p.refresh()
         shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.getvalue())  # without the terminal codes
     assert "2/3" in shown and "2 running" in shown and "1 failed" in shown and "OOD 70.5 ID 91.2 · digits/corruption surgical" in shown
+
+
+BASELINE_SMOKE = Path(__file__).parent / "data" / "baseline_smoke"
+
+
+@pytest.mark.parametrize("fmt, marker", [("terminal", "block 1"), ("markdown", "| block 1 |"),
+                                         ("latex", "\\begin{tabular}"), ("html", "<table"), ("csv", "block 1,"),
+                                         ("json", '"rows"')])
+def test_sweep_prints_its_table_in_every_format(cli, tmp_path: Path, fmt: str, marker: str) -> None:
+    """Never exit 0 silently: the table, in the format asked for, on stdout (every run done already)."""
+    import shutil
+
+    shutil.copytree(BASELINE_SMOKE, tmp_path / "out")  # the smoke suite's results: nothing to run
+    r = cli("sweep", "smoke", "--out", tmp_path / "out", "--format", fmt)
+    assert r.code == 0, r.err
+    assert "0 to run" in r.err and marker in r.out, r.out
+
+
+def test_a_dry_run_asked_for_a_table_says_why_there_is_none(cli, tmp_path: Path) -> None:
+    r = cli("sweep", "smoke", "--out", tmp_path / "out", "--dry-run", "--format", "latex")
+    assert r.code == 0 and "4 runs, 0 done, 4 to do" in r.out
+    assert "prints no table" in r.err and "ftbench report" in r.err and "--format latex" in r.err

@@ -94,7 +94,7 @@ def test_bad_slurm_settings_are_usage_errors(cli, suite_file: Path, tmp_path: Pa
     r = cli("sweep", "bad", "--suites", suite_file, "--out", tmp_path, "--executor", "slurm")
     assert r.code == 2 and r.err.startswith("error: ") and ":20: suite 'bad': unknown slurm setting 'queue'" in r.err
     r = cli("sweep", "tiny", "--suites", suite_file, "--out", tmp_path, "--executor", "slurm", "--runs-per-job", "0")
-    assert r.code == 2 and "runs-per-job must be >= 1" in r.err
+    assert r.code == 2 and "--runs-per-job must be a positive integer, got 0" in r.err
     r = cli("sweep", "tiny", "--suites", suite_file, "--out", tmp_path, "--partition", "gpu")
     assert r.code == 2 and "--partition: not an option of --executor local" in r.err
 

@@ -10,9 +10,13 @@ A dataset folder appears only by an atomic rename of a fully extracted and verif
 already holds its completion marker, so a killed fetch never leaves anything that looks complete.
 Downloads resume with HTTP ``Range`` requests; archives are checked against published checksums
 (MD5/SHA-256) where the publisher gives one, otherwise against the published size and the
-archive's own integrity (gzip's CRC-32 is checked when the whole stream is read). Extraction
+archive's own integrity: the compressed stream is read to its end before anything is extracted,
+so gzip's CRC-32 and length trailer (bzip2's and xz's checks likewise) are verified — tarfile
+alone stops at the tar's end-of-archive blocks and never reaches the trailer, which is why a
+WILDS archive (no published checksum) with a flipped byte used to be extracted. Extraction
 refuses entries that would land outside the target folder (absolute paths, ``..``, links that
-point out, devices). Data that cannot be downloaded (ImageNet, ImageNet-C, BREEDS) are validated
+point out, devices). A download that fails any of these checks is deleted, so the next fetch
+downloads it afresh instead of resuming a bad file. Data that cannot be downloaded (ImageNet, ImageNet-C, BREEDS) are validated
 in place and the expected layout is printed when they are missing.
 
 Written by hand rather than with ``torchvision.datasets.utils``: that helper neither resumes,
@@ -21,8 +25,11 @@ nor extracts safely, nor writes atomically, and it has no mirror support.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import tarfile
@@ -30,13 +37,15 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ftbench.errors import UsageError
+from ftbench.errors import DiskError, UsageError, disk_error
 from ftbench.registry import Registry
+from ftbench.validate import check_output_dir
 
 MARKER = ".ftbench-complete.json"
 CHUNK = 1 << 20
@@ -280,9 +289,12 @@ def _download(f: RemoteFile, src: str, part: Path, say: Callable[[str], None]) -
         if not p.is_file():
             raise UsageError(f"mirror has no {f.name}: {p} does not exist")
         have = part.stat().st_size if part.is_file() else 0
-        with open(p, "rb") as s, open(part, "ab") as d:
-            s.seek(have)
-            shutil.copyfileobj(s, d, CHUNK)
+        try:
+            with open(p, "rb") as s, open(part, "ab") as d:
+                s.seek(have)
+                shutil.copyfileobj(s, d, CHUNK)
+        except OSError as e:  # a full disk keeps what was copied: the next fetch goes on from there
+            raise disk_error(e, part) or UsageError(f"copy of {p} to {part} failed: {e.strerror or e}") from None
         return
     last_error = ""
     for attempt in range(1, ATTEMPTS + 1):
@@ -316,6 +328,9 @@ def _download(f: RemoteFile, src: str, part: Path, say: Callable[[str], None]) -
                 raise UsageError(f"{src} not found (HTTP 404); use --mirror URL_OR_DIR with a copy of {f.name}") from None
             last_error = f"HTTP {e.code}"
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            found = disk_error(e)
+            if found is not None and not isinstance(e, urllib.error.URLError):  # our write, not the network
+                raise DiskError(part, found.reason) from None
             last_error = str(getattr(e, "reason", e))
         if attempt < ATTEMPTS:
             time.sleep(0.2 * attempt)
@@ -347,8 +362,29 @@ def _inside(name: str) -> bool:
     return not p.is_absolute() and ".." not in p.parts and not (p.parts and ":" in p.parts[0])
 
 
+def _stream(archive: Path) -> BinaryIO:
+    """``archive`` opened for reading, decompressed by its magic bytes (gzip, bzip2, xz, or none)."""
+    with open(archive, "rb") as fh:
+        magic = fh.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(archive, "rb")  # type: ignore[return-value]
+    if magic[:3] == b"BZh":
+        return bz2.BZ2File(archive, "rb")  # type: ignore[return-value]
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(archive, "rb")  # type: ignore[return-value]
+    return open(archive, "rb")
+
+
+def _read_to_end(stream: BinaryIO) -> None:
+    """Read what is left of ``stream``: a compressed stream checks its CRC/length at its end
+    (gzip raises BadGzipFile on a mismatch, EOFError when the trailer is missing)."""
+    while stream.read(CHUNK):
+        pass
+
+
 def _extract(archive: Path, dest: Path, label: str) -> None:
-    """Extract ``archive`` into ``dest``; refuse any entry that would land outside it."""
+    """Extract ``archive`` into ``dest``; refuse any entry that would land outside it, and any
+    archive whose compressed stream fails its own integrity check (before extracting anything)."""
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
@@ -359,11 +395,11 @@ def _extract(archive: Path, dest: Path, label: str) -> None:
                                          "(absolute path, '..' or link); nothing was extracted")
                 bad = z.testzip()
                 if bad is not None:
-                    raise UsageError(f"archive {label} is corrupt (bad CRC in {bad!r}); run fetch again")
+                    raise UsageError(f"archive {label} is corrupt (bad CRC in {bad!r}); nothing was extracted")
                 z.extractall(dest)
             return
-        with tarfile.open(archive, "r:*") as t:
-            members = t.getmembers()  # reads the whole stream: a truncated archive fails here
+        with _stream(archive) as stream, tarfile.open(fileobj=stream, mode="r:") as t:
+            members = t.getmembers()  # reads up to the tar's end blocks: a truncated archive fails here
             for m in members:
                 escapes = not _inside(m.name)
                 if m.issym() or m.islnk():
@@ -372,12 +408,21 @@ def _extract(archive: Path, dest: Path, label: str) -> None:
                 if escapes or m.isdev():
                     raise UsageError(f"archive {label} has an unsafe entry {m.name!r} (it would be written outside "
                                      "the dataset folder, or is a device); nothing was extracted")
-            t.extractall(dest, members=members, filter="data")
+            # tarfile stops at the end-of-archive blocks; the padding after them and the
+            # compressor's trailer (gzip: CRC-32 and length) are only checked by reading on.
+            _read_to_end(stream)
+            t.extractall(dest, members=members, filter="data")  # seeks back: a second pass
     except UsageError:
         raise
-    except (tarfile.TarError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise UsageError(f"archive {label} is truncated or corrupt ({type(e).__name__}: {e}); "
-                         "delete it from .downloads or run fetch again") from None
+    except OSError as e:
+        found = disk_error(e, dest)  # the extraction's own writes: the archive is fine, keep it
+        if found is not None:
+            raise found from None
+        raise UsageError(f"archive {label} is truncated or corrupt ({type(e).__name__}: {e}); nothing was "
+                         "extracted") from None
+    except (tarfile.TarError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError) as e:
+        raise UsageError(f"archive {label} is truncated or corrupt ({type(e).__name__}: {e}); nothing was "
+                         "extracted") from None
 
 
 # --- fetch ------------------------------------------------------------------------------------
@@ -398,34 +443,60 @@ def fetch(name: str, root: Path, mirror: str | None = None, say: Callable[[str],
     if folder.exists():  # incomplete: not written by a finished fetch (or damaged since)
         raise UsageError(f"{folder} exists but is not a complete {name} ({ds.problems(root)[0]}); "
                          "move it away and fetch again")
+    check_output_dir(root, "data root")  # a file in the way, or read-only: say so before downloading
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if left empty
     root.mkdir(parents=True, exist_ok=True)
+    downloads = root / ".downloads"
+    try:
+        _fetch_files(ds, root, downloads, mirror, say)
+    finally:
+        for p in (downloads, *created):  # no empty folders left behind, whatever happened
+            try:
+                p.rmdir()
+            except OSError:
+                pass  # not empty (a resumable download, other data) or not ours
+    return f"{name}: ready in {folder}"
+
+
+def _fetch_files(ds: Dataset, root: Path, downloads: Path, mirror: str | None, say: Callable[[str], None]) -> None:
+    """Download, verify and extract ``ds`` into ``<root>/<folder>``. A download that fails
+    verification (size, checksum, integrity, unsafe entry, wrong contents) is deleted: resuming it
+    would only repeat the failure. A download cut short is kept: the next fetch resumes it."""
+    folder = root / ds.folder
     for stale in root.glob(f".extract-{ds.folder}-*"):  # left by a killed fetch
         shutil.rmtree(stale, ignore_errors=True)
-    downloads = root / ".downloads"
     downloads.mkdir(exist_ok=True)
     verified: dict[str, dict[str, str]] = {}
     for f in ds.files:
         part = downloads / f"{f.name}.part"
         src = _source(f, mirror)
-        say(f"  {name}: {f.name} <- {src}")
+        say(f"  {ds.name}: {f.name} <- {src}")
         _download(f, src, part, say)
         verified[f.name] = _verify(f, part)
+    parts = [downloads / f"{f.name}.part" for f in ds.files]
     tmp = root / f".extract-{ds.folder}-{os.getpid()}"
     tmp.mkdir()
     try:
-        for f in ds.files:
-            _extract(downloads / f"{f.name}.part", tmp, f.name)
+        for f, part in zip(ds.files, parts):
+            try:
+                _extract(part, tmp, f.name)
+            except DiskError:
+                raise  # no room to extract: the download is good, keep it for the next fetch
+            except UsageError as e:
+                part.unlink(missing_ok=True)
+                raise UsageError(f"{e}; the download was removed, run fetch again (or check your --mirror)") from None
         missing = [r for r in ds.required if not (tmp / r).exists()]
         if missing:
-            raise UsageError(f"archive of {name} does not hold the expected {missing[0]}"
+            for part in parts:  # which of them is the wrong file cannot be told: none is kept
+                part.unlink(missing_ok=True)
+            raise UsageError(f"archive of {ds.name} does not hold the expected {missing[0]}"
                              + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
-                             + "; is the mirror's copy the right file?")
-        marker = {"dataset": name, "files": verified, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                             + "; the download was removed; is the mirror's copy the right file?")
+        marker = {"dataset": ds.name, "files": verified, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         os.replace(tmp, folder)  # the one step that makes the dataset visible
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for f in ds.files:
-        (downloads / f"{f.name}.part").unlink(missing_ok=True)
-    return f"{name}: ready in {folder}"
+    for part in parts:
+        part.unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 The cache key is a hash of the model name, the source task's identity, the pretraining recipe and
 the device type,
 so a model is reused across runs and sweeps and rebuilt when missing or unreadable. Files are
-written to a temporary name and renamed into place, and loaded with ``weights_only=True``.
+written to a temporary name (``models/.<name>.pt.<pid>.tmp``) and renamed into place, and loaded
+with ``weights_only=True``. Temporary files of killed writers are removed by the next process
+that uses the cache (see :func:`clean_tmp`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftbench.data.base import SourceTask
+from ftbench.errors import disk_error
 from ftbench.models.base import BlockModel, get_model_entry
 from ftbench.train.loop import fit
 
@@ -75,6 +79,7 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
         return given.model.to(device).eval()
     net = given.model if given is not None else entry.build(source.train.channels, source.num_classes)
     path = cache_path(model, source, device, given.key() if given is not None else None)
+    clean_tmp(path.parent)
     if path.is_file():
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -83,11 +88,74 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
             print(f"warning: cached source model {path} is unreadable ({type(e).__name__}); rebuilding",
                   file=sys.stderr)
     net = _train(net, source, device) if given is None else fit_head(net, source, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    _save(net, path)
     return net.eval()
+
+
+# A writer rewrites its temporary file continuously until the rename, so one untouched this long
+# has no live writer — whatever its PID says on this host (a cache shared between hosts, e.g. a
+# home folder on NFS seen by Slurm nodes, holds other hosts' PIDs, which mean nothing here).
+TMP_SILENT_S = 60.0
+# One untouched this long is stale even if a process with its PID lives here (a reused PID).
+TMP_MAX_AGE_S = 3600.0
+
+
+def clean_tmp(models: Path) -> int:
+    """Remove the temporary files of killed writers in the cache folder ``models``; return how many.
+
+    ``.<name>.pt.<pid>.tmp`` goes when its PID is no live process on this host and it has not
+    been written to for :data:`TMP_SILENT_S`, or when it has not been written to for
+    :data:`TMP_MAX_AGE_S` at all (a live writer never pauses that long).
+    """
+    removed = 0
+    now = time.time()
+    for f in models.glob(".*.pt.*.tmp"):
+        pid = f.name[: -len(".tmp")].rsplit(".", 1)[-1]
+        try:
+            silent = now - f.stat().st_mtime
+        except OSError:
+            continue  # renamed or removed meanwhile
+        if silent > TMP_MAX_AGE_S or (silent > TMP_SILENT_S and not (pid.isdigit() and _alive(int(pid)))):
+            try:
+                f.unlink()
+                removed += 1
+            except OSError:
+                pass  # gone already, or not ours to remove
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists (another user's), or not a PID we can ask about: keep its file
+    return True
+
+
+def _save(net: nn.Module, path: Path) -> None:
+    """Write ``net``'s state dict to ``path`` atomically; a full or read-only cache disk is a
+    :class:`~ftbench.errors.DiskError` naming the cache file (and leaves no temporary file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:  # a file object: torch.save then chains the OSError of a failed write
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, fh)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # removed by clean_tmp elsewhere after a long stall: just not cached
+            print(f"warning: {tmp} vanished before it was renamed; the source model is not cached",
+                  file=sys.stderr)
+    except Exception as e:
+        found = disk_error(e, path)
+        if found is not None:
+            raise found from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def recipe_of(source: SourceTask) -> dict:

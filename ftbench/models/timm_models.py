@@ -714,7 +714,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))  # either wording of torch
         if found is None:  # not a pickle at all, e.g. a truncated download or another format
             raise unreadable from None
         raise UsageError(f"weights file {str(p)!r} holds Python objects besides tensors ({found.group(1)}), which "

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ftbench.errors import UsageError
+from ftbench.errors import UsageError, disk_error
 
 SCHEMA_VERSION = 1
 SCHEMA = pa.schema(
@@ -74,10 +74,16 @@ def result_path(out_dir: Path, run_id: str) -> Path:
 
 
 def write_result(out_dir: Path | str, rows: dict[str, Any] | list[dict[str, Any]]) -> Path:
-    """Write one run's row(s) to ``<out_dir>/<run_id>.parquet`` atomically; return the path."""
+    """Write one run's row(s) to ``<out_dir>/<run_id>.parquet`` atomically; return the path.
+
+    A full or read-only disk is a :class:`~ftbench.errors.DiskError` naming the file (and leaves
+    neither a temporary file nor a changed result)."""
     rows = [rows] if isinstance(rows, dict) else rows
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(e, out) or e
     norm = []
     for r in rows:
         r = dict(r)
@@ -92,8 +98,13 @@ def write_result(out_dir: Path | str, rows: dict[str, Any] | list[dict[str, Any]
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise disk_error(e, path) or e
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # pragma: no cover - a read-only disk: no temporary file could be made either
+            pass
     return path
 
 
@@ -105,17 +116,61 @@ class Problem:
     reason: str
 
 
-def _check(table: pa.Table, path: Path) -> str | None:
-    missing = [c for c in REQUIRED if c not in table.column_names]
+# Columns holding measurements (the metric columns of every benchmark: id_acc, ood_worst_group_acc,
+# val_..., source_val_...): numbers, whatever their name, so ``report --metric`` can average them.
+METRIC_PREFIXES = ("id_", "ood_", "val_", "source_val_")
+
+
+def _kind(t: pa.DataType) -> str:
+    """The family of an Arrow type, as a reader of the column cares: number, string, bool, time."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_null(t):
+        return "null"  # no values at all (e.g. an optional column never set): fits any column
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_timestamp(t):
+        return "time"
+    return str(t)
+
+
+def _problem(schema: pa.Schema, num_rows: int) -> str | None:
+    """Why a file with ``schema`` and ``num_rows`` is not ftbench results (None: it is)."""
+    missing = [c for c in REQUIRED if c not in schema.names]
     if missing:
         return f"not an ftbench results file (missing columns: {', '.join(missing)})"
-    if table.num_rows == 0:
+    if num_rows == 0:
         return "no rows"
+    for field in schema:
+        want = _kind(SCHEMA.field(field.name).type) if field.name in SCHEMA.names else \
+            "number" if field.name.startswith(METRIC_PREFIXES) else None
+        have = _kind(field.type)
+        if want is not None and have not in (want, "null"):
+            return f"column {field.name!r} holds {have} values, expected {want}s"
+    return None
+
+
+def _ids_problem(run_ids: list[Any], path: Path) -> str | None:
+    """A folder's ``<run_id>.parquet`` holds rows of that run only (else the name would lie about
+    what is done: a sweep would skip a run whose result is not there)."""
+    others = sorted({str(i) for i in run_ids} - {path.stem})
+    if others:
+        return f"holds rows of run {others[0]}, not of run {path.stem} its name says"
     return None
 
 
 def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
-    """All rows of a results folder (or one parquet file), plus the files that were skipped."""
+    """All rows of a results folder (or one parquet file), plus the files that were skipped.
+
+    A file is used when it is readable parquet with the ftbench columns, at least one row, column
+    types that fit (numbers in metric columns: see :func:`_problem`) and, in a folder, only rows of
+    the run its name says. One file given by itself may have any name; a problem with it is a
+    :class:`UsageError`. The files this uses are exactly those :func:`completed_ids` counts as done.
+    """
     p = Path(results_dir)
     if p.is_file():
         files = [p]
@@ -130,7 +185,9 @@ def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
         except Exception as e:  # corrupt, truncated, not parquet
             problems.append(Problem(f, f"unreadable parquet ({str(e).splitlines()[0][:120]})"))
             continue
-        reason = _check(table, f)
+        reason = _problem(table.schema, table.num_rows)
+        if reason is None and not p.is_file():
+            reason = _ids_problem(table.column("run_id").to_pylist(), f)
         if reason:
             problems.append(Problem(f, reason))
             continue
@@ -141,26 +198,29 @@ def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
     return df, problems
 
 
+def is_done(path: Path | str, retry_failed: bool = False) -> bool:
+    """Whether ``<results>/<run_id>.parquet`` at ``path`` is a finished run: a file
+    :func:`read_results` would use (readable, ftbench columns of fitting types, rows of that run
+    id only). With ``retry_failed``, a run recorded as failed or diverged is not done."""
+    path = Path(path)
+    try:
+        meta = pq.read_metadata(path)
+        if _problem(meta.schema.to_arrow_schema(), meta.num_rows) is not None:
+            return False
+        cols = pq.read_table(path, columns=["run_id", "status"])
+    except Exception:
+        return False  # unreadable: not done; the rerun overwrites it
+    if _ids_problem(cols.column("run_id").to_pylist(), path) is not None:
+        return False
+    return not retry_failed or all(s == "ok" for s in cols.column("status").to_pylist())
+
+
 def completed_ids(results_dir: Path | str, retry_failed: bool = False) -> set[str]:
-    """Run ids with a readable result file in ``results_dir``.
+    """Run ids with a finished result file in ``results_dir`` (see :func:`is_done`).
 
     With ``retry_failed``, runs recorded as failed or diverged do not count as done.
     """
     p = Path(results_dir)
     if not p.is_dir():
         return set()
-    done = set()
-    for f in p.glob("*.parquet"):
-        if f.name.startswith("."):
-            continue
-        try:
-            if retry_failed:
-                statuses = pq.read_table(f, columns=["status"]).column("status").to_pylist()
-                if not statuses or any(s != "ok" for s in statuses):
-                    continue
-            elif pq.read_metadata(f).num_rows == 0:
-                continue
-        except Exception:
-            continue  # corrupt: the run is not done and will be redone, overwriting the file
-        done.add(f.stem)
-    return done
+    return {f.stem for f in p.glob("*.parquet") if not f.name.startswith(".") and is_done(f, retry_failed)}

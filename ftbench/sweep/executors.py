@@ -18,9 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError, unknown
+from ftbench.errors import DiskError, UsageError, unknown
 from ftbench.spec import RunSpec, load_suites
 from ftbench.sweep.local import SweepSummary, run_sweep
+from ftbench.sweep.task import stopped_by_disk
+from ftbench.validate import SETTING_NUMBERS, check_settings
 
 EXECUTORS = ("local", "slurm", "ray")
 # Suite-table keys per executor and the types they take.
@@ -74,6 +76,8 @@ def suite_settings(suite: str, path: Path, executor: str) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, accepted[key]):
             kinds = " or ".join(t.__name__ for t in accepted[key])
             raise UsageError(f"{where}: {executor} setting {key!r} must be {kinds}, got {value!r}")
+        if key in SETTING_NUMBERS and (problem := SETTING_NUMBERS[key].problem(value)):
+            raise UsageError(f"{where}: {executor} setting {key!r} {problem}")
     return dict(raw)
 
 
@@ -82,12 +86,7 @@ def prepare(executor: str, settings: dict[str, Any] | None = None, *, device: st
     """Check an executor's settings before anything runs; returns its options (None for local)."""
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
-    if threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {jobs}")
-    if per_gpu < 1:
-        raise UsageError(f"--per-gpu must be >= 1, got {per_gpu}")
+    check_settings({"threads": threads, "jobs": jobs, "per_gpu": per_gpu, **(settings or {})})
     settings = dict(settings or {})
     if jobs is not None:
         settings["jobs"] = jobs
@@ -133,18 +132,21 @@ def run(
     if executor == "local":
         from ftbench.sweep.pool import run_pool, worker_slots
 
-        slots = worker_slots(device, jobs, per_gpu)
+        slots = worker_slots(device, jobs, per_gpu, limit=len(specs))
         if len(slots) == 1:  # one worker: run in this process (no spawn cost), same per-run steps
             return run_sweep(specs, out_dir, device, progress=progress, retry_failed=retry_failed, threads=threads)
         return run_pool(specs, out_dir, device, jobs=len(slots), per_gpu=per_gpu, threads=threads,
                         retry_failed=retry_failed, progress=progress)
-    if executor == "slurm":
-        from ftbench.sweep.slurm import run_slurm
+    try:
+        if executor == "slurm":
+            from ftbench.sweep.slurm import run_slurm
 
-        return run_slurm(specs, out_dir, device, threads, retry_failed, progress, opts, name=name)
-    from ftbench.sweep.ray_executor import run_ray
+            return run_slurm(specs, out_dir, device, threads, retry_failed, progress, opts, name=name)
+        from ftbench.sweep.ray_executor import run_ray
 
-    return run_ray(specs, out_dir, device, threads, retry_failed, progress, opts)
+        return run_ray(specs, out_dir, device, threads, retry_failed, progress, opts)
+    except DiskError as e:  # the local executors say so themselves
+        raise stopped_by_disk(e, out_dir, specs) from None
 
 
 def _options(cls: Any, settings: dict[str, Any], executor: str) -> Any:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftbench.errors import DiskError
 from ftbench.results.store import completed_ids
 from ftbench.spec import RunSpec
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import Outcome, clean_tmp, holder, run_group, run_task, set_threads
+from ftbench.sweep.task import Outcome, clean_tmp, holder, run_group, run_task, set_threads, stopped_by_disk
 from ftbench.train.fused import fusable_groups
 
 
@@ -71,8 +72,17 @@ def run_sweep(
 
     One parquet file per finished run. ``threads`` pins torch's CPU threads (None: leave them).
     Runs another process holds (see :func:`ftbench.sweep.task.claim`) are waited for at the end.
+    A full or read-only disk stops the sweep at once (a UsageError saying what was kept).
     """
-    out_dir = Path(out_dir)
+    try:
+        return _run_sweep(specs, Path(out_dir), device, on_result, progress, retry_failed, threads)
+    except DiskError as e:
+        raise stopped_by_disk(e, out_dir, specs) from None
+
+
+def _run_sweep(specs: list[RunSpec], out_dir: Path, device: str,
+               on_result: Callable[[RunSpec, dict[str, Any]], None] | None, progress: bool | None,
+               retry_failed: bool, threads: int | None) -> SweepSummary:
     clean_tmp(out_dir)
     done_ids = completed_ids(out_dir, retry_failed)
     todo = [s for s in specs if s.run_id not in done_ids]

@@ -25,13 +25,13 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError
+from ftbench.errors import DiskError, UsageError, disk_error
 from ftbench.results.store import completed_ids
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary
 from ftbench.sweep.progress import Progress
 from ftbench.sweep.task import (BUSY_RETRY_S, Execute, Outcome, RunQueue, clean_tmp, has_result, read_outcome,
-                                record_failure, run_task)
+                                record_failure, run_task, stopped_by_disk)
 
 MAX_ATTEMPTS = 2  # a run whose worker dies is run once more; a second death records it as failed
 
@@ -50,21 +50,24 @@ def visible_gpus(device: str = "auto") -> list[str]:
     return ids[:n]
 
 
-def worker_slots(device: str = "auto", jobs: int | None = None, per_gpu: int = 1) -> list[str | None]:
+def worker_slots(device: str = "auto", jobs: int | None = None, per_gpu: int = 1,
+                 limit: int | None = None) -> list[str | None]:
     """One entry per worker: its GPU id, or None for a CPU worker.
 
     With GPUs: ``jobs`` workers (default: ``per_gpu`` per GPU), ``per_gpu`` consecutive workers
-    sharing each GPU. Without: ``jobs`` CPU workers (default 1).
+    sharing each GPU. Without: ``jobs`` CPU workers (default 1). At most ``limit`` (the runs to
+    do: more workers would idle), so a huge ``--jobs`` costs nothing.
     """
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
     if per_gpu < 1:
         raise UsageError(f"--per-gpu must be >= 1, got {per_gpu}")
     gpus = visible_gpus(device)
+    n = jobs or (len(gpus) * per_gpu if gpus else 1)
+    n = max(1, min(n, limit)) if limit is not None else n
     if gpus:
-        n = jobs or len(gpus) * per_gpu
         return [gpus[(i // per_gpu) % len(gpus)] for i in range(n)]
-    return [None] * (jobs or 1)
+    return [None] * n
 
 
 @dataclass
@@ -105,6 +108,8 @@ def _worker_main(conn: Connection, parent: int, out_dir: str, device: str, threa
             return
         try:
             msg: tuple[str, Any] = ("outcome", run_task(spec, out_dir, device, retry_failed, execute))
+        except DiskError as e:  # the driver stops the sweep: every other run would fail the same way
+            msg = ("disk", (e.path, e.reason))
         except UsageError as e:
             msg = ("usage", str(e))
         try:
@@ -138,17 +143,33 @@ def run_pool(
     """Run every spec without a result in ``out_dir`` on a pool of worker processes.
 
     ``execute`` replaces :func:`ftbench.train.runner.execute` in the workers (a picklable,
-    importable function; tests use it to kill workers).
+    importable function; tests use it to kill workers). A full or read-only disk (in any worker,
+    or here) stops the sweep at once: the running workers are stopped, none is respawned, and a
+    UsageError says which path and what was kept.
     """
+    try:
+        return _run_pool(specs, Path(out_dir), device, jobs, per_gpu, threads, retry_failed, progress, execute)
+    except DiskError as e:
+        try:  # the workers stopped mid-write are dead (their claims released): remove their temp files
+            clean_tmp(out_dir)
+        except (OSError, UsageError):
+            pass  # a read-only disk: nothing could have been written there either
+        raise stopped_by_disk(e, out_dir, specs) from None
+
+
+def _run_pool(specs: list[RunSpec], out_dir: Path, device: str, jobs: int | None, per_gpu: int, threads: int,
+              retry_failed: bool, progress: bool | None, execute: Execute | None) -> SweepSummary:
     import multiprocessing as mp
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(e, out_dir) or e
     clean_tmp(out_dir)
     done_ids = completed_ids(out_dir, retry_failed)
     todo = [s for s in specs if s.run_id not in done_ids]
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
-    slots = worker_slots(device, jobs, per_gpu)[: max(1, len(todo))]
+    slots = worker_slots(device, jobs, per_gpu, limit=len(todo))
     ctx = mp.get_context("spawn")
     t0 = time.perf_counter()
     runs = RunQueue(todo)
@@ -183,7 +204,7 @@ def run_pool(
 
     def died(w: _Worker) -> None:
         nonlocal idle_deaths
-        w.process.join(1.0)
+        w.process.join(5.0)  # its exit code, once it has finished exiting (else "None")
         reason = _death(w.process.exitcode)
         w.conn.close()
         spec, w.spec = w.spec, None
@@ -231,6 +252,8 @@ def run_pool(
                             continue
                         spec, w.spec = w.spec, None
                         assert spec is not None
+                        if kind == "disk":
+                            raise DiskError(*value)
                         if kind == "usage":
                             raise UsageError(value)
                         if value.status == "busy":

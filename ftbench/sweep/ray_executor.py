@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError
+from ftbench.errors import DiskError, UsageError
 from ftbench.results.store import completed_ids, write_result
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary, failed_row
@@ -171,6 +171,8 @@ def _rows(ray: Any, ref: Any, spec: RunSpec) -> list[dict[str, Any]]:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)
+        if isinstance(cause, DiskError):
+            raise DiskError(cause.path, cause.reason) from None
         if isinstance(cause, UsageError):
             raise UsageError(str(cause)) from None
         return [failed_row(spec, cause if isinstance(cause, BaseException) else e)]

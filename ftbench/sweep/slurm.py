@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError
+from ftbench.errors import DiskError, UsageError
 from ftbench.results.store import completed_ids, result_path
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary
@@ -86,6 +86,8 @@ try:  # submitit is an optional extra: the class below exists only where it is i
                 try:
                     outcomes += (run_group(group, out_dir, device, retry_failed) if len(group) > 1
                                  else [run_task(group[0], out_dir, device, retry_failed)])
+                except DiskError:
+                    raise  # a full or read-only results disk: recording a failure would fail too, and mislead
                 except UsageError as e:  # e.g. data not fetched on this node: visible, retried with --retry-failed
                     outcomes += [record_failure(spec, out_dir, UsageError(str(e)), retry_failed)
                                  or Outcome(spec.run_id, "busy") for spec in group]

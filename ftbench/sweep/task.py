@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UsageError
-from ftbench.results.store import result_path, write_result
+from ftbench.errors import DiskError, UsageError, disk_error
+from ftbench.results.store import is_done, result_path, write_result
 from ftbench.spec import RunSpec
 
 try:
@@ -108,8 +108,11 @@ def claim(out_dir: Path | str, run_id: str) -> Iterator[bool]:
     unlinking a flock'ed file lets two processes hold "the" lock on two different inodes.
     """
     path = lock_path(out_dir, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise disk_error(e, path) or e
     try:
         if fcntl is not None:
             try:
@@ -119,8 +122,11 @@ def claim(out_dir: Path | str, run_id: str) -> Iterator[bool]:
                     yield False
                     return
                 raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.uname().nodename if hasattr(os, 'uname') else ''} {os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.uname().nodename if hasattr(os, 'uname') else ''} {os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: the lock holds all the same, but nothing more can be written
+            raise disk_error(e, path) or e
         yield True
     finally:
         os.close(fd)  # releases the lock
@@ -137,17 +143,7 @@ def holder(out_dir: Path | str, run_id: str) -> str:
 def has_result(out_dir: Path | str, run_id: str, retry_failed: bool = False) -> bool:
     """Whether run ``run_id`` counts as done in ``out_dir`` (see ``completed_ids``)."""
     path = result_path(Path(out_dir), run_id)
-    if not path.is_file():
-        return False
-    import pyarrow.parquet as pq
-
-    try:
-        if retry_failed:
-            statuses = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-            return bool(statuses) and all(s == "ok" for s in statuses)
-        return pq.read_metadata(path).num_rows > 0
-    except Exception:
-        return False  # unreadable: redo it
+    return path.is_file() and is_done(path, retry_failed)
 
 
 def read_outcome(out_dir: Path | str, run_id: str) -> Outcome | None:
@@ -209,6 +205,9 @@ def execute_rows(spec: RunSpec, device: str, workdir: Path | None, execute: Exec
     except UsageError:
         raise
     except Exception as e:  # includes MemoryError and torch.cuda.OutOfMemoryError
+        found = disk_error(e, writing=False)
+        if found is not None:  # a full or read-only disk fails every later run too: stop, record nothing
+            raise found from None
         if os.environ.get("FTBENCH_DEBUG"):
             traceback.print_exc(file=sys.stderr)
         row = failed_row(spec, e)
@@ -302,6 +301,21 @@ def record_failure(spec: RunSpec, out_dir: Path | str, error: BaseException | st
         row = failed_row(spec, WorkerDied(error) if isinstance(error, str) else error)
         write_result(out_dir, [row])
         return Outcome.of(row)
+
+
+def stopped_by_disk(e: DiskError, out_dir: Path | str, specs: list[RunSpec]) -> UsageError:
+    """The one-line error that ends a sweep whose disk filled up or turned read-only: which path,
+    why, and what was kept (finished runs are whole files; a run cut short is redone next time)."""
+    from ftbench.results.store import completed_ids
+
+    ids = {s.run_id for s in specs}
+    try:
+        kept = len(completed_ids(out_dir) & ids)
+    except OSError:  # pragma: no cover - the folder cannot even be listed
+        kept = 0
+    return UsageError(f"{e}; the sweep stopped: {kept} of {len(ids)} runs are done and kept in {out_dir} "
+                      f"(no partial result files), the other {len(ids) - kept} are not; make room (or make it "
+                      "writable) and run the same command again to do them")
 
 
 class WorkerDied(RuntimeError):

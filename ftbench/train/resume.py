@@ -7,6 +7,11 @@ optimizer's state (with each param group's learning rate and weight decay), torc
 state(s), the loop position (which ``ctx.fit`` call of the run, which step in it), the generator
 state that fit started from, and the checkpoint evaluations so far.
 
+The file holds tensors and plain containers (dicts, lists, tuples, numbers, strings) only, and is
+read with ``torch.load(weights_only=True)``: results folders are shared (between people, with CI),
+so a ``resume.pt`` planted there must not run code when a run resumes. A file that does not load
+that way, or lacks a field, is ignored with a warning and the run starts over.
+
 A restarted run executes the method again from the start: everything before the interrupted fit
 is deterministic (same seed, same data, same code) and is simply redone, earlier fits included, so
 whatever the method computes between fits sees the same model. The interrupted fit draws the same
@@ -23,14 +28,21 @@ restarts it from the beginning; correct, only slower.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ftbench.errors import disk_error
+
 STATE_FILE = "resume.pt"
 VERSION = 1
 HOOKS = ("before_step", "extra_loss", "loss_fn")
+# What a usable state holds (a file missing one is not ours, or from a broken writer: ignored).
+FIELDS = ("version", "run_id", "fit", "step", "global_step", "generator", "model", "params", "optimizer", "rng",
+          "cuda_rng", "hooks", "evals", "train_seconds")
 
 
 class Resume:
@@ -55,11 +67,20 @@ class Resume:
         path = Path(workdir) / STATE_FILE
         saved = None
         if path.is_file():
-            try:  # our own file, written by this class (optimizer states need full unpickling)
-                saved = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:
-                saved = None  # unreadable: start over
-            if not isinstance(saved, dict) or saved.get("version") != VERSION or saved.get("run_id") != run_id:
+            try:  # tensors and plain containers only: never unpickle code from a shared folder
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # unreadable, truncated, or holding Python objects
+                found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))  # either wording of torch
+                reason = f"it holds Python objects ({found.group(1)})" if found else f"unreadable: {type(e).__name__}"
+                print(f"warning: ignored the resume state {path} ({reason}); the run starts over", file=sys.stderr)
+                saved = None
+            if isinstance(saved, dict) and saved.get("version") == VERSION and saved.get("run_id") == run_id:
+                missing = [k for k in FIELDS if k not in saved]
+                if missing:
+                    print(f"warning: ignored the resume state {path} (no {', '.join(missing)}); the run starts "
+                          "over", file=sys.stderr)
+                    saved = None
+            else:
                 saved = None
         return cls(path, saved)
 
@@ -125,16 +146,26 @@ class Resume:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "hooks": [None if h is None else h.state_dict() for h in self._hooks],
-            "evals": dict(evals),
-            "train_seconds": train_seconds,
+            # Plain floats: benchmark metrics may be numpy scalars, which weights_only=True refuses.
+            "evals": {int(k): {str(m): float(v) for m, v in e.items()} for k, e in evals.items()},
+            "train_seconds": float(train_seconds),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            torch.save(state, tmp)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:  # a file object: torch.save then chains the OSError of a failed write
+                torch.save(state, fh)
             os.replace(tmp, self.path)
+        except Exception as e:  # a full or read-only disk stops a sweep (ftbench.errors.DiskError)
+            found = disk_error(e, self.path)
+            if found is not None:
+                raise found from None
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # pragma: no cover - read-only: it could not have been made
+                pass
 
     def discard(self) -> None:
         """The run finished: its resume state is no longer needed."""

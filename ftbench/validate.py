@@ -1,0 +1,194 @@
+"""The checks of user input that are not names: numbers (types, finiteness, ranges) and output paths.
+
+Every numeric field of a run (CLI flag or suites-file key) and every numeric executor setting is
+checked here, against one table, so a flag and its suites key take the same values and say the
+same thing when they do not. Names (benchmarks, methods, blocks, ...) are checked by their
+registries; benchmark-specific bounds (the most shots a benchmark has) by the benchmark.
+
+Bounds come from what stores or takes the value: every integer of a run is an ``int64`` column
+of the results (so at most 2**63 - 1; numpy's ``SeedSequence`` takes any non-negative seed and
+torch's ``manual_seed`` up to 2**64 - 1, so the column is the binding limit for seeds), thread
+and worker counts go to C ``int`` parameters (torch.set_num_threads, Slurm's array throttle).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import UsageError
+
+INT64_MAX = 2**63 - 1
+C_INT_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Number:
+    """What a numeric input accepts: an integer or any number, finite, in ``[low, high]``
+    (``low`` excluded when ``open_low``)."""
+
+    integer: bool
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+
+    def words(self) -> str:
+        """The accepted values in words, as the messages say them."""
+        if self.integer:
+            if self.low == 1 and self.high >= C_INT_MAX:
+                return "a positive integer"
+            return f"an integer in {_fmt(self.low)}..{_fmt(self.high)}"
+        if self.low == 0:
+            return "a positive number" if self.open_low else "a non-negative number"
+        return f"a number {'>' if self.open_low else '>='} {_fmt(self.low)}"
+
+    def accepted(self) -> str:
+        """The accepted range, spelt out (for the part after "accepted:")."""
+        kind = "integers" if self.integer else "finite numbers"
+        low = f"{'>' if self.open_low else '>='} {_fmt(self.low)}"
+        return f"{kind} {low}" if self.high == math.inf else f"{kind} {low} and <= {_fmt(self.high)}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not accepted (None: it is)."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or (self.integer and not isinstance(value, int)):
+            what = "a boolean" if isinstance(value, bool) else f"a {_type_name(value)}"
+            return f"must be {self.words()}, got {_show(value)} ({what})"
+        if not math.isfinite(value) or value < self.low or (self.open_low and value == self.low) or value > self.high:
+            words = self.words()
+            more = "" if words.startswith("an integer in") else f"; accepted: {self.accepted()}"
+            return f"must be {words}, got {_show(value)}{more}"
+        return None
+
+
+def _fmt(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _type_name(value: Any) -> str:
+    return {str: "string", list: "list", dict: "table", float: "float", int: "integer"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+# RunSpec fields that hold numbers (the CLI flag is --NAME with '-' for '_'; the suites key NAME).
+RUN_NUMBERS: dict[str, Number] = {
+    "lr": Number(False, 0, open_low=True),
+    "wd": Number(False, 0),
+    "steps": Number(True, 1, INT64_MAX),
+    "epochs": Number(True, 1, INT64_MAX),
+    "batch_size": Number(True, 1, INT64_MAX),
+    "shots": Number(True, 1, INT64_MAX),
+    "severity": Number(True, 1, 5),
+    "checkpoints": Number(True, 1, INT64_MAX),
+    "seed": Number(True, 0, INT64_MAX),
+}
+# Executor settings (flags of `ftbench sweep`, or [suites.NAME.slurm] / [suites.NAME.ray] keys).
+SETTING_NUMBERS: dict[str, Number] = {
+    "threads": Number(True, 1, C_INT_MAX),
+    "jobs": Number(True, 1, C_INT_MAX),
+    "per_gpu": Number(True, 1, C_INT_MAX),
+    "time": Number(True, 1, C_INT_MAX),
+    "runs_per_job": Number(True, 1, C_INT_MAX),
+    "signal_delay_s": Number(True, 0, C_INT_MAX),
+    "cpus_per_job": Number(False, 0, C_INT_MAX, open_low=True),
+    "gpus_per_job": Number(False, 0, C_INT_MAX),
+    "mem_gb": Number(False, 0, open_low=True),
+}
+
+
+def check_run_numbers(spec: Any) -> None:
+    """Raise a UsageError for the first numeric field of ``spec`` that is not accepted (None: unset)."""
+    for name, rule in RUN_NUMBERS.items():
+        value = getattr(spec, name)
+        if value is not None:
+            problem = rule.problem(value)
+            if problem:
+                raise UsageError(f"{name} {problem}")
+
+
+def run_value_problem(key: str, field: str, value: Any) -> str | None:
+    """Why ``value`` is no value of suites key ``key`` (setting RunSpec field ``field``), or None.
+    Checks one entry of a grid axis: its type, and for numbers its range."""
+    if field in RUN_NUMBERS:
+        problem = RUN_NUMBERS[field].problem(value)
+        return f"{key} {problem}" if problem else None
+    if field == "blocks":  # 1 | "last" | [1, 2] (one entry = one block set)
+        items = value if isinstance(value, list) else [value]
+        for b in items:
+            if isinstance(b, bool) or not isinstance(b, int | str):
+                return (f"block must be a block name or number, or a list of them (one block set), got {_show(b)} "
+                        f"({'a boolean' if isinstance(b, bool) else 'a ' + _type_name(b)})")
+        return None
+    if not isinstance(value, str):
+        return f"{key} must be a string, got {_show(value)} ({'a boolean' if isinstance(value, bool) else 'a ' + _type_name(value)})"
+    return None
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Raise a UsageError for the first numeric executor setting that is not accepted."""
+    for name, value in settings.items():
+        if name in SETTING_NUMBERS and value is not None:
+            problem = SETTING_NUMBERS[name].problem(value)
+            if problem:
+                raise UsageError(f"--{name.replace('_', '-')} {problem}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe(folder: Path) -> str | None:
+    """Try to create (and remove) a file in ``folder``: the one test of writability that holds for
+    root, read-only mounts, ACLs and network file systems alike. Returns why not, or None."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ftbench-probe-", dir=folder)
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_output_dir(path: Path | str, what: str, writable: bool = True) -> None:
+    """``path`` can be a results folder: an existing writable folder, or one that can be created
+    (no file in the way, the nearest existing parent writable). Creates nothing. With
+    ``writable=False`` only that no file is in the way (a folder that is only read)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{what} {str(p)!r} is a file, not a folder; give a folder (it is created if missing)")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise UsageError(f"{what} {str(p)!r} lies under {str(base)!r}, which is a file, not a folder")
+    why = _probe(base) if writable else None
+    if why:
+        where = "" if base == p else f" (its parent {str(base)!r} cannot be written to)"
+        raise UsageError(f"{what} {str(p)!r} is not writable: {why}{where}")
+
+
+def check_output_file(path: Path | str, what: str) -> None:
+    """``path`` can be written: not a folder, no file in the way of its folder, that folder (or
+    the nearest existing parent, as missing folders are created) writable. Creates nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {str(p)!r} is a folder; give a file name")
+    base = _nearest_existing(p.parent)
+    if not base.is_dir():
+        raise UsageError(f"{what} {str(p)!r} lies under {str(base)!r}, which is a file, not a folder")
+    why = _probe(base)
+    if why:
+        raise UsageError(f"{what} {str(p)!r} cannot be written: {why} (in {str(base)!r})")

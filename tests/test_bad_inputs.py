@@ -1,0 +1,254 @@
+"""The bad-input corpus: every input here gets exit code 2, exactly one ``error:`` line on stderr
+(naming the bad value), no traceback, and no file written — run as the user runs it, ``ftbench``
+in a process of its own (see tests/cli_server.py; ``FTBENCH_CORPUS_FRESH=1``: a fresh interpreter
+per input).
+
+A new bad input joins with one line in CORPUS: the command (placeholders below stand for files
+the test makes in an empty folder, which is the working folder) and a part of the error line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO / "tests" / "data" / "results_small"
+
+# Placeholders: {OUT} a folder that does not exist yet; {F} a regular file; {RO} a read-only folder;
+# {R} a results folder (a copy of tests/data/results_small); {S} a suites file holding the case's
+# third field, with its suite named s; {B} a binary (non-UTF-8) file; {STR} a results file with
+# strings in ood_acc; {FOREIGN} a parquet file without ftbench columns; {CRC} / {UNSAFE} mirror
+# folders holding a waterbirds archive with a bad gzip CRC / with an entry outside the folder.
+CORPUS: list[tuple[str, str, str | None]] = [
+    # --- output paths: checked before any work -------------------------------------------------
+    ("run --steps 5 --out {F}", "--out '{F}' is a file, not a folder", None),
+    ("run --steps 5 --out {F}/sub", "--out '{F}/sub' lies under '{F}', which is a file", None),
+    ("run --steps 5 --out {RO}", "--out '{RO}' is not writable", None),
+    ("run --steps 5 --out {RO}/sub", "--out '{RO}/sub' is not writable", None),
+    ("sweep smoke --out {F}", "--out '{F}' is a file, not a folder", None),
+    ("sweep smoke --out {F}/sub", "lies under '{F}', which is a file", None),
+    ("sweep smoke --out {RO}", "--out '{RO}' is not writable", None),
+    ("report {R} -o {RO}/table.md", "--output '{RO}/table.md' cannot be written", None),
+    ("report {R} -o {F}/table.md", "--output '{F}/table.md' lies under '{F}'", None),
+    ("report {R} -o {R}", "--output '{R}' is a folder", None),
+    ("report {R} --plot {RO}/plot.png", "--plot '{RO}/plot.png' cannot be written", None),
+    ("report {R} --plot {F}/plot.png", "--plot '{F}/plot.png' lies under '{F}'", None),
+    ("report {R} --baseline {R} --summary {RO}/gate.md", "--summary '{RO}/gate.md' cannot be written", None),
+    ("report {R} --baseline {R} --summary {F}/gate.md", "--summary '{F}/gate.md' lies under '{F}'", None),
+    ("fetch waterbirds --root {F} --mirror {CRC}", "data root '{F}' is a file", None),
+    ("fetch waterbirds --root {RO} --mirror {CRC}", "data root '{RO}' is not writable", None),
+    # --- numbers: one table of types and ranges (ftbench/validate.py) --------------------------
+    ("run --seed 9223372036854775808 --out {OUT}", "seed must be an integer in 0..9223372036854775807, got 9223372036854775808", None),
+    ("run --seed 18446744073709551616 --out {OUT}", "seed must be an integer in 0..9223372036854775807", None),
+    ("run --seed -1 --out {OUT}", "seed must be an integer in 0..9223372036854775807, got -1", None),
+    ("run --lr inf --out {OUT}", "lr must be a positive number, got inf", None),
+    ("run --lr nan --out {OUT}", "lr must be a positive number, got nan", None),
+    ("run --lr -0.001 --out {OUT}", "lr must be a positive number, got -0.001", None),
+    ("run --lr 0 --out {OUT}", "lr must be a positive number, got 0.0", None),
+    ("run --wd inf --out {OUT}", "wd must be a non-negative number, got inf", None),
+    ("run --wd nan --out {OUT}", "wd must be a non-negative number, got nan", None),
+    ("run --wd -1 --out {OUT}", "wd must be a non-negative number, got -1.0", None),
+    ("run --steps 0 --out {OUT}", "steps must be a positive integer, got 0", None),
+    ("run --steps 9223372036854775808 --out {OUT}", "steps must be a positive integer, got 9223372036854775808", None),
+    ("run --epochs 0 --out {OUT}", "epochs must be a positive integer, got 0", None),
+    ("run --batch-size 0 --out {OUT}", "batch_size must be a positive integer, got 0", None),
+    ("run --checkpoints 0 --out {OUT}", "checkpoints must be a positive integer, got 0", None),
+    ("run --shots 0 --out {OUT}", "shots must be a positive integer, got 0", None),
+    ("run --severity 6 --out {OUT}", "severity must be an integer in 1..5, got 6", None),
+    ("run --threads 0 --out {OUT}", "--threads must be a positive integer, got 0", None),
+    ("run --threads 99999999999999999999 --out {OUT}", "--threads must be a positive integer, got 99999999999999999999", None),
+    ("run --method lp-ft --set lp_l2=inf --out {OUT}", "option lp_l2=inf of method 'lp-ft' must be a non-negative number", None),
+    ("sweep smoke --out {OUT} --jobs 0", "--jobs must be a positive integer, got 0", None),
+    ("sweep smoke --out {OUT} --jobs 99999999999999999999", "--jobs must be a positive integer", None),
+    ("sweep smoke --out {OUT} --threads 0", "--threads must be a positive integer, got 0", None),
+    ("sweep smoke --out {OUT} --per-gpu 0", "--per-gpu must be a positive integer, got 0", None),
+    ("sweep smoke --out {OUT} --executor slurm --cpus-per-job inf", "--cpus-per-job must be a positive number, got inf", None),
+    ("sweep smoke --out {OUT} --executor slurm --mem-gb nan", "--mem-gb must be a positive number, got nan", None),
+    ("sweep smoke --out {OUT} --executor slurm --gpus-per-job inf", "--gpus-per-job must be a non-negative number, got inf", None),
+    ("sweep smoke --out {OUT} --executor ray --cpus-per-job nan", "--cpus-per-job must be a positive number, got nan", None),
+    # --- suites files: per-key types with file:line, before anything runs or is written -----------
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a positive number, got 'abc' (a string)", 'lr = "abc"'),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a positive number, got 'fast' (a string)", 'lr = ["fast"]'),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': wd must be a non-negative number, got 'none'", 'wd = "none"'),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': steps must be a positive integer, got true (a boolean)", "steps = true"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': seed must be an integer in 0..9223372036854775807", "seed = 9223372036854775808"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': seed must be an integer in 0..9223372036854775807, got 1.5", "seed = 1.5"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a positive number, got inf", "lr = inf"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a positive number, got nan", "lr = [1e-3, nan]"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': batch_size must be a positive integer, got 0", "batch_size = 0"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': block must be a block name or number", "block = [true]"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': method must be a string, got 3", "method = 3"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a value or a list of values", "lr = [[1e-3]]"),
+    ("sweep s --suites {S} --out {OUT}", "{S}:3: suite 's': option 'lp_l2' must be a number, got true", 'method = "lp-ft"\noptions = {lp_l2 = true}'),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': option lp_l2='abc' of method 'lp-ft' must be a float", 'method = "lp-ft"\noptions = {lp_l2 = "abc"}'),
+    ("sweep s --suites {S} --out {OUT} --executor slurm", "suite 's': slurm setting 'time' must be a positive integer, got 0", "method = \"none\"\n[suites.s.slurm]\ntime = 0"),
+    ("sweep s --suites {B} --out {OUT}", "{B}: not a text (UTF-8) file: byte 0xff at offset 0", None),
+    # --- results folders ------------------------------------------------------------------------
+    ("report {STR}", "cannot use results file '{STR}': column 'ood_acc' holds string values, expected numbers", None),
+    ("report {STR} --metric ood_acc --format csv", "column 'ood_acc' holds string values", None),
+    ("report {FOREIGN}", "cannot use results file '{FOREIGN}': not an ftbench results file", None),
+    # --- fetch: archives that fail verification --------------------------------------------------
+    ("fetch waterbirds --root {OUT} --mirror {CRC}", "archive waterbirds_v1.0.tar.gz is truncated or corrupt (BadGzipFile: CRC check failed", None),
+    ("fetch waterbirds --root {OUT} --mirror {UNSAFE}", "archive waterbirds_v1.0.tar.gz has an unsafe entry '../evil.txt'", None),
+]
+
+
+def _readonly_folder(base: Path) -> Path | None:
+    """A folder nobody here can write to, or None: as root (who may write anywhere) a read-only
+    tmpfs or bind mount, else a folder without write permission."""
+    d = base / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+    elif sys.platform.startswith("linux") and shutil.which("mount"):
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(d)], capture_output=True, check=False)
+        if ok.returncode != 0:
+            return None
+    try:  # it must really refuse a write, or the cases using it prove nothing
+        (d / "probe").write_text("x")
+    except OSError:
+        return d
+    return None
+
+
+@pytest.fixture(scope="module")
+def readonly(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("readonly")
+    d = _readonly_folder(base)
+    yield d
+    if d is not None and os.geteuid() == 0:
+        subprocess.run(["umount", str(d)], capture_output=True, check=False)
+    elif d is not None:
+        d.chmod(0o755)
+
+
+class Cli:
+    """Runs ``ftbench ARGV`` in its own process: forked from a warm server, or a fresh interpreter."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.fresh = os.environ.get("FTBENCH_CORPUS_FRESH") == "1"
+        self.server = None
+        if not self.fresh:
+            self.server = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_server.py")], env=env,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert json.loads(self.server.stdout.readline()) == {"ready": True}
+
+    def __call__(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
+        if self.fresh:
+            r = subprocess.run([sys.executable, "-m", "ftbench.cli", *argv], cwd=cwd, env=self.env,
+                               capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+            return r.returncode, r.stdout, r.stderr
+        out, err = cwd.parent / f"{cwd.name}.stdout", cwd.parent / f"{cwd.name}.stderr"
+        req = {"argv": argv, "cwd": str(cwd), "env": {}, "stdout": str(out), "stderr": str(err), "timeout": 300}
+        self.server.stdin.write(json.dumps(req) + "\n")
+        self.server.stdin.flush()
+        code = json.loads(self.server.stdout.readline())["code"]
+        return code, out.read_text(), err.read_text()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stdin.close()
+            self.server.wait(30)
+
+
+@pytest.fixture(scope="module")
+def ftbench():
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "200"}
+    cli = Cli(env)
+    yield cli
+    cli.close()
+
+
+def _waterbirds_archive(entries: dict[str, bytes]) -> bytes:
+    import gzip
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=0, mtime=0)
+
+
+def _make(name: str, base: Path, case_text: str | None) -> str:
+    """Create what placeholder ``name`` stands for under ``base``; return its path (relative)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if name == "OUT":
+        return "out"
+    if name == "F":
+        (base / "afile").write_text("not a folder\n")
+        return "afile"
+    if name == "R":
+        if not (base / "r").exists():
+            shutil.copytree(SMALL, base / "r")
+        return "r"
+    if name == "S":
+        (base / "s.toml").write_text(f"[suites.s]\n{case_text}\n")
+        return "s.toml"
+    if name == "B":
+        (base / "bin.toml").write_bytes(b"\xff\xfe\x00\x01binary\x80")
+        return "bin.toml"
+    if name == "STR":
+        t = pq.read_table(next(iter(sorted(SMALL.glob("*.parquet")))))
+        t = t.set_column(t.column_names.index("ood_acc"), "ood_acc", pa.array(["70.0"] * t.num_rows))
+        pq.write_table(t, base / "strings.parquet")
+        return "strings.parquet"
+    if name == "FOREIGN":
+        pq.write_table(pa.table({"a": [1, 2]}), base / "foreign.parquet")
+        return "foreign.parquet"
+    if name in ("CRC", "UNSAFE"):
+        folder = base / name.lower()
+        folder.mkdir(exist_ok=True)
+        files = {"RELEASE_v1.0.txt": b"v1.0\n", "metadata.csv": b"img_id,y\n" + b"1,0\n" * 300}
+        if name == "UNSAFE":
+            files["../evil.txt"] = b"pwned"
+        data = bytearray(_waterbirds_archive(files))
+        if name == "CRC":
+            data[-8] ^= 0x01  # the CRC-32 of the gzip trailer; every byte of the tar is intact
+        (folder / "waterbirds_v1.0.tar.gz").write_bytes(bytes(data))
+        return name.lower()
+    raise KeyError(name)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("command, message, text", CORPUS,
+                         ids=[f"{i:02d}-{c.split()[0]}-{(t or c).splitlines()[-1][:40]}" for i, (c, m, t) in enumerate(CORPUS)])
+def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(ftbench, readonly, tmp_path: Path, command: str,
+                                                                  message: str, text: str | None) -> None:
+    import re
+
+    work = tmp_path / "work"
+    work.mkdir()
+    names = set(re.findall(r"\{([A-Z]+)\}", command + message))
+    if "RO" in names and readonly is None:
+        pytest.skip("no read-only folder can be made here (root without mount rights)")
+    values = {n: (str(readonly) if n == "RO" else _make(n, work, text)) for n in sorted(names)}
+    argv = [a.format(**values) for a in shlex.split(command)]
+    before = _snapshot(work)
+    code, out, err = ftbench(argv, work)
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message.format(**values) in lines[0], lines[0]
+    assert _snapshot(work) == before  # nothing written, not even an empty folder
+    if readonly is not None:
+        assert not list(readonly.iterdir())
