@@ -109,7 +109,8 @@ def probe_head(ctx: TrainContext, cs: list[float], max_iter: int) -> dict[str, A
     ``lp_c`` (chosen C), ``lp_c_index``, ``lp_l2`` (the mean-CE L2 strength it amounts to on the
     standardised features, 1/(C·n)) and ``lp_probe_val_acc`` (target-val accuracy of the probe)."""
     ctx.model.eval()
-    f = ctx.features(ctx.target.train.x).double().cpu().numpy()
+    feats = _features(ctx, ctx.target.train)  # the train split may be streamed (ID train of a large benchmark)
+    f = feats.double().cpu().numpy()
     y = ctx.target.train.y.cpu().numpy()
     mean, std = float(f.mean()), max(float(f.std()), 1e-12)  # log_reg_sk.normalize_features: one scalar each
     fv = _features(ctx, ctx.target.val).double().cpu().numpy()
@@ -121,7 +122,7 @@ def probe_head(ctx: TrainContext, cs: list[float], max_iter: int) -> dict[str, A
         w = choice.w / std
         head.weight.copy_(w.to(head.weight))
         head.bias.copy_((choice.b - w.sum(1) * mean).to(head.bias))
-        loss = float(F.cross_entropy(head(ctx.features(ctx.target.train.x)), ctx.target.train.y))
+        loss = float(F.cross_entropy(head(feats), ctx.target.train.y.to(feats.device)))
     ctx.fits.append(FitStats(choice.iterations, len(y) * choice.iterations, loss, kind="lbfgs"))
     return {"lp_c": choice.c, "lp_c_index": choice.index, "lp_l2": 1.0 / (choice.c * len(y)),
             "lp_probe_val_acc": choice.val_accs[choice.index]}

@@ -484,7 +484,7 @@ class AdapterMethod(_InsertedModules):
     def install(self, ctx: TrainContext, generator: torch.Generator) -> tuple[list[nn.Parameter], list[nn.Module]]:
         o = self.opts
         adapters = add_adapters(ctx.model, o["bottleneck"], o["placement"], o["act"], o["dropout"], o["init"],
-                                sample=ctx.target.train.x[:2], generator=generator)
+                                sample=next(iter(ctx.target.train.batches(2))), generator=generator)
         return [p for a in adapters for p in a.parameters()], list(adapters)
 
 
