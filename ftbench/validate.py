@@ -59,7 +59,10 @@ class Number:
             return f"must be {self.words()}, got {_show(value)} ({what})"
         if not math.isfinite(value) or value < self.low or (self.open_low and value == self.low) or value > self.high:
             words = self.words()
-            more = "" if words.startswith("an integer in") else f"; accepted: {self.accepted()}"
+            # the range is in the words already, or the value is below a bound the words name
+            plain = words.startswith("an integer in") or (self.integer and words == "a positive integer"
+                                                            and value < self.low)
+            more = "" if plain else f"; accepted: {self.accepted()}"
             return f"must be {words}, got {_show(value)}{more}"
         return None
 

@@ -260,6 +260,8 @@ def test_shots_and_other_flags_out_of_range(cli, data: Path) -> None:
     with pytest.raises(UsageError, match=r"shots must be an integer in 1..66 \(per group\) for benchmark 'waterbirds'"):
         resolve(RunSpec(benchmark="waterbirds", shots=67))
     with pytest.raises(UsageError, match=r"shots must be an integer in 1..100 \(per class\)"):
+        resolve(RunSpec(benchmark="iwildcam", shots=101))
+    with pytest.raises(UsageError, match=r"^shots must be a positive integer, got 0$"):
         resolve(RunSpec(benchmark="iwildcam", shots=0))
     # Within the real data's range but more than this copy's pool holds (4 per group).
     with pytest.raises(UsageError, match=r"shots must be an integer in 1..4 \(per group\) for benchmark 'celeba' with"):
