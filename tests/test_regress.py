@@ -20,6 +20,9 @@ from ftbench.report.regress import (
 from ftbench.report.table import select
 from ftbench.results.store import read_results
 
+# Tolerances: means of hand-made float64 numbers (exact to ~1e-15); pytest.approx's default
+# (1e-6 relative) only absorbs the order of summation.
+
 DATA = Path(__file__).parent / "data" / "results_small"
 BASELINE_SMOKE = Path(__file__).parent / "data" / "baseline_smoke"
 
@@ -377,6 +380,9 @@ def test_committed_smoke_baseline_matches_the_smoke_suite() -> None:
 
     df = load_baseline(BASELINE_SMOKE)
     assert set(df["run_id"]) == {s.run_id for s in expand_suite("smoke")}, (
-        "the smoke suite changed: refresh the baseline with `python tests/data/make_baseline_smoke.py`")
+        "the smoke suite changed: refresh the baseline with `python tools/regen_numbers.py refresh --only baseline`")
     assert (df["status"] == "ok").all()
     assert not compare(df, df, tolerance=0.0).failed()
+    # Made the documented way (tools/regen_numbers.py: portable kernels), not by a plain sweep.
+    assert set(df["cpu_kernels"]) == {"aten=DEFAULT onednn=SSE41 mkl=COMPATIBLE"}, (
+        "the baseline was not made by `python tools/regen_numbers.py refresh --only baseline`")
