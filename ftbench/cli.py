@@ -237,6 +237,7 @@ def _report(
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
+    two_sided: bool = False,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
@@ -268,6 +269,8 @@ def _report(
         base_df = load_baseline(baseline)
     elif summary is not None:
         raise UsageError("--summary needs --baseline")
+    elif two_sided:
+        raise UsageError("--two-sided needs --baseline")
     from ftbench.validate import check_output_file
 
     for target, flag in ((output, "--output"), (plot, "--plot"), (summary, "--summary")):
@@ -329,7 +332,7 @@ def _report(
         from ftbench.report.regress import compare, render_summary, render_text
 
         # The same filters on both sides, so filtered-out cells do not count as vanished.
-        comparison = compare(df, apply_filters(base_df, list(filters)), tol, selection)
+        comparison = compare(df, apply_filters(base_df, list(filters)), tol, selection, two_sided=two_sided)
         # On stderr: stdout may carry a table in a machine format (markdown, csv, json, ...).
         print(render_text(comparison, allow_missing).rstrip("\n"), file=sys.stderr)
         if summary is not None:
@@ -361,11 +364,14 @@ def report(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate"),
     compare: Optional[str] = typer.Option(None, "--compare", help="'paper': the papers' published numbers beside "
                                           "ftbench's, with the difference (or a TOML file of published numbers)"),
+    two_sided: bool = typer.Option(False, "--two-sided", help="an improvement beyond the tolerance fails the gate too "
+                                   "(a deterministic baseline must be refreshed in the commit that moves the numbers)"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
-                   allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare)
+                   allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
+                   two_sided=two_sided)
     if code:
         raise typer.Exit(code)
 

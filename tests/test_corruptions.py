@@ -14,6 +14,13 @@ import torch
 from ftbench.data import corruptions
 from ftbench.errors import UsageError
 
+# Tolerances. Images are float32 in [0, 1]; u = 2^-24 ~ 6e-8 is float32's relative rounding. A weighted
+# sum of n terms with non-negative weights summing to 1 (every blur, resize and interpolation here)
+# is within (n - 1) u of the exact value, and torch and numpy sum long reductions pairwise, within
+# ~log2(n) u. Each comparison below states its n; where the other side is a float64 reference or a
+# hand-worked formula, its own error is negligible. pytest.approx's default (1e-6 relative) is used
+# only for constants from at most one float multiplication.
+
 NAMES = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "contrast", "pixelate", "inversion"]
 IMAGENET_C = [
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -162,12 +169,17 @@ def test_batched_equals_per_image_for_deterministic_corruptions() -> None:
                  "jpeg_compression"]:
         batch = corruptions.corrupt(x, name, 4, seed=0)
         single = torch.cat([corruptions.corrupt(x[i : i + 1], name, 4, seed=0) for i in range(8)])
-        assert torch.allclose(batch, single, atol=1e-6), name
+        # The same per-image arithmetic; with another batch size a kernel may only reorder its sums:
+        # CIFAR's severity-4 disk (3x3) and Gaussian (7 taps, two passes) kernels, a 64-pixel mean:
+        # <= 8 u + 12 u ~ 1.2e-6 in the worst case, ~4e-7 typically (zoom and JPEG: no reordering).
+        assert torch.allclose(batch, single, rtol=0, atol=1e-6), name
     rgb = _scene(4)
     for name in ["saturate", "brightness", "jpeg_compression", "contrast"]:
         batch = corruptions.corrupt(rgb, name, 5, seed=0, scale="imagenet")
         single = torch.cat([corruptions.corrupt(rgb[i : i + 1], name, 5, seed=0, scale="imagenet") for i in range(4)])
-        assert torch.allclose(batch, single, atol=1e-6), name
+        # Per-pixel colour arithmetic (~10 roundings of values <= 1) and per-image means (pairwise
+        # sums of 1,024 pixels, ~10 u): < 1e-6.
+        assert torch.allclose(batch, single, rtol=0, atol=1e-6), name
 
 
 def test_reference_definitions() -> None:
@@ -175,6 +187,7 @@ def test_reference_definitions() -> None:
     # contrast: (x - mean) * c + mean per image; inversion severity 5: 1 - x.
     c = corruptions.PARAMS["imagenet"]["contrast"][2]
     m = x.mean(dim=(1, 2, 3), keepdim=True)
+    # allclose's default (atol 1e-8 + rtol 1e-5 of values <= 1): a few roundings of the same formula.
     assert torch.allclose(corruptions.corrupt(x, "contrast", 3, 0, "imagenet"), ((x - m) * c + m).clamp(0, 1))
     assert torch.allclose(corruptions.corrupt(x, "inversion", 5, 0), 1 - x)
     # impulse: about the published fraction of values replaced by 0 or 1.
@@ -182,10 +195,14 @@ def test_reference_definitions() -> None:
     big = torch.full((64, 1, 32, 32), 0.5)
     out = corruptions.corrupt(big, "impulse_noise", 5, 0, "imagenet")
     frac = float((out != 0.5).float().mean())
+    # n = 65,536 values: the fraction's standard error is sqrt(a (1 - a) / n) = 0.0017 (a = 0.27); 0.01
+    # is 6 of them.
     assert abs(frac - amount) < 0.01 and set(out.unique().tolist()) == {0.0, 0.5, 1.0}
     # gaussian: the added noise has the published standard deviation (before clipping, on mid-grey).
     sigma = corruptions.PARAMS["imagenet"]["gaussian_noise"][0]
     noisy = corruptions.corrupt(big, "gaussian_noise", 1, 0, "imagenet")
+    # A sample std of n = 65,536 draws has standard error sigma / sqrt(2 n) = 2.2e-4 (sigma = 0.08;
+    # clipping at 0 and 1 is 6 sigma away): 0.005 is over 20 of them. Speckle (c = 0.15): 12 of them.
     assert abs(float((noisy - 0.5).std()) - sigma) < 0.005
     # speckle: x + x * N(0, c): on a constant image the relative noise has the published deviation.
     c = corruptions.PARAMS["imagenet"]["speckle_noise"][0]
@@ -241,6 +258,7 @@ def test_colour_corruptions_match_the_reference_numpy(scale: str) -> None:
         hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
         ref = np.clip(_np_hsv2rgb(hsv), 0, 1)
         ours = corruptions.corrupt(x, "brightness", s, 0, scale)[0].permute(1, 2, 0).numpy()
+        # ~10 float32 roundings of values <= 1 through RGB -> HSV -> RGB, against float64: ~6e-7.
         assert np.abs(ours - ref).max() < 1e-6, ("brightness", s)
         mul, add = corruptions.PARAMS[scale]["saturate"][s - 1]
         hsv = _np_rgb2hsv(ref32)
@@ -252,6 +270,7 @@ def test_colour_corruptions_match_the_reference_numpy(scale: str) -> None:
         means = ref32.mean(axis=(0, 1), keepdims=True)  # per channel, as np.mean(x, axis=(0, 1))
         ref = np.clip((ref32 - means) * c + means, 0, 1)
         ours = corruptions.corrupt(x, "contrast", s, 0, scale)[0].permute(1, 2, 0).numpy()
+        # A pairwise mean of 42 pixels (~6 u) and two more roundings: ~5e-7.
         assert np.abs(ours - ref).max() < 1e-6, ("contrast", s)
     # On grey, brightness is x + c (value up, saturation 0); saturate has nothing to act on.
     grey = _images()[:2]
@@ -296,6 +315,7 @@ def test_gaussian_blur_matches_scipy() -> None:
             ref = gaussian_filter(x.double().numpy(), sigma=(0, 0, sigma, sigma), mode="nearest", truncate=4.0)
             ref = np.clip(ref, 0, 1)
             ours = corruptions.corrupt(x, "gaussian_blur", s, 0, scale).numpy()
+            # Two separable passes of <= 49 taps (sigma <= 6, truncated at 4 sigma): <= 2 * 48 u ~ 6e-6.
             assert np.abs(ours - ref).max() < 1e-5, (scale, s)
 
 
@@ -317,6 +337,8 @@ def test_zoom_blur_matches_the_reference_with_scipy_zoom() -> None:
             factors = np.arange(*corruptions.PARAMS[scale]["zoom_blur"][s - 1])
             ref = np.clip((img + sum(clipped_zoom(img, z) for z in factors)) / (len(factors) + 1), 0, 1)
             ours = corruptions.corrupt(x, "zoom_blur", s, 0, scale)[0].permute(1, 2, 0).numpy()
+            # The mean of <= 12 bilinear zooms (4 taps each): ~15 u, plus float32 sampling coordinates
+            # (<= 32 u px on 32 px, times slopes <= 1 per px): < 3e-6.
             assert np.abs(ours - ref).max() < 1e-5, (scale, s)
 
 
@@ -330,6 +352,7 @@ def test_motion_blur_is_imagemagicks_one_sided_gaussian() -> None:
     a = x.numpy()[:, 0]
     right = sum(k[i] * a[0][:, np.minimum(np.arange(11) + i, 10)] for i in range(7))
     down = sum(k[i] * a[1][np.minimum(np.arange(9) + i, 8), :] for i in range(7))
+    # 7 taps with weights summing to 1: <= 6 u ~ 4e-7.
     assert np.allclose(out[0, 0].numpy(), right, atol=1e-6) and np.allclose(out[1, 0].numpy(), down, atol=1e-6)
     # at 45°, offsets round(i cos 45°) = 0, 1, 1, 2, 3, 4, 4 in both directions
     diag = corruptions._motion_blur(x, 3, 2, torch.tensor([45.0, 45.0], dtype=torch.float64))[0, 0].numpy()
@@ -422,6 +445,8 @@ def test_elastic_sampling_matches_scipy_map_coordinates() -> None:
     r = corruptions._fold_coord(torch.from_numpy(rows).float()[None], 12, "reflect")
     c = corruptions._fold_coord(torch.from_numpy(cols).float()[None], 15, "reflect")
     ours = corruptions._bilinear(torch.from_numpy(img)[None, None], r, c)[0, 0].numpy()
+    # 4 taps (3 u), and coordinates up to ~40 px rounded to float32 (40 u px) times slopes <= 1 per px:
+    # ~3e-6.
     assert np.abs(ours - ref).max() < 1e-5
 
 
@@ -454,6 +479,8 @@ def test_plasma_fractal_is_the_reference_diamond_square() -> None:
     for mapsize, decay in [(32, 3), (64, 1.4)]:
         ours = corruptions._plasma_fractal(1, mapsize, decay, torch.Generator().manual_seed(5), torch.device("cpu"))
         ref = _reference_plasma(mapsize, decay, torch.Generator().manual_seed(5))
+        # The same float64 recursion (the draws are float64 too), normalised to [0, 1] and then
+        # perhaps stored as float32: one rounding, 6e-8.
         assert np.abs(ours[0].numpy() - ref).max() < 1e-6
 
 
@@ -466,7 +493,8 @@ def test_fog_adds_the_fractal_and_keeps_the_maximum(scale: str) -> None:
         fractal = corruptions._plasma_fractal(2, size, decay, torch.Generator().manual_seed(seed), torch.device("cpu"))
         m = x.amax(dim=(1, 2, 3), keepdim=True)
         ref = ((x + amount * fractal[:, None, :24, :24]) * m / (m + amount)).clamp(0, 1)
-        assert torch.allclose(corruptions.corrupt(x, "fog", s, seed, scale), ref, atol=1e-6)
+        # The same four float32 operations on values <= 2, perhaps in another order: < 1e-6.
+        assert torch.allclose(corruptions.corrupt(x, "fog", s, seed, scale), ref, rtol=0, atol=1e-6)
 
 
 def test_snow_only_brightens_the_whitened_image() -> None:
@@ -477,6 +505,7 @@ def test_snow_only_brightens_the_whitened_image() -> None:
         keep = corruptions.PARAMS["imagenet"]["snow"][s - 1][6]
         base = (keep * x + (1 - keep) * torch.maximum(x, grey * 1.5 + 0.5)).clamp(0, 1)
         out = corruptions.corrupt(x, "snow", s, 0, "imagenet")
+        # base is recomputed here from the same three operations: a few roundings (< 1e-6) apart.
         assert bool((out >= base - 1e-6).all()) and float((out - base).mean()) > 0.01
 
 
@@ -490,9 +519,13 @@ def test_frost_blends_a_texture_and_uses_its_luminance_on_grey(monkeypatch: pyte
         assert 0.2 < float(tex.mean()) < 0.6 and float(tex[:, 2].mean()) > float(tex[:, 0].mean())  # bluish white
         luma = (tex * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         grey_out = corruptions.corrupt(grey_zero, "frost", 3, 4, scale)
+        # A three-term weighted sum and one scaling: a few u.
         assert torch.allclose(grey_out, (amount * luma).clamp(0, 1), atol=1e-6)
         x = _scene(2, 16, 16)
         out = corruptions.corrupt(x, "frost", 3, 4, scale)
+        # tex was recovered above by a division by amount (0.4-0.7): the rounding of frost's output,
+        # u, becomes u / amount in tex, times amount again here, plus the blend's own: < 1e-6; 1e-5
+        # because keep * x + amount * tex may be formed in another order on values up to ~1.5.
         assert torch.allclose(out, (keep * x + amount * tex).clamp(0, 1), atol=1e-5)
     err = capsys.readouterr().err
     assert err.count("warning: frost:") == 1 and "procedural texture" in err  # labelled, once per process
@@ -561,6 +594,7 @@ def test_spatter_opencv_pieces_on_hand_worked_cases() -> None:
     zero = torch.zeros(1, 7, 7, dtype=torch.bool)
     zero[0, 3, 3] = True
     d = corruptions.chamfer_distance(zero, 20)[0]
+    # Sums of at most two float32 steps (1.4, 2.1969): exact to ~2 u; abs=1e-5 is the decimal places given.
     assert [float(d[3, 4]), float(d[4, 4]), float(d[4, 5]), float(d[3, 5]), float(d[5, 5])] == pytest.approx(
         [1.0, 1.4, 2.1969, 2.0, 2.8], abs=1e-5)
     # equalizeHist: the lowest level maps to 0, the rest to 255 * (cumulative count above it) / (N - n_lowest).
@@ -573,6 +607,8 @@ def test_spatter_opencv_pieces_on_hand_worked_cases() -> None:
     changed = (out - x).abs().amax(1) > 1e-6
     assert 0 < float(changed.float().mean()) < 0.5
     weight = ((out - x) / (brown - x)).permute(1, 0, 2, 3)[:, changed]  # (3, changed pixels)
+    # m is recovered by a division by (brown - x), as small as 0.003 where the scene's channel is
+    # near brown: the output's rounding (u on values <= 1) becomes u / 0.003 ~ 2e-5; 1e-4 leaves 5x.
     assert torch.allclose(weight[0], weight[1], atol=1e-4) and torch.allclose(weight[0], weight[2], atol=1e-4)
     assert float(weight.min()) >= 0.8 - 1e-4  # m < 0.8 is set to 0
 
@@ -595,6 +631,8 @@ def test_box_resize_matches_pillow(size_in: int, size_out: int) -> None:
     img = np.random.default_rng(0).random((size_in, size_in)).astype(np.float32)
     ref = np.asarray(PIL.fromarray(img, mode="F").resize((size_out, size_out), PIL.BOX))
     ours = corruptions.box_resize(torch.from_numpy(img)[None, None], (size_out, size_out))[0, 0].numpy()
+    # Box weights over <= 5 source pixels per axis (224 -> 67), two passes, on both sides in float32
+    # with coefficients normalised separately: ~20 u ~ 1.2e-6.
     assert np.abs(ours - ref).max() < 1e-5
 
 

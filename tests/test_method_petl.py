@@ -128,11 +128,16 @@ def test_lora_scaling_and_merge_by_hand() -> None:
     x = torch.randn(5, 64)
     with torch.no_grad():
         expected = x @ W.T + b + 2.0 * (x @ A.T) @ B.T
+        # Sums of 64 products of N(0, 1) inputs with weights ~1/8: the two orders differ by ~sqrt(64) u
+        # times the sum of |terms| (~5), ~2e-6; 1e-5 leaves 5x.
         assert torch.allclose(layer(x), expected, atol=1e-5)
         img = torch.rand(8, 1, 8, 8)
         unmerged = vit(img)
         layer.merge()
+        # The merged weight is W + 2 B A computed once more (rank-r sums of small products): a few u.
         assert torch.allclose(layer.base_layer.weight, W + 2.0 * B @ A, atol=1e-6)
+        # One merged layer changes the logits (<= ~3 in size) by rounding only: ~sqrt(64) u per layer,
+        # carried through the later layers' LayerNorms (which do not amplify): ~1e-6; 1e-5 leaves 10x.
         assert torch.allclose(vit(img), unmerged, atol=1e-5)
 
 

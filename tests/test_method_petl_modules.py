@@ -110,6 +110,7 @@ def test_houlsby_places_adapters_after_attention_and_mlp_pfeiffer_after_mlp_only
     # Houlsby: the adapter acts on the sub-layer's output, before the residual addition.
     x1 = x + blk.attn.adapter(blk.attn.inner(blk.norm1(x)))
     expected = x1 + blk.mlp.adapter(blk.mlp.inner(blk.norm2(x1)))
+    # The same modules applied in the same order: equal up to a reordered residual sum (a few u).
     assert torch.allclose(blk(x), expected, atol=1e-6)
     x1 = x + blk.attn.inner(blk.norm1(x))
     assert not torch.allclose(blk(x), x1 + blk.mlp.inner(blk.norm2(x1)))  # (the adapters do act)
@@ -178,6 +179,8 @@ def test_ssf_merged_layer_equals_the_ssf_forward(make, shape, dim) -> None:
     w.init(0.5, torch.Generator().manual_seed(0))
     x = torch.randn(shape)
     y = w(x)
+    # Merging folds scale and shift into the layer's weights: one more product per weight and the
+    # layer's sum (<= 64 terms of N(0, 1) inputs) in another order, ~sqrt(64) u x 5 ~ 2e-6.
     assert torch.allclose(w.merged()(x), y, atol=1e-5)
 
 
@@ -190,6 +193,8 @@ def test_ssf_merge_of_a_whole_vit_keeps_its_function_and_parameter_count() -> No
     assert merge_ssf(vit) == 2 + 6 * DEPTH
     assert not any(isinstance(m, ScaleShift) for m in vit.modules())
     assert sum(p.numel() for p in vit.parameters()) == n0
+    # Every layer merged, as above (~2e-6 each), through 6 blocks whose LayerNorms rescale: ~1e-6 at the
+    # logits; 1e-5 leaves 10x.
     assert torch.allclose(vit(x), y, atol=1e-5)
 
 
@@ -216,6 +221,7 @@ def test_vpt_forward_equals_the_papers_computation(mode: str) -> None:
     before = vit(x)
     vp = add_prompts(vit, 4, mode, generator=torch.Generator().manual_seed(0))
     assert vp.prompts.shape == ((DEPTH if mode == "deep" else 1), 4, DIM)
+    # The reference runs the same modules on the same tokens: only a concatenation order differs.
     assert torch.allclose(vit(x), _vpt_reference(vit, vp.prompts, x, mode == "deep"), atol=1e-6)
     assert not torch.allclose(vit(x), before)
     vp.detach()  # the hooks are the only change to the ViT's computation
@@ -272,7 +278,9 @@ def test_vpt_prompts_are_xavier_uniform_as_released() -> None:
     bound = (6.0 / (1 * 2 * 2 + DIM)) ** 0.5  # in_chans · patch² + D
     assert vp.bound() == pytest.approx(bound)
     assert vp.prompts.abs().max() <= bound and vp.prompts.abs().max() > 0.9 * bound
-    assert abs(float(vp.prompts.detach().std()) - bound / 3**0.5) < 0.01  # uniform(-b, b) has std b/√3
+    # uniform(-b, b) has std b/√3 ~ 0.12; of n = 6 * 50 * 64 = 19,200 draws, the sample std's standard
+    # error is (b/√3) sqrt(0.8 / (4 n)) ~ 4e-4: 0.01 is 25 of them.
+    assert abs(float(vp.prompts.detach().std()) - bound / 3**0.5) < 0.01
 
 
 def test_vpt_refuses_a_model_without_a_vit() -> None:
@@ -351,6 +359,10 @@ def test_ssf_merge_option_gives_the_same_predictions_with_the_pretrained_paramet
     plain = fine_tune(RunSpec(method="ssf", steps=3), "cpu")
     merged = fine_tune(RunSpec(method="ssf", steps=3, options=(("merge", True),)), "cpu")
     x = merged.target.test.x[:256]
+    # Training is the same computation for both (the merge happens after it), so only the merged
+    # forward differs: per convolution a sum of <= 576 terms (3x3 x 64 channels) reordered, ~sqrt(576)
+    # u ~ 1.4e-6 of its size, over ~10 layers, at logits up to ~20: ~3e-5; 1e-4 leaves 3x for the
+    # worst case of correlated roundings.
     assert torch.allclose(merged.model(x), plain.model(x), atol=1e-4)
     assert not any(isinstance(m, ScaleShift) for m in merged.model.modules())
     # Same parameters as the pretrained model, plus a bias for each convolution that had none (it takes

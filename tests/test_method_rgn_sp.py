@@ -21,6 +21,10 @@ from ftbench.train import loop
 from ftbench.train.context import TrainContext
 from ftbench.train.runner import execute, fine_tune
 
+# Tolerances: relative gradient norms, learning rates and penalties here are a few float operations
+# on small exact numbers (0.6, 0.8, 0.1, ...): pytest.approx's default (1e-6 relative) and allclose's
+# (rtol 1e-5) hold whatever order they are computed in (float32: u = 6e-8 per rounding).
+
 
 def _pretrained_state(spec: RunSpec) -> dict[str, torch.Tensor]:
     spec = resolve(spec)

@@ -68,11 +68,13 @@ def test_midpoint_interpolates_parameters_and_batchnorm_buffers() -> None:
     state = model.state_dict()
     for k in ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "1.running_mean", "1.running_var"):
         assert not torch.equal(pre[k], ft[k]), k  # the test would be vacuous otherwise
+        # (1 - a) pre + a ft at a = 1/2 against (pre + ft) / 2: two roundings of values <= ~3: < 1e-6.
         torch.testing.assert_close(state[k], (pre[k] + ft[k]) / 2, rtol=0, atol=1e-6)
     # Integer buffers take the fine-tuned value; unchanged elements keep their exact value.
     assert int(state["1.num_batches_tracked"]) == 3
     assert torch.equal(_bits(state["3.bias"][:1]), _bits(pre["3.bias"][:1]))
     interpolate(model, pre, ft, 0.25)
+    # assert_close's float32 default (rtol 1.3e-6, atol 1e-5): the same two-term blend, a few u.
     torch.testing.assert_close(model.state_dict()["1.running_var"], 0.75 * pre["1.running_var"] + 0.25 * ft["1.running_var"])
 
 

@@ -102,6 +102,8 @@ def test_linear_probe_changes_only_the_head_and_converges() -> None:
     b = tr.model.head.bias.detach().clone().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(feats @ w.T + b, tr.target.train.y) + 0.5 * 1e-3 * (w * w).sum()
     gw, gb = torch.autograd.grad(loss, [w, b])
+    # At the optimum of this convex objective the gradient is 0 up to L-BFGS's stopping tolerance and
+    # float32 rounding (measured: 5e-6); the unfitted pretrained head's is 0.39. 1e-3 separates them.
     assert gw.abs().max() < 1e-3 and gb.abs().max() < 1e-3
 
 

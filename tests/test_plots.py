@@ -15,6 +15,9 @@ from ftbench.report import plots
 from ftbench.report.plots import build_figure, plot_results
 from ftbench.results.store import read_results
 
+# Tolerances: plotted values are means of hand-made float64 numbers, computed exactly to ~1e-15;
+# pytest.approx's default (1e-6 relative) only absorbs the order of summation.
+
 DATA = Path(__file__).parent / "data" / "results_small"
 COL_KEY = ["benchmark", "shift", "corruption", "severity", "model", "shots"]
 NOISE = "corruption (gaussian_noise, s5)"

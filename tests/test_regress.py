@@ -20,6 +20,9 @@ from ftbench.report.regress import (
 from ftbench.report.table import select
 from ftbench.results.store import read_results
 
+# Tolerances: means of hand-made float64 numbers (exact to ~1e-15); pytest.approx's default
+# (1e-6 relative) only absorbs the order of summation.
+
 DATA = Path(__file__).parent / "data" / "results_small"
 BASELINE_SMOKE = Path(__file__).parent / "data" / "baseline_smoke"
 
@@ -120,6 +123,63 @@ def test_improvement_is_reported_and_passes() -> None:
     assert (imp.cell, imp.metric) == (LABEL, "ood_acc") and imp.delta == pytest.approx(4.0)
     text = render_text(c)
     assert "improved (1):" in text and LABEL in text and text.splitlines()[-1].startswith("PASS")
+
+
+def test_improvement_passes_one_sided_but_says_the_baseline_is_stale() -> None:
+    base = small()
+    text = render_text(compare(shifted(base, 4.0), base, tolerance=1.0))
+    assert "1 up (improved)" in text and "baseline is now stale" in text and "refreshing-the-baseline" in text
+
+
+@pytest.mark.parametrize("points", [4.0, -4.0], ids=["up", "down"])
+def test_two_sided_gate_fails_a_change_in_either_direction(points: float) -> None:
+    base = small()
+    c = compare(shifted(base, points), base, tolerance=1.0, two_sided=True)
+    assert c.failed()
+    text = render_text(c)
+    direction = "1 up (improved)" if points > 0 else "1 down (regressed)"
+    assert direction in text and "refresh the baseline in the same commit" in text
+    assert text.splitlines()[-1].startswith("FAIL") and "two-sided" in text.splitlines()[-1]
+    md = render_summary(c)
+    assert "FAIL" in md.splitlines()[0] and direction in md and "refresh the baseline" in md
+    assert f"| **{'improved' if points > 0 else 'regressed'}** | {LABEL} |" in md
+    # Within the tolerance, or identical: the two-sided gate passes.
+    assert not compare(shifted(base, 0.9), base, tolerance=1.0, two_sided=True).failed()
+    assert not compare(base, base.copy(), tolerance=0.0, two_sided=True).failed()
+
+
+ENV = {"torch_version": "2.4.0", "timm_version": "1.0.9", "numpy_version": "1.26.4", "cpu_model": "AMD EPYC",
+       "cpu_kernels": "aten=AVX2 onednn=native mkl=native", "device": "cpu (x86_64)", "threads": 1}
+
+
+def test_gate_names_the_environment_columns_that_differ() -> None:
+    base = small().assign(**ENV)
+    now = base.assign(torch_version="2.5.1", cpu_model="Intel(R) Xeon(R) Gold 6338")
+    c = compare(now, base, tolerance=1.0)
+    assert [e.column for e in c.env_differences()] == ["torch_version", "cpu_model"]
+    text = render_text(c)
+    assert "torch_version  2.4.0 -> 2.5.1" in text and "AMD EPYC -> Intel(R) Xeon(R) Gold 6338" in text
+    assert "same: timm_version 1.0.9; numpy_version 1.26.4" in text
+    assert "| **cpu_model** | AMD EPYC | Intel(R) Xeon(R) Gold 6338 |" in render_summary(c)
+    assert "environment: the same as the baseline's" in render_text(compare(base, base.copy()))
+    # A baseline from before these columns: the gate says they were not recorded there.
+    old = compare(base, small())
+    assert [e.baseline for e in old.env_differences() if e.column != "device"] == ["not recorded"] * 6
+
+
+def test_every_result_row_records_the_environment() -> None:
+    import importlib.metadata
+
+    import numpy
+    import torch
+
+    from ftbench.spec import RunSpec, resolve
+    from ftbench.train.runner import execute
+
+    [row] = execute(resolve(RunSpec(method="none")), "cpu")
+    assert (row["torch_version"], row["numpy_version"]) == (torch.__version__, numpy.__version__)
+    assert row["timm_version"] == importlib.metadata.version("timm")
+    assert row["cpu_model"] and row["cpu_kernels"].startswith(f"aten={torch.backends.cpu.get_cpu_capability()} ")
 
 
 def test_vanished_cell_fails_unless_missing_is_allowed() -> None:
@@ -305,6 +365,13 @@ def test_cli_gate_exit_codes_and_summary(cli, tmp_path: Path) -> None:
     assert r.code == 2 and "tolerance must be a non-negative number" in r.err
     r = cli("report", DATA, "--baseline", tmp_path / "missing")
     assert r.code == 2 and "does not exist" in r.err
+    better = tmp_path / "better.parquet"
+    shifted(base, 3.0).to_parquet(better)
+    assert cli("report", better, "--format", "csv", "--baseline", DATA).code == 0
+    up = cli("report", better, "--format", "csv", "--baseline", DATA, "--two-sided")
+    assert up.code == 1 and "1 up (improved)" in up.err and up.err.rstrip().splitlines()[-1].startswith("FAIL")
+    r = cli("report", DATA, "--two-sided")
+    assert r.code == 2 and r.err.strip() == "error: --two-sided needs --baseline"
 
 
 def test_committed_smoke_baseline_matches_the_smoke_suite() -> None:
@@ -313,6 +380,9 @@ def test_committed_smoke_baseline_matches_the_smoke_suite() -> None:
 
     df = load_baseline(BASELINE_SMOKE)
     assert set(df["run_id"]) == {s.run_id for s in expand_suite("smoke")}, (
-        "the smoke suite changed: refresh the baseline with `python tests/data/make_baseline_smoke.py`")
+        "the smoke suite changed: refresh the baseline with `python tools/regen_numbers.py refresh --only baseline`")
     assert (df["status"] == "ok").all()
     assert not compare(df, df, tolerance=0.0).failed()
+    # Made the documented way (tools/regen_numbers.py: portable kernels), not by a plain sweep.
+    assert set(df["cpu_kernels"]) == {"aten=DEFAULT onednn=SSE41 mkl=COMPATIBLE"}, (
+        "the baseline was not made by `python tools/regen_numbers.py refresh --only baseline`")

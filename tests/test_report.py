@@ -11,6 +11,9 @@ import pytest
 from ftbench.report.table import select
 from ftbench.results.store import read_results
 
+# Tolerances: means and standard deviations of hand-made float64 numbers (exact to ~1e-15);
+# pytest.approx's default (1e-6 relative) only absorbs the order of summation.
+
 DATA = Path(__file__).parent / "data" / "results_small"
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -151,6 +151,8 @@ def test_stages_from_feature_info_and_conv_classifiers(tmp_path: Path) -> None:
     assert isinstance(model.head, torch.nn.Linear) and model.head.weight.shape == (4, 256)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        # The same weights; the 1x1-convolution classifier becomes a Linear layer, which sums its 256
+        # products in another order: ~sqrt(256) u times the sum of |terms| (~5): ~5e-6.
         assert torch.allclose(model(x), ref(x), atol=1e-5)
     native = ref.state_dict()  # timm's own layout: fc.weight is 4×256×1×1
     fresh = tm.create("dla46_c", 3, 4)
@@ -222,6 +224,7 @@ def test_weights_files(tmp_path: Path) -> None:
     assert torch.equal(gray.net.layer3[1].conv2.weight, imnet.layer3[1].conv2.weight)
     assert torch.equal(gray.net.bn1.running_var, imnet.bn1.running_var)
     # First convolution adapted to 1 channel as timm adapts hub weights: the sum over RGB.
+    # allclose's default (rtol 1e-5): the same three-term sum.
     assert torch.allclose(gray.net.conv1.weight, imnet.conv1.weight.sum(1, keepdim=True))
     # CIFAR networks: the reference layout's ``fc`` is the head.
     wrn = tm.WideResNet(3, 10, depth=10, widen=1)

@@ -182,6 +182,9 @@ def test_transform_is_wilds_eval_transform(name: str) -> None:
     ours = wilds_data.WildsTransform(kind, size)(img).float()
     theirs = torch.from_numpy(np.asarray(ref(pil))).permute(2, 0, 1).float()
     assert ours.shape == theirs.shape == (3, size, size)
+    # torchvision's tensor resize (antialiased, float) against PIL's (fixed-point, uint8): PIL rounds
+    # its filter coefficients and each output to integers, so pixels differ by a few grey levels
+    # (of 255), on average well under one; a wrong crop or size would differ by tens.
     assert (ours - theirs).abs().mean() < 1.0 and (ours - theirs).abs().max() <= 4
 
 
@@ -230,6 +233,8 @@ def test_metrics_equal_wilds_eval(data: Path, name: str) -> None:
             pred = torch.where(right, split.y, wrong)
             results, _ = ds.eval(pred, split.y, split.meta)
             ours = metrics(pred, split)
+            # Percentages from counts: ours in float64, wilds' in float32 (relative 6e-8 of <= 100 is
+            # 6e-6); 1e-4 of a point is far below one image of any split.
             assert ours == pytest.approx(_wilds_reference(name, results), abs=1e-4)
             acc = 100 * float((pred == split.y).double().mean())
             if "acc_avg" in results:

@@ -24,6 +24,13 @@ Tolerance (accuracy points, i.e. percent):
   improvements), significant at p < :data:`ALPHA`. With fewer than 2 finite seeds on either side, or
   zero variance on both sides, a t-test says nothing; the cell then falls back to the absolute rule
   with ``t =`` :data:`AUTO_FALLBACK_POINTS`, its ``p_value`` is None, and the text output says so.
+
+One-sided by default: only ``regressed`` (and ``vanished``) fail. ``two_sided=True`` fails an
+``improved`` cell too, for a deterministic baseline that must move only in the commit that moves
+the numbers (a baseline left stale after an improvement would hide a later regression of the
+same size). Either way the output says in which direction cells moved, and which of the
+environment columns (:data:`ENV_COLUMNS`: library versions, CPU, kernels, device, threads) differ
+between the two sides, since those change CPU results too.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,9 @@ ALPHA = 0.05  # significance level of the one-sided Welch t-tests of tolerance "
 AUTO_FALLBACK_POINTS = 0.5  # tolerance "auto" without a usable t-test: |delta| must exceed this
 _EPS = 1e-9  # means of the same values summed in another order may differ in the last bits
 CELL_KEY = COL_KEY + ROW_KEY
+# Result columns that describe where a row was made; numbers may differ when they do (docs/ci.md).
+ENV_COLUMNS = ("torch_version", "timm_version", "numpy_version", "cpu_model", "cpu_kernels", "device", "threads")
+NOT_RECORDED = "not recorded"
 _LEVEL_ORDER = {"input": 0, "feature": 1, "output": 2, "natural": 3}
 
 
@@ -65,12 +75,27 @@ class CellChange:
 
 
 @dataclass(frozen=True)
+class EnvValue:
+    """One environment column on both sides: its distinct values, joined by ", " (or "not recorded")."""
+
+    column: str
+    baseline: str
+    current: str
+
+    @property
+    def differs(self) -> bool:
+        return self.baseline != self.current
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Every (cell, metric) change of a comparison, in display order, and how it was judged."""
 
     changes: list[CellChange]
     tolerance: float | str
     selection: str
+    two_sided: bool = False  # an improvement beyond the tolerance fails too
+    environment: list[EnvValue] = field(default_factory=list)  # ENV_COLUMNS of both sides (ok runs)
 
     def by_verdict(self, verdict: str) -> list[CellChange]:
         """The changes with this verdict, in display order."""
@@ -79,8 +104,13 @@ class Comparison:
         return [c for c in self.changes if c.verdict == verdict]
 
     def failed(self, allow_missing: bool = False) -> bool:
-        """True if any metric regressed, or any vanished (unless ``allow_missing``)."""
-        return any(c.verdict == "regressed" or (c.verdict == "vanished" and not allow_missing) for c in self.changes)
+        """True if any metric regressed (or, two-sided, improved), or any vanished (unless ``allow_missing``)."""
+        moved = ("regressed", "improved") if self.two_sided else ("regressed",)
+        return any(c.verdict in moved or (c.verdict == "vanished" and not allow_missing) for c in self.changes)
+
+    def env_differences(self) -> list[EnvValue]:
+        """The environment columns whose values differ between the baseline and the current results."""
+        return [e for e in self.environment if e.differs]
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,17 +270,33 @@ def _judge(base: list[float], now: list[float], tolerance: float | str) -> tuple
     return "unchanged", None
 
 
+def _env_values(df: pd.DataFrame, column: str) -> str:
+    """Distinct values of an environment column over the ok runs, sorted and joined; NOT_RECORDED if none."""
+    if column not in df.columns:
+        return NOT_RECORDED
+    rows = df[df["status"] == "ok"] if "status" in df.columns else df
+    vals = sorted({str(_norm(v)) for v in rows[column] if _norm(v) != ""})
+    return ", ".join(vals) if vals else NOT_RECORDED
+
+
+def compare_environment(current: pd.DataFrame, baseline: pd.DataFrame) -> list[EnvValue]:
+    """:data:`ENV_COLUMNS` of both sides, in that order (see :class:`EnvValue`)."""
+    return [EnvValue(c, _env_values(baseline, c), _env_values(current, c)) for c in ENV_COLUMNS]
+
+
 def compare(
     current: pd.DataFrame,
     baseline: pd.DataFrame,
     tolerance: float | str = 1.0,
     selection: str = "target-val",
     metrics: tuple[str, ...] = METRICS,
+    two_sided: bool = False,
 ) -> Comparison:
     """Compare raw results with a baseline, per cell and metric, after the same model selection.
 
     ``tolerance`` is accuracy points (>= 0) or ``"auto"`` (see the module docstring); a string is
     parsed with :func:`parse_tolerance`. Changes come in table order (column, then row, then metric).
+    ``two_sided``: an improvement beyond the tolerance fails the gate like a regression.
     """
     tol = parse_tolerance(tolerance) if isinstance(tolerance, str) else tolerance
     if tol != "auto" and (not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0):
@@ -283,7 +329,8 @@ def compare(
                 verdict, p = _judge(base, now, tol)
             delta = n_mean - b_mean if b_mean is not None and n_mean is not None else None
             changes.append(CellChange(labels[k], m, b_mean, n_mean, delta, len(base), len(now), p, verdict))
-    return Comparison(changes, float(tol) if tol != "auto" else "auto", selection)
+    return Comparison(changes, float(tol) if tol != "auto" else "auto", selection, two_sided,
+                      compare_environment(current, baseline))
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,8 +369,53 @@ def _n_cells(c: Comparison) -> int:
 def _verdict_line(c: Comparison, allow_missing: bool) -> str:
     word = "FAIL" if c.failed(allow_missing) else "PASS"
     allowed = "; vanished cells allowed" if allow_missing and c.by_verdict("vanished") else ""
+    sided = ", two-sided" if c.two_sided else ""
     return (f"{word}: {_counts(c)} ({_n_cells(c)} cells × {len(_metrics(c))} metrics vs baseline; "
-            f"{_tol_text(c)}; selection {c.selection}{allowed})")
+            f"{_tol_text(c)}{sided}; selection {c.selection}{allowed})")
+
+
+REFRESH_DOC = "docs/ci.md#refreshing-the-baseline-deliberately"
+
+
+def direction_note(c: Comparison) -> str | None:
+    """Which way the cells moved beyond the tolerance, and what that means for the baseline; None if none moved."""
+    up, down = len(c.by_verdict("improved")), len(c.by_verdict("regressed"))
+    if not up and not down:
+        return None
+    moved = " and ".join(x for x in (f"{up} up (improved)" if up else "", f"{down} down (regressed)" if down else "")
+                         if x)
+    if c.two_sided:
+        return (f"moved beyond the tolerance: {moved}. Two-sided gate: a change either way fails. If the change is "
+                f"meant, refresh the baseline in the same commit ({REFRESH_DOC}); if not, find what moved the numbers")
+    if up:
+        return (f"moved beyond the tolerance: {moved}. Improvements pass this one-sided gate, but the baseline is "
+                f"now stale and would hide a later drop of the same size: refresh it ({REFRESH_DOC})")
+    return f"moved beyond the tolerance: {moved}"
+
+
+def _env_short(e: EnvValue, side: str) -> str:
+    return f"{e.column} {getattr(e, side)}"
+
+
+def environment_lines(c: Comparison) -> list[str]:
+    """Text lines on the environment of both sides: the columns that differ, or that none do."""
+    if not c.environment:
+        return []
+    diff = c.env_differences()
+    if not diff:
+        return ["environment: the same as the baseline's (" + "; ".join(_env_short(e, "current") for e in
+                                                                        c.environment) + ")"]
+    width = max(len(e.column) for e in diff)
+    lines = [(f"environment differs from the baseline's in {len(diff)} of {len(c.environment)} columns "
+              "(these change CPU results too, see docs/ci.md):")]
+    lines += [f"  {e.column:<{width}}  {e.baseline} -> {e.current}" for e in diff]
+    same = [e for e in c.environment if not e.differs and e.current != NOT_RECORDED]
+    if same:
+        lines.append("  same: " + "; ".join(_env_short(e, "current") for e in same))
+    neither = [e.column for e in c.environment if not e.differs and e.current == NOT_RECORDED]
+    if neither:
+        lines.append(f"  {NOT_RECORDED} on either side: {', '.join(neither)}")
+    return lines
 
 
 def _metrics(c: Comparison) -> list[str]:
@@ -370,6 +462,10 @@ def render_text(c: Comparison, allow_missing: bool = False) -> str:
     if fb:
         lines.append(f"note: {len(fb)} of {len(c.changes)} comparisons had fewer than 2 seeds on a side or no "
                      f"variance on either side, so no t-test: judged by |Δ| > {AUTO_FALLBACK_POINTS:g} points instead")
+    lines += environment_lines(c)
+    note = direction_note(c)
+    if note:
+        lines.append(note)
     lines.append(_verdict_line(c, allow_missing))
     return "\n".join(lines) + "\n"
 
@@ -383,9 +479,12 @@ def render_summary(c: Comparison, allow_missing: bool = False) -> str:
     failed = c.failed(allow_missing)
     out = [f"## {'❌ FAIL' if failed else '✅ PASS'}: ftbench regression gate", ""]
     out.append(f"Compared {_n_cells(c)} cells × {len(_metrics(c))} metrics ({', '.join(_metrics(c)) or 'none'}) "
-               f"with the baseline; {_tol_text(c)}; selection `{c.selection}`."
+               f"with the baseline; {_tol_text(c)}{', two-sided' if c.two_sided else ''}; selection `{c.selection}`."
                + (" Missing cells are allowed." if allow_missing else ""))
     out.append("")
+    note = direction_note(c)
+    if note:
+        out += [f"**{_md(note[0].upper() + note[1:])}.**", ""]
     changed = [x for x in c.changes if x.verdict != "unchanged"]
     if changed:
         show_p = c.tolerance == "auto"
@@ -396,7 +495,8 @@ def render_summary(c: Comparison, allow_missing: bool = False) -> str:
         out += [head, rule]
         order = {v: i for i, v in enumerate(("regressed", "vanished", "improved", "appeared"))}
         for x in sorted(changed, key=lambda x: order[x.verdict]):
-            fails = x.verdict == "regressed" or (x.verdict == "vanished" and not allow_missing)
+            fails = (x.verdict == "regressed" or (x.verdict == "improved" and c.two_sided)
+                     or (x.verdict == "vanished" and not allow_missing))
             verdict = f"**{x.verdict}**" if fails else x.verdict
             row = (f"| {verdict} | {_md(x.cell)} | {x.metric} | {_num(x.baseline)} | {_num(x.current)} | "
                    f"{_signed(x.delta)} | {x.n_baseline} | {x.n_current} |")
@@ -415,6 +515,13 @@ def render_summary(c: Comparison, allow_missing: bool = False) -> str:
     if fb:
         out.append(f"{len(fb)} comparison(s) had fewer than 2 seeds on a side or no variance, so no t-test: "
                    f"judged by |Δ| > {AUTO_FALLBACK_POINTS:g} points.")
+    if c.environment:
+        diff = c.env_differences()
+        out += ["", "Environment: " + (f"{len(diff)} column(s) differ from the baseline's (these change CPU results "
+                                        "too)." if diff else "the same as the baseline's."), "",
+                "| column | baseline | current |", "|---|---|---|"]
+        out += [f"| {'**' + e.column + '**' if e.differs else e.column} | {_md(e.baseline)} | {_md(e.current)} |"
+                for e in c.environment]
     if c.changes:
         out += ["", f"<details><summary>All {len(c.changes)} comparisons</summary>", "",
                 "| cell | metric | baseline | current | Δ | verdict |", "|---|---|---:|---:|---:|---|"]

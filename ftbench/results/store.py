@@ -64,6 +64,12 @@ SCHEMA = pa.schema(
         ("threads", pa.int64()),  # torch CPU threads (0 on GPU): CPU results depend on it
         ("ftbench_version", pa.string()),
         ("timestamp", pa.timestamp("us", tz="UTC")),
+        # What CPU results depend on (docs/ci.md); the regression gate prints which ones differ.
+        ("torch_version", pa.string()),
+        ("timm_version", pa.string()),
+        ("numpy_version", pa.string()),
+        ("cpu_model", pa.string()),  # the host CPU, also for GPU runs (the GPU is in `device`)
+        ("cpu_kernels", pa.string()),  # instruction set of torch's CPU kernels, e.g. "aten=AVX2 onednn=native mkl=native"
     ]
 )
 REQUIRED = ("run_id", "benchmark", "shift", "method", "blocks", "seed", "status", "id_acc", "ood_acc", "val_acc")

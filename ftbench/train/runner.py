@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import importlib.metadata
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -41,6 +44,47 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()})"
+
+
+# Environment variables that cap the instruction set of torch's CPU kernels (ATen's own, oneDNN's
+# convolutions, MKL's BLAS). CPU results depend on the code path taken (docs/ci.md), so a row says
+# which one it was made on.
+_KERNEL_CAPS = (("onednn", ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")), ("mkl", ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")))
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name (Linux: /proc/cpuinfo), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu_kernels() -> str:
+    """Which instruction set torch's CPU kernels use: ``aten=AVX2 onednn=native mkl=native``;
+    an ``ONEDNN_MAX_CPU_ISA`` / ``MKL_CBWR`` (or ``MKL_ENABLE_INSTRUCTIONS``) cap replaces native."""
+    parts = [f"aten={torch.backends.cpu.get_cpu_capability()}"]
+    for name, variables in _KERNEL_CAPS:
+        cap = next((os.environ[v] for v in variables if os.environ.get(v)), "native")
+        parts.append(f"{name}={cap}")
+    return " ".join(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, str]:
+    """Library versions and hardware that CPU results depend on, recorded in every result row."""
+    import numpy
+
+    try:
+        timm_version = importlib.metadata.version("timm")  # without importing timm (slow)
+    except importlib.metadata.PackageNotFoundError:
+        timm_version = "not installed"
+    return {"torch_version": torch.__version__, "timm_version": timm_version, "numpy_version": numpy.__version__,
+            "cpu_model": _cpu_model(), "cpu_kernels": _cpu_kernels()}
 
 
 def _sync(device: torch.device) -> None:
@@ -199,6 +243,7 @@ def result_rows(tr: Trained) -> list[dict[str, Any]]:
         "threads": torch.get_num_threads() if dev.type == "cpu" else 0,  # CPU results depend on it
         "ftbench_version": ftbench.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc),
+        **environment(),
         **ctx.metrics,
     }
     rows = [{**final, **acc, "step": step, "final": False} for step, acc in sorted(tr.checkpoints.items())]
