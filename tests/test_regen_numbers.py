@@ -88,3 +88,41 @@ def test_child_processes_get_this_checkout_the_pins_and_their_own_cache(tmp_path
     assert {k: pinned[k] for k in tool.PINS} == tool.PINS
     native = tool.child_env(tmp_path, pinned=False)
     assert not set(tool.PINS) & set(native)  # unpinned means the CPU's own kernels, not the caller's caps
+
+
+def test_the_gate_is_exact_only_on_the_machine_that_made_the_numbers(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned kernels still round differently across CPU models (docs/ci.md): the recorded machine gets
+    the exact tolerance, any other machine (another CPU, its flags, another torch) the measured one."""
+    tool = _tool()
+    machine = tmp_path / "numbers.machine.json"
+    monkeypatch.setattr(tool, "MACHINE", machine)
+    assert tool.machine_differences() and "missing" in tool.machine_differences()[0]
+    tool.write_machine()
+    assert tool.machine_differences() == []
+    here = tool.machine_fingerprint()
+    assert {"torch", "numpy", "timm", "machine"} <= set(here)
+    made = machine.read_text()
+    for key, other in (("model", "1"), ("flags_sha1", "000000000000"), ("torch", "9.9.9")):
+        record = json.loads(made)
+        record["fingerprint"][key] = other
+        machine.write_text(json.dumps(record))
+        assert tool.machine_differences() == [f"{key}: {other} -> {here.get(key, '-')}"]
+    spread = json.loads(tool.SPREAD.read_text())
+    assert tool.tolerance() == spread["tolerance"] == 0.0
+    # The other machine's tolerance covers every rounding difference the spread file records.
+    measured = [v["max_abs_delta_vs_pinned"] for v in spread["variants"]]
+    measured += [c["max_abs_delta"] for c in spread["cross_machine"]]
+    assert spread["cross_machine"] and tool.tolerance(other_machine=True) == pytest.approx(max(measured))
+
+
+def test_another_machine_compares_the_docs_by_shape() -> None:
+    tool = _tool()
+    row = "| block 2 | **79.8 ± 1.4** | 97.4 ± 0.4 |"
+    assert tool.shape(row) == tool.shape("| block 2 | 80.1 ± 0.9 | **97.6 ± 0.2** |")
+    assert tool.shape(row) != tool.shape("| block 3 | 79.8 ± 1.4 | 97.4 ± 0.4 |")  # another row
+    assert tool.shape(row) != tool.shape("| block 2 | 79.8 ± 1.4 |")  # a column fewer
+    line = "  OOD acc  76.92%   (target test)   4,848/77,754 params trained"
+    assert tool.shape(line) == tool.shape(line.replace("76.92", "77.54"))
+    assert tool.shape(line) != tool.shape(line.replace("4,848", "5,001"))  # a count is not a measurement
+    assert tool.shape(line) != tool.shape(line.replace("target test", "target val"))

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "benchmarks.toml"
 BASELINE = ROOT / "tests" / "data" / "baseline_smoke"
 SPREAD = ROOT / "tests" / "data" / "baseline_smoke.spread.json"
+# Where the committed numbers were made (``machine_fingerprint``), written by ``refresh``.
+MACHINE = ROOT / "tests" / "data" / "numbers.machine.json"
 README = ROOT / "README.md"
 CLI_DOC = ROOT / "docs" / "cli.md"
 SMOKE = "smoke"
@@ -50,9 +52,13 @@ RUN_EXAMPLE = ["run", "--method", "surgical", "--block", "1", "--shift", "corrup
 # Portable CPU kernels. CPU results depend on the instruction set torch's kernels run: on the smoke
 # suite, AVX2 against baseline x86-64 kernels moved a cell by 4.6 points (tests/data/
 # baseline_smoke.spread.json, "unpinned"). These caps make every x86-64 CPU run the same
-# instructions: ATen's kernels without runtime AVX2/AVX-512 dispatch, oneDNN's (convolutions) at
-# SSE4.1, and MKL's BLAS in its conditional-numerical-reproducibility mode COMPATIBLE (the same
-# results on any x86 CPU, Intel's or not). Libraries read them when they load, hence subprocesses.
+# instruction set: ATen's kernels without runtime AVX2/AVX-512 dispatch, oneDNN's (convolutions) at
+# SSE4.1, and MKL's BLAS in its conditional-numerical-reproducibility mode COMPATIBLE. Libraries
+# read them when they load, hence subprocesses. They make one machine's numbers independent of
+# everything measured there, but not equal across CPU models (AMD EPYC vs an AVX-512 Xeon: up to
+# 1.86 points, "cross_machine" in the spread file; the cause is not found: oneDNN choosing its
+# blocking from cache sizes is the suspect). So the gate is exact on the machine that made the
+# baseline (MACHINE) and allows the measured rounding spread elsewhere.
 PINS = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
 KERNELS = "aten=DEFAULT onednn=SSE41 mkl=COMPATIBLE"  # the cpu_kernels column ftbench writes under PINS
 THREADS = "1"
@@ -113,12 +119,63 @@ def workspace() -> Iterator[Path]:
 # The smoke baseline and its gate
 
 
-def tolerance() -> float:
-    """The gate's tolerance in accuracy points, as derived by ``spread`` (tests/data/baseline_smoke.spread.json)."""
+def machine_fingerprint() -> dict[str, str]:
+    """What, besides the code, decides the pinned numbers: the CPU (as /proc/cpuinfo describes its
+    first processor, with a digest of its feature flags: a VM's generic model name can hide the
+    generation) and the versions of the libraries that compute them. Read without importing torch."""
+    from importlib import metadata
+
+    fp: dict[str, str] = {"machine": os.uname().machine if hasattr(os, "uname") else sys.platform}
     try:
-        return float(json.loads(SPREAD.read_text())["tolerance"])
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        first = ""
+    info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    for key in ("vendor_id", "model name", "cpu family", "model", "stepping", "cache size"):
+        if key in info:
+            fp[key] = info[key]
+    if "flags" in info:
+        import hashlib
+        fp["flags_sha1"] = hashlib.sha1(" ".join(sorted(info["flags"].split())).encode()).hexdigest()[:12]
+    for dist in ("torch", "timm", "numpy"):
+        try:
+            fp[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            fp[dist] = "not installed"
+    return fp
+
+
+def machine_differences() -> list[str]:
+    """How this machine differs from the one that made the committed numbers (empty: the same)."""
+    try:
+        made = json.loads(MACHINE.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return [f"{MACHINE.name} is missing or unreadable"]
+    now = machine_fingerprint()
+    return [f"{k}: {made.get(k, '-')} -> {now.get(k, '-')}" for k in sorted(set(made) | set(now))
+            if made.get(k) != now.get(k)]
+
+
+def write_machine() -> None:
+    record = {"what": "the machine that made the committed numbers (tests/data/baseline_smoke, the README's "
+                      "table and docs/cli.md's example); on another one the gate uses "
+                      "tolerance_other_machine of baseline_smoke.spread.json and check-docs compares shapes",
+              "made": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "fingerprint": machine_fingerprint()}
+    tmp = MACHINE.with_name(f".{MACHINE.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, MACHINE)
+
+
+def tolerance(other_machine: bool = False) -> float:
+    """The gate's tolerance in accuracy points, as derived by ``spread`` (tests/data/baseline_smoke.spread.json):
+    ``tolerance`` on the machine that made the baseline, ``tolerance_other_machine`` elsewhere."""
+    key = "tolerance_other_machine" if other_machine else "tolerance"
+    try:
+        return float(json.loads(SPREAD.read_text())[key])
     except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"numbers: cannot read the gate's tolerance from {SPREAD} ({e}); run `python tools/regen_numbers.py spread`")
+        sys.exit(f"numbers: cannot read the gate's {key} from {SPREAD} ({e}); run `python tools/regen_numbers.py spread`")
 
 
 def refresh_baseline() -> None:
@@ -144,12 +201,21 @@ def refresh_baseline() -> None:
             BASELINE.rename(old)
         staged.rename(BASELINE)
         shutil.rmtree(old, ignore_errors=True)
-    say(f"wrote {BASELINE.relative_to(ROOT)} ({len(list(BASELINE.glob('*.parquet')))} runs); commit it with the change")
+    write_machine()
+    say(f"wrote {BASELINE.relative_to(ROOT)} ({len(list(BASELINE.glob('*.parquet')))} runs) and "
+        f"{MACHINE.relative_to(ROOT)}; commit them with the change")
 
 
 def gate(summary: Path | None, keep: Path | None) -> int:
     """The CI gate: the smoke suite now against the committed baseline, two-sided; returns the exit code."""
-    tol = tolerance()
+    differs = machine_differences()
+    tol = tolerance(other_machine=bool(differs))
+    if differs:
+        say(f"this machine is not the one that made the baseline ({'; '.join(differs)}): pinned kernels still "
+            f"round differently across CPU models (docs/ci.md), so the gate allows {tol} points, the largest "
+            f"change measured from a rounding difference (tolerance_other_machine in {SPREAD.relative_to(ROOT)})")
+    else:
+        say(f"the machine that made the baseline: exact gate (tolerance {tol})")
     with workspace() as tmp:
         results = tmp / "results"
         env = child_env(tmp / "cache")
@@ -162,6 +228,10 @@ def gate(summary: Path | None, keep: Path | None) -> int:
         if keep is not None:
             shutil.rmtree(keep, ignore_errors=True)
             shutil.copytree(results, keep, ignore=shutil.ignore_patterns(".*"))
+    if summary is not None and summary.is_file() and differs:
+        with summary.open("a") as f:
+            f.write(f"\nMade on another machine than the baseline ({'; '.join(differs)}): tolerance {tol} points "
+                    "instead of an exact comparison (docs/ci.md).\n")
     if code == 1:
         hint = (f"the smoke numbers changed. If the change is meant to move them, run `{REFRESH}` and commit "
                 "tests/data/baseline_smoke (and the docs it rewrites) in the same commit; if not, find the cause")
@@ -201,6 +271,17 @@ _VOLATILE = re.compile(r"\d+(?:\.\d+)? s on ")
 
 def normalise(text: str) -> str:
     return _VOLATILE.sub("<seconds> s on ", text)
+
+
+# Regions compared by shape on another machine; the reading (prose) is skipped there.
+SHAPED = ("default-table", "run-example")
+_NUMBER = re.compile(r"\d+\.\d+")  # measured values; counts (blocks, seeds, parameters) are not
+
+
+def shape(text: str) -> str:
+    """``text`` with every measured value (a decimal) replaced and bold marks (the best cell, which a
+    value decides) removed."""
+    return _NUMBER.sub("#", text.replace("**", ""))
 
 
 CORRUPTION, SUBPOPULATION, FLIP = "corruption (gaussian_noise, s5)", "subpopulation", "label-flip"
@@ -309,16 +390,26 @@ def refresh_docs() -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
         say(f"rewrote {path.relative_to(ROOT)} ({', '.join(regions)})")
+    write_machine()
 
 
 def check_docs() -> int:
     """Exit code 1, with a diff, when a generated region differs from what the code prints now."""
+    differs = machine_differences()
     stale = 0
     for path, regions in docs_numbers().items():
         text = path.read_text()
         for name, content in regions.items():
             i, j = region(text, name, path)
             have, want = normalise(text[i:j]), normalise(content)
+            if differs and name in SHAPED:
+                # Another machine: its pinned numbers differ by rounding (docs/ci.md), and a rounding
+                # difference can flip a per-seed selection between learning rates, so no tolerance
+                # bounds a cell. Compare what does not depend on it: the rows, columns and words.
+                # (The reading's claims were checked on this machine's numbers by docs_numbers.)
+                have, want = shape(have), shape(want)
+            elif differs:
+                continue
             if have != want:
                 stale += 1
                 rel = str(path.relative_to(ROOT))
@@ -328,6 +419,12 @@ def check_docs() -> int:
         say(f"FAIL: {stale} generated region(s) differ from what the code prints; run `{REFRESH} --only docs` "
             "and commit the result with the change")
         return 1
+    if differs:
+        say(f"PASS (shapes only): this machine is not the one that made the committed numbers ({'; '.join(differs)}); "
+            "the README's table and docs/cli.md's example have the rows, columns and words the code prints, "
+            "and the README's reading holds for this machine's numbers. The exact check runs on the machine in "
+            f"{MACHINE.relative_to(ROOT)}")
+        return 0
     say("PASS: the README's table and docs/cli.md's example are what the code prints")
     return 0
 
@@ -364,6 +461,14 @@ def _cells(folder: Path) -> tuple[dict[str, float], dict[str, str]]:
     return values, env
 
 
+OTHER_MACHINE_ARGUMENT = (
+    "on a machine other than the baseline's (tests/data/numbers.machine.json), the pinned kernels still round "
+    "differently (measured: cross_machine), and a rounding difference changes a smoke cell by what the training "
+    "steps make of it, not by a bound of the arithmetic. The gate allows the largest change any rounding "
+    "difference was measured to cause: over the unpinned kernel variants on one machine and the pinned runs "
+    "across machines. A regression larger than that still fails; smaller ones are caught on the baseline's machine")
+
+
 def spread() -> None:
     """Run every variant, then write SPREAD: the values, the spreads and the tolerance derived from them."""
     measured: list[dict] = []
@@ -387,6 +492,11 @@ def spread() -> None:
         v["max_abs_delta_vs_pinned"] = round(max(abs(v["values"][c] - ref[c]) for c in ref), 6)
     pinned_dev = max_dev([v for v in measured if v["pinned"]])
     unpinned_dev = max_dev([v for v in measured if not v["pinned"]])
+    try:  # measurements across machines cannot be made here: keep those recorded
+        cross = json.loads(SPREAD.read_text()).get("cross_machine", [])
+    except (OSError, ValueError):
+        cross = []
+    cross_dev = max([float(c["max_abs_delta"]) for c in cross], default=0.0)
     record = {
         "what": "tests/data/baseline_smoke: how far the smoke suite's numbers (accuracy points, per cell and metric "
                 "after selection) move with what differs between machines; made by `python tools/regen_numbers.py spread`",
@@ -395,13 +505,17 @@ def spread() -> None:
         "pins": PINS,
         "tolerance": round(pinned_dev, 6),
         "tolerance_argument": (
-            "the largest change of any cell over the pinned variants (the gate's setting). With the pins every "
-            "x86-64 CPU runs the same instructions, one thread runs them in a fixed order and each run starts "
-            "from an empty model cache, so the gate is exact when this measured spread is 0; a change beyond it "
-            "in either direction fails the gate"),
+            "the largest change of any cell over the pinned variants on the machine that made the baseline (the "
+            "gate's setting there). One thread runs the pinned kernels in a fixed order and each run starts from "
+            "an empty model cache, so the gate is exact on that machine when this measured spread is 0; a change "
+            "beyond it in either direction fails the gate. Across CPU models the pins do not make the numbers "
+            "equal (cross_machine): see tolerance_other_machine"),
+        "tolerance_other_machine": round(max(pinned_dev, unpinned_dev, cross_dev), 6),
+        "tolerance_other_machine_argument": OTHER_MACHINE_ARGUMENT,
         "max_abs_delta_pinned": round(pinned_dev, 6),
         "max_abs_delta_unpinned": round(unpinned_dev, 6),
         "variants": measured,
+        "cross_machine": cross,
     }
     tmp_file = SPREAD.with_name(f".{SPREAD.name}.tmp")
     tmp_file.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
