@@ -32,6 +32,22 @@ out = Console(highlight=False, soft_wrap=False, width=int(os.environ.get("COLUMN
 DEFAULT_OUT = Path("ftbench-results")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ftbench import __version__
+
+        print(f"ftbench {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print ftbench's version and exit"),
+) -> None:
+    pass
+
+
 def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
     opts = {}
     for item in sets:
@@ -255,10 +271,10 @@ def _report(
     trend_methods = tuple(m.strip() for m in trend.split(",") if m.strip())
     if not trend_methods:
         raise UsageError(f"--trend expects comma-separated method names, got {trend!r}")
-    from ftbench.methods.base import get_method
+    from ftbench.methods import check_method_name
 
     for m in trend_methods:
-        get_method(m)  # an unknown name is one error line listing the methods
+        check_method_name(m)  # an unknown name is one error line listing the methods
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"unsupported plot format {plot.suffix or plot.name!r}; accepted: {', '.join(PLOT_SUFFIXES)}")
     tol: Any = None
@@ -411,12 +427,10 @@ def list_(
     suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
-    from ftbench.data import corruptions
-    from ftbench.data.base import BENCHMARKS, get_benchmark
-    from ftbench.methods.base import all_methods
-    from ftbench.models.base import MODELS, get_model_entry
-
+    # Each listing imports only what it shows: suites, recipes and protocols need no torch.
     if what == "methods":
+        from ftbench.methods.base import all_methods
+
         for m in all_methods():
             blocks = " (takes --block)" if m.takes_blocks else ""
             out.print(f"[bold]{m.name}[/]" + escape(f"{blocks}: trains {m.help}"))
@@ -427,6 +441,8 @@ def list_(
                 choices = f" {{{', '.join(map(str, o.choices))}}}" if o.choices else ""
                 out.print(escape(f"    --set {k}={o.default}{choices}: {o.help}"))
     elif what == "benchmarks":
+        from ftbench.data.base import BENCHMARKS, get_benchmark
+
         get_benchmark("digits")
         for n in BENCHMARKS.names():
             b = get_benchmark(n)
@@ -447,6 +463,7 @@ def list_(
             out.print(escape(f"    papers: {p.papers}"))
             out.print(escape(f"    --select: {', '.join(p.selections)}"))
     elif what == "models":
+        from ftbench.models.base import MODELS, get_model_entry
         from ftbench.models.timm_models import block_parameter_counts
 
         get_model_entry("digits-resnet")
@@ -462,6 +479,8 @@ def list_(
                   "blocks by family (resnet, vit, convnext) or derived from its stages"))
         out.print("    weights: any model takes --weights PATH (a state dict) or --weights scratch (trained on the source split)")
     elif what == "corruptions":
+        from ftbench.data import corruptions
+
         out.print(", ".join(corruptions.names()))
         out.print(escape(f"frost: {corruptions.frost_source()}"))
     elif what == "recipes":
@@ -481,10 +500,42 @@ def list_(
         raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "recipes", "suites", "protocols"])
 
 
+def refuse_repeated_options(command: Any, argv: list[str]) -> None:
+    """A single-valued option given twice is an error, not "the last one wins": ``run --seed 0 --seed 1``
+    would silently run seed 1 only. Options meant to repeat (``--block``, ``--set``) and flags pass."""
+    sub = next((a for a in argv if not a.startswith("-")), None)
+    cmd = getattr(command, "commands", {}).get(sub)
+    if cmd is None:
+        return
+    single = {}
+    for p in cmd.params:
+        if getattr(p, "param_type_name", "") == "option" and not p.multiple and not p.is_flag:
+            for o in (*p.opts, *p.secondary_opts):
+                single[o] = p
+    seen: dict[Any, list[str]] = {}
+    names: dict[Any, str] = {}
+    rest = argv[argv.index(sub) + 1:]
+    for i, a in enumerate(rest):
+        if a == "--":
+            break
+        opt, eq, value = a.partition("=")
+        if opt in single:
+            p = single[opt]
+            names.setdefault(p, opt)
+            seen.setdefault(p, []).append(value if eq else (rest[i + 1] if i + 1 < len(rest) else ""))
+    for p, values in seen.items():
+        if len(values) > 1:
+            grid = (" for a grid of runs, write a suite and use `ftbench sweep` (docs/sweeps.md)"
+                    if sub == "run" else "")
+            raise UsageError(f"{names[p]} given {len(values)} times ({', '.join(values)}); `ftbench {sub}` "
+                             f"takes one value for it;{grid or ' give it once'}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: every usage problem is one ``error:`` line on stderr and exit code 2."""
     command = typer.main.get_command(app)
     try:
+        refuse_repeated_options(command, list(sys.argv[1:] if argv is None else argv))
         rv = command.main(args=argv, prog_name="ftbench", standalone_mode=False)
     except UsageError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

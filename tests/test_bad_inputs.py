@@ -76,6 +76,12 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("sweep smoke --out {OUT} --executor slurm --mem-gb nan", "--mem-gb must be a positive number, got nan", None),
     ("sweep smoke --out {OUT} --executor slurm --gpus-per-job inf", "--gpus-per-job must be a non-negative number, got inf", None),
     ("sweep smoke --out {OUT} --executor ray --cpus-per-job nan", "--cpus-per-job must be a positive number, got nan", None),
+    # --- a single-valued option given twice: refused, never "the last one wins" --------------------
+    ("run --seed 0 --seed 1 --out {OUT}", "--seed given 2 times (0, 1); `ftbench run` takes one value", None),
+    ("run --method surgical --method=full --out {OUT}", "--method given 2 times (surgical, full)", None),
+    ("run --lr 1e-3 --steps 5 --lr 1e-2 --out {OUT}", "for a grid of runs, write a suite and use `ftbench sweep`", None),
+    ("sweep smoke --jobs 1 --jobs 2 --out {OUT}", "--jobs given 2 times (1, 2); `ftbench sweep` takes one value", None),
+    ("report {R} -o a.md --output b.md", "-o given 2 times (a.md, b.md)", None),
     # --- suites files: per-key types with file:line, before anything runs or is written -----------
     ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a positive number, got 'abc' (a string)", 'lr = "abc"'),
     ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': lr must be a positive number, got 'fast' (a string)", 'lr = ["fast"]'),

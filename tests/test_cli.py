@@ -103,3 +103,37 @@ def test_list_and_fetch(cli) -> None:
     assert r.code == 0 and "digits" in r.out and "bundled" in r.out
     r = cli("fetch", "digits")
     assert r.code == 0 and "bundled" in r.out
+
+
+def test_version_prints_the_package_version(cli) -> None:
+    from ftbench import __version__
+
+    r = cli("--version")
+    assert r.code == 0 and r.out.strip() == f"ftbench {__version__}"
+
+
+def test_options_meant_to_repeat_still_repeat(cli, tmp_path: Path) -> None:
+    """--block and --set take several values and flags may be given twice; only single-valued options
+    given twice are refused (the corpus in tests/test_bad_inputs.py)."""
+    r = cli("run", "--steps", "2", "--block", "2", "--block", "last", "--set", "bn=train", "--set", "bn=frozen",
+            "--out", tmp_path)
+    assert r.code == 0, r.err
+    df = pd.read_parquet(next(tmp_path.glob("*.parquet")))
+    assert df.iloc[0].blocks == "2,last"
+
+
+@pytest.mark.parametrize("args", [["report", "{R}", "--format", "markdown"],
+                                  ["report", "{R}", "--format", "json", "--trend", "full"],
+                                  ["report", "{R}", "--baseline", "{R}"],
+                                  ["--version"]])
+def test_commands_that_only_read_results_do_not_import_torch(args: list[str]) -> None:
+    """Importing torch costs seconds; formatting a table from parquet files needs none of it."""
+    import subprocess
+    import sys
+
+    small = str(Path(__file__).parent / "data" / "results_small")
+    argv = [a.replace("{R}", small) for a in args]
+    code = ("import sys; from ftbench.cli import main; rc = main(%r); "
+            "print(rc, 'torch' in sys.modules, file=sys.stderr)" % argv)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stderr.strip().splitlines()[-1] == "0 False", r.stderr

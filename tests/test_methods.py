@@ -170,3 +170,12 @@ def test_trainable_parameter_counts_are_reported(cli, tmp_path) -> None:
     assert r.code == 0, r.err
     row = pd.read_parquet(next(tmp_path.glob("*.parquet"))).iloc[0]
     assert row.n_trainable == 64 * 10 + 10 and row.n_params > row.n_trainable
+
+
+def test_builtin_method_table_is_the_registry() -> None:
+    """ftbench.methods.BUILTIN_ORDER lets report order rows without importing the methods (and torch):
+    it must name every built-in method with its own order."""
+    from ftbench.methods import BUILTIN_ORDER
+    from ftbench.methods.base import all_methods
+
+    assert BUILTIN_ORDER == {m.name: m.order for m in all_methods()}
