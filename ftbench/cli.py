@@ -122,6 +122,7 @@ def run(
     out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
               f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}"
               f"  (protocol {spec.protocol})")
+    out.print(escape(f"  {settings_line(spec)}"), soft_wrap=True)
     out.print(f"  ID acc  {row['id_acc']:6.2f}%   ({proto.id_words})")
     out.print(f"  OOD acc {row['ood_acc']:6.2f}%   ({proto.ood_words})")
     for col in [k for k in row if k.startswith("ood.") and k.endswith("_acc") and "_" not in k[4:-4]]:
@@ -130,6 +131,20 @@ def run(
     out.print(f"  val acc {row['val_acc']:6.2f}%   ({proto.selections['val'][1]}){extra}   status {row['status']}   "
               f"{row['n_trainable']:,}/{row['n_params']:,} params trained   {row['train_seconds']:.2f} s on {row['device']}")
     out.print(f"  -> {path}")
+
+
+def settings_line(spec: Any) -> str:
+    """What a run was trained with: every hyperparameter and method option, defaults included."""
+    parts = []
+    for name in ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "shots", "checkpoints"):
+        v = getattr(spec, name)
+        if v is not None:
+            parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
+    parts.append(f"seed={spec.seed}")
+    if spec.weights is not None:
+        parts.append(f"weights={spec.weights}")
+    opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
+    return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 
 
 @app.command()
@@ -253,7 +268,7 @@ def _report(
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
-    two_sided: bool = False,
+    two_sided: bool = False, show_selected: bool = False,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
@@ -309,6 +324,10 @@ def _report(
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
+    from ftbench.report.table import mixed_settings
+
+    for w in mixed_settings(df):
+        print(f"warning: {w}", file=sys.stderr)
     if published is not None:  # the papers' numbers beside ftbench's, instead of the tables
         from ftbench.report.compare import compare as compare_published
         from ftbench.report.compare import render as render_comparison
@@ -324,11 +343,18 @@ def _report(
     parts = split_groups(df, group_by)
     grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
                    checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
+    from ftbench.report.table import render_selected
+
+    for g in grids:
+        g.show_selected = show_selected
     if fmt == "terminal" and output is None:
         for g in grids:
             out.print(render_rich(g))
+            if show_selected:
+                out.print(escape(render_selected(g, fmt)), soft_wrap=True)
     else:
-        texts = [render(g, fmt) for g in grids]
+        texts = [render(g, fmt) + (render_selected(g, fmt) if show_selected and fmt in ("markdown", "terminal") else "")
+                 for g in grids]
         if fmt == "markdown" and group_by:
             texts = [f"### {group}\n\n{t}" for (group, _), t in zip(parts, texts)]
         if fmt == "json" and len(texts) > 1:
@@ -382,12 +408,15 @@ def report(
                                           "ftbench's, with the difference (or a TOML file of published numbers)"),
     two_sided: bool = typer.Option(False, "--two-sided", help="an improvement beyond the tolerance fails the gate too "
                                    "(a deterministic baseline must be refreshed in the commit that moves the numbers)"),
+    show_selected: bool = typer.Option(False, "--show-selected", help="also print which run (and checkpoint or "
+                                       "WiSE-FT alpha) each cell chose per seed, with its hyperparameters "
+                                       "(json output always carries them)"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
                    allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
-                   two_sided=two_sided)
+                   two_sided=two_sided, show_selected=show_selected)
     if code:
         raise typer.Exit(code)
 

@@ -64,7 +64,7 @@ def test_a_planted_model_cache_file_is_not_executed_and_is_rebuilt(tmp_path: Pat
     from ftbench.models import pretrain
 
     monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(pretrain, "_train", lambda net, source, device: net)  # the rebuild itself is not the point
+    monkeypatch.setattr(pretrain, "_train", lambda net, source, device, name="": net)  # the rebuild itself is not the point
     spec = resolve(RunSpec())
     source = get_benchmark("digits").source(spec)
     path = pretrain.cache_path(spec.model, source, torch.device("cpu"))

@@ -189,7 +189,7 @@ def test_model_cache_temp_files_of_killed_writers_are_removed(tmp_path: Path, mo
         (models / name).write_bytes(b"x")
         os.utime(models / name, (mtime, mtime))
     spec = resolve(RunSpec())
-    monkeypatch.setattr(pretrain, "_train", lambda net, source, device: net)
+    monkeypatch.setattr(pretrain, "_train", lambda net, source, device, name="": net)
     pretrain.pretrained(spec.model, get_benchmark("digits").source(spec), torch.device("cpu"))
     left = {p.name for p in models.iterdir()}
     assert {n for n, (_, keep) in files.items() if keep} <= left
@@ -204,7 +204,7 @@ def test_a_failed_cache_write_leaves_no_temp_file(tmp_path: Path, monkeypatch) -
 
     monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path))
     spec = resolve(RunSpec())
-    monkeypatch.setattr(pretrain, "_train", lambda net, source, device: net)
+    monkeypatch.setattr(pretrain, "_train", lambda net, source, device, name="": net)
 
     def full(obj, f, *a, **k):
         f.write(b"partial")

@@ -87,7 +87,7 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
         except Exception as e:  # corrupt or foreign file: rebuild it
             print(f"warning: cached source model {path} is unreadable ({type(e).__name__}); rebuilding",
                   file=sys.stderr)
-    net = _train(net, source, device) if given is None else fit_head(net, source, device)
+    net = _train(net, source, device, model) if given is None else fit_head(net, source, device)
     _save(net, path)
     return net.eval()
 
@@ -189,19 +189,19 @@ class CropFlip(nn.Module):
         return self.net(x)
 
 
-def _train(net: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
+def _train(net: BlockModel, source: SourceTask, device: torch.device, name: str = "model") -> BlockModel:
     # One CPU thread, whatever the caller's setting: the cached source model must not depend on
     # which process (a 1-thread sweep worker, a 2-thread `ftbench run`) happened to build it.
     threads = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.set_num_threads(1)
     try:
-        return _train_recipe(net, source, device)
+        return _train_recipe(net, source, device, name)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
+def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device, name: str = "model") -> BlockModel:
     r = recipe_of(source)
     torch.manual_seed(r["seed"])
     net = net.to(device).train()
@@ -220,6 +220,14 @@ def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device) -> 
             group["lr"] = r["lr"] * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
 
     before_step = cosine if r.get("schedule") == "cosine" else None
-    fit(model, net.parameters(), data, lr=r["lr"], wd=r["wd"], steps=steps, batch_size=r["batch_size"],
-        optimizer=r["optimizer"], generator=g, before_step=before_step)
+    from ftbench.status import Task
+
+    task = Task(f"source model {name}", steps, per_unit=max(1, len(data) // r["batch_size"]),
+                about=f"training on {len(data):,} source images, once: it is cached for later runs")
+    try:
+        fit(model, net.parameters(), data, lr=r["lr"], wd=r["wd"], steps=steps, batch_size=r["batch_size"],
+            optimizer=r["optimizer"], generator=g, before_step=before_step,
+            progress=lambda t, loss: task.update(t, float(loss)), progress_every=task.every)
+    finally:
+        task.close()
     return net

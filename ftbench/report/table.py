@@ -76,6 +76,9 @@ class Grid:
     rows: list[str]
     groups: list[tuple[str, list[str]]]  # (group label, sub-column labels)
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (row, group, sub)
+    # The run (and checkpoint or WiSE-FT alpha) chosen per cell and seed: :func:`selected_records`.
+    selected: list[dict] = field(default_factory=list)
+    show_selected: bool = False  # csv: a "selected" column (--show-selected)
 
     def n_values(self) -> set[int]:
         return {c.n for c in self.cells.values()}
@@ -223,6 +226,92 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
     return df.groupby(keys, dropna=False, sort=False).head(1).drop(columns="_score")
 
 
+# What the selection chooses among: a cell's runs for one seed may differ in these (a suite's grid),
+# and every seed's runs should cover the same grid. The other settings here should be shared by a
+# cell's runs: the report would otherwise select between, say, two weight files as if between
+# learning rates.
+SELECTION_AXES = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "options")
+SHARED_SETTINGS = ("weights", "checkpoints", "data_version")
+# Shown per chosen run by --show-selected (those a row has).
+SELECTED_FIELDS = ("lr", "wd", "steps", "epochs", "step", "alpha")
+
+
+def _cell_name(r: pd.Series) -> str:
+    shift = r["shift"] + (f" ({r['corruption']}, s{int(r['severity'])})" if r["corruption"] else "")
+    return f"{row_label(r['method'], r['blocks'], r['variant'])} on {r['benchmark']}/{shift}"
+
+
+def _show(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def mixed_settings(df: pd.DataFrame, limit: int = 5) -> list[str]:
+    """Warnings for cells whose runs mix settings the report would silently select among: a setting
+    outside :data:`SELECTION_AXES` with several values, or seeds run over different grids (a one-off
+    ``--steps 1`` run that became "seed 1" of a 10-step cell)."""
+    ok = _prepare(df[df["status"] == "ok"])
+    ok = ok[is_final(ok)] if "final" in ok.columns else ok
+    found: list[str] = []
+    for _, g in ok.groupby(ROW_KEY + COL_KEY, dropna=False, sort=False):
+        problems = []
+        for col in SHARED_SETTINGS:
+            if col in g.columns:
+                values = sorted({_show(v) if v is not None and v == v and v != "" else "default" for v in g[col]})
+                if len(values) > 1:
+                    problems.append(f"{col} ({', '.join(values)})")
+        axes = [c for c in SELECTION_AXES if c in g.columns]
+        def setting(row: object) -> tuple[str, ...]:
+            return tuple(f"{a}={_show(v)}" for a, v in zip(axes, row) if v is not None and v == v and v != "")
+
+        grids = {seed: frozenset(setting(row) for row in part[axes].to_numpy(dtype=object))
+                 for seed, part in g.groupby("seed")}
+        if len(set(grids.values())) > 1:
+            by_seed = "; ".join(f"seed {seed}: " + ", ".join(" ".join(t) for t in sorted(grid))
+                                for seed, grid in sorted(grids.items()))
+            problems.append(f"seeds run over different settings ({by_seed})")
+        if problems:
+            found.append(f"{_cell_name(g.iloc[0])} mixes {' and '.join(problems)}; the report selects among "
+                         "them per seed as among hyperparameters (separate them with --filter or --out folders)")
+    if len(found) > limit:
+        found = found[:limit] + [f"... and {len(found) - limit} more cells that mix settings"]
+    return found
+
+
+def selected_records(chosen: pd.DataFrame) -> list[dict]:
+    """Per table row, column and seed: the chosen run and what was chosen (its hyperparameters, and the
+    checkpoint step or WiSE-FT alpha where the row is not the end of training)."""
+    recs = []
+    row_at = {x: i for i, x in enumerate(_ordered(chosen, "row", "_rsort"))}
+    col_at = {x: i for i, x in enumerate(_ordered(chosen, "column", "_csort"))}
+    rows = sorted((r for _, r in chosen.iterrows()), key=lambda r: (row_at[r["row"]], col_at[r["column"]], r["seed"]))
+    for r in rows:
+        rec = {"row": r["row"], "column": r["column"], "seed": int(r["seed"]), "run_id": r["run_id"]}
+        for k in SELECTED_FIELDS:
+            v = r.get(k)
+            if k == "step" and bool(r.get("final", True)):
+                continue  # the end of training: nothing was chosen along the steps
+            if v is not None and v == v and not (k == "alpha" and v == 1):
+                v = v.item() if hasattr(v, "item") else v
+                rec[k] = int(v) if k in ("steps", "epochs", "step") else v
+        recs.append(rec)
+    return recs
+
+
+def render_selected(grid: Grid, fmt: str) -> str:
+    """--show-selected after a markdown or terminal table: one line per row, column and seed."""
+    if fmt == "markdown":
+        lines = ["", "| tuned | column | seed | run | chosen |", "|---|---|---:|---|---|"]
+        for s in grid.selected:
+            chosen = " ".join(f"{k}={_show(s[k])}" for k in SELECTED_FIELDS if k in s)
+            lines.append(f"| {s['row']} | {s['column']} | {s['seed']} | {s['run_id']} | {chosen} |")
+        return "\n".join(lines) + "\n"
+    lines = ["", "selected (per row, column and seed):"]
+    for s in grid.selected:
+        chosen = " ".join(f"{k}={_show(s[k])}" for k in SELECTED_FIELDS if k in s)
+        lines.append(f"  {s['row']} · {s['column']} · seed {s['seed']}: run {s['run_id']} {chosen}")
+    return "\n".join(lines) + "\n"
+
+
 def label_columns(chosen: pd.DataFrame, corruption_in_label: bool = True) -> pd.DataFrame:
     """Add display labels and sort keys: ``row``/``_rsort`` (method) and ``column``/``_csort`` (shift)."""
     varying = {k for k in ("benchmark", "model", "shots", "protocol") if chosen[k].nunique(dropna=False) > 1}
@@ -323,6 +412,7 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = DEFAULT_SELE
     else:
         builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
         grid = builder(chosen, selection, metric, title)
+    grid.selected = selected_records(chosen)
     if with_ckpt:  # say so: the numbers include early stopping or WiSE-FT's choice of alpha
         extra = df[(df["status"] == "ok") & ~is_final(df)]
         alpha = extra["alpha"] if "alpha" in extra.columns else pd.Series(float("nan"), index=extra.index)
@@ -621,7 +711,17 @@ def _records(grid: Grid) -> list[dict]:
 
 def render_csv(grid: Grid) -> str:
     buf = io.StringIO()
-    df = pd.DataFrame(_records(grid), columns=["row", "column", "metric", "mean", "std", "n", "best"])
+    columns = ["row", "column", "metric", "mean", "std", "n", "best"]
+    recs = _records(grid)
+    if grid.show_selected:  # per seed, what the cell's row and column chose (column labels as the table's)
+        columns.append("selected")
+        chosen: dict[tuple[str, str], list[str]] = {}
+        for s in grid.selected:
+            what = " ".join(f"{k}={_show(s[k])}" for k in SELECTED_FIELDS if k in s)
+            chosen.setdefault((s["row"], s["column"]), []).append(f"seed {s['seed']}: run {s['run_id']} {what}".strip())
+        for rec in recs:
+            rec["selected"] = "; ".join(chosen.get((rec["row"], rec["column"]), []))
+    df = pd.DataFrame(recs, columns=columns)
     df.to_csv(buf, index=False, float_format="%.4f", lineterminator="\n")
     return buf.getvalue()
 
@@ -632,7 +732,8 @@ def render_json(grid: Grid) -> str:
 
     doc = {"title": grid.title, "caption": grid.caption, "row_header": grid.row_header, "rows": grid.rows,
            "columns": [{"label": g, "metrics": s} for g, s in grid.groups],
-           "cells": [{k: clean(v) for k, v in rec.items()} for rec in _records(grid)]}
+           "cells": [{k: clean(v) for k, v in rec.items()} for rec in _records(grid)],
+           "selected": [{k: clean(v) for k, v in rec.items()} for rec in grid.selected]}
     return json.dumps(doc, indent=2) + "\n"
 
 

@@ -89,7 +89,9 @@ def _run_sweep(specs: list[RunSpec], out_dir: Path, device: str,
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
     previous = set_threads(threads) if threads is not None and todo else None
     t0 = time.perf_counter()
-    with Progress(len(todo), progress) as bar, _restore_threads(previous):
+    from ftbench import status
+
+    with Progress(len(todo), progress) as bar, _restore_threads(previous), status.sink(bar.status):
         pending = list(todo)
         while pending:
             held = []

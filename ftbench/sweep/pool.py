@@ -96,6 +96,7 @@ def _worker_main(conn: Connection, parent: int, out_dir: str, device: str, threa
     """A worker: take a spec, run it (writing its result), report, until told to stop."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    from ftbench import status
     from ftbench.sweep.task import set_threads
 
     set_threads(threads)
@@ -107,7 +108,9 @@ def _worker_main(conn: Connection, parent: int, out_dir: str, device: str, threa
         if spec is None:
             return
         try:
-            msg: tuple[str, Any] = ("outcome", run_task(spec, out_dir, device, retry_failed, execute))
+            # A long step inside the run (training a source model) shows in the driver's progress.
+            with status.sink(lambda m: conn.send(("status", m))):
+                msg: tuple[str, Any] = ("outcome", run_task(spec, out_dir, device, retry_failed, execute))
         except DiskError as e:  # the driver stops the sweep: every other run would fail the same way
             msg = ("disk", (e.path, e.reason))
         except UsageError as e:
@@ -249,6 +252,9 @@ def _run_pool(specs: list[RunSpec], out_dir: Path, device: str, jobs: int | None
                             kind, value = w.conn.recv()
                         except (EOFError, OSError):
                             died(w)
+                            continue
+                        if kind == "status":  # the run goes on
+                            bar.status(value)
                             continue
                         spec, w.spec = w.spec, None
                         assert spec is not None

@@ -7,10 +7,14 @@ the latest result. Elsewhere (CI logs, files): one plain line per finished run.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from ftbench.spec import RunSpec
 from ftbench.sweep.task import Outcome
+
+
+STATUS_EVERY_S = 10.0
 
 
 class Progress:
@@ -22,6 +26,8 @@ class Progress:
         self.rich = self.stream.isatty() if rich is None else rich
         self.count = self.failed = self.in_flight = 0
         self._p: Any = None
+        self._latest = ""  # the bar's description: the latest result
+        self._status_at = -STATUS_EVERY_S
 
     def __enter__(self) -> Progress:
         if self.rich and self.total:
@@ -47,6 +53,18 @@ class Progress:
             if self._p is not None:
                 self._p.update(self._task, in_flight=n)
 
+    def status(self, message: str) -> None:
+        """Progress of a step inside a running run (ftbench.status: a source model being trained), shown
+        in the bar's description on a terminal, elsewhere as a line at most every STATUS_EVERY_S;
+        ``""`` when that step ends."""
+        if self._p is not None:
+            room = max(20, self._p.console.width - 80)
+            message = message if len(message) <= room else message[: room - 1] + "…"
+            self._p.update(self._task, description=message or self._latest)
+        elif message and time.monotonic() - self._status_at >= STATUS_EVERY_S:
+            self._status_at = time.monotonic()
+            print(message, file=self.stream, flush=True)
+
     def note(self, message: str) -> None:
         """A line that is not a result (a retried run, a run held elsewhere)."""
         if self._p is not None:
@@ -71,6 +89,7 @@ class Progress:
             msg = f"{result} · {describe(spec)}"
             room = max(20, self._p.console.width - 80)
             msg = msg if len(msg) <= room else msg[: room - 1] + "…"
+            self._latest = msg
             self._p.update(self._task, advance=1, description=msg, failed=self.failed)
         else:
             print(f"[{self.count}/{self.total}] {describe(spec)}: {result}", file=self.stream, flush=True)

@@ -83,6 +83,8 @@ def fit(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     start_step: int = 0,
     on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+    progress: Callable[[int, torch.Tensor], None] | None = None,
+    progress_every: int = 1,
 ) -> FitStats:
     """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
 
@@ -97,6 +99,8 @@ def fit(
     Resuming (ftbench/train/resume.py): ``on_optimizer(opt)`` is called once the optimizer exists
     (to load a checkpoint's state or keep a handle to save it), and the loop starts after step
     ``start_step``; the batch indices are drawn in full either way.
+    ``progress(t, loss)`` is called after every ``progress_every``-th step and the last, with the
+    step's loss as a tensor (reading it syncs the device; see :mod:`ftbench.status`).
     """
     params = [p for p in params if p.requires_grad]
     device = data.device
@@ -125,6 +129,8 @@ def fit(
         last = loss.detach()
         if on_step is not None and t + 1 in at_steps:
             on_step(t + 1)
+        if progress is not None and ((t + 1) % progress_every == 0 or t + 1 == idx.shape[0]):
+            progress(t + 1, last)
     return FitStats(idx.shape[0], idx.numel(), float(last))  # the one sync of the run
 
 
