@@ -22,13 +22,13 @@ except ImportError:  # pragma: no cover
 from ftbench.errors import UsageError, unknown
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     help="Benchmark fine-tuning methods per layer subset under distribution shift.",
 )
-out = Console(highlight=False, soft_wrap=False, width=int(os.environ.get("COLUMNS", 160)))
+out = Console(highlight=False, soft_wrap=True, width=int(os.environ.get("COLUMNS", 160)))  # lines unwrapped; tables fit the width
 DEFAULT_OUT = Path("ftbench-results")
 
 
@@ -68,7 +68,8 @@ def run(
     shots: Optional[int] = typer.Option(None, help="labelled target examples per class"),
     model: Optional[str] = typer.Option(None, help="model name (default: the benchmark's)"),
     method: str = typer.Option("surgical", help="fine-tuning method (ftbench list methods)"),
-    block: list[str] = typer.Option([], "--block", help="block to tune, repeatable: 1, 2, ..., last"),
+    block: list[str] = typer.Option([], "--block", metavar="BLOCK", help="block to tune, repeatable: 1, 2, ..., last "
+                                    "(ftbench list models NAME shows a model's blocks)"),
     seed: int = typer.Option(0, help="run seed (few-shot draw and batch order)"),
     lr: float = typer.Option(1e-3, help="learning rate"),
     wd: float = typer.Option(1e-4, help="weight decay"),
@@ -78,7 +79,8 @@ def run(
     optimizer: str = typer.Option("adam", help="adam or sgd"),
     checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)"),
     weights: Optional[str] = typer.Option(None, "--weights", "--checkpoint", help="pretrained weights: a state-dict file, or scratch (default: the model's hub weights, else trained on the source split)"),
-    set_: list[str] = typer.Option([], "--set", help="method option key=value, repeatable"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="method option, repeatable "
+                                   "(ftbench list methods NAME shows a method's options)"),
     recipe: Optional[str] = typer.Option(None, help="a paper's released defaults for every setting not given "
                                          "here (ftbench list recipes)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
@@ -396,7 +398,7 @@ def report(
                               "hyperparameter, seed and checkpoint) fit the ID-OOD trend line"),
     checkpoint: str = typer.Option("best", help="best: select among --checkpoints rows too (early stopping); final: end of training only"),
     metric: str = typer.Option("ood_acc", help="target metric column to tabulate (e.g. ood_acc)"),
-    filter_: list[str] = typer.Option([], "--filter", help="keep runs with column=value, repeatable"),
+    filter_: list[str] = typer.Option([], "--filter", metavar="COLUMN=VALUE", help="keep runs with column=value, repeatable"),
     group_by: Optional[str] = typer.Option(None, help="one table per value of this column (e.g. model)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to this file"),
     plot: Optional[Path] = typer.Option(None, help="also draw ID-vs-OOD and by-block plots (.png, .svg, .pdf)"),
@@ -453,14 +455,18 @@ def fetch(
 @app.command("list")
 def list_(
     what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, recipes, suites or protocols"),
+    name: Optional[str] = typer.Argument(None, help="with models or methods: only this one, in full (a timm/NAME "
+                                         "model included)"),
     suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
     # Each listing imports only what it shows: suites, recipes and protocols need no torch.
+    if name is not None and what not in ("methods", "models"):
+        raise UsageError(f"'ftbench list {what}' takes no name; 'list methods NAME' and 'list models NAME' do")
     if what == "methods":
-        from ftbench.methods.base import all_methods
+        from ftbench.methods.base import all_methods, get_method
 
-        for m in all_methods():
+        for m in ([get_method(name)] if name is not None else all_methods()):
             blocks = " (takes --block)" if m.takes_blocks else ""
             out.print(f"[bold]{m.name}[/]" + escape(f"{blocks}: trains {m.help}"))
             if m.paper:
@@ -496,7 +502,7 @@ def list_(
         from ftbench.models.timm_models import block_parameter_counts
 
         get_model_entry("digits-resnet")
-        for n in MODELS.names():
+        for n in ([name] if name is not None else MODELS.names()):
             e = get_model_entry(n)
             counts = block_parameter_counts(e)
             weights = "hub" if e.weights else "trained on the source split"
@@ -504,6 +510,8 @@ def list_(
             out.print(escape(f"    parameters ({e.native[0]}-channel input, {e.native[1]} classes): "
                              + ", ".join(f"{b} {c:,}" for b, c in counts.items())
                              + f"; total {sum(counts.values()):,}; weights: {weights}"))
+        if name is not None:
+            return
         out.print("[bold]timm/NAME[/]" + escape("[:key=value,...]: any timm model (e.g. timm/resnet18, timm/efficientnet_b0); "
                   "blocks by family (resnet, vit, convnext) or derived from its stages"))
         out.print("    weights: any model takes --weights PATH (a state dict) or --weights scratch (trained on the source split)")

@@ -76,6 +76,12 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("sweep smoke --out {OUT} --executor slurm --mem-gb nan", "--mem-gb must be a positive number, got nan", None),
     ("sweep smoke --out {OUT} --executor slurm --gpus-per-job inf", "--gpus-per-job must be a non-negative number, got inf", None),
     ("sweep smoke --out {OUT} --executor ray --cpus-per-job nan", "--cpus-per-job must be a positive number, got nan", None),
+    # --- a model that cannot take the benchmark's image size: before any training -----------------
+    ("run --model timm/vit_tiny_patch16_224 --weights scratch --out {OUT}",
+     "cannot take the digits benchmark's 1x8x8 images (Input height (8) doesn't match model (224).); build the ViT "
+     "for this size: timm/vit_tiny_patch16_224:img_size=8,patch_size=2", None),
+    ("run --model timm/convnext_atto --weights scratch --out {OUT}",
+     "use a model made for small images (digits-resnet, resnet26-cifar, timm/resnet18)", None),
     # --- a single-valued option given twice: refused, never "the last one wins" --------------------
     ("run --seed 0 --seed 1 --out {OUT}", "--seed given 2 times (0, 1); `ftbench run` takes one value", None),
     ("run --method surgical --method=full --out {OUT}", "--method given 2 times (surgical, full)", None),

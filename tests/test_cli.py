@@ -137,3 +137,28 @@ def test_commands_that_only_read_results_do_not_import_torch(args: list[str]) ->
             "print(rc, 'torch' in sys.modules, file=sys.stderr)" % argv)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stderr.strip().splitlines()[-1] == "0 False", r.stderr
+
+
+def test_list_one_method_or_model_in_full(cli) -> None:
+    r = cli("list", "methods", "lora")
+    assert r.code == 0 and r.out.startswith("lora: trains ") and "--set r=4" in r.out
+    assert "surgical" not in r.out  # only the one asked for
+    r = cli("list", "models", "digits-vit")
+    assert r.code == 0 and r.out.startswith("digits-vit: ") and "blocks: 1, 2, 3, last" in r.out
+    assert "digits-resnet" not in r.out and "timm/NAME" not in r.out
+    r = cli("list", "methods", "nosuch")
+    assert r.code == 2 and r.err.startswith("error: unknown method 'nosuch'; accepted: ")
+    r = cli("list", "suites", "default")
+    assert r.code == 2 and "takes no name" in r.err
+
+
+def test_long_lines_are_not_wrapped_when_piped(cli) -> None:
+    """A listing is read by grep and by people: one option per line, whatever the terminal width."""
+    r = cli("list", "methods", "lora")
+    targets = [ln for ln in r.out.splitlines() if ln.lstrip().startswith("--set targets=")]
+    assert len(targets) == 1 and targets[0].endswith("every Linear but the head")
+
+
+def test_shell_completion_is_offered(cli) -> None:
+    r = cli("--help")
+    assert "--install-completion" in r.out and "--show-completion" in r.out

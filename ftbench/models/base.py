@@ -110,3 +110,39 @@ def get_model_entry(name: str) -> ModelEntry:
     from ftbench.models.timm_models import lookup  # registers the CIFAR/timm models; any timm model as timm/NAME
 
     return lookup(name)
+
+
+# What a forward pass says when an image is too small for a model, or of a size it was not built for.
+_SIZE_WORDS = ("size", "Kernel", "kernel", "Input height", "Input width", "divisible", "shape", "patch")
+
+
+def check_input_fits(name: str, channels: int, size: tuple[int, int], benchmark: str) -> None:
+    """One ``error:`` line, before any data is trained on, when model ``name`` cannot take the
+    benchmark's ``channels``×H×W images: a forward pass on the meta device (shapes only, no
+    arithmetic, no weights) finds it in well under a second. Errors that are not about sizes (an
+    operation the meta device lacks) are left to the real run."""
+    import torch
+
+    from ftbench.errors import UsageError
+
+    entry = get_model_entry(name)
+    h, w = size
+    try:
+        with torch.device("meta"):
+            net = entry.build(channels, 2).eval()
+            net(torch.empty(2, channels, h, w))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        reason = " ".join(str(e).split())
+        if not any(word in reason for word in _SIZE_WORDS):
+            return
+        base = name.split(":")[0]
+        vit = any(k in base for k in ("vit", "deit", "eva", "beit", "swin", "patch")) or "patch" in reason.lower()
+        if vit:
+            patch = h // 4 if h == w and h % 4 == 0 and h >= 8 else 1
+            hint = (f"build the ViT for this size: {base}:img_size={h},patch_size={patch} (any patch_size that "
+                    f"divides {h}), or {base}:dynamic_img_size=True,patch_size={patch}")
+        else:
+            hint = ("its downsampling leaves too few pixels of an image this small; use a model made for small "
+                    "images (digits-resnet, resnet26-cifar, timm/resnet18) or a benchmark with larger images")
+        raise UsageError(f"model {name!r} cannot take the {benchmark} benchmark's {channels}x{h}x{w} images ({reason[:160]}); "
+                         f"{hint}") from None
