@@ -337,3 +337,23 @@ def test_list_models_shows_blocks_with_parameter_counts(cli) -> None:
     assert "1 1,641,104, 2 6,968,000, 3 27,863,680, last 6,410; total 36,479,194" in lines[at + 1]
     assert "total 25,557,032; weights: hub" in r.out and "total 77,754; weights: trained on the source split" in r.out
     assert any(line.startswith("timm/NAME") for line in lines)
+
+
+def test_an_unreachable_hub_is_known_before_loading(cli, monkeypatch, tmp_path: Path) -> None:
+    """No network: one connection attempt (here refused at once by a closed local port), then the
+    local cache only, without huggingface_hub's retries; the error says why."""
+    from ftbench.models.timm_models import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens there
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty local cache
+    assert hub_offline(timeout=2.0).startswith("no connection to 127.0.0.1:9 (")
+    r = cli("run", "--model", "timm/resnet18", "--steps", "1", "--out", tmp_path / "out")
+    assert r.code == 2
+    err = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "(no connection to 127.0.0.1:9 (" in err[0] and "--weights scratch" in err[0]
+    assert "from the local hub cache (offline)" in r.err  # the note says it did not try the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_offline() == "HF_HUB_OFFLINE is set"

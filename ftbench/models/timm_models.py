@@ -37,6 +37,7 @@ import ast
 import difflib
 import functools
 import hashlib
+import os
 import pickle
 import re
 import sys
@@ -457,20 +458,48 @@ def create(arch: str, in_chans: int, num_classes: int, pretrained: bool = False,
     return cls(net, head, path, partition, arch, head_loaded)
 
 
+def hub_offline(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None: it can): ``HF_HUB_OFFLINE`` set, or no TCP
+    connection to ``$HF_ENDPOINT`` (default huggingface.co) within ``timeout`` seconds. Asked once
+    before loading, so that an offline machine gets its answer in seconds instead of after
+    huggingface_hub's retries (45 s of warnings, measured)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"no connection to {host}:{port} ({type(e).__name__})"
+    return None
+
+
 def _hub_weights(arch: str, kwargs: dict[str, Any]) -> Callable[[int, int], tuple[BlockModel, str, bool]]:
     def load(in_chans: int, num_classes: int) -> tuple[BlockModel, str, bool]:
-        print(f"note: loading pretrained weights of timm model {arch!r} from the Hugging Face hub",
-              file=sys.stderr)
+        import huggingface_hub.constants as hub
+
+        offline = hub_offline()
+        where = "the local hub cache (offline)" if offline else "the Hugging Face hub"
+        print(f"note: loading pretrained weights of timm model {arch!r} from {where}", file=sys.stderr)
+        was = hub.HF_HUB_OFFLINE
+        hub.HF_HUB_OFFLINE = bool(offline) or was  # offline: read the local cache only, no retries
         try:
             model = create(arch, in_chans, num_classes, pretrained=True, **kwargs)
         except UsageError:
             raise
         except Exception as e:  # offline: huggingface_hub's LocalEntryNotFoundError, OSError, ...
+            why = offline or f"{type(e).__name__}"
             raise UsageError(
-                f"cannot load pretrained weights of timm model {arch!r} from the hub ({type(e).__name__}); "
-                "no network: use --weights PATH (a local state dict of the model), or --weights scratch to "
-                "train it from random initialisation on the source split"
+                f"cannot load pretrained weights of timm model {arch!r} from the hub ({why}; not in the local hub "
+                "cache, $HF_HOME or ~/.cache/huggingface either); no network: use --weights PATH (a local state dict "
+                "of the model), or --weights scratch to train it from random initialisation on the source split"
             ) from None
+        finally:
+            hub.HF_HUB_OFFLINE = was
         cfg = model.net.pretrained_cfg
         return model, f"hub:{cfg.get('architecture', arch)}.{cfg.get('tag') or ''}", model.head_loaded
 
