@@ -427,7 +427,7 @@ def report(
 def fetch(
     names: list[str] = typer.Argument(None, help="datasets to fetch (default: list them)"),
     list_: bool = typer.Option(False, "--list", help="list known datasets with size, licence and status on disk"),
-    root: Optional[Path] = typer.Option(None, help="data root (default: $FTBENCH_DATA, else ~/.cache/ftbench/data)"),
+    root: Optional[Path] = typer.Option(None, help="data root (default: $FTBENCH_DATA, else $XDG_CACHE_HOME/ftbench/data, ~/.cache/ftbench/data)"),
     mirror: Optional[str] = typer.Option(None, help="fetch archives from this URL or local folder instead (by file name)"),
 ) -> None:
     """Download, verify and extract benchmark data; validate data that must be placed by hand."""

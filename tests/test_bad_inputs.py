@@ -82,6 +82,9 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "for this size: timm/vit_tiny_patch16_224:img_size=8,patch_size=2", None),
     ("run --model timm/convnext_atto --weights scratch --out {OUT}",
      "use a model made for small images (digits-resnet, resnet26-cifar, timm/resnet18)", None),
+    # --- a host that refuses the connection: nothing downloaded, nothing claimed to be kept -----
+    ("fetch waterbirds --root {OUT} --mirror http://127.0.0.1:9",
+     "Connection refused); nothing was downloaded; run the same fetch again when the host is reachable", None),
     # --- a single-valued option given twice: refused, never "the last one wins" --------------------
     ("run --seed 0 --seed 1 --out {OUT}", "--seed given 2 times (0, 1); `ftbench run` takes one value", None),
     ("run --method surgical --method=full --out {OUT}", "--method given 2 times (surgical, full)", None),

@@ -135,8 +135,8 @@ def test_list_and_status(cli, data, tmp_path: Path, monkeypatch) -> None:
         assert f"{name}:" in r.out and get_benchmark(name).status() == "ready"
     assert "--shift subpopulation [feature level]" in r.out
     monkeypatch.setenv("FTBENCH_DATA", str(tmp_path))
-    assert get_benchmark("imagenet-c").status() == ("missing (place it by hand: see docs/benchmarks.md): "
-                                                    "ftbench fetch imagenet imagenet-c")
+    assert get_benchmark("imagenet-c").status() == (f"missing (place it by hand under {tmp_path}; `ftbench fetch "
+                                                    "imagenet` says which files): ftbench fetch imagenet imagenet-c")
     assert get_benchmark("living17").status().endswith(": ftbench fetch imagenet breeds")
 
 

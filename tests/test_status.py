@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,17 @@ def test_pool_workers_send_their_progress_to_the_sweep(tmp_path, monkeypatch: py
     assert summary.done == 2 and summary.failed == 0
     err = capfd.readouterr().err
     assert "source model digits-resnet: epoch " in err
+
+
+def test_caches_follow_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from ftbench.data.fetch import data_root
+    from ftbench.models.pretrain import cache_dir
+
+    monkeypatch.delenv("FTBENCH_CACHE", raising=False)
+    monkeypatch.delenv("FTBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "ftbench" and data_root(None) == tmp_path / "ftbench" / "data"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # the XDG spec: relative paths are ignored
+    assert cache_dir() == Path.home() / ".cache" / "ftbench"
+    monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path / "mine"))  # ftbench's own variable wins
+    assert cache_dir() == tmp_path / "mine"

@@ -53,11 +53,11 @@ ATTEMPTS = 3  # connection attempts per file in one fetch; the next fetch resume
 
 
 def data_root(root: Path | str | None = None) -> Path:
-    """``root``, else ``$FTBENCH_DATA``, else ``~/.cache/ftbench/data``."""
+    """``root``, else ``$FTBENCH_DATA``, else ``$XDG_CACHE_HOME/ftbench/data`` (``~/.cache/ftbench/data``)."""
     if root:
         return Path(root).expanduser()
     env = os.environ.get("FTBENCH_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ftbench" / "data"
+    return Path(env).expanduser() if env else user_cache() / "ftbench" / "data"
 
 
 @dataclass(frozen=True)
@@ -223,12 +223,18 @@ for _name, _folder, _bundle, _size, _human, _help, _licence in _WILDS:
 
 # --- status -----------------------------------------------------------------------------------
 
+def user_cache() -> Path:
+    """The user's cache folder: ``$XDG_CACHE_HOME`` (XDG base directories), else ``~/.cache``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
+
+
 def status(ds: Dataset, root: Path) -> str:
     """One word or phrase: ready, partial download, not downloaded, missing (manual data)."""
     if not ds.problems(root):
         return "ready"
     if ds.manual:
-        return "missing (place it by hand: see docs/benchmarks.md)"
+        return f"missing (place it by hand under {root}; `ftbench fetch {ds.name}` says which files)"
     parts = [root / ".downloads" / f"{f.name}.part" for f in ds.files]
     have = sum(p.stat().st_size for p in parts if p.is_file())
     if have:
@@ -335,8 +341,9 @@ def _download(f: RemoteFile, src: str, part: Path, say: Callable[[str], None]) -
         if attempt < ATTEMPTS:
             time.sleep(0.2 * attempt)
     have = part.stat().st_size if part.is_file() else 0
-    raise UsageError(f"download of {f.name} from {src} failed ({last_error}); {have:,} bytes kept in {part}, "
-                     f"run the same fetch again to resume, or use --mirror URL_OR_DIR")
+    kept = (f"{have:,} bytes kept in {part}, run the same fetch again to resume" if have else
+            "nothing was downloaded; run the same fetch again when the host is reachable")
+    raise UsageError(f"download of {f.name} from {src} failed ({last_error}); {kept}, or use --mirror URL_OR_DIR")
 
 
 def _verify(f: RemoteFile, part: Path) -> dict[str, str]:

@@ -34,8 +34,10 @@ RECIPE = {"optimizer": "adam", "lr": 3e-3, "wd": 5e-4, "epochs": 40, "batch_size
 
 
 def cache_dir() -> Path:
-    """``$FTBENCH_CACHE`` or ``~/.cache/ftbench``."""
-    return Path(os.environ.get("FTBENCH_CACHE") or Path.home() / ".cache" / "ftbench")
+    """``$FTBENCH_CACHE``, else ``$XDG_CACHE_HOME/ftbench`` (``~/.cache/ftbench``)."""
+    from ftbench.data.fetch import user_cache
+
+    return Path(os.environ.get("FTBENCH_CACHE") or user_cache() / "ftbench")
 
 
 def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
