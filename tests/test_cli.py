@@ -125,7 +125,7 @@ def test_options_meant_to_repeat_still_repeat(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["report", "{R}", "--format", "markdown"],
                                   ["report", "{R}", "--format", "json", "--trend", "full"],
                                   ["report", "{R}", "--baseline", "{R}"],
-                                  ["--version"]])
+                                  ["list", "protocols"], ["list", "recipes"], ["--version"]])
 def test_commands_that_only_read_results_do_not_import_torch(args: list[str]) -> None:
     """Importing torch costs seconds; formatting a table from parquet files needs none of it."""
     import subprocess
