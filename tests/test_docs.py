@@ -42,3 +42,36 @@ def test_the_documented_csv_columns_are_the_ones_written() -> None:
 def test_every_result_column_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_.<>]+)` \|", (DOCS / "results.md").read_text(), re.M))
     assert set(SCHEMA.names) <= documented, sorted(set(SCHEMA.names) - documented)
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def test_the_extending_guide_runs(tmp_path: Path) -> None:
+    """docs/extending.md's API example, and its example method registered from outside the package
+    and run through the API, in a process of their own (the registry of this one stays as it is)."""
+    import os
+    import subprocess
+    import sys
+
+    api, method = _python_blocks(DOCS / "extending.md")[:2]
+    check = '''
+from ftbench.spec import RunSpec, resolve
+from ftbench.train.runner import fine_tune
+import torch
+from ftbench.data.base import get_benchmark
+from ftbench.models.pretrain import pretrained
+spec = resolve(RunSpec(method="top-two", steps=2, lr=1e-2))
+before = pretrained(spec.model, get_benchmark("digits").source(spec), torch.device("cpu"))
+tr = fine_tune(spec, "cpu")
+for b in tr.model.block_names():  # digits-resnet: 1, 2, 3, last; the top two train, the rest stay put
+    same = [torch.equal(p, q) for p, q in zip(before.block_parameters(b), tr.model.block_parameters(b))]
+    assert (not any(same)) if b in ("3", "last") else all(same), b
+'''
+    env = {**os.environ, "PYTHONPATH": str(DOCS.parent)}
+    for code in (api, method + check):
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "my-results").is_dir() and len(list((tmp_path / "smoke-results").glob("*.parquet"))) == 4
