@@ -47,7 +47,7 @@ def mode() -> str:
 
 
 def _clock(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
 
 
@@ -65,7 +65,12 @@ class Task:
         self._bar: Any = None
         if self._mode == "bar":
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=30),
                                  TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),

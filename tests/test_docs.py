@@ -40,12 +40,12 @@ def test_the_documented_csv_columns_are_the_ones_written() -> None:
 
 
 def test_every_result_column_is_documented() -> None:
-    documented = set(re.findall(r"^\| `([a-z_.<>]+)` \|", (DOCS / "results.md").read_text(), re.M))
+    documented = set(re.findall(r"^\| `([a-z_.<>]+)` \|", (DOCS / "results.md").read_text(), re.MULTILINE))
     assert set(SCHEMA.names) <= documented, sorted(set(SCHEMA.names) - documented)
 
 
 def _python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)
 
 
 def test_the_extending_guide_runs(tmp_path: Path) -> None:
@@ -72,6 +72,6 @@ for b in tr.model.block_names():  # digits-resnet: 1, 2, 3, last; the top two tr
     env = {**os.environ, "PYTHONPATH": str(DOCS.parent)}
     for code in (api, method + check):
         r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
+                           timeout=600, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "my-results").is_dir() and len(list((tmp_path / "smoke-results").glob("*.parquet"))) == 4

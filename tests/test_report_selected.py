@@ -5,6 +5,7 @@ its settings."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _clone_run(folder: Path, source: Path, run_id: str, **changes: object) -> No
 
 
 def _key(v: object) -> str:
-    return "" if v is None or (isinstance(v, float) and v != v) or v is pd.NA else str(v)
+    return "" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
 def test_show_selected_names_the_chosen_run_of_every_cell_and_seed(cli) -> None:
