@@ -62,7 +62,10 @@ def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
 def run(
     ctx: typer.Context,
     benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)"),
-    shift: str = typer.Option("corruption", help="shift of the benchmark, e.g. corruption, subpopulation, label-flip"),
+    shift: str = typer.Option("corruption", help="shift of the benchmark (ftbench list benchmarks): corruption, "
+                              "subpopulation, label-flip on digits; the default depends on the benchmark and "
+                              "protocol: corruption where the benchmark has it, else its own shift (waterbirds: "
+                              "spurious-background; --protocol id-ood: its ID->OOD shift, style-noise on digits)"),
     corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption"),
     severity: Optional[int] = typer.Option(None, help="corruption severity 1..5"),
     shots: Optional[int] = typer.Option(None, help="labelled target examples per class"),
@@ -157,8 +160,10 @@ def sweep(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged"),
-    report_format: str = typer.Option("terminal", "--format", help="format of the final table"),
-    table: str = typer.Option("shifts", help="kind of the final table (see ftbench report --table)"),
+    report_format: str = typer.Option("terminal", "--format", help="format of the final table: terminal, markdown, "
+                                      "latex, html, csv or json"),
+    table: str = typer.Option("shifts", help="kind of the final table: shifts, blocks, methods, corruptions or "
+                              "robustness (see ftbench report --table)"),
     executor: str = typer.Option("local", help="local (worker processes), slurm (submitit job array) or ray"),
     jobs: Optional[int] = typer.Option(None, help="local: worker processes (default one per GPU x --per-gpu, "
                                        "1 on CPU); slurm: array tasks at once; ray: runs in flight"),
