@@ -173,3 +173,20 @@ def test_points_squeezed_by_a_distant_baseline_get_a_zoomed_inset(fig: Figure) -
     assert {"point:block 1", "point:last layer", "point:full", "curve:wise-ft"} <= gids
     assert "point:none" not in gids
     assert not [a for a in scatter["label-flip"].child_axes if a.get_gid() == "zoom"]
+
+
+def test_panel_titles_name_the_benchmark(fig: Figure) -> None:
+    """A figure stands alone (in a paper, a slide): each panel says which benchmark it shows, even
+    when the table's column labels leave it out because every run is on one benchmark."""
+    for kind in ("scatter", "bars"):
+        titles = {col: ax.get_title().replace("\n", " ") for col, ax in _axes(fig, kind).items()}
+        assert titles[NOISE] == f"digits/{NOISE}" and titles["label-flip"] == "digits/label-flip"
+
+
+def test_a_column_of_methods_only_says_so_in_its_bar_panel(df: pd.DataFrame) -> None:
+    """No surgical or full run in a column (here: only BitFit rows): its bar panel says there is
+    nothing to draw instead of staying blank."""
+    only = _variant_rows(df, "bitfit")
+    fig = build_figure(only)
+    panels = _axes(fig, "bars")
+    assert panels and all([t.get_text() for t in ax.texts] == ["no surgical or full runs"] for ax in panels.values())

@@ -303,6 +303,8 @@ def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: s
     points = trend_points(df, label_columns(chosen), trend)
     fits = {col: fit_trend(points[points["column"] == col], metric) for col in columns}
 
+    labelled = label_columns(chosen)
+    benches = {col: sorted(set(labelled.loc[labelled["column"] == col, "benchmark"].astype(str))) for col in columns}
     ncols = min(len(columns), PANELS_PER_ROW)
     nrows = math.ceil(len(columns) / ncols)
     fig = Figure(figsize=(max(3.7 * ncols, 7.5), 3.5 * 2 * nrows + 1.4), layout="constrained")
@@ -310,7 +312,9 @@ def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: s
     ylabel = _metric_label(metric)
     for i, col in enumerate(columns):
         r, c = divmod(i, ncols)
-        title = textwrap.fill(col, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
+        # The benchmark in every title (the table's column label names it only when benchmarks vary).
+        named = col if any(col.startswith(f"{b}/") for b in benches[col]) else f"{'+'.join(benches[col])}/{col}"
+        title = textwrap.fill(named, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
         sc = fig.add_subplot(grid[r, c], gid=f"scatter:{col}")
         _draw_scatter(sc, pts[pts["column"] == col], labels, styles, fits[col])
         sc.set_title(title, fontsize=10)
