@@ -127,7 +127,7 @@ def run(
     out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
               f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}"
               f"  (protocol {spec.protocol})")
-    out.print(escape(f"  {settings_line(spec)}"), soft_wrap=True)
+    out.print(escape(f"  {settings_line(spec)}"))
     out.print(f"  ID acc  {row['id_acc']:6.2f}%   ({proto.id_words})")
     out.print(f"  OOD acc {row['ood_acc']:6.2f}%   ({proto.ood_words})")
     for col in [k for k in row if k.startswith("ood.") and k.endswith("_acc") and "_" not in k[4:-4]]:
@@ -140,14 +140,9 @@ def run(
 
 def settings_line(spec: Any) -> str:
     """What a run was trained with: every hyperparameter and method option, defaults included."""
-    parts = []
-    for name in ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "shots", "checkpoints"):
-        v = getattr(spec, name)
-        if v is not None:
-            parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
-    parts.append(f"seed={spec.seed}")
-    if spec.weights is not None:
-        parts.append(f"weights={spec.weights}")
+    from ftbench.spec import HYPERPARAMETERS
+
+    parts = spec.settings((*HYPERPARAMETERS, "shots", "checkpoints", "seed", "weights"))
     opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 
@@ -278,8 +273,8 @@ def _report(
     two_sided: bool = False, show_selected: bool = False,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
-    from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, render, render_rich,
-                                      split_groups)
+    from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
+                                      render_rich, render_selected, split_groups)
     from ftbench.results.store import read_results
 
     # Validate every option before reading or writing anything.
@@ -331,8 +326,6 @@ def _report(
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
-    from ftbench.report.table import mixed_settings
-
     for w in mixed_settings(df):
         print(f"warning: {w}", file=sys.stderr)
     if published is not None:  # the papers' numbers beside ftbench's, instead of the tables
@@ -350,18 +343,13 @@ def _report(
     parts = split_groups(df, group_by)
     grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
                    checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
-    from ftbench.report.table import render_selected
-
-    for g in grids:
-        g.show_selected = show_selected
     if fmt == "terminal" and output is None:
         for g in grids:
             out.print(render_rich(g))
             if show_selected:
-                out.print(escape(render_selected(g, fmt)), soft_wrap=True)
+                out.print(escape(render_selected(g, fmt)))
     else:
-        texts = [render(g, fmt) + (render_selected(g, fmt) if show_selected and fmt in ("markdown", "terminal") else "")
-                 for g in grids]
+        texts = [render(g, fmt, show_selected) for g in grids]
         if fmt == "markdown" and group_by:
             texts = [f"### {group}\n\n{t}" for (group, _), t in zip(parts, texts)]
         if fmt == "json" and len(texts) > 1:

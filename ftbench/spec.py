@@ -91,6 +91,12 @@ class RunSpec:
     def blocks_label(self) -> str:
         return ",".join(self.blocks)
 
+    def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "shots")) -> list[str]:
+        """``name=value`` for each field of ``names`` that is set (floats as ``%g``): how a run's
+        settings are printed (the sweep's run lines, ``ftbench run``'s settings line)."""
+        return [f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}"
+                for n in names if (v := getattr(self, n)) is not None]
+
     def columns(self) -> dict[str, Any]:
         """The result-row columns that describe this run: ``run_id`` and every spec field, with
         ``blocks`` as a label like ``"1,2"`` and ``options`` as a dict (stored as JSON)."""

@@ -163,9 +163,14 @@ def write_machine() -> None:
                       "tolerance_other_machine of baseline_smoke.spread.json and check-docs compares shapes",
               "made": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "fingerprint": machine_fingerprint()}
-    tmp = MACHINE.with_name(f".{MACHINE.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, MACHINE)
+    write_atomic(MACHINE, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def tolerance(other_machine: bool = False) -> float:
@@ -201,9 +206,7 @@ def refresh_baseline() -> None:
             BASELINE.rename(old)
         staged.rename(BASELINE)
         shutil.rmtree(old, ignore_errors=True)
-    write_machine()
-    say(f"wrote {BASELINE.relative_to(ROOT)} ({len(list(BASELINE.glob('*.parquet')))} runs) and "
-        f"{MACHINE.relative_to(ROOT)}; commit them with the change")
+    say(f"wrote {BASELINE.relative_to(ROOT)} ({len(list(BASELINE.glob('*.parquet')))} runs); commit it with the change")
 
 
 def gate(summary: Path | None, keep: Path | None) -> int:
@@ -386,11 +389,8 @@ def refresh_docs() -> None:
         text = path.read_text()
         for name, content in regions.items():
             text = replace_region(text, name, content, path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
         say(f"rewrote {path.relative_to(ROOT)} ({', '.join(regions)})")
-    write_machine()
 
 
 def check_docs() -> int:
@@ -517,9 +517,7 @@ def spread() -> None:
         "variants": measured,
         "cross_machine": cross,
     }
-    tmp_file = SPREAD.with_name(f".{SPREAD.name}.tmp")
-    tmp_file.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp_file, SPREAD)
+    write_atomic(SPREAD, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     for v in measured:
         say(f"  {v['max_abs_delta_vs_pinned']:6.2f}  {v['variant']}")
     say(f"wrote {SPREAD.relative_to(ROOT)}: tolerance {record['tolerance']} points "
@@ -545,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             refresh_baseline()
         if a.only in (None, "docs"):
             refresh_docs()
+        write_machine()  # what made the numbers just written
+        say(f"wrote {MACHINE.relative_to(ROOT)}; commit it with them")
         return 0
     if a.command == "gate":
         return gate(a.summary, a.keep)

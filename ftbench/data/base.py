@@ -49,6 +49,11 @@ class Split:
         return int(self.x.shape[1])
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """H, W of the images."""
+        return int(self.x.shape[-2]), int(self.x.shape[-1])
+
+    @property
     def device(self) -> torch.device:
         return self.x.device
 

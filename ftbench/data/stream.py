@@ -168,6 +168,13 @@ class StreamSplit:
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """H, W of the images (one shape for all): of the split's first image, decoded for it."""
+        first = self.images[0 if self.index is None else int(self.index[0])]
+        first = first[0] if isinstance(first, tuple) else first
+        return int(first.shape[-2]), int(first.shape[-1])
+
     def to(self, device: torch.device | str) -> StreamSplit:
         """The split with its batches, labels and metadata on ``device`` (the files stay on disk)."""
         dev = torch.device(device)

@@ -78,7 +78,6 @@ class Grid:
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (row, group, sub)
     # The run (and checkpoint or WiSE-FT alpha) chosen per cell and seed: :func:`selected_records`.
     selected: list[dict] = field(default_factory=list)
-    show_selected: bool = False  # csv: a "selected" column (--show-selected)
 
     def n_values(self) -> set[int]:
         return {c.n for c in self.cells.values()}
@@ -251,18 +250,19 @@ def mixed_settings(df: pd.DataFrame, limit: int = 5) -> list[str]:
     ``--steps 1`` run that became "seed 1" of a 10-step cell)."""
     ok = _prepare(df[df["status"] == "ok"])
     ok = ok[is_final(ok)] if "final" in ok.columns else ok
+    shared = [c for c in SHARED_SETTINGS if c in ok.columns]
+    axes = [c for c in SELECTION_AXES if c in ok.columns]
+
+    def setting(row: object) -> tuple[str, ...]:
+        return tuple(f"{a}={_show(v)}" for a, v in zip(axes, row) if v is not None and v == v and v != "")
+
     found: list[str] = []
     for _, g in ok.groupby(ROW_KEY + COL_KEY, dropna=False, sort=False):
         problems = []
-        for col in SHARED_SETTINGS:
-            if col in g.columns:
-                values = sorted({_show(v) if v is not None and v == v and v != "" else "default" for v in g[col]})
-                if len(values) > 1:
-                    problems.append(f"{col} ({', '.join(values)})")
-        axes = [c for c in SELECTION_AXES if c in g.columns]
-        def setting(row: object) -> tuple[str, ...]:
-            return tuple(f"{a}={_show(v)}" for a, v in zip(axes, row) if v is not None and v == v and v != "")
-
+        for col in shared:
+            values = sorted({_show(v) if v is not None and v == v and v != "" else "default" for v in g[col]})
+            if len(values) > 1:
+                problems.append(f"{col} ({', '.join(values)})")
         grids = {seed: frozenset(setting(row) for row in part[axes].to_numpy(dtype=object))
                  for seed, part in g.groupby("seed")}
         if len(set(grids.values())) > 1:
@@ -297,18 +297,20 @@ def selected_records(chosen: pd.DataFrame) -> list[dict]:
     return recs
 
 
+def _chosen(record: dict) -> str:
+    """What one selected record chose, as ``lr=0.001 wd=0.0001 steps=50 ...``."""
+    return " ".join(f"{k}={_show(record[k])}" for k in SELECTED_FIELDS if k in record)
+
+
 def render_selected(grid: Grid, fmt: str) -> str:
     """--show-selected after a markdown or terminal table: one line per row, column and seed."""
     if fmt == "markdown":
         lines = ["", "| tuned | column | seed | run | chosen |", "|---|---|---:|---|---|"]
-        for s in grid.selected:
-            chosen = " ".join(f"{k}={_show(s[k])}" for k in SELECTED_FIELDS if k in s)
-            lines.append(f"| {s['row']} | {s['column']} | {s['seed']} | {s['run_id']} | {chosen} |")
-        return "\n".join(lines) + "\n"
-    lines = ["", "selected (per row, column and seed):"]
-    for s in grid.selected:
-        chosen = " ".join(f"{k}={_show(s[k])}" for k in SELECTED_FIELDS if k in s)
-        lines.append(f"  {s['row']} · {s['column']} · seed {s['seed']}: run {s['run_id']} {chosen}")
+        lines += [f"| {s['row']} | {s['column']} | {s['seed']} | {s['run_id']} | {_chosen(s)} |" for s in grid.selected]
+    else:
+        lines = ["", "selected (per row, column and seed):"]
+        lines += [f"  {s['row']} · {s['column']} · seed {s['seed']}: run {s['run_id']} {_chosen(s)}"
+                  for s in grid.selected]
     return "\n".join(lines) + "\n"
 
 
@@ -709,16 +711,15 @@ def _records(grid: Grid) -> list[dict]:
     return recs
 
 
-def render_csv(grid: Grid) -> str:
+def render_csv(grid: Grid, show_selected: bool = False) -> str:
     buf = io.StringIO()
     columns = ["row", "column", "metric", "mean", "std", "n", "best"]
     recs = _records(grid)
-    if grid.show_selected:  # per seed, what the cell's row and column chose (column labels as the table's)
+    if show_selected:  # per seed, what the cell's row and column chose (column labels as the table's)
         columns.append("selected")
         chosen: dict[tuple[str, str], list[str]] = {}
         for s in grid.selected:
-            what = " ".join(f"{k}={_show(s[k])}" for k in SELECTED_FIELDS if k in s)
-            chosen.setdefault((s["row"], s["column"]), []).append(f"seed {s['seed']}: run {s['run_id']} {what}".strip())
+            chosen.setdefault((s["row"], s["column"]), []).append(f"seed {s['seed']}: run {s['run_id']} {_chosen(s)}".strip())
         for rec in recs:
             rec["selected"] = "; ".join(chosen.get((rec["row"], rec["column"]), []))
     df = pd.DataFrame(recs, columns=columns)
@@ -759,8 +760,10 @@ def render_rich(grid: Grid):  # noqa: ANN201 - rich.table.Table
     return table
 
 
-def render(grid: Grid, fmt: str) -> str:
-    """Text of ``grid`` in ``fmt`` (terminal = the rich table as plain text)."""
+def render(grid: Grid, fmt: str, show_selected: bool = False) -> str:
+    """Text of ``grid`` in ``fmt`` (terminal = the rich table as plain text). ``show_selected``: with
+    markdown and terminal, the table of what each cell chose after it; with csv, a ``selected``
+    column (json always carries the records)."""
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     if fmt == "terminal":
@@ -768,9 +771,12 @@ def render(grid: Grid, fmt: str) -> str:
 
         console = Console(record=True, width=200, file=io.StringIO())
         console.print(render_rich(grid))
-        return console.export_text()
-    return {"markdown": render_markdown, "latex": render_latex, "html": render_html,
-            "csv": render_csv, "json": render_json}[fmt](grid)
+        text = console.export_text()
+    elif fmt == "csv":
+        return render_csv(grid, show_selected)
+    else:
+        text = {"markdown": render_markdown, "latex": render_latex, "html": render_html, "json": render_json}[fmt](grid)
+    return text + (render_selected(grid, fmt) if show_selected and fmt in ("markdown", "terminal") else "")
 
 
 def apply_filters(df: pd.DataFrame, filters: list[str]) -> pd.DataFrame:

@@ -140,10 +140,7 @@ def describe(spec: RunSpec) -> str:
     variant = get_method(spec.method)(spec).variant()
     if variant:
         parts.append(variant)
-    for name in ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "shots"):
-        v = getattr(spec, name)
-        if v is not None:
-            parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
+    parts += spec.settings()
     parts.append(f"seed={spec.seed}")
     if spec.protocol != type(spec).protocol:  # the default (few-shot) is not spelled out
         parts.append(f"protocol={spec.protocol}")

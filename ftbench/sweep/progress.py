@@ -58,12 +58,15 @@ class Progress:
         in the bar's description on a terminal, elsewhere as a line at most every STATUS_EVERY_S;
         ``""`` when that step ends."""
         if self._p is not None:
-            room = max(20, self._p.console.width - 80)
-            message = message if len(message) <= room else message[: room - 1] + "…"
-            self._p.update(self._task, description=message or self._latest)
+            self._p.update(self._task, description=self._fit(message) or self._latest)
         elif message and time.monotonic() - self._status_at >= STATUS_EVERY_S:
             self._status_at = time.monotonic()
             print(message, file=self.stream, flush=True)
+
+    def _fit(self, msg: str) -> str:
+        """``msg`` cut to the width the bar's counts leave for the description."""
+        room = max(20, self._p.console.width - 80)
+        return msg if len(msg) <= room else msg[: room - 1] + "…"
 
     def note(self, message: str) -> None:
         """A line that is not a result (a retried run, a run held elsewhere)."""
@@ -86,11 +89,8 @@ class Progress:
             result = f"{outcome.status} ({outcome.error})"
         if self._p is not None:
             # The latest result first (the run's description is cut to the width the counts leave).
-            msg = f"{result} · {describe(spec)}"
-            room = max(20, self._p.console.width - 80)
-            msg = msg if len(msg) <= room else msg[: room - 1] + "…"
-            self._latest = msg
-            self._p.update(self._task, advance=1, description=msg, failed=self.failed)
+            self._latest = self._fit(f"{result} · {describe(spec)}")
+            self._p.update(self._task, advance=1, description=self._latest, failed=self.failed)
         else:
             print(f"[{self.count}/{self.total}] {describe(spec)}: {result}", file=self.stream, flush=True)
 

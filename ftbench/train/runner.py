@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import ftbench
-from ftbench.data.base import Split, get_benchmark
+from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.methods.base import Method, get_method
 from ftbench.models.base import BlockModel
@@ -133,22 +133,13 @@ def _evaluate(model: BlockModel, task: Task) -> dict[str, float]:
     return out
 
 
-def image_size(split: Any) -> tuple[int, int]:
-    """H, W of a split's images (a streamed split: of its first image, one shape for all)."""
-    if isinstance(split, Split):
-        return int(split.x.shape[-2]), int(split.x.shape[-1])
-    first = split.images[0 if split.index is None else int(split.index[0])]
-    first = first[0] if isinstance(first, tuple) else first
-    return int(first.shape[-2]), int(first.shape[-1])
-
-
 def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
     """The pretrained model and the task (splits by role) of resolved ``spec``, on ``dev``."""
     bench = get_benchmark(spec.benchmark)
     task = get_protocol(spec.protocol).task(bench, spec).to(dev)
     from ftbench.models.base import check_input_fits
 
-    check_input_fits(spec.model, task.train.channels, image_size(task.train), spec.benchmark)
+    check_input_fits(spec.model, task.train.channels, task.train.image_size, spec.benchmark)
     model = pretrained(spec.model, task.pretraining, dev, spec.weights,
                        channels=task.train.channels, num_classes=task.num_classes)
     return model, task
