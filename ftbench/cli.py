@@ -178,17 +178,16 @@ def sweep(
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
-    from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
+    from ftbench.spec import default_suites_file, expand_suite_cached, suite_descriptions
     from ftbench.sweep.executors import EXECUTORS, prepare, suite_settings
     from ftbench.sweep.executors import run as run_executor
-    from ftbench.sweep.local import describe
-    from ftbench.train.runner import DEVICES, pick_device
-    from ftbench.validate import check_output_dir
+    from ftbench.sweep.local import describe_all
+    from ftbench.validate import DEVICES, check_output_dir
 
     path = suites or default_suites_file()
-    specs = expand_suite(suite, path)
+    specs = expand_suite_cached(suite, path)
     _check_format(report_format)
-    from ftbench.report.table import TABLES
+    from ftbench.report import TABLES
 
     if table not in TABLES:
         raise unknown("table", table, TABLES)
@@ -203,13 +202,15 @@ def sweep(
     settings = {**suite_settings(suite, path, executor), **flags}
     prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
     check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
-    if executor == "local":
+    if executor == "local" and (device == "cuda" or not dry_run):
+        from ftbench.train.runner import pick_device
+
         pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
     if dry_run:
-        for s in specs:
-            out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {describe(s)}"))
+        for s, about_run in zip(specs, describe_all(specs)):
+            out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {about_run}"))
         out.print(escape(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, "
                          f"{len(specs) - len(done)} to do" + (f" — {about}" if about else "")))
         from ftbench.papers.estimate import describe_estimate
@@ -248,7 +249,7 @@ def _print_notices(specs: list[Any]) -> None:
 
 
 def _check_format(fmt: str) -> None:
-    from ftbench.report.table import FORMATS
+    from ftbench.report import FORMATS
 
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
@@ -453,81 +454,110 @@ def list_(
     suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
-    # Each listing imports only what it shows: suites, recipes and protocols need no torch.
+    targets = ["benchmarks", "models", "methods", "corruptions", "recipes", "suites", "protocols"]
+    if what not in targets:
+        raise unknown("list target", what, targets)
     if name is not None and what not in ("methods", "models"):
         raise UsageError(f"'ftbench list {what}' takes no name; 'list methods NAME' and 'list models NAME' do")
+    # Recipes and protocols need no torch. The other listings need the registries (torch, timm): their
+    # lines come from the catalog cache (ftbench/catalog.py) in a fresh process once computed.
+    if what in ("recipes", "protocols"):
+        lines = _listing(what, name, None)
+    else:
+        from ftbench.catalog import cached
+
+        key: tuple[Any, ...] = ("list", what, name)
+        path = None
+        if what == "suites":
+            import hashlib
+
+            from ftbench.spec import default_suites_file
+
+            path = suites or default_suites_file()
+            try:
+                text = Path(path).read_bytes()
+            except OSError:
+                text = b""  # the listing itself says what is wrong with the file
+            key += (str(Path(path).resolve()), hashlib.sha256(text).hexdigest(), os.getcwd())
+        elif what == "corruptions":
+            key += (os.environ.get("FTBENCH_FROST_DIR", ""),)
+        lines = cached(key, lambda: _listing(what, name, path))
+    for line in lines:
+        out.print(line)
+
+
+def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str]:
+    """The lines (rich markup) of ``ftbench list WHAT [NAME]``."""
+    lines: list[str] = []
     if what == "methods":
         from ftbench.methods.base import all_methods, get_method
 
         for m in ([get_method(name)] if name is not None else all_methods()):
             blocks = " (takes --block)" if m.takes_blocks else ""
-            out.print(f"[bold]{m.name}[/]" + escape(f"{blocks}: trains {m.help}"))
+            lines.append(f"[bold]{m.name}[/]" + escape(f"{blocks}: trains {m.help}"))
             if m.paper:
-                out.print(f"    paper: {m.paper}")
-            out.print(f"    uses: {', '.join(sorted(m.uses)) or 'no hyperparameters'}")
+                lines.append(escape(f"    paper: {m.paper}"))
+            lines.append(escape(f"    uses: {', '.join(sorted(m.uses)) or 'no hyperparameters'}"))
             for k, o in m.options.items():
                 choices = f" {{{', '.join(map(str, o.choices))}}}" if o.choices else ""
-                out.print(escape(f"    --set {k}={o.default}{choices}: {o.help}"))
+                lines.append(escape(f"    --set {k}={o.default}{choices}: {o.help}"))
     elif what == "benchmarks":
         from ftbench.data.base import BENCHMARKS, get_benchmark
 
         get_benchmark("digits")
         for n in BENCHMARKS.names():
             b = get_benchmark(n)
-            out.print(f"[bold]{n}[/]: " + escape(f"{b.help} (default model {b.default_model}, shots {b.default_shots})"))
+            lines.append(f"[bold]{n}[/]: " + escape(f"{b.help} (default model {b.default_model}, shots {b.default_shots})"))
             for s in b.shifts.values():
-                out.print(escape(f"    --shift {s.name} [{s.level} level]: {s.help}"))
+                lines.append(escape(f"    --shift {s.name} [{s.level} level]: {s.help}"))
             if b.id_ood_shift is not None:
                 sets = ", ".join(f"{k} ({v} level)" for k, v in b.id_ood_sets.items())
                 val = "; OOD val set" if b.id_ood_has_val else "; no OOD val set"
-                out.print(escape(f"    --protocol id-ood --shift {b.id_ood_shift.name}: {b.id_ood_shift.help}; "
-                                 f"OOD test sets: {sets}{val}"))
+                lines.append(escape(f"    --protocol id-ood --shift {b.id_ood_shift.name}: {b.id_ood_shift.help}; "
+                                    f"OOD test sets: {sets}{val}"))
     elif what == "protocols":
         from ftbench.protocols.base import get_protocol, protocol_names
 
         for n in protocol_names():
             p = get_protocol(n)
-            out.print(f"[bold]{n}[/]" + escape(f": {p.help}"))
-            out.print(escape(f"    papers: {p.papers}"))
-            out.print(escape(f"    --select: {', '.join(p.selections)}"))
+            lines.append(f"[bold]{n}[/]" + escape(f": {p.help}"))
+            lines.append(escape(f"    papers: {p.papers}"))
+            lines.append(escape(f"    --select: {', '.join(p.selections)}"))
     elif what == "models":
-        from ftbench.models.base import MODELS, get_model_entry
-        from ftbench.models.timm_models import block_parameter_counts
+        from ftbench.models.base import MODELS, block_parameter_counts, get_model_entry, register_builtin_models
 
-        get_model_entry("digits-resnet")
+        register_builtin_models()
         for n in ([name] if name is not None else MODELS.names()):
             e = get_model_entry(n)
             counts = block_parameter_counts(e)
             weights = "hub" if e.weights else "trained on the source split"
-            out.print(f"[bold]{n}[/]: " + escape(f"{e.help}; blocks: {', '.join(e.block_names)}"))
-            out.print(escape(f"    parameters ({e.native[0]}-channel input, {e.native[1]} classes): "
-                             + ", ".join(f"{b} {c:,}" for b, c in counts.items())
-                             + f"; total {sum(counts.values()):,}; weights: {weights}"))
-        if name is not None:
-            return
-        out.print("[bold]timm/NAME[/]" + escape("[:key=value,...]: any timm model (e.g. timm/resnet18, timm/efficientnet_b0); "
-                  "blocks by family (resnet, vit, convnext) or derived from its stages"))
-        out.print("    weights: any model takes --weights PATH (a state dict) or --weights scratch (trained on the source split)")
+            lines.append(f"[bold]{escape(n)}[/]: " + escape(f"{e.help}; blocks: {', '.join(e.block_names)}"))
+            lines.append(escape(f"    parameters ({e.native[0]}-channel input, {e.native[1]} classes): "
+                                + ", ".join(f"{b} {c:,}" for b, c in counts.items())
+                                + f"; total {sum(counts.values()):,}; weights: {weights}"))
+        if name is None:
+            lines.append("[bold]timm/NAME[/]" + escape("[:key=value,...]: any timm model (e.g. timm/resnet18, "
+                         "timm/efficientnet_b0); blocks by family (resnet, vit, convnext) or derived from its stages"))
+            lines.append(escape("    weights: any model takes --weights PATH (a state dict) or --weights scratch "
+                                "(trained on the source split)"))
     elif what == "corruptions":
         from ftbench.data import corruptions
 
-        out.print(", ".join(corruptions.names()))
-        out.print(escape(f"frost: {corruptions.frost_source()}"))
+        lines.append(escape(", ".join(corruptions.names())))
+        lines.append(escape(f"frost: {corruptions.frost_source()}"))
     elif what == "recipes":
         from ftbench.papers.recipes import describe, recipes
 
-        for name, r in recipes().items():
-            out.print(f"[bold]{escape(name)}[/] (--recipe {escape(name)}; suite key recipe = \"{escape(name)}\")")
-            for line in describe(r):
-                out.print(escape(f"    {line}"))
+        for rname, r in recipes().items():
+            lines.append(f"[bold]{escape(rname)}[/] (--recipe {escape(rname)}; suite key recipe = \"{escape(rname)}\")")
+            lines.extend(escape(f"    {line}") for line in describe(r))
     elif what == "suites":
         from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
 
         path = suites or default_suites_file()
-        for name, about in suite_descriptions(path).items():
-            out.print(f"[bold]{escape(name)}[/] ({len(expand_suite(name, path))} runs): {escape(about)}")
-    else:
-        raise unknown("list target", what, ["benchmarks", "models", "methods", "corruptions", "recipes", "suites", "protocols"])
+        for sname, about in suite_descriptions(path).items():
+            lines.append(f"[bold]{escape(sname)}[/] ({len(expand_suite(sname, path))} runs): {escape(about)}")
+    return lines
 
 
 def refuse_repeated_options(command: Any, argv: list[str]) -> None:

@@ -138,7 +138,7 @@ def resolve(spec: RunSpec) -> RunSpec:
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
     if spec.weights is not None:
-        from ftbench.models.timm_models import resolve_weights
+        from ftbench.models.weights import resolve_weights
 
         spec = dataclasses.replace(spec, weights=resolve_weights(spec.weights, entry))
     protocol.check_weights(bench, spec, entry.weights is not None)
@@ -233,6 +233,29 @@ def expand_suite(name: str, path: Path | None = None) -> list[RunSpec]:
     path = path or default_suites_file()
     suites, text = load_suites(path)
     return _expand(name, suites, text, path, stack=())
+
+
+def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
+    """:func:`expand_suite`, from the catalog cache in a fresh process (ftbench/catalog.py): spares
+    ``sweep --dry-run`` and ``list suites`` the imports of every registry. Keyed by the suites file's
+    path and text and the working directory (relative weights paths); a cached spec whose weights
+    file is gone is expanded again, which says so."""
+    import hashlib
+    import os
+
+    from ftbench.catalog import cached
+
+    path = Path(path or default_suites_file())
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return expand_suite(name, path)  # its error says what is wrong with the file
+    dicts = cached(("suite", name, str(path.resolve()), digest, os.getcwd()),
+                   lambda: [s.to_dict() for s in expand_suite(name, path)])
+    specs = [RunSpec.from_dict(d) for d in dicts]
+    if any(s.weights not in (None, "scratch") and not Path(s.weights).is_file() for s in specs):
+        return expand_suite(name, path)
+    return specs
 
 
 def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ...]) -> list[RunSpec]:

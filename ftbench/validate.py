@@ -22,6 +22,8 @@ from typing import Any
 
 from ftbench.errors import UsageError
 
+DEVICES = ("auto", "cpu", "cuda")  # --device
+
 INT64_MAX = 2**63 - 1
 C_INT_MAX = 2**31 - 1
 

@@ -179,3 +179,13 @@ def test_builtin_method_table_is_the_registry() -> None:
     from ftbench.methods.base import all_methods
 
     assert BUILTIN_ORDER == {m.name: m.order for m in all_methods()}
+
+
+def test_builtin_method_modules_are_where_each_method_registers() -> None:
+    """get_method imports only BUILTIN_MODULE[name] (a warm run should not import every method):
+    each entry must be the module that defines the method, and every built-in method has one."""
+    from ftbench.methods import BUILTIN_MODULE
+    from ftbench.methods.base import all_methods
+
+    assert {m.name: m.__module__ for m in all_methods()} == {
+        n: f"ftbench.methods.{mod}" for n, mod in BUILTIN_MODULE.items()}

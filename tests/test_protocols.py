@@ -199,3 +199,18 @@ def test_every_method_runs_in_both_protocols_or_says_why(method: str) -> None:
 
 def _fast(method: str) -> tuple:
     return {"autoft": (("trials", 2), ("inner_steps", 2))}.get(method, ())
+
+
+def test_digits_read_without_sklearn_are_load_digits_arrays():
+    """The embedded benchmark reads scikit-learn's digits file itself (no 1 s sklearn import in a
+    warm run); the arrays must be exactly load_digits' or every digits number would move."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from ftbench.data.digits import load_digits_arrays
+
+    images, target = load_digits_arrays()
+    d = load_digits()
+    assert images.dtype == d.images.dtype and target.dtype == d.target.dtype
+    np.testing.assert_array_equal(images, d.images)
+    np.testing.assert_array_equal(target, d.target)

@@ -103,7 +103,8 @@ def test_the_gate_is_exact_only_on_the_machine_that_made_the_numbers(tmp_path: P
     here = tool.machine_fingerprint()
     assert {"torch", "numpy", "timm", "machine"} <= set(here)
     made = machine.read_text()
-    for key, other in (("model", "1"), ("flags_sha1", "000000000000"), ("torch", "9.9.9")):
+    for key in ("model", "flags_sha1", "torch"):
+        other = f"{here.get(key, '-')}-elsewhere"  # (a fixed value could be this machine's: AMD EPYC's model is 1)
         record = json.loads(made)
         record["fingerprint"][key] = other
         machine.write_text(json.dumps(record))

@@ -97,10 +97,10 @@ def _torch_load_calls() -> list[tuple[str, int, ast.Call]]:
 
 def test_every_torch_load_in_the_code_is_weights_only() -> None:
     """The audit, kept: a new ``torch.load`` without ``weights_only=True`` fails here (and each
-    existing one has its planted-pickle case above: resume.py, pretrain.py, timm_models.py)."""
+    existing one has its planted-pickle case above: resume.py, pretrain.py, weights.py)."""
     calls = _torch_load_calls()
     assert {f for f, _, _ in calls} == {"ftbench/train/resume.py", "ftbench/models/pretrain.py",
-                                        "ftbench/models/timm_models.py"}
+                                        "ftbench/models/weights.py"}
     for f, line, call in calls:
         kw = {k.arg: k.value for k in call.keywords}
         assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, f"{f}:{line}"

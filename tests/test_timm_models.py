@@ -1,4 +1,4 @@
-"""Real backbones (ftbench/models/timm_models.py): timm models by name, CIFAR networks, block
+"""Real backbones (ftbench/models/timm_models.py, cifar.py, weights.py): timm models by name, CIFAR networks, block
 partitions, --weights files and hub weights, and what `ftbench list models` shows."""
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import torch
 from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.models import pretrain
+from ftbench.models import base as models_base
+from ftbench.models import cifar as cifar_nets
 from ftbench.models import timm_models as tm
+from ftbench.models import weights as weights_mod
 from ftbench.models.base import get_model_entry
 from ftbench.spec import RunSpec, expand_suite, resolve
 from ftbench.train import prefix
@@ -65,27 +68,27 @@ def test_family_partition_as_the_papers_name_it(family: str) -> None:
 
 
 def test_cifar_networks_partition_and_size() -> None:
-    wrn = tm.WideResNet(3, 10, depth=10, widen=1)  # the WRN-28-10 architecture at its smallest
+    wrn = cifar_nets.WideResNet(3, 10, depth=10, widen=1)  # the WRN-28-10 architecture at its smallest
     _covers_once(wrn)
     blocks = _names_by_block(wrn)
     assert tuple(blocks) == ("1", "2", "3", "last")
     assert {"conv1.weight", "block1.layer.0.conv1.weight"} <= blocks["1"] and {"bn1.weight", "block3.layer.0.conv2.weight"} <= blocks["3"]
-    res = tm.CifarResNet(3, 10, depth=26)
+    res = cifar_nets.CifarResNet(3, 10, depth=26)
     _covers_once(res)
     assert len(res.layer1) == len(res.layer2) == len(res.layer3) == 4  # 6n+2 = 26: n = 4 basic blocks per stage
     assert [u for u, _ in res.residual_units()][:5] == ["layer1.0", "layer1.1", "layer1.2", "layer1.3", "layer2.0"]
     # The full models' sizes, counted on the meta device (no memory): WRN-28-10 is the 36.5M network.
-    assert tm.block_parameter_counts(get_model_entry("wrn-28-10")) == {
+    assert models_base.block_parameter_counts(get_model_entry("wrn-28-10")) == {
         "1": 1_641_104, "2": 6_968_000, "3": 27_863_680, "last": 6_410}
-    assert sum(tm.block_parameter_counts(get_model_entry("resnet26-cifar")).values()) == 369_690
-    assert sum(tm.block_parameter_counts(get_model_entry("resnet50")).values()) == 25_557_032
+    assert sum(models_base.block_parameter_counts(get_model_entry("resnet26-cifar")).values()) == 369_690
+    assert sum(models_base.block_parameter_counts(get_model_entry("resnet50")).values()) == 25_557_032
 
 
 @pytest.mark.parametrize("family", list(TINY))
 def test_features_and_head_are_the_timm_models_forward(family: str) -> None:
     arch, kw = TINY[family]
     with torch.random.fork_rng():
-        torch.manual_seed(tm.BUILD_SEED)  # create() builds under this seed: the same initial weights
+        torch.manual_seed(models_base.BUILD_SEED)  # create() builds under this seed: the same initial weights
         ref = timm.create_model(arch, num_classes=5, in_chans=3, **kw).eval()
     model = tm.create(arch, 3, 5, **kw).eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -105,7 +108,7 @@ def test_features_and_head_are_the_timm_models_forward(family: str) -> None:
 
 def test_cifar_networks_cut_at_block_boundaries() -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    for model in (tm.WideResNet(3, 10, depth=10, widen=1).eval(), tm.CifarResNet(3, 10, depth=8).eval()):
+    for model in (cifar_nets.WideResNet(3, 10, depth=10, widen=1).eval(), cifar_nets.CifarResNet(3, 10, depth=8).eval()):
         with torch.no_grad():
             y = model(x)
             assert torch.equal(model.head(model.features(x)), y) and prefix.can_cut(model)
@@ -145,7 +148,7 @@ def test_stages_from_feature_info_and_conv_classifiers(tmp_path: Path) -> None:
     assert "net.head.norm.weight" in blocks["4"]  # what follows the last stage ends its features
     # A 1×1 convolution classifier on the pooled map (DLA, BiT's ResNetV2) becomes the linear head.
     with torch.random.fork_rng():
-        torch.manual_seed(tm.BUILD_SEED)
+        torch.manual_seed(models_base.BUILD_SEED)
         ref = timm.create_model("dla46_c", num_classes=4).eval()
     model = tm.create("dla46_c", 3, 4).eval()
     assert isinstance(model.head, torch.nn.Linear) and model.head.weight.shape == (4, 256)
@@ -158,7 +161,7 @@ def test_stages_from_feature_info_and_conv_classifiers(tmp_path: Path) -> None:
     fresh = tm.create("dla46_c", 3, 4)
     path = tmp_path / "dla.pt"
     torch.save(native, path)
-    assert tm.load_weights(fresh, path) is True and torch.equal(fresh.head.weight, ref.fc.weight.flatten(1))
+    assert weights_mod.load_weights(fresh, path) is True and torch.equal(fresh.head.weight, ref.fc.weight.flatten(1))
 
 
 def test_other_isotropic_transformers_in_thirds() -> None:
@@ -209,7 +212,7 @@ def test_weights_files(tmp_path: Path) -> None:
     ours = tmp_path / "ours.pt"
     torch.save(src.state_dict(), ours)
     fresh = tm.create("resnet18", 1, 10)
-    assert tm.load_weights(fresh, ours) is True
+    assert weights_mod.load_weights(fresh, ours) is True
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), src.state_dict().values()))
     # timm's own key layout, wrapped and DataParallel-prefixed, with an ImageNet head on RGB input.
     with torch.random.fork_rng():
@@ -219,7 +222,7 @@ def test_weights_files(tmp_path: Path) -> None:
     torch.save({"state_dict": {f"module.{k}": v for k, v in imnet.state_dict().items()}}, native)
     gray = tm.create("resnet18", 1, 10)
     head_before = gray.head.weight.clone()
-    assert tm.load_weights(gray, native) is False  # the 1000-class head does not fit 10 classes
+    assert weights_mod.load_weights(gray, native) is False  # the 1000-class head does not fit 10 classes
     assert torch.equal(gray.head.weight, head_before)
     assert torch.equal(gray.net.layer3[1].conv2.weight, imnet.layer3[1].conv2.weight)
     assert torch.equal(gray.net.bn1.running_var, imnet.bn1.running_var)
@@ -227,17 +230,17 @@ def test_weights_files(tmp_path: Path) -> None:
     # allclose's default (rtol 1e-5): the same three-term sum.
     assert torch.allclose(gray.net.conv1.weight, imnet.conv1.weight.sum(1, keepdim=True))
     # CIFAR networks: the reference layout's ``fc`` is the head.
-    wrn = tm.WideResNet(3, 10, depth=10, widen=1)
+    wrn = cifar_nets.WideResNet(3, 10, depth=10, widen=1)
     ref = {("fc." + k[5:]) if k.startswith("head.") else k: v + 1 for k, v in wrn.state_dict().items()}
     torch.save({"model": ref}, tmp_path / "wrn.pt")
-    assert tm.load_weights(wrn, tmp_path / "wrn.pt") is True and torch.equal(wrn.head.bias, ref["fc.bias"])
+    assert weights_mod.load_weights(wrn, tmp_path / "wrn.pt") is True and torch.equal(wrn.head.bias, ref["fc.bias"])
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(UsageError, match="is not a readable PyTorch checkpoint"):
-        tm.load_weights(tm.create("resnet18", 1, 10), bad)
+        weights_mod.load_weights(tm.create("resnet18", 1, 10), bad)
     with pytest.raises(UsageError, match=r"does not fit model .*missing"):
-        tm.load_weights(tm.CifarResNet(1, 10, depth=8), ours)
+        weights_mod.load_weights(cifar_nets.CifarResNet(1, 10, depth=8), ours)
 
 
 def test_pretrained_from_weights(tmp_path: Path, monkeypatch) -> None:
@@ -264,7 +267,7 @@ def test_pretrained_from_weights(tmp_path: Path, monkeypatch) -> None:
     cached = list((tmp_path / "cache" / "models").iterdir())
     assert [p.name[:14] for p in cached] == ["timm_resnet18-"]
     calls: list[int] = []
-    monkeypatch.setattr(tm, "fit_head", lambda *a: calls.append(1))
+    monkeypatch.setattr(weights_mod, "fit_head", lambda *a: calls.append(1))
     again = pretrain.pretrained("timm/resnet18", source, torch.device("cpu"), str(tmp_path / "imnet.pt"))
     assert calls == [] and torch.equal(again.head.weight, got.head.weight)
 

@@ -158,7 +158,7 @@ def generate(clean: np.ndarray, name: str, severity: int) -> np.ndarray:
 
 
 def _gen_cache_path(clean: np.ndarray, name: str, severity: int) -> Path:
-    from ftbench.models.pretrain import cache_dir
+    from ftbench.data.fetch import cache_dir
 
     # Tied to the input images and to the corruption code, so neither a different copy of CIFAR-10
     # nor a changed corruption ever reads a stale file.
@@ -237,7 +237,7 @@ def few_shot(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarr
 class _Cifar10(FetchedBenchmark):
     """What the three CIFAR-10 benchmarks share: source task, target partition, checks."""
 
-    default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/timm_models.py)
+    default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/cifar.py)
     default_shots = DEFAULT_SHOTS
     max_shots = MAX_SHOTS
     default_corruption = DEFAULT_CORRUPTION

@@ -62,13 +62,37 @@ OOD_VAL_CORRUPTIONS = ("contrast", "defocus_blur", "impulse_noise", "pixelate")
 OOD_VAL_SEVERITY = 3
 
 
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as ``(images N×8×8 float64, target N int)``, the arrays of
+    ``sklearn.datasets.load_digits()``.
+
+    Read as ``load_digits`` reads it (``np.loadtxt`` of ``sklearn/datasets/data/digits.csv.gz``),
+    but found without importing scikit-learn, whose import costs a warm ``ftbench run`` more than a
+    second; falls back to ``load_digits`` itself where the file is not where scikit-learn keeps it.
+    tests/test_digits.py checks that both give the same arrays."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    roots = spec.submodule_search_locations if spec is not None and spec.submodule_search_locations else []
+    for root in roots:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, mode="rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+    from sklearn.datasets import load_digits  # pragma: no cover (an unusual install)
+
+    d = load_digits()  # pragma: no cover
+    return d.images, d.target  # pragma: no cover
+
+
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[:, None]  # N×1×8×8 in [0, 1]
-    y = d.target.astype(np.int64)
+    images, target = load_digits_arrays()
+    x = (images.astype(np.float32) / 16.0)[:, None]  # N×1×8×8 in [0, 1]
+    y = target.astype(np.int64)
     rng = np.random.default_rng(DATA_SEED)
     roles: dict[str, list[np.ndarray]] = {k: [] for k in [*FRACTIONS, "target_test"]}
     for c in range(10):

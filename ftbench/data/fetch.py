@@ -229,6 +229,12 @@ def user_cache() -> Path:
     return Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
 
 
+def cache_dir() -> Path:
+    """ftbench's cache (source models, generated data, the catalog): ``$FTBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/ftbench`` (``~/.cache/ftbench``)."""
+    return Path(os.environ.get("FTBENCH_CACHE") or user_cache() / "ftbench")
+
+
 def status(ds: Dataset, root: Path) -> str:
     """One word or phrase: ready, partial download, not downloaded, missing (manual data)."""
     if not ds.problems(root):

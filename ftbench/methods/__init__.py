@@ -11,6 +11,15 @@ BUILTIN_ORDER = {
     "autoft": 65, "bitfit": 70, "ln-tune": 71, "adapter": 72, "vpt": 73, "ssf": 74, "lora": 75,
 }
 BUILTIN_NAMES = tuple(sorted(BUILTIN_ORDER))
+# The module of ftbench.methods that registers each built-in method, so that ``run`` imports the one
+# it needs (not spottune's, SNR's and the PETL modules with theirs); checked by tests/test_methods.py.
+BUILTIN_MODULE = {
+    "none": "surgical", "surgical": "surgical", "full": "surgical", "linear-probe": "linear", "lp-ft": "linear",
+    "auto-rgn": "rgn", "auto-snr": "snr", "l2-sp": "regularizers", "l1-sp": "regularizers",
+    "gradual-unfreeze": "gradual", "wise-ft": "wiseft", "spottune": "spottune", "spottune-global-k": "spottune",
+    "autoft": "autoft", "bitfit": "petl", "ln-tune": "petl", "lora": "petl", "adapter": "petl_modules",
+    "vpt": "petl_modules", "ssf": "petl_modules",
+}
 
 
 def method_order() -> dict[str, int]:

@@ -232,7 +232,14 @@ def _register_builtin() -> None:
 
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
-        _register_builtin()
+        from ftbench.methods import BUILTIN_MODULE
+
+        if name in BUILTIN_MODULE:  # only the module that registers it
+            import importlib
+
+            importlib.import_module(f"ftbench.methods.{BUILTIN_MODULE[name]}")
+        if name not in METHODS:
+            _register_builtin()
     return METHODS.get(name)
 
 

@@ -102,14 +102,47 @@ class ModelEntry:
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
+BUILD_SEED = 0  # models are built under a fixed seed, so a build does not depend on the global RNG
+
+# The module of ftbench.models that registers each built-in model, so that a run imports only its
+# own (a digits-resnet run needs neither timm nor torchvision); checked by tests/test_models.py.
+BUILTIN_MODULE = {
+    "digits-resnet": "small", "digits-vit": "vit", "resnet26-cifar": "cifar", "wrn-28-10": "cifar",
+    "resnet50": "timm_models", "vit-b16": "timm_models", "convnext-tiny": "timm_models",
+}
+
+
+def register_builtin_models() -> None:
+    """Import every module that registers built-in models (for listings of all of them)."""
+    import importlib
+
+    for module in sorted(set(BUILTIN_MODULE.values())):
+        importlib.import_module(f"ftbench.models.{module}")
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    import ftbench.models.small  # noqa: F401  (registers the embedded models)
-    import ftbench.models.vit  # noqa: F401
-    from ftbench.models.timm_models import lookup  # registers the CIFAR/timm models; any timm model as timm/NAME
+    """The model registered as ``name``, or any timm model as ``timm/NAME`` (UsageError listing names)."""
+    if name not in MODELS and name in BUILTIN_MODULE:
+        import importlib
+
+        importlib.import_module(f"ftbench.models.{BUILTIN_MODULE[name]}")
+    if name in MODELS:
+        return MODELS.get(name)
+    register_builtin_models()
+    from ftbench.models.timm_models import (
+        lookup,  # any timm model as timm/NAME, or the error naming all
+    )
 
     return lookup(name)
+
+
+def block_parameter_counts(entry: ModelEntry) -> dict[str, int]:
+    """Parameters per block of ``entry`` for its native input channels and classes (built on the meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        model = entry.build(*entry.native)
+    return {b: sum(p.numel() for p in model.block_parameters(b)) for b in model.block_names()}
 
 
 # What a forward pass says when an image is too small for a model, or of a size it was not built for.

@@ -17,12 +17,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ftbench.data.base import SourceTask
+from ftbench.data.fetch import cache_dir
 from ftbench.errors import disk_error
 from ftbench.models.base import BlockModel, get_model_entry
 from ftbench.train.loop import fit
@@ -33,11 +35,6 @@ PRETRAIN_VERSION = 2
 RECIPE = {"optimizer": "adam", "lr": 3e-3, "wd": 5e-4, "epochs": 40, "batch_size": 64, "seed": 0}
 
 
-def cache_dir() -> Path:
-    """``$FTBENCH_CACHE``, else ``$XDG_CACHE_HOME/ftbench`` (``~/.cache/ftbench``)."""
-    from ftbench.data.fetch import user_cache
-
-    return Path(os.environ.get("FTBENCH_CACHE") or user_cache() / "ftbench")
 
 
 def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
@@ -46,11 +43,26 @@ def cache_path(model: str, source: SourceTask, device: torch.device, weights: st
     key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": recipe_of(source),
            "device": torch.device(device).type}
     if weights is not None:  # a classifier fit on given weights; enters the key only then (older keys stay)
-        from ftbench.models.timm_models import HEAD_RECIPE
+        from ftbench.models.weights import HEAD_RECIPE
 
         key.update(weights=weights, recipe=HEAD_RECIPE)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{model.replace('/', '_').replace(':', '_')}-{digest}.pt"
+
+
+def trained_here(model: str, source: SourceTask | None, device: torch.device, weights: str | None,
+                 target: Any) -> bool:
+    """Whether the source model of ``(model, source)`` was trained from scratch on this source split
+    and is in the cache, and ``target``'s images are of the source's channels and size: then the
+    model takes them, and the meta-device size check (``check_input_fits``, which costs a warm run
+    ~2 s of torch imports) has nothing to find. Models with given or hub weights are always checked:
+    their cache key needs the weights loaded, which is what the check comes before."""
+    if source is None or (target.channels, target.image_size) != (source.train.channels, source.train.image_size):
+        return False
+    entry = get_model_entry(model)
+    if not (weights == "scratch" or (weights is None and entry.weights is None)):
+        return False
+    return cache_path(model, source, device).is_file()
 
 
 def pretrained(model: str, source: SourceTask | None, device: torch.device, weights: str | None = None, *,
@@ -67,7 +79,7 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
     source split, on the frozen backbone (cached). Without weights the whole model is trained on
     the source split from random initialisation (cached). See docs/models.md.
     """
-    from ftbench.models.timm_models import given_weights, fit_head
+    from ftbench.models.weights import fit_head, given_weights
 
     entry = get_model_entry(model)
     if source is None:

@@ -1,4 +1,5 @@
-"""Real backbones: any timm model by name, and the CIFAR networks of the papers, with named blocks.
+"""timm backbones: any timm model by name, with named blocks (the CIFAR networks of the papers are in
+:mod:`ftbench.models.cifar`, weight files in :mod:`ftbench.models.weights`).
 
 Block partitions, named the way the papers name them (``"last"`` is always exactly the linear
 classifier, ``model.head``):
@@ -10,8 +11,6 @@ classifier, ``model.head``):
   the final norm (``norm``/``fc_norm``/attention pool): the convention of ``digits-vit``
   (``ftbench/models/vit.py``), where the final norm ends the feature extractor.
 * **ConvNeXt**: 1 = stem + ``stages.0``, 2/3/4 = ``stages.1/2/3`` (4 also takes the head's norm).
-* **CIFAR ResNet-26** (``resnet26-cifar``) and **WideResNet-28-10** (``wrn-28-10``), defined here:
-  1 = stem convolution + stage 1, 2 = stage 2, 3 = stage 3 (+ WRN's final BatchNorm).
 * **Any other timm model**: blocks derived from its top-level stages — timm's own coarse
   ``group_matcher`` (the grouping timm uses for layer-wise learning-rate decay): the stem goes with
   the first stage and whatever follows the last stage (a final norm or conv) with the last one;
@@ -21,12 +20,12 @@ classifier, ``model.head``):
 
 Names: ``timm/NAME`` is any timm model (``timm/resnet18``, ``timm/convnext_atto``,
 ``timm/resnet50.tv_in1k``), optionally with keyword arguments for ``timm.create_model``:
-``timm/vit_tiny_patch16_224:img_size=32,patch_size=8``. Registered names: ``resnet26-cifar``,
-``wrn-28-10``, ``resnet50``, ``vit-b16``, ``convnext-tiny``.
+``timm/vit_tiny_patch16_224:img_size=32,patch_size=8``. Registered names: ``resnet50``, ``vit-b16``,
+``convnext-tiny``.
 
 Weights (docs/models.md): a timm model with weights on the Hugging Face hub starts from them
 (``pretrained=True``); ``--weights PATH`` (alias ``--checkpoint``) loads a local state dict instead
-(``torch.load(weights_only=True)``); ``--weights scratch`` trains it from random initialisation on
+(``torch.load(weights_only=True)``, :mod:`ftbench.models.weights`); ``--weights scratch`` trains it from random initialisation on
 the benchmark's source split, which is what models without hub weights (the CIFAR ones, digits) do
 by default. See :func:`ftbench.models.pretrain.pretrained` for what becomes the source model.
 """
@@ -36,32 +35,23 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
-import hashlib
 import os
-import pickle
 import re
 import sys
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.models import ConvNeXt, ResNet, VisionTransformer
 from torch import nn
 
-from ftbench.data.base import SourceTask
 from ftbench.errors import UsageError
-from ftbench.models.base import MODELS, BlockModel, ModelEntry, PiecewiseForward
-from ftbench.train.loop import autocast
+from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, PiecewiseForward
 
 PREFIX = "timm/"
-SCRATCH = "scratch"  # --weights scratch: random initialisation, trained on the source split
-BUILD_SEED = 0  # models are built under a fixed seed, so a build does not depend on the global RNG
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,360 +541,8 @@ def lookup(name: str) -> ModelEntry:
 
 
 # ---------------------------------------------------------------------------------------------
-# CIFAR networks (not in timm): ResNet-26 and WideResNet-28-10
-
-
-class _CifarBasicBlock(nn.Module):
-    """He et al.'s basic block (conv-BN-ReLU-conv-BN + shortcut, ReLU), 1×1 conv + BN projection."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class _CifarNet(PiecewiseForward, BlockModel):
-    """Shared by the CIFAR networks: three stages, a stem, pieces for the prefix fast path."""
-
-    stages: tuple[str, str, str] = ("layer1", "layer2", "layer3")
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _tail(self, h: torch.Tensor) -> torch.Tensor:  # after the last stage: to pooled features
-        return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
-
-    def _pieces(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
-        s1, s2, s3 = (getattr(self, s) for s in self.stages)
-        return [("1", lambda x: s1(self._stem(x))), ("2", lambda h: s2(h)), ("3", lambda h: self._tail(s3(h))),
-                ("last", lambda h: self.head(h))]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        for _, piece in self._pieces()[:-1]:
-            x = piece(x)
-        return x
-
-    def residual_units(self) -> list[tuple[str, str]]:
-        return [(f"{path}.{i}", str(k + 1)) for k, s in enumerate(self.stages)
-                for path in [s if isinstance(getattr(self, s), nn.Sequential) else f"{s}.layer"]
-                for i in range(len(self.get_submodule(path)))]
-
-    def adapt_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Published checkpoints call the classifier ``fc``; here it is ``head``."""
-        return {("head." + k[3:]) if k.startswith("fc.") else k: v for k, v in sd.items()}
-
-    def first_conv(self) -> str | None:
-        return "conv1.weight"
-
-
-class CifarResNet(_CifarNet):
-    """He et al. (2016, §4.2) CIFAR ResNet of depth 6n+2 (ResNet-26: n = 4).
-
-    A 3×3 convolution (16·width channels) + BN + ReLU, three stages of n basic blocks with 16, 32,
-    64 (× width) channels (stride 2 entering stages 2 and 3, with a 1×1 convolution + BN projection
-    shortcut where the shape changes), global average pooling and a linear classifier.
-    Blocks: 1 = stem + stage 1, 2 = stage 2, 3 = stage 3, last = classifier.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, depth: int = 26, width: int = 1) -> None:
-        super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 26, ...), got {depth}")
-        n = (depth - 2) // 6
-        w = [16 * width, 32 * width, 64 * width]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(BUILD_SEED)
-            self.conv1 = nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(w[0])
-            cin = w[0]
-            for k, c in enumerate(w):
-                layers = []
-                for i in range(n):
-                    layers.append(_CifarBasicBlock(cin, c, 2 if (k > 0 and i == 0) else 1))
-                    cin = c
-                setattr(self, f"layer{k + 1}", nn.Sequential(*layers))
-            self.head = nn.Linear(cin, num_classes)
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn1(self.conv1(x)))
-
-    def blocks(self) -> OrderedDict[str, list[nn.Module]]:
-        return OrderedDict([("1", [self.conv1, self.bn1, self.layer1]), ("2", [self.layer2]), ("3", [self.layer3]),
-                            ("last", [self.head])])
-
-
-class _WideBlock(nn.Module):
-    """Zagoruyko & Komodakis' pre-activation block (BN-ReLU-conv-BN-ReLU-conv + shortcut).
-
-    Parameter names follow the widely used reference implementation (xternalz/WideResNet-pytorch,
-    as in RobustBench): ``bn1, conv1, bn2, conv2, convShortcut``. Where the width changes, the
-    pre-activation is shared by the residual branch and the 1×1 projection shortcut.
-    """
-
-    def __init__(self, cin: int, cout: int, stride: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.drop = drop
-        self.equal = cin == cout
-        self.convShortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(self.bn1(x))
-        out = F.relu(self.bn2(self.conv1(pre)))
-        if self.drop > 0:
-            out = F.dropout(out, p=self.drop, training=self.training)
-        out = self.conv2(out)
-        return (x if self.convShortcut is None else self.convShortcut(pre)) + out
-
-
-class _WideStage(nn.Module):
-    def __init__(self, n: int, cin: int, cout: int, stride: int, drop: float) -> None:
-        super().__init__()
-        self.layer = nn.Sequential(*[_WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, drop)
-                                     for i in range(n)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
-class WideResNet(_CifarNet):
-    """WRN-depth-k (Zagoruyko & Komodakis, 2016) for 32×32 images; WRN-28-10 has 36.5M parameters.
-
-    A 3×3 convolution to 16 channels, three stages of (depth−4)/6 pre-activation blocks with 16k,
-    32k, 64k channels (stride 2 entering stages 2 and 3), BN + ReLU, global average pooling and a
-    linear classifier. Blocks: 1 = stem convolution + stage 1, 2 = stage 2, 3 = stage 3 + the final
-    BN, last = classifier. Key layout of the reference implementation (``conv1``, ``block1.layer.0.bn1``,
-    …, ``bn1``, ``fc``), so its checkpoints load with ``--weights``.
-    """
-
-    stages = ("block1", "block2", "block3")
-
-    def __init__(self, in_channels: int, num_classes: int, depth: int = 28, widen: int = 10, drop: float = 0.0) -> None:
-        super().__init__()
-        if (depth - 4) % 6 or depth < 10:
-            raise ValueError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, ...), got {depth}")
-        n = (depth - 4) // 6
-        w = [16, 16 * widen, 32 * widen, 64 * widen]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(BUILD_SEED)
-            self.conv1 = nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False)
-            self.block1 = _WideStage(n, w[0], w[1], 1, drop)
-            self.block2 = _WideStage(n, w[1], w[2], 2, drop)
-            self.block3 = _WideStage(n, w[2], w[3], 2, drop)
-            self.bn1 = nn.BatchNorm2d(w[3])
-            self.head = nn.Linear(w[3], num_classes)
-            for m in self.modules():  # the reference initialisation
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.Linear):
-                    nn.init.zeros_(m.bias)
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv1(x)
-
-    def _tail(self, h: torch.Tensor) -> torch.Tensor:
-        return super()._tail(F.relu(self.bn1(h)))
-
-    def blocks(self) -> OrderedDict[str, list[nn.Module]]:
-        return OrderedDict([("1", [self.conv1, self.block1]), ("2", [self.block2]), ("3", [self.block3, self.bn1]),
-                            ("last", [self.head])])
-
-    def adapt_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # TRADES-style copies also hold an unused ``sub_block1``, which the forward pass never runs.
-        return super().adapt_state_dict({k: v for k, v in sd.items() if not k.startswith("sub_block1.")})
-
-
-# ---------------------------------------------------------------------------------------------
-# Local checkpoints (--weights PATH)
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``path`` (``torch.load(weights_only=True)``): plain, or under ``state_dict``/``model``.
-
-    A ``module.`` prefix (DataParallel) is dropped. Anything else is a one-line :class:`UsageError`.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"weights file {str(p)!r} not found")
-    unreadable = UsageError(f"weights file {str(p)!r} is not a readable PyTorch checkpoint (torch.save format)")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))  # either wording of torch
-        if found is None:  # not a pickle at all, e.g. a truncated download or another format
-            raise unreadable from None
-        raise UsageError(f"weights file {str(p)!r} holds Python objects besides tensors ({found.group(1)}), which "
-                         "weights_only=True refuses to load; save the state dict alone") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError):
-        raise unreadable from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise UsageError(f"weights file {str(p)!r} holds no state dict (a dict of tensors, plain or under "
-                         "'state_dict' / 'model')")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def load_weights(model: BlockModel, path: str | Path, name: str = "") -> bool:
-    """Load the state dict at ``path`` into ``model``; return whether its classifier was loaded too.
-
-    Accepts this model's own layout (the pretrain cache, ``net.*``/``head.*``) or the layout of the
-    network it wraps (a timm model's own keys, the CIFAR networks' ``fc``). Every parameter and buffer
-    but the classifier's must be there with its shape (BatchNorm's ``num_batches_tracked`` may be
-    missing); a first convolution for another number of input channels is adapted as timm adapts hub
-    weights. A classifier of another shape is left as built (re-initialised): the source model then
-    fits it on the source split.
-    """
-    sd = read_state_dict(path)
-    ours = model.state_dict()
-    adapt = getattr(model, "adapt_state_dict", None)
-    if adapt is not None:
-        other = adapt(sd)
-        if len(set(other) & set(ours)) > len(set(sd) & set(ours)):
-            sd = other
-    head_keys = {f"head.{k}" for k in model.head.state_dict()}
-    first = model.first_conv() if hasattr(model, "first_conv") else None
-    if first in sd and first in ours and sd[first].dim() == 4 and sd[first].shape != ours[first].shape \
-            and sd[first].shape[0] == ours[first].shape[0] and sd[first].shape[2:] == ours[first].shape[2:]:
-        try:  # as timm adapts hub weights: summed to 1 channel, repeated and rescaled for more
-            sd = {**sd, first: timm.models.adapt_input_conv(ours[first].shape[1], sd[first].float(),
-                                                             base_chans=sd[first].shape[1]).to(sd[first].dtype)}
-        except (NotImplementedError, ValueError, AssertionError):
-            pass  # reported below as a key of another shape
-    missing = [k for k in ours if k not in sd and k not in head_keys and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in ours]
-    wrong = [k for k in ours if k in sd and k not in head_keys and sd[k].shape != ours[k].shape]
-    if missing or unexpected or wrong:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-        what = [f"{len(missing)} missing ({few(missing)})"] * bool(missing) + \
-               [f"{len(unexpected)} unexpected ({few(unexpected)})"] * bool(unexpected) + \
-               [f"{len(wrong)} of another shape ({few(wrong)})"] * bool(wrong)
-        raise UsageError(f"weights file {str(path)!r} does not fit model {name or type(model).__name__!r}: "
-                         f"keys {'; '.join(what)}")
-    head_fits = all(k in sd and sd[k].shape == ours[k].shape for k in head_keys)
-    load = {k: v for k, v in sd.items() if head_fits or k not in head_keys}
-    with torch.no_grad():
-        model.load_state_dict(load, strict=False)
-    return head_fits
-
-
-def resolve_weights(weights: str | None, entry: ModelEntry) -> str | None:
-    """Canonical ``--weights`` value for a RunSpec: None (the model's default), ``scratch``, or an absolute path.
-
-    ``scratch`` for a model trained from scratch anyway is its default (None), so both ask for one run.
-    """
-    if weights is None:
-        return None
-    w = str(weights).strip()
-    if w == SCRATCH:
-        return SCRATCH if entry.weights is not None else None
-    p = Path(w).expanduser()
-    if not p.is_file():
-        raise UsageError(f"weights file {w!r} not found; --weights takes a state-dict file or 'scratch'")
-    return str(p.resolve())
-
-
-HEAD_RECIPE = {"solver": "lbfgs", "l2": 1e-3, "max_iter": 200}  # a classifier fit on given weights' features
-
-
-@dataclass
-class Given:
-    """Pretrained weights given for a run: the model holding them, and whether its classifier came too."""
-
-    model: BlockModel
-    head_loaded: bool
-    key: Callable[[], str]  # identity of the weights, for the cache key of a classifier fit on them
-
-
-def given_weights(entry: ModelEntry, name: str, in_channels: int, num_classes: int,
-                  weights: str | None) -> Given | None:
-    """The weights a run starts from: a state-dict file, the model's own hub weights (its default),
-    or None — train from random initialisation (``scratch``, and every model without hub weights)."""
-    if weights == SCRATCH or (weights is None and entry.weights is None):
-        return None
-    if weights is None:
-        assert entry.weights is not None
-        model, key, head = entry.weights(in_channels, num_classes)
-        return Given(model, head, lambda: key)
-    model = entry.build(in_channels, num_classes)
-    head = load_weights(model, weights, name)
-    return Given(model, head, lambda: f"file:sha256:{_file_digest(weights)}")
-
-
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-
-
-def fit_head(model: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
-    """Fit only the classifier on the source split, on the frozen backbone's features (eval mode):
-    L2-regularised logistic regression by full-batch L-BFGS from zero (``HEAD_RECIPE``), as the
-    linear probe fits it (``TrainContext.linear_probe``)."""
-    model = model.to(device).eval()
-    dev = torch.device(device)
-    with torch.no_grad(), autocast(dev):  # streamed splits (ImageNet-size sources) are decoded batch by batch
-        feats = torch.cat([model.features(xb).float() for xb in source.train.to(dev).batches(256)])
-    y = source.train.y.to(dev)
-    head = model.head
-    w = torch.zeros(head.weight.shape, device=dev, requires_grad=True)
-    b = torch.zeros(head.bias.shape, device=dev, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=HEAD_RECIPE["max_iter"], tolerance_grad=1e-7,
-                            tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(feats @ w.T + b, y) + 0.5 * HEAD_RECIPE["l2"] * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        head.weight.copy_(w)
-        head.bias.copy_(b)
-    return model
-
-
-def block_parameter_counts(entry: ModelEntry) -> dict[str, int]:
-    """Parameters per block of ``entry`` for its native input channels and classes (built on the meta device)."""
-    with torch.device("meta"):
-        model = entry.build(*entry.native)
-    return {b: sum(p.numel() for p in model.block_parameters(b)) for b in model.block_names()}
-
-
-# ---------------------------------------------------------------------------------------------
 # Registered models
 
-MODELS.register("resnet26-cifar")(ModelEntry(
-    build=lambda cin, n: CifarResNet(cin, n, depth=26, width=1),
-    block_names=("1", "2", "3", "last"),
-    help="CIFAR ResNet-26 (He et al. 2016: 3 stages x 4 basic blocks, 16/32/64 ch; block 1 = stem + stage 1)",
-    native=(3, 10),
-))
-MODELS.register("wrn-28-10")(ModelEntry(
-    build=lambda cin, n: WideResNet(cin, n, depth=28, widen=10),
-    block_names=("1", "2", "3", "last"),
-    help="WideResNet-28-10 for CIFAR (Zagoruyko & Komodakis 2016; block 1 = stem + stage 1, block 3 ends with the final BN)",
-    native=(3, 10),
-))
 MODELS.register("resnet50")(_entry(
     "resnet50.tv_in1k", {}, "timm resnet50.tv_in1k, torchvision's ImageNet weights (block 1 = stem + layer1)",
     FAMILY_BLOCKS["resnet"]))

@@ -36,7 +36,13 @@ CLASSES = {"digits": 10, "cifar10-c": 10, "cifar10-c-gen": 10, "cifar10-flip": 1
 @lru_cache(maxsize=64)
 def forward_flops(model: str, channels: int, size: int, classes: int) -> float | None:
     """Forward FLOPs of one ``channels``×``size``×``size`` image, counted on the meta device (None if the
-    model cannot be built or traced there)."""
+    model cannot be built or traced there); from the catalog cache in a fresh process."""
+    from ftbench.catalog import cached
+
+    return cached(("flops", model, channels, size, classes), lambda: _count_flops(model, channels, size, classes))
+
+
+def _count_flops(model: str, channels: int, size: int, classes: int) -> float | None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -73,7 +73,7 @@ class IdOod(Protocol):
         return dataclasses.replace(spec, shift=shift)
 
     def check_weights(self, bench: Benchmark, spec: RunSpec, has_hub_weights: bool) -> None:
-        from ftbench.models.timm_models import SCRATCH
+        from ftbench.models.weights import SCRATCH
 
         given = spec.weights not in (None, SCRATCH) or (spec.weights is None and has_hub_weights)
         if not bench.id_ood_pretrains and not given:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ftbench.errors import UsageError, unknown
+from ftbench.report import FORMATS, TABLES  # noqa: F401  (the accepted --format and --table values)
 
 # Model selections (--select): name -> what it means. Which column each one reads depends on the rows'
 # protocol (Protocol.selections); a selection a protocol does not have is refused for its rows.
@@ -49,8 +50,6 @@ HYPERPARAMETERS = ["lr", "wd", "steps", "epochs", "batch_size", "optimizer"]
 ROW_KEY = ["method", "blocks", "variant"]
 COL_KEY = ["benchmark", "shift", "corruption", "severity", "model", "shots", "protocol"]
 LEVEL_ORDER = {"input": 0, "feature": 1, "output": 2, "natural": 3, "mixed": 4}
-FORMATS = ("terminal", "markdown", "latex", "html", "csv", "json")
-TABLES = ("shifts", "blocks", "methods", "corruptions", "robustness")
 DEFAULT_TREND = ("full",)  # methods whose runs trace the ID-OOD trend line of --table robustness
 CHECKPOINTS = ("best", "final")
 METRIC_NAMES = {"ood_acc": "OOD", "id_acc": "ID", "val_acc": "target val", "source_val_acc": "source val"}

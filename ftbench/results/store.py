@@ -12,13 +12,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ftbench.errors import UsageError, disk_error
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where results are read: writing a row needs pyarrow only
 
 SCHEMA_VERSION = 1
 SCHEMA = pa.schema(
@@ -177,6 +179,8 @@ def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
     the run its name says. One file given by itself may have any name; a problem with it is a
     :class:`UsageError`. The files this uses are exactly those :func:`completed_ids` counts as done.
     """
+    import pandas as pd
+
     p = Path(results_dir)
     if p.is_file():
         files = [p]

@@ -18,8 +18,15 @@ from ftbench.errors import DiskError
 from ftbench.results.store import completed_ids
 from ftbench.spec import RunSpec
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import Outcome, clean_tmp, holder, run_group, run_task, set_threads, stopped_by_disk
-from ftbench.train.fused import fusable_groups
+from ftbench.sweep.task import (
+    Outcome,
+    clean_tmp,
+    holder,
+    run_group,
+    run_task,
+    set_threads,
+    stopped_by_disk,
+)
 
 
 @dataclass
@@ -97,6 +104,10 @@ def _run_sweep(specs: list[RunSpec], out_dir: Path, device: str,
             held = []
             # Runs that differ only in lr, wd or seed train together where fused training is on
             # (on CUDA by default; ftbench/train/fused.py); every other group is one run.
+            from ftbench.train.fused import (
+                fusable_groups,  # torch: imported when there is work
+            )
+
             for group in fusable_groups(pending, device):
                 bar.running(len(group))
                 if len(group) == 1:
@@ -129,6 +140,17 @@ def _restore_threads(previous: int | None) -> Iterator[None]:
     finally:
         if previous is not None:
             set_threads(previous)
+
+
+def describe_all(specs: list[RunSpec]) -> list[str]:
+    """:func:`describe` of each spec; in a fresh process from the catalog cache (ftbench/catalog.py),
+    keyed by the run ids, which determine the specs."""
+    import hashlib
+
+    from ftbench.catalog import cached
+
+    ids = hashlib.sha256(" ".join(s.run_id for s in specs).encode()).hexdigest()
+    return cached(("describe", ids), lambda: [describe(s) for s in specs])
 
 
 def describe(spec: RunSpec) -> str:

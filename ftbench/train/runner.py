@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import importlib
 import importlib.metadata
 import math
 import os
@@ -26,7 +27,7 @@ from ftbench.spec import RunSpec, resolve
 from ftbench.train.context import TrainContext
 from ftbench.train.loop import evaluate
 
-DEVICES = ("auto", "cpu", "cuda")
+from ftbench.validate import DEVICES
 
 
 def pick_device(device: str) -> torch.device:
@@ -138,8 +139,10 @@ def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
     bench = get_benchmark(spec.benchmark)
     task = get_protocol(spec.protocol).task(bench, spec).to(dev)
     from ftbench.models.base import check_input_fits
+    from ftbench.models.pretrain import trained_here
 
-    check_input_fits(spec.model, task.train.channels, task.train.image_size, spec.benchmark)
+    if not trained_here(spec.model, task.pretraining, dev, spec.weights, task.train):
+        check_input_fits(spec.model, task.train.channels, task.train.image_size, spec.benchmark)
     model = pretrained(spec.model, task.pretraining, dev, spec.weights,
                        channels=task.train.channels, num_classes=task.num_classes)
     return model, task
@@ -152,7 +155,7 @@ def prepare_head(method: Method, ctx: TrainContext) -> None:
         return
     ctx.new_head()
     if method.head_init(ctx.block_names) == "probe":
-        from ftbench.models.timm_models import HEAD_RECIPE
+        from ftbench.models.weights import HEAD_RECIPE
 
         ctx.set_trainable(["last"], bn="frozen")
         ctx.linear_probe(l2=HEAD_RECIPE["l2"], max_iter=HEAD_RECIPE["max_iter"])
@@ -197,6 +200,10 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
 
     if spec.checkpoints:
         ctx.on_checkpoint = on_checkpoint
+    # torch.optim's first optimizer of a process imports torch._dynamo (1-2 s on a CPU): done here, so
+    # that train_seconds measures training whether or not this is the process's first run.
+    importlib.import_module("torch._dynamo")
+
     _sync(dev)
     t0 = time.perf_counter()
     prepare_head(method, ctx)
