@@ -25,7 +25,7 @@ app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
     help="Benchmark fine-tuning methods per layer subset under distribution shift.",
 )
 out = Console(highlight=False, soft_wrap=True, width=int(os.environ.get("COLUMNS", 160)))  # lines unwrapped; tables fit the width
@@ -58,40 +58,40 @@ def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(opts.items()))
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  ftbench run --method surgical --block 1 --shift corruption\n\n  ftbench run --method lp-ft --protocol id-ood --seed 1\n\n  ftbench run --method lora --set r=8 --model digits-vit")
 def run(
     ctx: typer.Context,
-    benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)"),
+    benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)", rich_help_panel="Data"),
     shift: str = typer.Option("corruption", help="shift of the benchmark (ftbench list benchmarks): corruption, "
                               "subpopulation, label-flip on digits; the default depends on the benchmark and "
                               "protocol: corruption where the benchmark has it, else its own shift (waterbirds: "
-                              "spurious-background; --protocol id-ood: its ID->OOD shift, style-noise on digits)"),
-    corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption"),
-    severity: Optional[int] = typer.Option(None, help="corruption severity 1..5"),
-    shots: Optional[int] = typer.Option(None, help="labelled target examples per class"),
-    model: Optional[str] = typer.Option(None, help="model name (default: the benchmark's)"),
-    method: str = typer.Option("surgical", help="fine-tuning method (ftbench list methods)"),
+                              "spurious-background; --protocol id-ood: its ID->OOD shift, style-noise on digits)", rich_help_panel="Data"),
+    corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption", rich_help_panel="Data"),
+    severity: Optional[int] = typer.Option(None, help="corruption severity 1..5", rich_help_panel="Data"),
+    shots: Optional[int] = typer.Option(None, help="labelled target examples per class", rich_help_panel="Data"),
+    model: Optional[str] = typer.Option(None, help="model name (default: the benchmark's)", rich_help_panel="Model and method"),
+    method: str = typer.Option("surgical", help="fine-tuning method (ftbench list methods)", rich_help_panel="Model and method"),
     block: list[str] = typer.Option([], "--block", metavar="BLOCK", help="block to tune, repeatable: 1, 2, ..., last "
-                                    "(ftbench list models NAME shows a model's blocks)"),
-    seed: int = typer.Option(0, help="run seed (few-shot draw and batch order)"),
-    lr: float = typer.Option(1e-3, help="learning rate"),
-    wd: float = typer.Option(1e-4, help="weight decay"),
-    steps: Optional[int] = typer.Option(None, help="optimizer steps (default 50)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs over the target train split, instead of --steps"),
-    batch_size: int = typer.Option(64, help="batch size"),
-    optimizer: str = typer.Option("adam", help="adam or sgd"),
-    checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)"),
-    weights: Optional[str] = typer.Option(None, "--weights", "--checkpoint", help="pretrained weights: a state-dict file, or scratch (default: the model's hub weights, else trained on the source split)"),
+                                    "(ftbench list models NAME shows a model's blocks)", rich_help_panel="Model and method"),
+    seed: int = typer.Option(0, help="run seed (few-shot draw and batch order)", rich_help_panel="Training"),
+    lr: float = typer.Option(1e-3, help="learning rate", rich_help_panel="Training"),
+    wd: float = typer.Option(1e-4, help="weight decay", rich_help_panel="Training"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps (default 50)", rich_help_panel="Training"),
+    epochs: Optional[int] = typer.Option(None, help="epochs over the target train split, instead of --steps", rich_help_panel="Training"),
+    batch_size: int = typer.Option(64, help="batch size", rich_help_panel="Training"),
+    optimizer: str = typer.Option("adam", help="adam or sgd", rich_help_panel="Training"),
+    checkpoints: Optional[int] = typer.Option(None, help="also evaluate at N evenly spaced points of fine-tuning (early stopping on target val)", rich_help_panel="Training"),
+    weights: Optional[str] = typer.Option(None, "--weights", "--checkpoint", help="pretrained weights: a state-dict file, or scratch (default: the model's hub weights, else trained on the source split)", rich_help_panel="Model and method"),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="method option, repeatable "
-                                   "(ftbench list methods NAME shows a method's options)"),
+                                   "(ftbench list methods NAME shows a method's options)", rich_help_panel="Model and method"),
     recipe: Optional[str] = typer.Option(None, help="a paper's released defaults for every setting not given "
-                                         "here (ftbench list recipes)"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+                                         "here (ftbench list recipes)", rich_help_panel="Model and method"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda", rich_help_panel="Where"),
     threads: int = typer.Option(1, help="torch CPU threads (CPU results depend on it; 1 as in sweeps, so a run "
-                                "gives the same result from run and from sweep)"),
-    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
+                                "gives the same result from run and from sweep)", rich_help_panel="Where"),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder", rich_help_panel="Where"),
     protocol: str = typer.Option("few-shot", help="few-shot (fine-tune on --shots target images per class) or id-ood "
-                                 "(fine-tune on ID train, score every OOD set); docs/protocols.md"),
+                                 "(fine-tune on ID train, score every OOD set); docs/protocols.md", rich_help_panel="Data"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -147,34 +147,34 @@ def settings_line(spec: Any) -> str:
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  ftbench sweep smoke --dry-run\n\n  ftbench sweep default --jobs 2\n\n  ftbench sweep default --executor slurm --partition gpu --gpus-per-job 1")
 def sweep(
     suite: str = typer.Argument("default", help="suite name in the suites file"),
-    suites: Optional[Path] = typer.Option(None, help="suites file (default: ./benchmarks.toml, else the bundled one)"),
-    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing"),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged"),
+    suites: Optional[Path] = typer.Option(None, help="suites file (default: ./benchmarks.toml, else the bundled one)", rich_help_panel="Where"),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder", rich_help_panel="Where"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda", rich_help_panel="Where"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing", rich_help_panel="Where"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged", rich_help_panel="Where"),
     report_format: str = typer.Option("terminal", "--format", help="format of the final table: terminal, markdown, "
-                                      "latex, html, csv or json"),
+                                      "latex, html, csv or json", rich_help_panel="Where"),
     table: str = typer.Option("shifts", help="kind of the final table: shifts, blocks, methods, corruptions or "
-                              "robustness (see ftbench report --table)"),
-    executor: str = typer.Option("local", help="local (worker processes), slurm (submitit job array) or ray"),
+                              "robustness (see ftbench report --table)", rich_help_panel="Where"),
+    executor: str = typer.Option("local", help="local (worker processes), slurm (submitit job array) or ray", rich_help_panel="Local"),
     jobs: Optional[int] = typer.Option(None, help="local: worker processes (default one per GPU x --per-gpu, "
-                                       "1 on CPU); slurm: array tasks at once; ray: runs in flight"),
-    per_gpu: int = typer.Option(1, help="runs sharing one GPU (local workers per GPU; ray: 1/K GPU per run)"),
+                                       "1 on CPU); slurm: array tasks at once; ray: runs in flight", rich_help_panel="Local"),
+    per_gpu: int = typer.Option(1, help="runs sharing one GPU (local workers per GPU; ray: 1/K GPU per run)", rich_help_panel="Local"),
     threads: int = typer.Option(1, help="torch CPU threads per run (CPU results depend on it; fixed so they "
-                                "do not depend on --jobs)"),
-    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
-    time_limit: Optional[int] = typer.Option(None, "--time", help="slurm: time limit per array task, minutes"),
+                                "do not depend on --jobs)", rich_help_panel="Local"),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition", rich_help_panel="Slurm"),
+    time_limit: Optional[int] = typer.Option(None, "--time", help="slurm: time limit per array task, minutes", rich_help_panel="Slurm"),
     gpus_per_job: Optional[float] = typer.Option(None, help="slurm: GPUs per array task; ray: GPUs per run "
-                                                 "(fractions share a GPU)"),
-    cpus_per_job: Optional[float] = typer.Option(None, help="slurm: CPUs per array task; ray: CPUs per run"),
-    mem_gb: Optional[float] = typer.Option(None, help="slurm: memory per array task, GB"),
-    runs_per_job: Optional[int] = typer.Option(None, help="slurm: runs per array task, run one after the other"),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs (--no-wait: submit and exit)"),
+                                                 "(fractions share a GPU)", rich_help_panel="Slurm"),
+    cpus_per_job: Optional[float] = typer.Option(None, help="slurm: CPUs per array task; ray: CPUs per run", rich_help_panel="Slurm"),
+    mem_gb: Optional[float] = typer.Option(None, help="slurm: memory per array task, GB", rich_help_panel="Slurm"),
+    runs_per_job: Optional[int] = typer.Option(None, help="slurm: runs per array task, run one after the other", rich_help_panel="Slurm"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs (--no-wait: submit and exit)", rich_help_panel="Slurm"),
     address: Optional[str] = typer.Option(None, help="ray: address of an existing cluster (default: start a "
-                                          "local one)"),
+                                          "local one)", rich_help_panel="Ray"),
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
@@ -380,33 +380,33 @@ def _report(
     return 0
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  ftbench report ftbench-results --table blocks --format markdown\n\n  ftbench report new-results --baseline old-results --tolerance auto")
 def report(
     results: Path = typer.Argument(DEFAULT_OUT, help="results folder (or one parquet file)"),
     table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style), corruptions "
-                              "or robustness (effective robustness, Taori et al. 2020)"),
-    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json"),
+                              "or robustness (effective robustness, Taori et al. 2020)", rich_help_panel="Table"),
+    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json", rich_help_panel="Table"),
     select: str = typer.Option("val", help="model selection: val (the protocol's own: target val in few-shot, ID val "
-                               "in id-ood), target-val, id-val, ood-val (id-ood), source-val (few-shot) or oracle"),
+                               "in id-ood), target-val, id-val, ood-val (id-ood), source-val (few-shot) or oracle", rich_help_panel="Table"),
     trend: str = typer.Option("full", help="--table robustness: comma-separated methods whose runs (every "
-                              "hyperparameter, seed and checkpoint) fit the ID-OOD trend line"),
-    checkpoint: str = typer.Option("best", help="best: select among --checkpoints rows too (early stopping); final: end of training only"),
-    metric: str = typer.Option("ood_acc", help="target metric column to tabulate (e.g. ood_acc)"),
-    filter_: list[str] = typer.Option([], "--filter", metavar="COLUMN=VALUE", help="keep runs with column=value, repeatable"),
-    group_by: Optional[str] = typer.Option(None, help="one table per value of this column (e.g. model)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to this file"),
-    plot: Optional[Path] = typer.Option(None, help="also draw ID-vs-OOD and by-block plots (.png, .svg, .pdf)"),
-    baseline: Optional[Path] = typer.Option(None, help="gate against this baseline results folder or parquet file"),
-    tolerance: str = typer.Option("1.0", help="allowed drop in accuracy points, or 'auto' (t-test over seeds)"),
-    summary: Optional[Path] = typer.Option(None, help="write a Markdown summary of the gate (e.g. $GITHUB_STEP_SUMMARY)"),
-    allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate"),
+                              "hyperparameter, seed and checkpoint) fit the ID-OOD trend line", rich_help_panel="Table"),
+    checkpoint: str = typer.Option("best", help="best: select among --checkpoints rows too (early stopping); final: end of training only", rich_help_panel="Table"),
+    metric: str = typer.Option("ood_acc", help="target metric column to tabulate (e.g. ood_acc)", rich_help_panel="Table"),
+    filter_: list[str] = typer.Option([], "--filter", metavar="COLUMN=VALUE", help="keep runs with column=value, repeatable", rich_help_panel="Table"),
+    group_by: Optional[str] = typer.Option(None, help="one table per value of this column (e.g. model)", rich_help_panel="Table"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to this file", rich_help_panel="Table"),
+    plot: Optional[Path] = typer.Option(None, help="also draw ID-vs-OOD and by-block plots (.png, .svg, .pdf)", rich_help_panel="Table"),
+    baseline: Optional[Path] = typer.Option(None, help="gate against this baseline results folder or parquet file", rich_help_panel="Regression gate"),
+    tolerance: str = typer.Option("1.0", help="allowed drop in accuracy points, or 'auto' (t-test over seeds)", rich_help_panel="Regression gate"),
+    summary: Optional[Path] = typer.Option(None, help="write a Markdown summary of the gate (e.g. $GITHUB_STEP_SUMMARY)", rich_help_panel="Regression gate"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate", rich_help_panel="Regression gate"),
     compare: Optional[str] = typer.Option(None, "--compare", help="'paper': the papers' published numbers beside "
-                                          "ftbench's, with the difference (or a TOML file of published numbers)"),
+                                          "ftbench's, with the difference (or a TOML file of published numbers)", rich_help_panel="Table"),
     two_sided: bool = typer.Option(False, "--two-sided", help="an improvement beyond the tolerance fails the gate too "
-                                   "(a deterministic baseline must be refreshed in the commit that moves the numbers)"),
+                                   "(a deterministic baseline must be refreshed in the commit that moves the numbers)", rich_help_panel="Regression gate"),
     show_selected: bool = typer.Option(False, "--show-selected", help="also print which run (and checkpoint or "
                                        "WiSE-FT alpha) each cell chose per seed, with its hyperparameters "
-                                       "(json output always carries them)"),
+                                       "(json output always carries them)", rich_help_panel="Table"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
@@ -417,7 +417,7 @@ def report(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  ftbench fetch --list\n\n  ftbench fetch cifar10-c --mirror /data/archives")
 def fetch(
     names: list[str] = typer.Argument(None, help="datasets to fetch (default: list them)"),
     list_: bool = typer.Option(False, "--list", help="list known datasets with size, licence and status on disk"),
@@ -446,7 +446,7 @@ def fetch(
         out.print(escape(fetch_one(n, base, mirror, say=lambda m: out.print(escape(m)))))
 
 
-@app.command("list")
+@app.command("list", epilog="Examples:\n\n  ftbench list methods lora\n\n  ftbench list models timm/resnet18\n\n  ftbench list suites")
 def list_(
     what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, recipes, suites or protocols"),
     name: Optional[str] = typer.Argument(None, help="with models or methods: only this one, in full (a timm/NAME "

@@ -162,3 +162,20 @@ def test_long_lines_are_not_wrapped_when_piped(cli) -> None:
 def test_shell_completion_is_offered(cli) -> None:
     r = cli("--help")
     assert "--install-completion" in r.out and "--show-completion" in r.out
+
+
+def test_help_groups_flags_into_panels_with_examples(cli) -> None:
+    """Slurm and Ray flags apart from the local ones; every command shows examples that parse."""
+    import re
+
+    r = cli("sweep", "--help")
+    panels = {m.group(1): m.start() for m in re.finditer(r"─ (\w[\w ]*?) ─", r.out)}
+    assert {"Where", "Local", "Slurm", "Ray"} <= set(panels)
+    assert panels["Slurm"] < r.out.index("--partition") < panels["Ray"] < r.out.index("--address")
+    for command in ("run", "sweep", "report", "fetch", "list"):
+        r = cli(command, "--help")
+        assert r.code == 0 and "Examples:" in r.out, command
+        for example in re.findall(r"^ +(ftbench [^\n]+?) *$", r.out.split("Examples:")[1], flags=re.M):
+            argv = example.split()[1:]
+            if argv[0] in ("run", "sweep"):  # parse only: every flag exists (--help stops before any work)
+                assert cli(*argv, "--help").code == 0, example
