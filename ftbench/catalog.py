@@ -88,14 +88,14 @@ def cached(key: tuple[Any, ...], compute: Callable[[], T]) -> T:
     except (OSError, ValueError, AttributeError, KeyError):
         pass  # a miss, or a file that is not one of ours: computed again
     value = compute()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"key": list(key), "value": value}, default=str))
         os.replace(tmp, path)
     except OSError:  # a read-only or full cache: the answer is still right, only not kept
         try:
             tmp.unlink(missing_ok=True)
-        except (OSError, UnboundLocalError):
+        except OSError:
             pass
     return value

@@ -469,16 +469,10 @@ def list_(
         key: tuple[Any, ...] = ("list", what, name)
         path = None
         if what == "suites":
-            import hashlib
-
-            from ftbench.spec import default_suites_file
+            from ftbench.spec import default_suites_file, suites_file_key
 
             path = suites or default_suites_file()
-            try:
-                text = Path(path).read_bytes()
-            except OSError:
-                text = b""  # the listing itself says what is wrong with the file
-            key += (str(Path(path).resolve()), hashlib.sha256(text).hexdigest(), os.getcwd())
+            key += suites_file_key(path) or ("unreadable",)  # the listing itself then says what is wrong
         elif what == "corruptions":
             key += (os.environ.get("FTBENCH_FROST_DIR", ""),)
         lines = cached(key, lambda: _listing(what, name, path))

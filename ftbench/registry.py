@@ -17,9 +17,20 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named collection of classes or factories."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str = "", builtin: dict[str, str] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        # Built-in name -> the module of ``package`` that registers it, imported on first use only,
+        # so that a command imports the one module it needs (and torch/timm only if that does).
+        self.package = package
+        self.builtin = builtin or {}
+
+    def import_builtin(self, name: str) -> None:
+        """Import the module that registers built-in ``name``, if it is one and not registered yet."""
+        if name not in self._items and name in self.builtin:
+            import importlib
+
+            importlib.import_module(f"{self.package}.{self.builtin[name]}")
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; names are unique."""

@@ -235,23 +235,31 @@ def expand_suite(name: str, path: Path | None = None) -> list[RunSpec]:
     return _expand(name, suites, text, path, stack=())
 
 
-def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
-    """:func:`expand_suite`, from the catalog cache in a fresh process (ftbench/catalog.py): spares
-    ``sweep --dry-run`` and ``list suites`` the imports of every registry. Keyed by the suites file's
-    path and text and the working directory (relative weights paths); a cached spec whose weights
-    file is gone is expanded again, which says so."""
+def suites_file_key(path: Path) -> tuple[str, ...] | None:
+    """What the expansion of suites file ``path`` depends on besides the code, for the catalog cache:
+    its path, a hash of its text and the working directory (relative weights paths); None if it
+    cannot be read (the expansion's own error then says why)."""
     import hashlib
     import os
 
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return (str(Path(path).resolve()), digest, os.getcwd())
+
+
+def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
+    """:func:`expand_suite`, from the catalog cache in a fresh process (ftbench/catalog.py): spares
+    ``sweep --dry-run`` the imports of every registry. Keyed by :func:`suites_file_key`; a cached spec
+    whose weights file is gone is expanded again, which says so."""
     from ftbench.catalog import cached
 
     path = Path(path or default_suites_file())
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return expand_suite(name, path)  # its error says what is wrong with the file
-    dicts = cached(("suite", name, str(path.resolve()), digest, os.getcwd()),
-                   lambda: [s.to_dict() for s in expand_suite(name, path)])
+    key = suites_file_key(path)
+    if key is None:
+        return expand_suite(name, path)
+    dicts = cached(("suite", name, *key), lambda: [s.to_dict() for s in expand_suite(name, path)])
     specs = [RunSpec.from_dict(d) for d in dicts]
     if any(s.weights not in (None, "scratch") and not Path(s.weights).is_file() for s in specs):
         return expand_suite(name, path)

@@ -69,7 +69,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     Read as ``load_digits`` reads it (``np.loadtxt`` of ``sklearn/datasets/data/digits.csv.gz``),
     but found without importing scikit-learn, whose import costs a warm ``ftbench run`` more than a
     second; falls back to ``load_digits`` itself where the file is not where scikit-learn keeps it.
-    tests/test_digits.py checks that both give the same arrays."""
+    tests/test_protocols.py checks that both give the same arrays."""
     import gzip
     import importlib.util
     from pathlib import Path

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ftbench.errors import UsageError, unknown
+from ftbench.methods import BUILTIN_MODULE
 from ftbench.registry import Registry
 from ftbench.spec import HYPERPARAMETERS, OPTIMIZERS, RunSpec
 
@@ -215,7 +216,7 @@ class Method:
         return iter(())
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", "ftbench.methods", BUILTIN_MODULE)
 
 
 def _register_builtin() -> None:
@@ -231,15 +232,9 @@ def _register_builtin() -> None:
 
 
 def get_method(name: str) -> type[Method]:
+    METHODS.import_builtin(name)
     if name not in METHODS:
-        from ftbench.methods import BUILTIN_MODULE
-
-        if name in BUILTIN_MODULE:  # only the module that registers it
-            import importlib
-
-            importlib.import_module(f"ftbench.methods.{BUILTIN_MODULE[name]}")
-        if name not in METHODS:
-            _register_builtin()
+        _register_builtin()
     return METHODS.get(name)
 
 

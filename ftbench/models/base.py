@@ -101,37 +101,30 @@ class ModelEntry:
     native: tuple[int, int] = (1, 10)  # (in_channels, num_classes) it is made for; `ftbench list models` counts
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
-BUILD_SEED = 0  # models are built under a fixed seed, so a build does not depend on the global RNG
-
 # The module of ftbench.models that registers each built-in model, so that a run imports only its
 # own (a digits-resnet run needs neither timm nor torchvision); checked by tests/test_models.py.
 BUILTIN_MODULE = {
     "digits-resnet": "small", "digits-vit": "vit", "resnet26-cifar": "cifar", "wrn-28-10": "cifar",
     "resnet50": "timm_models", "vit-b16": "timm_models", "convnext-tiny": "timm_models",
 }
+MODELS: Registry[ModelEntry] = Registry("model", "ftbench.models", BUILTIN_MODULE)
+BUILD_SEED = 0  # models are built under a fixed seed, so a build does not depend on the global RNG
 
 
 def register_builtin_models() -> None:
     """Import every module that registers built-in models (for listings of all of them)."""
-    import importlib
-
-    for module in sorted(set(BUILTIN_MODULE.values())):
-        importlib.import_module(f"ftbench.models.{module}")
+    for name in BUILTIN_MODULE:
+        MODELS.import_builtin(name)
 
 
 def get_model_entry(name: str) -> ModelEntry:
     """The model registered as ``name``, or any timm model as ``timm/NAME`` (UsageError listing names)."""
-    if name not in MODELS and name in BUILTIN_MODULE:
-        import importlib
-
-        importlib.import_module(f"ftbench.models.{BUILTIN_MODULE[name]}")
+    MODELS.import_builtin(name)
     if name in MODELS:
         return MODELS.get(name)
     register_builtin_models()
-    from ftbench.models.timm_models import (
-        lookup,  # any timm model as timm/NAME, or the error naming all
-    )
+    # Any timm model as timm/NAME, or the error that names every model.
+    from ftbench.models.timm_models import lookup
 
     return lookup(name)
 

@@ -35,8 +35,6 @@ PRETRAIN_VERSION = 2
 RECIPE = {"optimizer": "adam", "lr": 3e-3, "wd": 5e-4, "epochs": 40, "batch_size": 64, "seed": 0}
 
 
-
-
 def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
     # The device type is part of the key: CUDA pretraining (bf16) gives different weights than CPU,
     # and results on one device must not depend on which device happened to fill the cache first.
@@ -59,10 +57,9 @@ def trained_here(model: str, source: SourceTask | None, device: torch.device, we
     their cache key needs the weights loaded, which is what the check comes before."""
     if source is None or (target.channels, target.image_size) != (source.train.channels, source.train.image_size):
         return False
-    entry = get_model_entry(model)
-    if not (weights == "scratch" or (weights is None and entry.weights is None)):
-        return False
-    return cache_path(model, source, device).is_file()
+    from ftbench.models.weights import trains_from_scratch
+
+    return trains_from_scratch(get_model_entry(model), weights) and cache_path(model, source, device).is_file()
 
 
 def pretrained(model: str, source: SourceTask | None, device: torch.device, weights: str | None = None, *,

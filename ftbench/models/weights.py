@@ -134,11 +134,17 @@ class Given:
     key: Callable[[], str]  # identity of the weights, for the cache key of a classifier fit on them
 
 
+def trains_from_scratch(entry: ModelEntry, weights: str | None) -> bool:
+    """Whether a resolved ``--weights`` value means random initialisation trained on the source split:
+    ``scratch``, or the default for a model without hub weights."""
+    return weights == SCRATCH or (weights is None and entry.weights is None)
+
+
 def given_weights(entry: ModelEntry, name: str, in_channels: int, num_classes: int,
                   weights: str | None) -> Given | None:
     """The weights a run starts from: a state-dict file, the model's own hub weights (its default),
     or None — train from random initialisation (``scratch``, and every model without hub weights)."""
-    if weights == SCRATCH or (weights is None and entry.weights is None):
+    if trains_from_scratch(entry, weights):
         return None
     if weights is None:
         assert entry.weights is not None

@@ -104,9 +104,8 @@ def _run_sweep(specs: list[RunSpec], out_dir: Path, device: str,
             held = []
             # Runs that differ only in lr, wd or seed train together where fused training is on
             # (on CUDA by default; ftbench/train/fused.py); every other group is one run.
-            from ftbench.train.fused import (
-                fusable_groups,  # torch: imported when there is work
-            )
+            # torch comes with it: imported only when there is work (not for --dry-run).
+            from ftbench.train.fused import fusable_groups
 
             for group in fusable_groups(pending, device):
                 bar.running(len(group))

@@ -26,7 +26,6 @@ from ftbench.protocols.base import Task, get_protocol
 from ftbench.spec import RunSpec, resolve
 from ftbench.train.context import TrainContext
 from ftbench.train.loop import evaluate
-
 from ftbench.validate import DEVICES
 
 
