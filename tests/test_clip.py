@@ -1,7 +1,12 @@
-"""CLIP through open_clip (ftbench/models/clip.py), on tiny random configs (no download): the block
-partitions and the zero-shot head against open_clip's own zero-shot classifier."""
+"""CLIP through open_clip (ftbench/models/clip.py, ftbench/methods/flyp.py), on tiny random configs
+(no download): block partitions, the text tower's place, the zero-shot head against open_clip's own
+zero-shot classifier, ``--weights PATH`` with a saved open_clip model, the hub error offline, and
+the methods of the ID→OOD protocol on ``digits-clip`` landing as rows."""
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +14,10 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from ftbench.models.clip import ClipClassifier, zero_shot_head
+from ftbench.data.prompts import DIGITS, Prompts  # noqa: E402
+from ftbench.errors import UsageError  # noqa: E402
+from ftbench.models.clip import DIGITS_CLIP, ClipClassifier, from_open_clip  # noqa: E402
+from ftbench.spec import RunSpec  # noqa: E402
 
 TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
 
@@ -24,14 +32,16 @@ def _tiny(kind: str) -> torch.nn.Module:
 @pytest.mark.parametrize("kind, names", [("vit", ["1", "2", "3", "last"]), ("rn", ["1", "2", "3", "4", "last"])])
 def test_every_image_parameter_is_in_exactly_one_block(kind: str, names: list[str]) -> None:
     clip = _tiny(kind)
-    model = ClipClassifier(clip.visual, 16, 5)
+    v = clip.visual
+    model = from_open_clip(clip, 3, 5)
     assert model.block_names() == names
     seen = [id(p) for b in model.block_names() for p in model.block_parameters(b)]
     assert len(seen) == len(set(seen))
     assert set(seen) == {id(p) for p in model.parameters()}
     assert model.block_parameters("last") == list(model.head.parameters())
+    # The text tower is in no block and not among the classifier's parameters.
+    assert not {id(p) for p in model.text_parameters()} & set(seen)
     if kind == "vit":  # a third of the 6 transformer blocks each; embeddings first, final norm and proj last
-        v = clip.visual
         one = {id(p) for p in model.block_parameters("1")}
         three = {id(p) for p in model.block_parameters("3")}
         assert id(v.class_embedding) in one and id(v.positional_embedding) in one
@@ -53,11 +63,173 @@ def test_the_zero_shot_head_gives_open_clips_zero_shot_logits(kind: str) -> None
     size = 16 if kind == "vit" else 32
     x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = zero_shot_head(clip, tokenizer, classes, OPENAI_IMAGENET_TEMPLATES)(x)
         theirs = clip.logit_scale.exp() * F.normalize(clip.encode_image(x), dim=-1) @ build_zero_shot_classifier(
             clip, tokenizer, classes, OPENAI_IMAGENET_TEMPLATES, num_classes_per_batch=5, device="cpu")
+        model = from_open_clip(clip, 3, 2, "ViT-B-16")
+        model.set_zero_shot_head(Prompts(tuple(classes), tuple(OPENAI_IMAGENET_TEMPLATES)))
+        ours = model.eval()(x)
     assert ours.shape == (4, len(classes))
-    # The same float32 operations but for the class batching (10 vs 5 per batch, which only splits
-    # the text encoder's batch) and one matrix product associated differently: rounding of a few
-    # 2^-24 relative on logits of magnitude <= logit_scale (14.3 at initialisation).
+    assert float(model.head.bias.detach().abs().max()) == 0.0
+    # The same float32 operations but for the class batching (all classes in one text batch here, 5
+    # there, which only splits the text encoder's batch) and one matrix product associated
+    # differently: rounding of a few 2^-24 relative on logits of magnitude <= logit_scale (14.3 at
+    # initialisation).
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(clip.logit_scale.exp().detach()))
+
+
+def test_the_text_tower_moves_and_is_saved_with_the_model() -> None:
+    from ftbench.models.base import get_model_entry
+
+    entry = get_model_entry("digits-clip")
+    a, b = entry.build(1, 10), entry.build(1, 10)
+    with torch.no_grad():
+        for p in a.text_parameters():
+            p.add_(0.5)
+    sd = a.state_dict()
+    text_keys = [k for k in sd if k.startswith("text.")]
+    assert "text.token_embedding.weight" in text_keys and "text.logit_scale" in text_keys
+    assert b.load_state_dict(sd) is not None
+    assert all(torch.equal(p, q) for p, q in zip(a.text_parameters(), b.text_parameters()))
+    b = b.to(torch.float64)
+    assert {p.dtype for p in b.text_parameters()} == {torch.float64}
+
+
+def _save_tiny_open_clip(path: Path) -> torch.nn.Module:
+    torch.manual_seed(3)
+    clip = open_clip.CLIP(**DIGITS_CLIP)  # an open_clip model of digits-clip's architecture, RGB input
+    torch.save(clip.state_dict(), path)
+    return clip
+
+
+def test_weights_file_of_an_open_clip_model_loads_both_towers(tmp_path: Path) -> None:
+    """An open_clip state dict (``visual.*`` and the text keys at the top) loads into digits-clip: the
+    image tower as saved, its RGB patch filters summed for grey digits; the text tower as saved."""
+    from ftbench.models.base import get_model_entry
+    from ftbench.models.weights import load_weights
+
+    clip = _save_tiny_open_clip(tmp_path / "clip.pt")
+    model = get_model_entry("digits-clip").build(1, 10)
+    assert load_weights(model, tmp_path / "clip.pt", "digits-clip") is False  # no classifier in the file
+    sd = clip.state_dict()
+    torch.testing.assert_close(model.visual.conv1.weight, sd["visual.conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(model.visual.transformer.resblocks[2].mlp.c_fc.weight,
+                       sd["visual.transformer.resblocks.2.mlp.c_fc.weight"])
+    assert torch.equal(model.text.token_embedding.weight, sd["token_embedding.weight"])
+    assert torch.equal(model.text.logit_scale, sd["logit_scale"])
+    tokens = model.tokenize(DIGITS.captions(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens), F.normalize(clip.encode_text(tokens), dim=-1))
+
+
+def test_hub_weights_offline_are_one_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ftbench.models.base import get_model_entry
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-ftbench-hf-home")
+    with pytest.raises(UsageError) as e:
+        get_model_entry("clip-vit-b16").weights(3, 10)
+    msg = str(e.value)
+    assert "\n" not in msg and "--weights PATH" in msg and "ViT-B-16" in msg and "HF_HUB_OFFLINE" in msg
+
+
+@pytest.mark.parametrize("method, extra", [("zero-shot", ()), ("flyp", ()),
+                                           ("autoft", (("terms", "ce,flyp"),))])
+def test_methods_of_the_text_tower_refuse_models_without_one(method: str, extra: tuple) -> None:
+    from ftbench.spec import resolve
+
+    with pytest.raises(UsageError, match="needs a model with a text tower.*digits-clip"):
+        resolve(RunSpec(model="digits-resnet", method=method, protocol="id-ood", options=extra))
+
+
+SPEC = RunSpec(benchmark="digits", model="digits-clip", protocol="id-ood", steps=6, batch_size=32, method="full")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
+    _save_tiny_open_clip(path)
+    return str(path)
+
+
+def _accs(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k.endswith("_acc")}
+
+
+def test_zero_shot_trains_nothing_and_its_head_is_the_text_towers(weights: str) -> None:
+    from ftbench.train.runner import fine_tune
+
+    before = torch.load(weights, weights_only=True)
+    tr = fine_tune(dataclasses.replace(SPEC, method="zero-shot", weights=weights), "cpu")
+    m = tr.model
+    assert tr.ctx.fits == [] and tr.ctx.metrics["head_init"] == "zero-shot"
+    assert torch.equal(m.text.token_embedding.weight, before["token_embedding.weight"])
+    with torch.no_grad():
+        expected = m.logit_scale() * m.class_embeddings(DIGITS)
+    assert torch.equal(m.head.weight, expected)
+
+
+def test_flyp_trains_both_towers_and_rebuilds_the_head(weights: str) -> None:
+    from ftbench.train.runner import fine_tune
+
+    before = torch.load(weights, weights_only=True)
+    tr = fine_tune(dataclasses.replace(SPEC, method="flyp", weights=weights), "cpu")
+    m = tr.model
+    assert tr.ctx.fits[0].steps == 6
+    assert not torch.equal(m.text.token_embedding.weight, before["token_embedding.weight"])
+    assert not torch.equal(m.text.transformer.resblocks[0].attn.in_proj_weight,
+                           before["transformer.resblocks.0.attn.in_proj_weight"])
+    assert not torch.equal(m.visual.transformer.resblocks[0].attn.in_proj_weight,
+                           before["visual.transformer.resblocks.0.attn.in_proj_weight"])
+    assert float(m.text.logit_scale) != float(before["logit_scale"])
+    with torch.no_grad():  # the head: the fine-tuned text tower's embeddings of the class prompts
+        torch.testing.assert_close(m.head.weight, m.logit_scale() * m.class_embeddings(DIGITS))
+    assert not any(p.requires_grad for p in m.text_parameters())
+    assert tr.ctx.metrics["flyp_text_params"] == sum(p.numel() for p in m.text_parameters())
+
+
+def test_autoft_with_the_flyp_term_trains_the_text_tower(weights: str) -> None:
+    from ftbench.train.runner import fine_tune
+
+    before = torch.load(weights, weights_only=True)
+    spec = dataclasses.replace(SPEC, method="autoft", weights=weights,
+                               options=(("inner_steps", 2), ("terms", "ce,flyp"), ("trials", 2)))
+    tr = fine_tune(spec, "cpu")
+    assert "autoft_w_flyp" in tr.ctx.metrics and tr.ctx.metrics["autoft_w_flyp"] > 0
+    assert not torch.equal(tr.model.text.token_embedding.weight, before["token_embedding.weight"])
+    assert tr.ctx.metrics["head_init"] == "zero-shot"
+    # Without the term the text tower stays as loaded (only the image classifier trains).
+    spec = dataclasses.replace(spec, options=(("inner_steps", 2), ("terms", "ce"), ("trials", 2)))
+    tr = fine_tune(spec, "cpu")
+    assert "autoft_w_flyp" not in tr.ctx.metrics
+    assert torch.equal(tr.model.text.token_embedding.weight, before["token_embedding.weight"])
+
+
+def test_wise_ft_interpolates_from_the_zero_shot_model(weights: str) -> None:
+    from ftbench.train.runner import execute
+
+    rows = execute(dataclasses.replace(SPEC, method="wise-ft", weights=weights), "cpu")
+    zero = execute(dataclasses.replace(SPEC, method="zero-shot", weights=weights), "cpu")[-1]
+    assert rows[0]["alpha"] == 0.0 and _accs(rows[0]) == _accs(zero)
+    assert rows[-1]["head_init"] == "zero-shot"
+
+
+def test_the_id_ood_methods_land_as_rows(cli, tmp_path: Path, weights: str) -> None:
+    """The issue's list: zero-shot, linear-probe, full, lp-ft, wise-ft, flyp and autoft with the FLYP term,
+    each a run of the CLI on digits-clip with a saved open_clip model, read back by report."""
+    out = tmp_path / "res"
+    runs = [("zero-shot",), ("linear-probe", "--set", "c_steps=3"), ("full",), ("lp-ft", "--set", "lp_c_steps=3"),
+            ("wise-ft", "--set", "alphas=0,0.5,1"), ("flyp",),
+            ("autoft", "--set", "terms=ce,flyp", "--set", "trials=2", "--set", "inner_steps=2")]
+    for method, *rest in runs:
+        r = cli("run", "--model", "digits-clip", "--weights", weights, "--protocol", "id-ood", "--method", method,
+                "--steps", "4", "--batch-size", "32", "--out", out, *rest)
+        assert r.code == 0, r.err
+    from ftbench.results.store import read_results
+
+    df, problems = read_results(out)
+    assert not problems
+    final = df[df["final"]]
+    assert sorted(final["method"]) == sorted(m for m, *_ in runs)
+    assert set(final["protocol"]) == {"id-ood"} and final["ood.style_acc"].notna().all()
+    r = cli("report", out)
+    assert r.code == 0 and "zero-shot" in r.out and "flyp" in r.out

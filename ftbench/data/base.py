@@ -24,6 +24,7 @@ import torch
 from ftbench.registry import Registry
 
 if TYPE_CHECKING:
+    from ftbench.data.prompts import Prompts
     from ftbench.data.stream import StreamSplit
     from ftbench.spec import RunSpec
 
@@ -92,6 +93,7 @@ class SourceTask:
     test: AnySplit
     recipe: dict[str, Any] | None = None  # how to pretrain on it (ftbench.models.pretrain); None: RECIPE
     metrics: Metrics | None = None  # extra metrics of source_test, as id_<name> columns
+    prompts: Prompts | None = None  # class names and templates: zero-shot heads, CLIP pretraining
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class TargetTask:
     test: AnySplit
     info: dict[str, Any] = field(default_factory=dict)
     metrics: Metrics | None = None  # extra metrics of target_val / target_test, as val_<name> / ood_<name>
+    prompts: Prompts | None = None  # the target labels' class names and templates (zero-shot heads)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class IdOodSplits:
     metrics: Metrics | None = None  # the benchmark's metrics, computed on every split
     info: dict[str, Any] = field(default_factory=dict)
     strata: Any = None  # per-example stratum of ``train`` for --shots (default: its labels), e.g. WILDS groups
+    prompts: Prompts | None = None  # the ID classes' names and templates (zero-shot heads)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,16 @@ import numpy as np
 import torch
 
 from ftbench.data import corruptions
-from ftbench.data.base import BENCHMARKS, Benchmark, IdOodSplits, ShiftInfo, SourceTask, Split, TargetTask
+from ftbench.data.base import (
+    BENCHMARKS,
+    Benchmark,
+    IdOodSplits,
+    ShiftInfo,
+    SourceTask,
+    Split,
+    TargetTask,
+)
+from ftbench.data.prompts import DIGITS
 from ftbench.errors import UsageError, unknown
 
 if TYPE_CHECKING:
@@ -210,7 +219,7 @@ class Digits(Benchmark):
                                "fractions": FRACTIONS}
         if spec.shift == "subpopulation":
             key["style"] = 0
-        return SourceTask(key, 10, take("source_train"), take("source_val"), take("source_test"))
+        return SourceTask(key, 10, take("source_train"), take("source_val"), take("source_test"), prompts=DIGITS)
 
     @staticmethod
     def _target_roles(shift: str) -> dict[str, np.ndarray]:
@@ -259,6 +268,8 @@ class Digits(Benchmark):
         return TargetTask(
             10, train, take("target_val", r["target_val"]), take("target_test", r["target_test"]),
             info={"shift_level": self.shifts[spec.shift].level},
+            # label-flip: target label i is digit 9 - i, and is called so
+            prompts=DIGITS.relabelled([9 - i for i in range(10)]) if spec.shift == "label-flip" else DIGITS,
         )
 
     # --- the ID→OOD protocol ------------------------------------------------------------------
@@ -301,6 +312,7 @@ class Digits(Benchmark):
             ood_tests={"style": split(r["ood_style"]),
                        "noise": split(r["test"], _corrupt(x[r["test"]], noise, sev, "id_ood_test"))},
             ood_val=split(val, ood_val),
+            prompts=DIGITS,
         )
 
     def status(self) -> str:

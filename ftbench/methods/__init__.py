@@ -6,9 +6,9 @@ from __future__ import annotations
 # these (``report``) and should not import torch to learn them. tests/test_methods.py checks this
 # table against the registry.
 BUILTIN_ORDER = {
-    "none": 0, "surgical": 10, "linear-probe": 30, "full": 40, "auto-rgn": 42, "auto-snr": 43, "l2-sp": 44,
+    "none": 0, "zero-shot": 5, "surgical": 10, "linear-probe": 30, "full": 40, "auto-rgn": 42, "auto-snr": 43, "l2-sp": 44,
     "l1-sp": 45, "gradual-unfreeze": 46, "lp-ft": 50, "wise-ft": 60, "spottune": 62, "spottune-global-k": 63,
-    "autoft": 65, "bitfit": 70, "ln-tune": 71, "adapter": 72, "vpt": 73, "ssf": 74, "lora": 75,
+    "flyp": 64, "autoft": 65, "bitfit": 70, "ln-tune": 71, "adapter": 72, "vpt": 73, "ssf": 74, "lora": 75,
 }
 BUILTIN_NAMES = tuple(sorted(BUILTIN_ORDER))
 # The module of ftbench.methods that registers each built-in method, so that ``run`` imports the one
@@ -18,7 +18,7 @@ BUILTIN_MODULE = {
     "auto-rgn": "rgn", "auto-snr": "snr", "l2-sp": "regularizers", "l1-sp": "regularizers",
     "gradual-unfreeze": "gradual", "wise-ft": "wiseft", "spottune": "spottune", "spottune-global-k": "spottune",
     "autoft": "autoft", "bitfit": "petl", "ln-tune": "petl", "lora": "petl", "adapter": "petl_modules",
-    "vpt": "petl_modules", "ssf": "petl_modules",
+    "vpt": "petl_modules", "ssf": "petl_modules", "zero-shot": "flyp", "flyp": "flyp",
 }
 
 

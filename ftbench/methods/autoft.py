@@ -65,6 +65,12 @@ TERM_HELP = {
     "l2zero": "mean θ²",
     "ls": "cross-entropy to the uniform distribution (label smoothing)",
 }
+# FLYP's contrastive loss (Goyal et al. 2023), a term of the release's objective for CLIP models:
+# searched only when asked for (--set terms=...,flyp) and only for models with a text tower.
+FLYP = "flyp"
+ALL_TERMS = (*TERMS, FLYP)
+TERM_HELP[FLYP] = ("CLIP's contrastive loss between the batch's images and a caption of each one's class "
+                   "(methods/flyp.py); models with a text tower, which then trains too")
 WEIGHT_RANGE = (1e-4, 10.0)  # every loss weight: log-uniform, as the released code
 STUDY_NAME = "autoft"
 JOURNAL = "autoft-journal.log"
@@ -116,11 +122,16 @@ class AutoFTLoss:
     """
 
     def __init__(self, weights: Mapping[str, float], params: Sequence[nn.Parameter],
-                 anchor: torch.Tensor | None = None) -> None:
-        bad = sorted(set(weights) - set(TERMS))
+                 anchor: torch.Tensor | None = None, flyp: Any = None, classes: int = 0) -> None:
+        bad = sorted(set(weights) - set(ALL_TERMS))
         if bad:
-            raise ValueError(f"unknown loss terms {bad}; known: {', '.join(TERMS)}")
-        self.weights = {k: float(weights[k]) for k in TERMS if k in weights and float(weights[k]) != 0.0}
+            raise ValueError(f"unknown loss terms {bad}; known: {', '.join(ALL_TERMS)}")
+        self.weights = {k: float(weights[k]) for k in ALL_TERMS if k in weights and float(weights[k]) != 0.0}
+        # The flyp term: the loop's outputs are then [logits | unit image embeddings] (LogitsAndEmbeddings)
+        # and ``flyp(embeddings, y)`` is the contrastive loss (ftbench.methods.flyp.ContrastiveLoss).
+        if FLYP in self.weights and flyp is None:
+            raise ValueError("the flyp term needs the contrastive loss of a model with a text tower")
+        self.flyp, self.classes = flyp, classes
         self.params = list(params)
         with torch.no_grad():
             self.anchor = (anchor if anchor is not None else _flat(self.params)).detach().float().clone()
@@ -137,7 +148,12 @@ class AutoFTLoss:
         return {**loss_terms(logits, y), **self.param_terms()}
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        emb = None
+        if self.flyp is not None:
+            logits, emb = logits[:, :self.classes], logits[:, self.classes:]
         terms = loss_terms(logits, y)
+        if FLYP in self.weights:
+            terms[FLYP] = self.flyp(emb, y)
         if any(k in self.weights for k in ("l1init", "l2init", "l1zero", "l2zero")):
             terms.update(self.param_terms())
         out = logits.new_zeros((), dtype=torch.float32)
@@ -159,8 +175,9 @@ class Config:
 
     def columns(self) -> dict[str, float]:
         """``autoft_lr``, ``autoft_wd`` and ``autoft_w_<term>`` for every term (0 = not in the objective)."""
+        flyp = {f"autoft_w_{FLYP}": float(self.weights[FLYP])} if FLYP in self.weights else {}
         return {"autoft_lr": self.lr, "autoft_wd": self.wd,
-                **{f"autoft_w_{k}": float(self.weights.get(k, 0.0)) for k in TERMS}}
+                **{f"autoft_w_{k}": float(self.weights.get(k, 0.0)) for k in TERMS}, **flyp}
 
 
 @dataclass(frozen=True)
@@ -196,14 +213,14 @@ def parse_terms(value: Any) -> tuple[str, ...]:
     """Loss terms from ``"ce,hinge,l2init"`` (or a list): known, non-empty, no repeats; canonical order."""
     items = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
     names = [str(i).strip().lower() for i in items]
-    rule = f"comma-separated loss terms from: {', '.join(TERMS)}"
+    rule = f"comma-separated loss terms from: {', '.join(ALL_TERMS)}"
     for n in names:
-        if n not in TERMS:
+        if n not in ALL_TERMS:
             what = "an empty name" if not n else f"unknown term {n!r}"
             raise UsageError(f"option terms={value!r} of method 'autoft': {what}; expected {rule}")
     if len(set(names)) != len(names):
         raise UsageError(f"option terms={value!r} of method 'autoft': a term is repeated; expected {rule}")
-    return tuple(k for k in TERMS if k in names)
+    return tuple(k for k in ALL_TERMS if k in names)
 
 
 @dataclass(frozen=True)
@@ -260,7 +277,7 @@ def _records(study: optuna.Study) -> list[TrialRecord]:
         weights = {k[2:]: float(v) for k, v in p.items() if k.startswith("w_")}
         if "ce" in t.user_attrs.get("fixed", {}):
             weights["ce"] = float(t.user_attrs["fixed"]["ce"])
-        weights = {k: weights[k] for k in TERMS if k in weights}
+        weights = {k: weights[k] for k in ALL_TERMS if k in weights}
         out.append(TrialRecord(int(t.user_attrs["index"]), Config(float(p["lr"]), float(p["wd"]), weights),
                                float(t.value)))
     return sorted(out, key=lambda r: r.index)
@@ -331,6 +348,18 @@ def objective_metric(spec: RunSpec, objective: str) -> str:
 # --- the method ---------------------------------------------------------------------------
 
 
+class LogitsAndEmbeddings(nn.Module):
+    """``[logits | unit image embeddings]`` of a CLIP classifier, for an objective with the flyp term."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model.features(x)
+        return torch.cat([self.model.head(f), f], dim=1)
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -344,6 +373,7 @@ class AutoFT(Method):
             "of short fine-tunes scored on the target val split")
     paper = "Choi et al. 2024, AutoFT: Learning an Objective for Robust Fine-Tuning"
     order = 65
+    zero_shot_start = True  # the release fine-tunes from the zero-shot head
     # lr and wd are searched; the spec's steps/epochs, batch size and optimizer apply (the inner
     # runs use inner_steps steps instead of the spec's).
     uses = frozenset({"steps", "epochs", "batch_size", "optimizer"})
@@ -375,6 +405,11 @@ class AutoFT(Method):
                 raise UsageError(f"option {lo}={o[lo]!r} of method 'autoft' must be a positive number (log-uniform range)")
             if o[lo] > o[hi]:
                 raise UsageError(f"option {lo}={o[lo]!r} of method 'autoft' must not exceed {hi}={o[hi]!r}")
+        if FLYP in parse_terms(o["terms"]):
+            from ftbench.methods.flyp import require_text
+            from ftbench.models.base import get_model_entry
+
+            require_text("autoft with the flyp term", str(spec.model), get_model_entry(str(spec.model)))
         if o["fix_ce"] and "ce" not in parse_terms(o["terms"]):
             raise UsageError("option fix_ce=True of method 'autoft' needs 'ce' in terms")
         if not str(o["objective"]).strip():
@@ -425,14 +460,36 @@ class AutoFT(Method):
         spec = self.spec
         assert spec.batch_size is not None and spec.optimizer is not None
         metric = objective_metric(spec, str(self.opts["objective"]).strip())
+        flyp = FLYP in parse_terms(self.opts["terms"])
+        net: nn.Module = LogitsAndEmbeddings(ctx.model) if flyp else ctx.model
+
+        def trainable() -> list[nn.Parameter]:
+            ps = ctx.set_trainable(blocks, bn=bn)
+            if not flyp:
+                return ps
+            text = ctx.model.text_parameters()  # the release trains both towers and the logit scale
+            for p in text:
+                p.requires_grad_(True)
+            return ps + text
+
+        def objective(config: Config, ps: list[nn.Parameter], seed: int) -> AutoFTLoss:
+            contrastive = None
+            if flyp:
+                from ftbench.methods.flyp import ContrastiveLoss, task_prompts
+
+                contrastive = ContrastiveLoss(ctx.model, task_prompts(ctx, "autoft"), torch.Generator().manual_seed(seed))
+            # the weight terms (l1init, ...) are over the image classifier's parameters, as `anchor`
+            return AutoFTLoss(config.weights, ps[:len(params)], anchor, flyp=contrastive,
+                              classes=ctx.target.num_classes)
 
         def evaluate(config: Config, index: int) -> float:
             ctx.model.load_state_dict(pretrained)  # in place: the parameter objects stay the same
-            ps = ctx.set_trainable(blocks, bn=bn)
-            loop.fit(ctx.model, ps, ctx.target.train, lr=config.lr, steps=self.opts["inner_steps"],
+            ps = trainable()
+            seed = derive_seed(spec.seed, index, SALT_INNER)
+            loop.fit(net, ps, ctx.target.train, lr=config.lr, steps=self.opts["inner_steps"],
                      batch_size=spec.batch_size, optimizer=spec.optimizer,
-                     generator=torch.Generator().manual_seed(derive_seed(spec.seed, index, SALT_INNER)),
-                     loss_fn=AutoFTLoss(config.weights, ps, anchor), **self._decay(config.wd))
+                     generator=torch.Generator().manual_seed(seed),
+                     loss_fn=objective(config, ps, seed), **self._decay(config.wd))
             acc, extra = loop.evaluate(ctx.model, search, ctx.target.metrics)
             if metric == "acc":
                 return acc
@@ -447,9 +504,12 @@ class AutoFT(Method):
         logging.getLogger(__name__).info("autoft: best trial %d of %d, val acc %.2f", best.index, len(records),
                                          best.value)
         ctx.model.load_state_dict(pretrained)
-        params = ctx.set_trainable(blocks, bn=bn)
-        ctx.fit(params, lr=best.config.lr, loss_fn=AutoFTLoss(best.config.weights, params, anchor),
-                **self._decay(best.config.wd))
+        ps = trainable()
+        ctx.fit(ps, lr=best.config.lr, loss_fn=objective(best.config, ps, spec.seed),
+                **({"net": net} if flyp else {}), **self._decay(best.config.wd))
+        if flyp:
+            for p in ctx.model.text_parameters():
+                p.requires_grad_(False)
         return {
             "autoft_objective": metric,
             "autoft_trials": len(records),

@@ -125,6 +125,10 @@ class Method:
     default_blocks: ClassVar[tuple[str, ...]] = ()
     uses: ClassVar[frozenset[str]] = frozenset(HYPERPARAMETERS)
     options: ClassVar[dict[str, Option]] = {}
+    # With a model that has a zero-shot head (CLIP) under a protocol that gives the ID task a new
+    # classifier: start from the zero-shot head even though the method trains the classifier (as
+    # WiSE-FT's, FLYP's and AutoFT's released code start). Methods that do not train it always do.
+    zero_shot_start: ClassVar[bool] = False
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -176,6 +180,11 @@ class Method:
 
         ``protocol`` is a :class:`ftbench.protocols.base.Protocol`; with ``protocol.fresh_head`` the ID
         task's classifier is new when the method starts (see :attr:`head_init`)."""
+
+    @classmethod
+    def check_model(cls, model: str, entry: Any) -> None:
+        """Refuse (one UsageError) a model this method cannot train (``entry``: its
+        :class:`~ftbench.models.base.ModelEntry`); default: any."""
 
     @classmethod
     def notice(cls, spec: RunSpec) -> str | None:

@@ -112,6 +112,7 @@ class WiseFT(Method):
     help = "all blocks, then (1-alpha)*pretrained + alpha*fine-tuned for each alpha"
     paper = "Wortsman et al. 2022, Robust fine-tuning of zero-shot models"
     order = 60
+    zero_shot_start = True  # the release fine-tunes from the zero-shot head
     options = {
         "alphas": AlphasOption(DEFAULT_ALPHAS, "interpolation weights of the fine-tuned model, one result row each "
                                "(0 = pretrained, 1 = fine-tuned, always the final row)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -28,10 +29,10 @@ class BlockModel(nn.Module):
     def blocks(self) -> OrderedDict[str, list[nn.Module]]:
         raise NotImplementedError
 
-    def features(self, x):  # noqa: ANN001, ANN201 - tensor in, tensor out
+    def features(self, x):
         raise NotImplementedError
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return self.head(self.features(x))
 
     def residual_units(self) -> list[tuple[str, str]]:
@@ -46,11 +47,11 @@ class BlockModel(nn.Module):
     # Optional: cutting the forward pass at a block boundary, for the frozen-prefix fast path
     # (ftbench/train/prefix.py). A model that overrides both, for every block name but the first,
     # gets the fast path; ``forward_from(b, forward_to(b, x))`` must run exactly ``forward(x)``'s ops.
-    def forward_to(self, block: str, x):  # noqa: ANN001, ANN201
+    def forward_to(self, block: str, x):
         """Input -> the activations entering ``block`` (the output of every block before it)."""
         raise NotImplementedError
 
-    def forward_from(self, block: str, h):  # noqa: ANN001, ANN201
+    def forward_from(self, block: str, h):
         """The activations entering ``block`` -> logits (runs ``block`` and every block after it)."""
         raise NotImplementedError
 
@@ -59,6 +60,19 @@ class BlockModel(nn.Module):
 
     def block_parameters(self, name: str) -> list[nn.Parameter]:
         return [p for m in self.blocks()[name] for p in m.parameters()]
+
+
+class ParamView(nn.Module):
+    """Parameters held directly by a module, seen as one module for :meth:`BlockModel.blocks`.
+
+    Built afresh on each ``blocks()`` call and never registered as a submodule, so the parameters stay their
+    owner's: one ``state_dict`` key each, counted once (timm ViTs' and CLIP towers' embeddings).
+    """
+
+    def __init__(self, owner: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        for n in names:
+            self.register_parameter(n.replace(".", "_"), getattr(owner, n))
 
 
 class PiecewiseForward:
@@ -72,14 +86,14 @@ class PiecewiseForward:
     def _pieces(self) -> list[tuple[str, Callable]]:
         raise NotImplementedError
 
-    def forward_to(self, block: str, x):  # noqa: ANN001, ANN201
+    def forward_to(self, block: str, x):
         for name, piece in self._pieces():
             if name == block:
                 return x
             x = piece(x)
         raise KeyError(block)
 
-    def forward_from(self, block: str, h):  # noqa: ANN001, ANN201
+    def forward_from(self, block: str, h):
         pieces = self._pieces()
         start = [name for name, _ in pieces].index(block)
         for _, piece in pieces[start:]:
@@ -99,6 +113,9 @@ class ModelEntry:
     # split (ftbench/models/pretrain.py).
     weights: Callable[[int, int], tuple[BlockModel, str, bool]] | None = None
     native: tuple[int, int] = (1, 10)  # (in_channels, num_classes) it is made for; `ftbench list models` counts
+    # It has a text tower and so a zero-shot head for a task's class prompts (CLIP: ftbench/models/clip.py).
+    zero_shot: bool = False
+    recipe: dict[str, Any] | None = None  # keys of the source split's pretraining recipe this model overrides
 
 
 # The module of ftbench.models that registers each built-in model, so that a run imports only its
@@ -106,6 +123,7 @@ class ModelEntry:
 BUILTIN_MODULE = {
     "digits-resnet": "small", "digits-vit": "vit", "resnet26-cifar": "cifar", "wrn-28-10": "cifar",
     "resnet50": "timm_models", "vit-b16": "timm_models", "convnext-tiny": "timm_models",
+    "digits-clip": "clip", "clip-vit-b16": "clip", "clip-vit-b32": "clip", "clip-vit-l14": "clip", "clip-rn50": "clip",
 }
 MODELS: Registry[ModelEntry] = Registry("model", "ftbench.models", BUILTIN_MODULE)
 BUILD_SEED = 0  # models are built under a fixed seed, so a build does not depend on the global RNG
@@ -162,6 +180,10 @@ def check_input_fits(name: str, channels: int, size: tuple[int, int], benchmark:
         if not any(word in reason for word in _SIZE_WORDS):
             return
         base = name.split(":")[0]
+        if entry.zero_shot:
+            raise UsageError(f"model {name!r} cannot take the {benchmark} benchmark's {channels}x{h}x{w} images "
+                             f"({reason[:160]}); its image tower is built for the images it was pretrained on; on the "
+                             "embedded benchmark use digits-clip") from None
         vit = any(k in base for k in ("vit", "deit", "eva", "beit", "swin", "patch")) or "patch" in reason.lower()
         if vit:
             patch = h // 4 if h == w and h % 4 == 0 and h >= 8 else 1

@@ -1,17 +1,19 @@
-"""CLIP image classifiers from open_clip, with named blocks and zero-shot heads (issue 16, part 1).
-
-Not registered as models yet: the runner does not yet build zero-shot heads from a benchmark's class
-names, so ``--model clip-...`` would only give a CLIP image tower with a head fit on the source,
-which is what ``timm/vit_base_patch16_clip_224`` already gives. This module is the tested base for
-that: the block partition, the classifier, and the zero-shot head.
+"""CLIP image classifiers from open_clip, with named blocks, a text tower and zero-shot heads.
 
 **The classifier.** :class:`ClipClassifier` keeps open_clip's image tower (``model.visual``) and a
 linear ``head``: ``features(x)`` is the tower's embedding normalised to unit length, as open_clip's
 zero-shot evaluation normalises it, and the head maps it to logits. A zero-shot head
-(:func:`zero_shot_head`) is open_clip's ``build_zero_shot_classifier`` — per class, the mean over
-the prompt templates of the normalised text embeddings, normalised again — times the model's
-``logit_scale.exp()`` (100 for OpenAI's weights, as the 100 in open_clip's zero-shot evaluation), with
-zero bias. The text tower is not part of the classifier: it is used to build the head.
+(:meth:`ClipClassifier.set_zero_shot_head`) is open_clip's ``build_zero_shot_classifier`` — per
+class, the mean over the prompt templates of the normalised text embeddings, normalised again —
+times the model's ``logit_scale.exp()`` (100 for OpenAI's weights, as the 100 in open_clip's
+zero-shot evaluation), with zero bias.
+
+**The text tower** (the open_clip model without its image tower) rides along but is not part of
+the image classifier: it is in no block, not in ``parameters()`` (so ``n_params``, the optimizers of
+image-only methods and the block partition see the image classifier alone), but it moves with the
+model (``.to``) and is saved and loaded with it (``text.*`` keys of ``state_dict``), so the pretrain
+cache, WiSE-FT's interpolation and a resumed run keep it. Methods that train it (``flyp``; AutoFT's
+``flyp`` term) take its parameters explicitly (:meth:`ClipClassifier.text_parameters`).
 
 **Blocks**, as timm's ViT partition (docs/models.md): for a ViT tower, 1 = ``conv1`` (patch
 embedding) + ``class_embedding`` + ``positional_embedding`` + ``ln_pre`` + the first third of
@@ -23,34 +25,144 @@ the attention pool. Every parameter is in exactly one block (tested on tiny rand
 
 from __future__ import annotations
 
+import functools
+import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftbench.models.base import BlockModel
-from ftbench.models.timm_models import _ParamView
+from ftbench.errors import UsageError
+from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, ParamView
 
-# ftbench name -> (open_clip architecture, open_clip pretrained tag): the towers the papers fine-tune.
+if TYPE_CHECKING:
+    from ftbench.data.prompts import Prompts
+
+# ftbench name -> (open_clip architecture, open_clip pretrained tag, what it is): the towers the papers fine-tune.
 CLIP_MODELS = {
-    "clip-vit-b16": ("ViT-B-16", "openai"),  # surgical Table 1, AutoFT, WiSE-FT, the PETL robustness study
-    "clip-vit-b32": ("ViT-B-32", "openai"),  # WiSE-FT
-    "clip-vit-l14": ("ViT-L-14", "openai"),  # AutoFT, WiSE-FT
-    "clip-rn50": ("RN50", "openai"),  # LP-FT's CLIP ResNet-50
+    "clip-vit-b16": ("ViT-B-16", "openai", "surgical Table 1, AutoFT, WiSE-FT, FLYP, the PETL robustness study"),
+    "clip-vit-b32": ("ViT-B-32", "openai", "WiSE-FT"),
+    "clip-vit-l14": ("ViT-L-14", "openai", "AutoFT, WiSE-FT"),
+    "clip-rn50": ("RN50", "openai", "LP-FT's CLIP ResNet-50, WiSE-FT"),
 }
+# The embedded benchmark's CLIP: an open_clip CLIP for 8×8 digits (ViT tower, 2×2 patches, 3 layers;
+# a 2-layer text transformer over open_clip's own BPE vocabulary), trained contrastively from scratch
+# on digits' source pool with its class prompts (ftbench/models/pretrain.py).
+DIGITS_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 8, "patch_size": 2, "width": 64, "layers": 3, "head_width": 32, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+TEXT_PREFIX = "text."
+
+
+@functools.cache
+def tokenizer_for(arch: str, context_length: int) -> Callable[..., torch.Tensor]:
+    """open_clip's tokenizer of ``arch`` (its bundled BPE vocabulary: no download) at ``context_length``."""
+    import open_clip
+
+    if arch in open_clip.list_models():
+        return open_clip.get_tokenizer(arch, context_length=context_length)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
 class ClipClassifier(BlockModel):
-    """open_clip's image tower, unit-normalised, and a linear head (see the module docstring)."""
+    """open_clip's image tower, unit-normalised, and a linear head; the text tower alongside (see
+    the module docstring)."""
 
-    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int) -> None:
+    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int, text: nn.Module | None = None,
+                 arch: str = "") -> None:
         super().__init__()
         self.visual = visual
         self.head = nn.Linear(embed_dim, num_classes)
+        object.__setattr__(self, "_text", text)  # not a submodule: see the module docstring
+        self.arch = arch
 
+    # --- the text tower --------------------------------------------------------------------
+    @property
+    def text(self) -> nn.Module:
+        if self._text is None:
+            raise ValueError("this CLIP classifier has no text tower")
+        return self._text
+
+    @property
+    def has_text(self) -> bool:
+        return self._text is not None
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """The text tower's parameters, ``logit_scale`` included."""
+        return list(self.text.parameters())
+
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        ctx = int(self.text.positional_embedding.shape[0])
+        return tokenizer_for(self.arch, ctx)(list(captions)).to(self.text.positional_embedding.device)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit-length text embeddings of token rows (gradients flow: FLYP trains through this)."""
+        return F.normalize(self.text.encode_text(tokens), dim=-1)
+
+    def class_embeddings(self, prompts: Prompts) -> torch.Tensor:
+        """C×D unit rows: per class, the mean over the templates of the normalised caption embeddings,
+        normalised again — ``build_zero_shot_classifier``'s computation, with gradients."""
+        caps = [c for i in range(len(prompts.classnames)) for c in prompts.captions(i)]
+        e = self.encode_text(self.tokenize(caps))
+        return F.normalize(e.view(len(prompts.classnames), len(prompts.templates), -1).mean(1), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.text.logit_scale.exp()
+
+    def set_zero_shot_head(self, prompts: Prompts) -> None:
+        """A new head: ``logit_scale.exp() ×`` the class embeddings of ``prompts``, zero bias (in eval
+        mode, without gradients: open_clip's ``build_zero_shot_classifier``)."""
+        was = self.text.training
+        self.text.eval()
+        with torch.no_grad():
+            w = self.class_embeddings(prompts)
+            head = nn.Linear(w.shape[1], w.shape[0]).to(w.device)
+            head.weight.copy_(self.logit_scale() * w)
+            head.bias.zero_()
+        self.text.train(was)
+        self.head = head
+
+    # --- the text tower travels with the model ---------------------------------------------
+    def _apply(self, fn: Callable, recurse: bool = True) -> ClipClassifier:  # .to(), .float(), ...
+        super()._apply(fn, recurse)
+        if self._text is not None:
+            self._text._apply(fn, recurse)
+        return self
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._text is not None:
+            self._text.state_dict(destination=destination, prefix=prefix + TEXT_PREFIX, keep_vars=keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        tp = prefix + TEXT_PREFIX
+        text = {k[len(tp):]: v for k, v in state_dict.items() if k.startswith(tp)}
+        for k in [k for k in state_dict if k.startswith(tp)]:
+            del state_dict[k]  # load_state_dict passes its own copy: the image keys go on as usual
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self._text is not None:
+            res = self._text.load_state_dict(text, strict=False)
+            missing_keys += [tp + k for k in res.missing_keys]
+            unexpected_keys += [tp + k for k in res.unexpected_keys]
+        else:
+            unexpected_keys += [tp + k for k in text]
+
+    def adapt_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """open_clip's layout (``visual.*`` and the text tower's keys at the top) -> this model's."""
+        return {k if k.startswith(("visual.", "head.", TEXT_PREFIX)) else TEXT_PREFIX + k: v for k, v in sd.items()}
+
+    def first_conv(self) -> str:
+        return "visual.conv1.weight"
+
+    # --- the image classifier --------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(x), dim=-1)
 
@@ -62,9 +174,9 @@ class ClipClassifier(BlockModel):
             thirds: list[list[nn.Module]] = [[], [], []]
             for i, blk in enumerate(res):
                 thirds[3 * i // d].append(blk)
-            embed = _ParamView(v, tuple(n for n in ("class_embedding", "positional_embedding")
-                                        if getattr(v, n, None) is not None))
-            tail = [v.ln_post] + ([_ParamView(v, ("proj",))] if getattr(v, "proj", None) is not None else [])
+            embed = ParamView(v, tuple(n for n in ("class_embedding", "positional_embedding")
+                                       if getattr(v, n, None) is not None))
+            tail = [v.ln_post] + ([ParamView(v, ("proj",))] if getattr(v, "proj", None) is not None else [])
             return OrderedDict([("1", [v.conv1, embed, v.ln_pre, *thirds[0]]), ("2", thirds[1]),
                                 ("3", [*thirds[2], *tail]), ("last", [self.head])])
         if hasattr(v, "attnpool"):  # ModifiedResNet
@@ -74,23 +186,106 @@ class ClipClassifier(BlockModel):
         raise ValueError(f"no block partition for open_clip image tower {type(v).__name__}")
 
 
-def zero_shot_weights(model: Any, tokenizer: Callable, classnames: Sequence[str],
-                      templates: Sequence[str | Callable[[str], str]]) -> torch.Tensor:
-    """C×D class embeddings (unit rows): open_clip's ``build_zero_shot_classifier``, transposed."""
-    from open_clip.zero_shot_classifier import build_zero_shot_classifier
-
-    device = next(model.parameters()).device
-    return build_zero_shot_classifier(model, tokenizer, classnames, templates, num_classes_per_batch=10,
-                                      device=device, use_tqdm=False).T.contiguous()
-
-
-def zero_shot_head(clip: Any, tokenizer: Callable, classnames: Sequence[str],
-                   templates: Sequence[str | Callable[[str], str]]) -> ClipClassifier:
-    """The CLIP model ``clip`` as a zero-shot classifier: its image tower and a head of the class
-    prompts' text embeddings times ``logit_scale.exp()``, no bias."""
-    w = zero_shot_weights(clip, tokenizer, classnames, templates)
-    model = ClipClassifier(clip.visual, w.shape[1], len(classnames))
+def _in_channels(visual: nn.Module, channels: int) -> None:
+    """Give the tower's first convolution ``channels`` inputs (digits are grey: 1), its weights adapted as
+    timm adapts hub weights (summed over RGB for 1 channel; repeated and rescaled by 3/channels for more)."""
+    c = visual.conv1
+    if c.in_channels == channels:
+        return
+    new = nn.Conv2d(channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=c.bias is not None)
     with torch.no_grad():
-        model.head.weight.copy_(clip.logit_scale.exp() * w)
-        model.head.bias.zero_()
-    return model
+        w = c.weight
+        if channels == 1:
+            new.weight.copy_(w.sum(dim=1, keepdim=True))
+        else:
+            reps = -(-channels // w.shape[1])
+            new.weight.copy_(w.repeat(1, reps, 1, 1)[:, :channels] * (w.shape[1] / channels))
+    visual.conv1 = new
+
+
+def from_open_clip(clip: nn.Module, in_channels: int, num_classes: int, arch: str = "") -> ClipClassifier:
+    """Split an open_clip ``CLIP`` into a :class:`ClipClassifier`: its image tower, a new head of
+    ``num_classes`` outputs, and the rest of it as the text tower."""
+    visual = clip.visual
+    clip.visual = None  # what is left is the text tower (token embedding, transformer, projection, scale)
+    _in_channels(visual, in_channels)
+    return ClipClassifier(visual, int(visual.output_dim), num_classes, text=clip, arch=arch)
+
+
+def _config(arch: str) -> dict[str, Any]:
+    import open_clip
+
+    if arch == "digits-clip":
+        return {**DIGITS_CLIP}
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise UsageError(f"open_clip has no architecture {arch!r}")
+    return {**cfg, "quick_gelu": True}  # OpenAI's weights were trained with QuickGELU (open_clip's pretrained cfg)
+
+
+def build(arch: str, in_channels: int, num_classes: int) -> ClipClassifier:
+    """A randomly initialised CLIP classifier of open_clip architecture ``arch`` (under BUILD_SEED)."""
+    import open_clip
+
+    cfg = _config(arch)
+    for key in ("custom_text", "hf_model_name", "multimodal_cfg"):
+        if cfg.get(key) or cfg.get("text_cfg", {}).get(key):
+            raise UsageError(f"open_clip architecture {arch!r} is not a plain CLIP; ftbench supports plain CLIP towers")
+    cfg.pop("custom_text", None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BUILD_SEED)
+        clip = open_clip.CLIP(**cfg)
+    return from_open_clip(clip, in_channels, num_classes, arch)
+
+
+def _hub_weights(name: str, arch: str, tag: str) -> Callable[[int, int], tuple[BlockModel, str, bool]]:
+    def load(in_channels: int, num_classes: int) -> tuple[BlockModel, str, bool]:
+        import huggingface_hub.constants as hub
+        import open_clip
+
+        from ftbench.models.timm_models import hub_offline
+
+        offline = hub_offline()
+        where = "the local hub cache (offline)" if offline else "the Hugging Face hub"
+        print(f"note: loading open_clip's {arch} {tag!r} weights for {name} from {where}", file=sys.stderr)
+        was = hub.HF_HUB_OFFLINE
+        hub.HF_HUB_OFFLINE = bool(offline) or was
+        logging.disable(logging.ERROR)  # open_clip logs its failed download at ERROR: the one line below says it
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(BUILD_SEED)
+                clip = open_clip.create_model(arch, pretrained=tag, require_pretrained=True)
+        except Exception as e:
+            why = offline or type(e).__name__
+            raise UsageError(
+                f"cannot load open_clip's {arch} {tag!r} weights for model {name!r} ({why}; not in the local hub cache "
+                "either); no network: save an open_clip model's state dict elsewhere "
+                f"(open_clip.create_model({arch!r}, pretrained={tag!r}).state_dict()) and use --weights PATH") from None
+        finally:
+            hub.HF_HUB_OFFLINE = was
+            logging.disable(logging.NOTSET)
+        model = from_open_clip(clip, in_channels, num_classes, arch)
+        return model, f"hub:open_clip:{arch}.{tag}", False
+
+    return load
+
+
+MODELS.register("digits-clip")(ModelEntry(
+    build=lambda cin, n: build("digits-clip", cin, n),
+    block_names=("1", "2", "3", "last"),
+    help="open_clip CLIP for 8x8 digits (ViT 2x2 patches, 3 layers; 2-layer text tower), trained contrastively "
+         "on the source split with the class prompts; zero-shot head; blocks 1, 2, 3 (a transformer layer each), last",
+    native=(1, 10),
+    zero_shot=True,
+    # Adam at digits' 3e-3 leaves both transformers at chance (loss ln 10 throughout, measured); 3e-4 learns.
+    recipe={"lr": 3e-4},
+))
+for _name, (_arch, _tag, _used) in CLIP_MODELS.items():
+    MODELS.register(_name)(ModelEntry(
+        build=functools.partial(build, _arch),
+        block_names=("1", "2", "3", "4", "last") if _arch.startswith("RN") else ("1", "2", "3", "last"),
+        help=f"open_clip {_arch} with OpenAI's weights ({_tag!r}), image tower + zero-shot head ({_used})",
+        weights=_hub_weights(_name, _arch, _tag),
+        native=(3, 1000),
+        zero_shot=True,
+    ))

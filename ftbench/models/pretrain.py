@@ -38,7 +38,7 @@ RECIPE = {"optimizer": "adam", "lr": 3e-3, "wd": 5e-4, "epochs": 40, "batch_size
 def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
     # The device type is part of the key: CUDA pretraining (bf16) gives different weights than CPU,
     # and results on one device must not depend on which device happened to fill the cache first.
-    key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": recipe_of(source),
+    key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": recipe_of(source, model),
            "device": torch.device(device).type}
     if weights is not None:  # a classifier fit on given weights; enters the key only then (older keys stay)
         from ftbench.models.weights import HEAD_RECIPE
@@ -88,6 +88,11 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
     given = given_weights(entry, model, source.train.channels, source.num_classes, weights)
     if given is not None and given.head_loaded:
         return given.model.to(device).eval()
+    if given is not None and entry.zero_shot and source.prompts is not None:
+        # A CLIP model's classifier for the source classes is its zero-shot head: nothing to fit or cache.
+        net = given.model.to(device).eval()
+        net.set_zero_shot_head(source.prompts)
+        return net
     net = given.model if given is not None else entry.build(source.train.channels, source.num_classes)
     path = cache_path(model, source, device, given.key() if given is not None else None)
     clean_tmp(path.parent)
@@ -169,14 +174,18 @@ def _save(net: nn.Module, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def recipe_of(source: SourceTask) -> dict:
-    """The pretraining recipe of ``source``: its benchmark's (``SourceTask.recipe``), else ``RECIPE``.
+def recipe_of(source: SourceTask, model: str | None = None) -> dict:
+    """The pretraining recipe of ``source``: its benchmark's (``SourceTask.recipe``), else ``RECIPE``;
+    with the keys a model's entry overrides (``ModelEntry.recipe``: digits-clip's transformer towers
+    need a tenth of the learning rate the small ResNets train with).
 
     Optional keys beyond RECIPE's: ``augment`` (``"crop-flip"``: a random crop of the image padded by
     4 px, reflected, and a horizontal flip with probability 1/2, per image on the device) and
     ``schedule`` (``"cosine"``: the learning rate decays from ``lr`` to 0 over the run).
     """
-    return RECIPE if source.recipe is None else source.recipe
+    r = RECIPE if source.recipe is None else source.recipe
+    own = get_model_entry(model).recipe if model is not None else None
+    return {**r, **own} if own else r
 
 
 class CropFlip(nn.Module):
@@ -213,7 +222,7 @@ def _train(net: BlockModel, source: SourceTask, device: torch.device, name: str 
 
 
 def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device, name: str = "model") -> BlockModel:
-    r = recipe_of(source)
+    r = recipe_of(source, name)
     torch.manual_seed(r["seed"])
     net = net.to(device).train()
     for m in net.modules():  # fresh init under the recipe's seed, independent of build order
@@ -224,7 +233,16 @@ def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device, nam
     steps = r["epochs"] * max(1, len(data) // r["batch_size"])
     if r.get("augment") not in (None, "crop-flip") or r.get("schedule") not in (None, "cosine"):
         raise ValueError(f"unknown augment or schedule in pretraining recipe {r}")
-    model: nn.Module = CropFlip(net) if r.get("augment") == "crop-flip" else net
+    params = list(net.parameters())
+    if getattr(net, "has_text", False):  # a CLIP model: contrastive, both towers (see ClassPromptLogits)
+        if source.prompts is None:
+            raise ValueError(f"model {name!r} has a text tower; its source split has no class prompts to train it on")
+        net.text.train()
+        params = [p for b in net.block_names() if b != "last" for p in net.block_parameters(b)] + net.text_parameters()
+        model: nn.Module = ClassPromptLogits(net, source.prompts)
+    else:
+        model = net
+    model = CropFlip(model) if r.get("augment") == "crop-flip" else model
 
     def cosine(opt: torch.optim.Optimizer, t: int) -> None:  # lr of step t (1-based), before its update
         for group in opt.param_groups:
@@ -236,9 +254,29 @@ def _train_recipe(net: BlockModel, source: SourceTask, device: torch.device, nam
     task = Task(f"source model {name}", steps, per_unit=max(1, len(data) // r["batch_size"]),
                 about=f"training on {len(data):,} source images, once: it is cached for later runs")
     try:
-        fit(model, net.parameters(), data, lr=r["lr"], wd=r["wd"], steps=steps, batch_size=r["batch_size"],
+        fit(model, params, data, lr=r["lr"], wd=r["wd"], steps=steps, batch_size=r["batch_size"],
             optimizer=r["optimizer"], generator=g, before_step=before_step,
             progress=lambda t, loss: task.update(t, float(loss)), progress_every=task.every)
     finally:
         task.close()
+    if getattr(net, "has_text", False):
+        net.set_zero_shot_head(source.prompts)  # the classifier of the source classes: their prompts' embeddings
     return net
+
+
+class ClassPromptLogits(nn.Module):
+    """A CLIP model's logits against its class prompts, for training both towers from scratch.
+
+    ``logit_scale.exp() · f(x) · t_cᵀ`` with ``f`` the unit image embedding and ``t_c`` class c's
+    embedding (mean over the templates of the unit caption embeddings, normalised: the zero-shot
+    head, recomputed with gradients each step). Cross-entropy on these logits is the image-to-text
+    half of CLIP's contrastive loss with the classes' captions as the candidate texts: what the
+    embedded benchmark's CLIP (``digits-clip``) is pretrained with on the source split.
+    """
+
+    def __init__(self, net: nn.Module, prompts: Any) -> None:
+        super().__init__()
+        self.net, self.prompts = net, prompts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.logit_scale() * self.net.features(x) @ self.net.class_embeddings(self.prompts).T

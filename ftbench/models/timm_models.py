@@ -49,7 +49,14 @@ from timm.models import ConvNeXt, ResNet, VisionTransformer
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, PiecewiseForward
+from ftbench.models.base import (
+    BUILD_SEED,
+    MODELS,
+    BlockModel,
+    ModelEntry,
+    PiecewiseForward,
+)
+from ftbench.models.base import ParamView as _ParamView
 
 PREFIX = "timm/"
 
@@ -105,19 +112,6 @@ def _modules_of(root: nn.Module, prefix: str, block_of: dict[int, str], order: l
     if empty:
         raise UsageError(f"block partition leaves block(s) {', '.join(empty)} empty")
     return Partition("", tuple((b, tuple(items[b])) for b in order))
-
-
-class _ParamView(nn.Module):
-    """Parameters held directly by a module, seen as one module for :meth:`BlockModel.blocks`.
-
-    Built afresh on each ``blocks()`` call and never registered as a submodule (as ``digits-vit``'s
-    embedding view), so the parameters stay their owner's: one ``state_dict`` key each, counted once.
-    """
-
-    def __init__(self, owner: nn.Module, names: tuple[str, ...]) -> None:
-        super().__init__()
-        for n in names:
-            self.register_parameter(n.replace(".", "_"), getattr(owner, n))
 
 
 def _resolve_items(model: nn.Module, partition: Partition) -> OrderedDict[str, list[nn.Module]]:
@@ -394,7 +388,7 @@ class _CuttableTimm(PiecewiseForward, TimmBlockModel):
 
 def parse_name(name: str) -> tuple[str, dict[str, Any]]:
     """``timm/ARCH[:k=v,...]`` -> (ARCH, kwargs for ``timm.create_model``)."""
-    body = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    body = name.removeprefix(PREFIX)
     arch, _, rest = body.partition(":")
     kwargs: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
@@ -515,7 +509,7 @@ def _entry(arch: str, kwargs: dict[str, Any], help: str, block_names: tuple[str,
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def timm_entry(name: str) -> ModelEntry:
     """The entry of ``timm/ARCH[:k=v,...]``: blocks found by building it on the meta device."""
     arch, kwargs = parse_name(name)

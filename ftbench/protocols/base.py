@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from ftbench.data.base import AnySplit, Benchmark, Metrics, SourceTask
+    from ftbench.data.prompts import Prompts
     from ftbench.spec import RunSpec
 
 
@@ -58,6 +59,7 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
     fresh_head: bool = False  # the ID task's classifier starts new (re-initialised) before the method runs
     pretraining: SourceTask | None = None  # what the source model is trained on (None: given weights only)
+    prompts: Prompts | None = None  # the trained task's class names and templates (zero-shot heads)
 
     @property
     def ood_prefixes(self) -> tuple[str, ...]:

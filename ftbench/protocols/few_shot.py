@@ -41,4 +41,4 @@ class FewShotTarget(Protocol):
         scored = (Scored("id", "id-test", s.test, s.metrics), Scored("source_val", "source-val", s.val),
                   Scored("val", "val", t.val, t.metrics), Scored("ood", "ood-test", t.test, t.metrics))
         return Task(self.name, t.num_classes, t.train, t.val, t.val, s.test, t.test, scored, t.metrics,
-                    dict(t.info), fresh_head=False, pretraining=s)
+                    dict(t.info), fresh_head=False, pretraining=s, prompts=t.prompts)

@@ -102,4 +102,4 @@ class IdOod(Protocol):
         info = {"shift_level": bench.id_ood_shift.level if bench.id_ood_shift else "", **d.info}
         pre = bench.source(spec) if bench.id_ood_pretrains else None
         return Task(self.name, d.num_classes, train, d.val, d.ood_val, d.test, first, tuple(scored), m, info,
-                    fresh_head=True, pretraining=pre)
+                    fresh_head=True, pretraining=pre, prompts=d.prompts)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,10 +81,12 @@ class TrainContext:
         """Run the standard loop on the target train split with the spec's hyperparameters.
 
         ``overrides`` may replace ``lr``, ``wd``, ``batch_size``, ``optimizer`` or ``steps``, and pass
-        the loop's hooks ``extra_loss`` and ``before_step`` (see :func:`ftbench.train.loop.fit`).
+        the loop's hooks ``extra_loss``, ``before_step`` and ``loss_fn`` (see :func:`ftbench.train.loop.fit`).
+        ``net`` replaces the module the loop runs (default: the model; e.g. FLYP's image embeddings).
         """
         s = self.spec
         steps = overrides.pop("steps", None)
+        module = overrides.pop("net", None)
         hp = {"lr": s.lr, "wd": s.wd, "batch_size": s.batch_size, "optimizer": s.optimizer}
         hp.update(overrides)
         n = len(self.target.train)
@@ -98,7 +100,10 @@ class TrainContext:
         # Frozen-prefix fast path (ftbench/train/prefix.py): same loop on cached activations when exact.
         params = list(params)
         resume = self.resume.fit_kwargs(self, steps, done, hp) if self.resume is not None else {}
-        net, data = prefix.fit_inputs(self.model, params, self.target.train, hp)
+        if module is None:
+            net, data = prefix.fit_inputs(self.model, params, self.target.train, hp)
+        else:
+            net, data = module, self.target.train
         stats = fit(net, params, data, steps=steps, generator=self.generator,
                     on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp, **resume)
         if self.resume is not None:

@@ -148,16 +148,29 @@ def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
 
 
 def prepare_head(method: Method, ctx: TrainContext) -> None:
-    """Under a protocol that gives the ID task a new classifier: put it in, and fit it as the linear
-    probe first for methods whose ``head_init`` asks for it (docs/protocols.md)."""
+    """Under a protocol that gives the ID task a new classifier: put it in, and for methods whose
+    ``head_init`` asks for the pretrained model's own readout (``"probe"``) make it so first: the
+    zero-shot head of the task's class prompts for a model with a text tower (CLIP), else the linear
+    probe of the pretrained features. With a zero-shot head, methods with ``zero_shot_start`` start
+    from it too, though they train the classifier (docs/protocols.md)."""
     if not ctx.target.fresh_head:
         return
     ctx.new_head()
-    if method.head_init(ctx.block_names) == "probe":
+    probe = method.head_init(ctx.block_names) == "probe"
+    if zero_shot_ready(ctx) and (probe or method.zero_shot_start):
+        ctx.model.set_zero_shot_head(ctx.target.prompts)
+        ctx.metrics["head_init"] = "zero-shot"  # a column of these rows only (docs/results.md)
+        return
+    if probe:
         from ftbench.models.weights import HEAD_RECIPE
 
         ctx.set_trainable(["last"], bn="frozen")
         ctx.linear_probe(l2=HEAD_RECIPE["l2"], max_iter=HEAD_RECIPE["max_iter"])
+
+
+def zero_shot_ready(ctx: TrainContext) -> bool:
+    """Whether the run's model has a text tower and its task class prompts (a zero-shot head)."""
+    return bool(getattr(ctx.model, "has_text", False)) and ctx.target.prompts is not None
 
 
 def work_dir(out_dir: Path | str, run_id: str) -> Path:
