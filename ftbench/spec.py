@@ -134,7 +134,7 @@ def resolve(spec: RunSpec) -> RunSpec:
     spec = dataclasses.replace(spec, model=spec.model or bench.default_model)
     method_cls = get_method(spec.method)
     method_cls.check_protocol(protocol)
-    method_cls.check_model(spec.model, entry)
+    method_cls.check_entry(spec.model, entry)
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)

@@ -184,6 +184,12 @@ class Benchmark:
         """One line on whether the data are available locally."""
         raise NotImplementedError
 
+    def class_prompts(self, spec: RunSpec, role: str) -> Prompts | None:
+        """Class names and templates of the ``role`` task's labels (``source``, ``target`` or ``id``), for
+        zero-shot heads (ftbench/data/prompts.py); None: ftbench has none for this benchmark. Splits that
+        carry their own (``prompts=``) take precedence."""
+        return None
+
 
 class FetchedBenchmark(Benchmark):
     """A benchmark on data that ``ftbench fetch`` downloads or checks (``datasets``), with the

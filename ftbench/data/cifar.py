@@ -235,6 +235,13 @@ def few_shot(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarr
 # --- the benchmarks ---------------------------------------------------------------------------
 
 class _Cifar10(FetchedBenchmark):
+    def class_prompts(self, spec: RunSpec, role: str) -> Any:
+        from ftbench.data.prompts import CIFAR10
+
+        if role == "target" and spec.shift == "label-flip":  # target label i is class 9 - i, and is called so
+            return CIFAR10.relabelled([9 - i for i in range(10)])
+        return CIFAR10
+
     """What the three CIFAR-10 benchmarks share: source task, target partition, checks."""
 
     default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/cifar.py)

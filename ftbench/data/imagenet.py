@@ -387,6 +387,11 @@ class _ImageNetBenchmark(FetchedBenchmark):
 
 
 class _ImageNetSource(_ImageNetBenchmark):
+    def class_prompts(self, spec: RunSpec, role: str) -> Any:
+        from ftbench.data.prompts import imagenet
+
+        return imagenet()  # ImageNet's 1000 classes in sorted-wnid order (a copy with fewer classes gets none)
+
     """Source task: all of ImageNet (train -> source_train / source_val, val -> source_test)."""
 
     def source(self, spec: RunSpec) -> SourceTask:

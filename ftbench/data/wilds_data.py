@@ -343,6 +343,13 @@ WILDS_NAMES = {"waterbirds": "waterbirds", "celeba": "celebA", "camelyon17": "ca
 
 
 class _Wilds(FetchedBenchmark):
+    prompts_name: ClassVar[str] = ""  # the dataset's table in ftbench/data/prompts.py
+
+    def class_prompts(self, spec: RunSpec, role: str) -> Any:
+        from ftbench.data import prompts
+
+        return getattr(prompts, self.prompts_name, None)
+
     """What the five WILDS benchmarks share: data loading, splits, few-shot draw, checks."""
 
     default_model = "resnet50"  # timm resnet50.tv_in1k (ftbench/models/timm_models.py), as WILDS' baselines
@@ -542,6 +549,7 @@ class _Natural(_Wilds):
 @BENCHMARKS.register("waterbirds")
 class Waterbirds(_Spurious):
     name = "waterbirds"
+    prompts_name = "WATERBIRDS"
     help = ("Waterbirds (WILDS): landbird/waterbird, background spuriously correlated in train -> group-balanced "
             "few-shot target; worst-group accuracy")
     shifts = {"spurious-background": ShiftInfo(
@@ -564,6 +572,7 @@ class Waterbirds(_Spurious):
 @BENCHMARKS.register("celeba")
 class CelebA(_Spurious):
     name = "celeba"
+    prompts_name = "CELEBA"
     help = ("CelebA (WILDS): blond hair, gender spuriously correlated in train -> group-balanced few-shot target; "
             "worst-group accuracy")
     shifts = {"spurious-gender": ShiftInfo(
@@ -585,6 +594,7 @@ class CelebA(_Spurious):
 @BENCHMARKS.register("camelyon17")
 class Camelyon17(_Natural):
     name = "camelyon17"
+    prompts_name = "CAMELYON17"
     help = "Camelyon17-WILDS: tumour patches, hospitals 0/3/4 -> hospital 2 (OOD test); accuracy"
     shifts = {"hospital": ShiftInfo(
         "hospital", "natural",
@@ -618,6 +628,7 @@ class Camelyon17(_Natural):
 @BENCHMARKS.register("fmow")
 class FMoW(_Natural):
     name = "fmow"
+    prompts_name = "FMOW"
     help = "FMoW-WILDS: satellite images, 62 land uses, before 2013 -> 2016-2017 (OOD test); worst-region accuracy"
     shifts = {"time": ShiftInfo(
         "time", "natural",
@@ -642,6 +653,7 @@ class FMoW(_Natural):
 @BENCHMARKS.register("iwildcam")
 class IWildCam(_Natural):
     name = "iwildcam"
+    prompts_name = "IWILDCAM"
     help = "iWildCam2020-WILDS: camera-trap species, 182 classes, train cameras -> unseen cameras (OOD test); macro-F1"
     shifts = {"camera": ShiftInfo(
         "camera", "natural",

@@ -182,7 +182,7 @@ class Method:
         task's classifier is new when the method starts (see :attr:`head_init`)."""
 
     @classmethod
-    def check_model(cls, model: str, entry: Any) -> None:
+    def check_entry(cls, model: str, entry: Any) -> None:
         """Refuse (one UsageError) a model this method cannot train (``entry``: its
         :class:`~ftbench.models.base.ModelEntry`); default: any."""
 

@@ -107,7 +107,7 @@ class ZeroShot(Method):
     zero_shot_start = True
 
     @classmethod
-    def check_model(cls, model: str, entry: ModelEntry) -> None:
+    def check_entry(cls, model: str, entry: ModelEntry) -> None:
         require_text(cls.name, model, entry)
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
@@ -135,7 +135,7 @@ class Flyp(Method):
     options = {"decay": DECAY_OPTION}
 
     @classmethod
-    def check_model(cls, model: str, entry: ModelEntry) -> None:
+    def check_entry(cls, model: str, entry: ModelEntry) -> None:
         require_text(cls.name, model, entry)
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:

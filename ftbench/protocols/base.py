@@ -125,6 +125,12 @@ def protocol_names() -> list[str]:
     return sorted(PROTOCOLS.names(), key=lambda n: (n != DEFAULT_PROTOCOL, n))
 
 
+def fitting(prompts: Prompts | None, num_classes: int) -> Prompts | None:
+    """``prompts`` when they name exactly ``num_classes`` classes, else None (e.g. a copy of ImageNet
+    with fewer classes than its 1000 names): a zero-shot head must have a row per label."""
+    return prompts if prompts is not None and len(prompts.classnames) == num_classes else None
+
+
 def per_class_draw(labels: np.ndarray, shots: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
     """Positions of ``shots`` examples per stratum (default: per class), drawn with ``seed``; sorted.
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from ftbench.protocols.base import PROTOCOLS, Protocol, Scored, Task
+import dataclasses
+
+from ftbench.protocols.base import PROTOCOLS, Protocol, Scored, Task, fitting
 
 if TYPE_CHECKING:
     from ftbench.data.base import Benchmark
@@ -38,6 +40,8 @@ class FewShotTarget(Protocol):
 
     def task(self, bench: Benchmark, spec: RunSpec) -> Task:
         s, t = bench.source(spec), bench.target(spec)
+        s = dataclasses.replace(s, prompts=fitting(s.prompts or bench.class_prompts(spec, "source"), s.num_classes))
+        t = dataclasses.replace(t, prompts=fitting(t.prompts or bench.class_prompts(spec, "target"), t.num_classes))
         scored = (Scored("id", "id-test", s.test, s.metrics), Scored("source_val", "source-val", s.val),
                   Scored("val", "val", t.val, t.metrics), Scored("ood", "ood-test", t.test, t.metrics))
         return Task(self.name, t.num_classes, t.train, t.val, t.val, s.test, t.test, scored, t.metrics,

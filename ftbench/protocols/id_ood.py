@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ftbench.errors import UsageError, unknown
-from ftbench.protocols.base import PROTOCOLS, Protocol, Scored, Task, per_class_draw
+from ftbench.protocols.base import PROTOCOLS, Protocol, Scored, Task, fitting, per_class_draw
 
 if TYPE_CHECKING:
     from ftbench.data.base import Benchmark
@@ -101,5 +101,9 @@ class IdOod(Protocol):
         first = next(iter(d.ood_tests.values()))
         info = {"shift_level": bench.id_ood_shift.level if bench.id_ood_shift else "", **d.info}
         pre = bench.source(spec) if bench.id_ood_pretrains else None
+        if pre is not None:
+            pre = dataclasses.replace(pre, prompts=fitting(pre.prompts or bench.class_prompts(spec, "source"),
+                                                           pre.num_classes))
+        prompts = fitting(d.prompts or bench.class_prompts(spec, "id"), d.num_classes)
         return Task(self.name, d.num_classes, train, d.val, d.ood_val, d.test, first, tuple(scored), m, info,
-                    fresh_head=True, pretraining=pre, prompts=d.prompts)
+                    fresh_head=True, pretraining=pre, prompts=prompts)
