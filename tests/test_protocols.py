@@ -179,7 +179,8 @@ def test_effective_robustness_is_ood_above_the_logit_trend() -> None:
 @pytest.mark.parametrize("method", [m.name for m in all_methods()])
 def test_every_method_runs_in_both_protocols_or_says_why(method: str) -> None:
     """Each registered method resolves and trains under both protocols on digits (on its ViT where the
-    CNN has no place for the method), or refuses a protocol with one UsageError line."""
+    CNN has no place for the method, on its CLIP where the method needs a text tower), or refuses a
+    protocol with one UsageError line."""
     for protocol in ("few-shot", "id-ood"):
         spec = RunSpec(method=method, protocol=protocol, steps=2, options=_fast(method))
         try:
@@ -187,6 +188,9 @@ def test_every_method_runs_in_both_protocols_or_says_why(method: str) -> None:
         except UsageError as e:
             if "digits-vit" in str(e) or "transformer" in str(e).lower() or "ViT" in str(e):
                 spec = resolve(dataclasses.replace(spec, model="digits-vit"))
+            elif "text tower" in str(e):
+                assert "\n" not in str(e) and "digits-clip" in str(e)
+                spec = resolve(dataclasses.replace(spec, model="digits-clip"))
             else:
                 assert method == "none" and protocol == "id-ood", str(e)
                 assert "\n" not in str(e) and "linear-probe" in str(e)
