@@ -501,8 +501,9 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
         get_benchmark("digits")
         for n in BENCHMARKS.names():
             b = get_benchmark(n)
-            lines.append(f"[bold]{n}[/]: " + escape(f"{b.help} (default model {b.default_model}, shots {b.default_shots})"))
-            for s in b.shifts.values():
+            shots = f", shots {b.default_shots}" if b.few_shot else ""
+            lines.append(f"[bold]{n}[/]: " + escape(f"{b.help} (default model {b.default_model}{shots})"))
+            for s in b.shifts.values() if b.few_shot else ():
                 lines.append(escape(f"    --shift {s.name} [{s.level} level]: {s.help}"))
             if b.id_ood_shift is not None:
                 sets = ", ".join(f"{k} ({v} level)" for k, v in b.id_ood_sets.items())

@@ -126,6 +126,9 @@ class IdOodSplits:
     info: dict[str, Any] = field(default_factory=dict)
     strata: Any = None  # per-example stratum of ``train`` for --shots (default: its labels), e.g. WILDS groups
     prompts: Prompts | None = None  # the ID classes' names and templates (zero-shot heads)
+    # OOD test sets of a subset of the ID classes that are scored on those classes' logits only (ImageNet-R
+    # and -A: 200 of the 1000, as their authors score them); labels stay ID labels. Set name -> ID labels.
+    ood_classes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class Benchmark:
     id_ood_sets: ClassVar[dict[str, str]] = {}
     id_ood_has_val: ClassVar[bool] = False
     id_ood_pretrains: ClassVar[bool] = False
+    # Whether the benchmark has few-shot target splits (False: an ID→OOD benchmark only, e.g. imagenet).
+    few_shot: ClassVar[bool] = True
 
     def resolve(self, spec: RunSpec) -> RunSpec:
         """Fill benchmark defaults into ``spec`` and reject values this benchmark cannot take."""

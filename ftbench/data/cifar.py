@@ -32,13 +32,13 @@ import pickle
 import sys
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from ftbench.data import corruptions
-from ftbench.data.base import BENCHMARKS, FetchedBenchmark, ShiftInfo, SourceTask, Split, TargetTask
+from ftbench.data.base import BENCHMARKS, FetchedBenchmark, IdOodSplits, ShiftInfo, SourceTask, Split, TargetTask
 from ftbench.data.fetch import CIFAR10_C_FILES, DATASETS
 from ftbench.errors import UsageError
 
@@ -235,20 +235,20 @@ def few_shot(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarr
 # --- the benchmarks ---------------------------------------------------------------------------
 
 class _Cifar10(FetchedBenchmark):
-    def class_prompts(self, spec: RunSpec, role: str) -> Any:
-        from ftbench.data.prompts import CIFAR10
-
-        if role == "target" and spec.shift == "label-flip":  # target label i is class 9 - i, and is called so
-            return CIFAR10.relabelled([9 - i for i in range(10)])
-        return CIFAR10
-
-    """What the three CIFAR-10 benchmarks share: source task, target partition, checks."""
+    """What the CIFAR-10 benchmarks share: source task, target partition, checks, class prompts."""
 
     default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/cifar.py)
     default_shots = DEFAULT_SHOTS
     max_shots = MAX_SHOTS
     default_corruption = DEFAULT_CORRUPTION
     default_severity = DEFAULT_SEVERITY
+
+    def class_prompts(self, spec: RunSpec, role: str) -> Any:
+        from ftbench.data.prompts import CIFAR10
+
+        if role == "target" and spec.shift == "label-flip":  # target label i is class 9 - i, and is called so
+            return CIFAR10.relabelled([9 - i for i in range(10)])
+        return CIFAR10
 
     def _root(self) -> str:
         """The data root, after checking every dataset this benchmark reads is there."""
@@ -348,3 +348,97 @@ class Cifar10Flip(_Cifar10):
 
     def _relabel(self, y: np.ndarray) -> np.ndarray:
         return (NUM_CLASSES - 1) - y
+
+
+# --- CIFAR-10 -> CIFAR-10.1 and STL-10 (LP-FT, WiSE-FT) ---------------------------------------
+
+# LP-FT's map from STL-10 labels (0-based, class_names.txt order: airplane, bird, car, cat, deer, dog,
+# horse, monkey, ship, truck) to CIFAR-10 labels; -1: monkey, which CIFAR-10 lacks, is dropped
+# (unlabeled_extrapolation/datasets/stl_cifar_style.py, make_labels_like_cifar). CIFAR's frog (6) has
+# no STL-10 images; the model keeps its 10 logits, as in LP-FT.
+STL_TO_CIFAR = (0, 2, 1, 3, 4, 5, 7, -1, 8, 9)
+STL_SIZE = 96
+
+
+def _npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable {what} array ({type(e).__name__}: {e}); fetch it again") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar10_1(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10.1 v6: uint8 N×3×32×32 images and their CIFAR-10 labels."""
+    folder = Path(root) / DATASETS.get("cifar10.1").folder
+    x = _npy(folder / "cifar10.1_v6_data.npy", "CIFAR-10.1")
+    y = _npy(folder / "cifar10.1_v6_labels.npy", "CIFAR-10.1 label")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or y.shape != (x.shape[0],):
+        raise UsageError(f"{folder} does not hold CIFAR-10.1 (images {x.dtype} {x.shape}, labels {y.shape}; expected "
+                         "uint8 N×32×32×3 and N labels); fetch cifar10.1 again")
+    if y.size and not (0 <= y.min() and y.max() < NUM_CLASSES):
+        raise UsageError(f"{folder} has CIFAR-10.1 labels outside 0..9; fetch cifar10.1 again")
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _stl10_test(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """STL-10's test split with CIFAR-10 labels (monkey dropped): uint8 N×3×96×96 images, labels."""
+    folder = Path(root) / DATASETS.get("stl10").folder / "stl10_binary"
+    try:
+        raw = np.fromfile(folder / "test_X.bin", dtype=np.uint8)
+        labels = np.fromfile(folder / "test_y.bin", dtype=np.uint8).astype(np.int64)
+    except OSError as e:
+        raise UsageError(f"cannot read STL-10 under {folder} ({type(e).__name__}: {e}); fetch stl10 again") from None
+    per = 3 * STL_SIZE * STL_SIZE
+    if raw.size != per * labels.size or labels.size == 0 or labels.min() < 1 or labels.max() > 10:
+        raise UsageError(f"{folder} does not hold STL-10's test split ({raw.size:,} image bytes for {labels.size:,} "
+                         f"labels in 1..10; expected {per:,} bytes per label); fetch stl10 again")
+    # Each image is 3 planes (R, G, B) of 96×96 stored column-major (the STL-10 binary format).
+    x = raw.reshape(-1, 3, STL_SIZE, STL_SIZE).transpose(0, 1, 3, 2)
+    y = np.asarray(STL_TO_CIFAR, dtype=np.int64)[labels - 1]
+    keep = y >= 0
+    return np.ascontiguousarray(x[keep]), y[keep]
+
+
+def _stl_split(x: np.ndarray, y: np.ndarray) -> Split:
+    """STL-10 images at CIFAR-10's 32×32: each 3×3 block of pixels averaged (96 = 3 × 32; the area
+    filter, as PIL's and torchvision's antialiased resize to an exact third), then normalised as CIFAR."""
+    t = torch.nn.functional.avg_pool2d(torch.from_numpy(x).float().div_(255), 3)
+    t = t.sub_(torch.tensor(MEAN).view(1, 3, 1, 1)).div_(torch.tensor(STD).view(1, 3, 1, 1))
+    return Split(t, torch.from_numpy(y))
+
+
+@BENCHMARKS.register("cifar10")
+class Cifar10Ood(_Cifar10):
+    """ID: CIFAR-10 (train less a fixed tenth held out as ID val; ID test: CIFAR-10 test) — the CIFAR-10
+    benchmarks' source task. OOD test sets: CIFAR-10.1 v6 (2,000 images, 10 classes) and STL-10's test
+    split (7,200 images of the 9 classes it shares with CIFAR-10, monkey dropped, labels mapped as LP-FT
+    does), scored on all 10 logits as in LP-FT. Images stay at 32×32 (STL-10 averaged down from 96):
+    LP-FT instead upsamples CIFAR-10 and STL-10 to 224 for its ImageNet and CLIP models (docs/benchmarks.md)."""
+
+    name = "cifar10"
+    help = "CIFAR-10 -> CIFAR-10.1 (v6) / STL-10 (9 shared classes) (ID→OOD protocol only)"
+    datasets = ("cifar10", "cifar10.1", "stl10")
+    default_model = "resnet50"  # LP-FT's CIFAR experiments fine-tune ImageNet-pretrained ResNet-50s
+    few_shot = False
+    id_ood_shift = ShiftInfo(
+        "natural", "natural",
+        "ID: CIFAR-10 (train less a tenth as ID val; ID test: CIFAR-10 test); OOD: CIFAR-10.1 v6, STL-10 test "
+        "(its 9 CIFAR classes, averaged down to 32x32)")
+    shifts = {"natural": id_ood_shift}
+    id_ood_sets: ClassVar[dict[str, str]] = {"cifar10.1": "natural", "stl10": "natural"}
+    id_ood_has_val = False
+    id_ood_pretrains = False
+
+    def resolve(self, spec: RunSpec) -> RunSpec:
+        return spec  # the ID→OOD protocol resolves it (the few-shot one refuses it)
+
+    def id_ood_max_shots(self) -> int | None:
+        return 4500  # of each class's 5,000 train images, 500 are ID val
+
+    def id_ood(self, spec: RunSpec) -> IdOodSplits:
+        s = self.source(spec)
+        root = self._root()
+        return IdOodSplits(NUM_CLASSES, s.train, s.val, s.test,
+                           {"cifar10.1": _split(*_cifar10_1(root)), "stl10": _stl_split(*_stl10_test(root))})

@@ -32,15 +32,7 @@ import numpy as np
 import torch
 
 from ftbench.data import corruptions
-from ftbench.data.base import (
-    BENCHMARKS,
-    Benchmark,
-    IdOodSplits,
-    ShiftInfo,
-    SourceTask,
-    Split,
-    TargetTask,
-)
+from ftbench.data.base import BENCHMARKS, Benchmark, IdOodSplits, ShiftInfo, SourceTask, Split, TargetTask
 from ftbench.data.prompts import DIGITS
 from ftbench.errors import UsageError, unknown
 

@@ -70,6 +70,7 @@ class RemoteFile:
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
+    into: str | None = None  # not an archive: placed as this path in the dataset folder, as downloaded
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,70 @@ register(Dataset(
     layout="<root>/breeds/{class_hierarchy.txt,dataset_class_info.json,node_names.txt} from "
            "https://github.com/MadryLab/BREEDS-Benchmarks (folder imagenet_class_hierarchy/modified), "
            "plus the imagenet dataset",
+))
+
+# The OOD test sets of LP-FT, WiSE-FT, AutoFT and the PETL robustness study (benchmarks `imagenet` and
+# `cifar10`). Their authors publish no checksums (STL-10's MD5 is torchvision's); sizes and SHA-256 are
+# TensorFlow Datasets' records of the same URLs (tensorflow_datasets/url_checksums/*.txt), so a copy that is
+# not byte-identical is refused. ImageNet-V2's current host (Hugging Face) is not the URL TFDS recorded:
+# size only. ImageNet-Sketch has neither: it is checked by the zip's CRCs and its 1000 class folders.
+def _numbered_folders(path: Path, expected: int) -> list[str]:
+    if not path.is_dir():
+        return [f"missing {path}"]
+    n = sum(1 for d in path.iterdir() if d.is_dir() and d.name.isdigit())
+    return [] if n == expected else [f"{path} has {n} class folders 0..{expected - 1}, expected {expected}"]
+
+
+IMAGENET_V2_FOLDER = "imagenetv2-matched-frequency-format-val"
+register(Dataset(
+    "imagenet-v2", "ImageNet-V2 MatchedFrequency: 10,000 new test images of the 1000 classes (Recht et al. 2019)",
+    "MIT (modestyachts/ImageNetV2); images from Flickr, research use", "imagenet-v2", "1.3 GB",
+    (RemoteFile("imagenetv2-matched-frequency.tar.gz",
+                "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz",
+                1_253_959_680),),  # TFDS's SHA-256 is of the retired S3 copy: not checked against this one
+    required=(IMAGENET_V2_FOLDER,), check=lambda f: _numbered_folders(f / IMAGENET_V2_FOLDER, 1000),
+))
+register(Dataset(
+    "imagenet-r", "ImageNet-R: 30,000 renditions (art, cartoons, ...) of 200 ImageNet classes (Hendrycks et al. 2021)",
+    "MIT (hendrycks/imagenet-r); research use", "imagenet-r", "2.2 GB",
+    (RemoteFile("imagenet-r.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", 2_191_079_936,
+                sha256="18c6bf493b39a0d975d48e587437f562caab9c52ae6327dcfa9dd8eb54aa1b52"),),
+    required=("imagenet-r",), check=lambda f: _wnid_folders(f / "imagenet-r", 200),
+))
+register(Dataset(
+    "imagenet-a", "ImageNet-A: 7,500 natural adversarial images of 200 ImageNet classes (Hendrycks et al. 2021)",
+    "MIT (hendrycks/natural-adv-examples); research use", "imagenet-a", "0.7 GB",
+    (RemoteFile("imagenet-a.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar", 687_552_512,
+                sha256="3bb3632277e6ba6392ea64c02ddbf4dd2266c9caffd6bc09c9656d28f012589e"),),
+    required=("imagenet-a",), check=lambda f: _wnid_folders(f / "imagenet-a", 200),
+))
+register(Dataset(
+    "imagenet-sketch", "ImageNet-Sketch: 50,889 black-and-white sketches of the 1000 classes (Wang et al. 2019)",
+    "MIT (HaohanWang/ImageNet-Sketch); images from Google search, research use", "imagenet-sketch", "7.8 GB",
+    (RemoteFile("ImageNet-Sketch.zip",
+                "https://huggingface.co/datasets/songweig/imagenet_sketch/resolve/main/data/ImageNet-Sketch.zip"),),
+    required=("sketch",), check=lambda f: _wnid_folders(f / "sketch", 1000),
+))
+_C101 = "https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/master/datasets/"
+register(Dataset(
+    "cifar10.1", "CIFAR-10.1 v6: 2,000 new test images of the 10 CIFAR-10 classes (Recht et al. 2018)",
+    "MIT (modestyachts/CIFAR-10.1); images from Tiny Images, research use", "cifar10.1", "6 MB",
+    (RemoteFile("cifar10.1_v6_data.npy", _C101 + "cifar10.1_v6_data.npy", 6_144_128,
+                sha256="2997188e5816f5bd545dc77771b6227828c28146049fcecf3fa10775474cacc6",
+                into="cifar10.1_v6_data.npy"),
+     RemoteFile("cifar10.1_v6_labels.npy", _C101 + "cifar10.1_v6_labels.npy", 8_128,
+                md5="09a97fb7c430502fcbd69d95093a3f85",
+                sha256="ae40beda001693674edc94d925ee8268cfe68905f8f9aff800c8dcdfcd6c9448",
+                into="cifar10.1_v6_labels.npy")),
+    required=("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy"),
+))
+register(Dataset(
+    "stl10", "STL-10: 96x96 images of 10 classes, 9 shared with CIFAR-10 (Coates et al. 2011); its test split",
+    "no licence stated; images from ImageNet, research use", "stl10", "2.6 GB",
+    (RemoteFile("stl10_binary.tar.gz", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", 2_640_397_119,
+                md5="91f7769df0f17e558f3565bffb0c7dfb",
+                sha256="f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866"),),
+    required=("stl10_binary/test_X.bin", "stl10_binary/test_y.bin"),
 ))
 
 # WILDS: the package's own download URLs and compressed sizes (wilds 2.0.0 datasets/*_dataset.py);
@@ -491,6 +556,10 @@ def _fetch_files(ds: Dataset, root: Path, downloads: Path, mirror: str | None, s
     tmp.mkdir()
     try:
         for f, part in zip(ds.files, parts):
+            if f.into is not None:  # a plain file (CIFAR-10.1's .npy): verified above, placed as it is
+                (tmp / f.into).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(part, tmp / f.into)
+                continue
             try:
                 _extract(part, tmp, f.name)
             except DiskError:
@@ -499,6 +568,13 @@ def _fetch_files(ds: Dataset, root: Path, downloads: Path, mirror: str | None, s
                 part.unlink(missing_ok=True)
                 raise UsageError(f"{e}; the download was removed, run fetch again (or check your --mirror)") from None
         missing = [r for r in ds.required if not (tmp / r).exists()]
+        wrong = ds.check(tmp) if not missing and ds.check is not None else []  # e.g. ImageNet-R's 200 classes
+        if wrong:
+            for part in parts:
+                part.unlink(missing_ok=True)
+            raise UsageError(f"archive of {ds.name} is not a complete copy: "
+                             f"{wrong[0].replace(str(tmp), str(folder))}; the download was removed; is the mirror's "
+                             "copy the right file?")
         if missing:
             for part in parts:  # which of them is the wrong file cannot be told: none is kept
                 part.unlink(missing_ok=True)

@@ -381,18 +381,19 @@ class _ImageNetBenchmark(FetchedBenchmark):
             ds = DATASETS.get(d)
             found = ds.problems(root)
             if found:
-                raise UsageError(f"{self.name} data not found under {root}: {found[0]}; expected {ds.layout} "
-                                 f"(check with `ftbench fetch {' '.join(self.datasets)}`)")
+                how = f"expected {ds.layout} " if ds.manual else ""
+                raise UsageError(f"{self.name} data not found under {root}: {found[0]}; {how}(check with "
+                                 f"`ftbench fetch {' '.join(self.datasets)}`)")
         return root
 
 
 class _ImageNetSource(_ImageNetBenchmark):
+    """Source task: all of ImageNet (train -> source_train / source_val, val -> source_test)."""
+
     def class_prompts(self, spec: RunSpec, role: str) -> Any:
         from ftbench.data.prompts import imagenet
 
         return imagenet()  # ImageNet's 1000 classes in sorted-wnid order (a copy with fewer classes gets none)
-
-    """Source task: all of ImageNet (train -> source_train / source_val, val -> source_test)."""
 
     def source(self, spec: RunSpec) -> SourceTask:
         root = self._root()
@@ -619,3 +620,81 @@ class Entity30(_Breeds):
             "subpopulation", "feature", "target = the superclasses' unseen ImageNet subclasses (BREEDS split 'rand')"
         ),
     }
+
+
+# --- ImageNet -> its OOD test sets (LP-FT, WiSE-FT, AutoFT, the PETL robustness study) ---------
+
+IMAGENET_OOD = ("imagenet-v2", "imagenet-r", "imagenet-sketch", "imagenet-a")
+
+
+@BENCHMARKS.register("imagenet")
+class ImageNetOod(_ImageNetSource):
+    """ID: ImageNet (train less 10 per class held out as ID val; ID test: ImageNet val). OOD test sets:
+    ImageNet-V2 MatchedFrequency, -R, -Sketch, -A, every image through the same evaluation transform as
+    ImageNet val. R and A hold 200 of the 1000 classes and are scored on those classes' logits (the
+    classes of their folders; on the real data these are wise-ft's and hendrycks' ``CLASS_SUBLIST`` /
+    ``indices_in_1k``), V2 and Sketch on all 1000. No OOD val set: AutoFT's ImageNet search set
+    (ImageNet-C) is a benchmark of its own here."""
+
+    name = "imagenet"
+    help = ("ImageNet -> ImageNet-V2 / -R / -Sketch / -A (ID→OOD protocol only; user-supplied ImageNet, "
+            "fetched OOD sets)")
+    datasets = ("imagenet", *IMAGENET_OOD)
+    default_shots = 16
+    max_shots = 1290
+    few_shot = False
+    id_ood_shift = ShiftInfo(
+        "natural", "natural",
+        "ID: ImageNet (train less 10 per class as ID val; ID test: ImageNet val); OOD: ImageNet-V2 matched "
+        "frequency, -R and -A (scored on their 200 classes' logits), -Sketch")
+    shifts = {"natural": id_ood_shift}
+    id_ood_sets: ClassVar[dict[str, str]] = {n: "natural" for n in IMAGENET_OOD}
+    id_ood_has_val = False
+    id_ood_pretrains = False
+
+    def resolve(self, spec: RunSpec) -> RunSpec:
+        return spec  # the ID→OOD protocol resolves it (the few-shot one refuses it)
+
+    def _ood(self, root: Path, wnids: tuple[str, ...], name: str) -> tuple[StreamSplit, tuple[int, ...] | None]:
+        """OOD test set ``name``: its images, labelled with ID labels, and the labels it is scored on."""
+        ds = DATASETS.get(name)
+        base = root / ds.folder / ds.required[0]
+        if name == "imagenet-v2":  # folders 0..999 are class indices (not wnids; not string-sorted)
+            folders = [d for d in _class_folders_any(base) if d.isdigit()]
+            bad = [d for d in folders if int(d) >= len(wnids)]
+            if bad:
+                raise UsageError(f"{base / bad[0]} is class {bad[0]}, but ImageNet has {len(wnids)} classes here")
+            paths, y = _listing(str(base), tuple(str(i) for i in range(len(wnids))))
+        else:
+            stray = sorted(set(_class_folders(base)) - set(wnids))
+            if stray:
+                raise UsageError(f"{base / stray[0]} is not an ImageNet class (not a folder of "
+                                 f"{root / 'imagenet' / 'val'}); is this {name}?")
+            paths, y = _listing(str(base), wnids)
+        if not paths:
+            raise UsageError(f"no images in the class folders of {base}; the {name} copy is incomplete "
+                             f"(ftbench fetch {name})")
+        subset = None
+        if name in ("imagenet-r", "imagenet-a"):  # the classes of its 200 folders
+            subset = tuple(sorted(wnids.index(w) for w in _class_folders(base)))
+        return _stream(paths, y, _imagenet_transform()), subset
+
+    def id_ood(self, spec: RunSpec) -> IdOodSplits:
+        """ID train / val / test are the ImageNet source task's (as for imagenet-c); the OOD test sets
+        are read whole (no partition: they are test sets only)."""
+        s = self.source(spec)
+        root = self._root()
+        wnids = imagenet_classes(str(root))
+        tests, classes = {}, {}
+        for name in IMAGENET_OOD:
+            tests[name], sub = self._ood(root, wnids, name)
+            if sub is not None:
+                classes[name] = sub
+        return IdOodSplits(s.num_classes, s.train, s.val, s.test, tests, ood_classes=classes)
+
+
+def _class_folders_any(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    except OSError as e:
+        raise UsageError(f"cannot list {folder} ({type(e).__name__}: {e})") from None

@@ -49,13 +49,7 @@ from timm.models import ConvNeXt, ResNet, VisionTransformer
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.models.base import (
-    BUILD_SEED,
-    MODELS,
-    BlockModel,
-    ModelEntry,
-    PiecewiseForward,
-)
+from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, PiecewiseForward
 from ftbench.models.base import ParamView as _ParamView
 
 PREFIX = "timm/"
@@ -388,7 +382,7 @@ class _CuttableTimm(PiecewiseForward, TimmBlockModel):
 
 def parse_name(name: str) -> tuple[str, dict[str, Any]]:
     """``timm/ARCH[:k=v,...]`` -> (ARCH, kwargs for ``timm.create_model``)."""
-    body = name.removeprefix(PREFIX)
+    body = name[len(PREFIX):] if name.startswith(PREFIX) else name
     arch, _, rest = body.partition(":")
     kwargs: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
@@ -509,7 +503,7 @@ def _entry(arch: str, kwargs: dict[str, Any], help: str, block_names: tuple[str,
     )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def timm_entry(name: str) -> ModelEntry:
     """The entry of ``timm/ARCH[:k=v,...]``: blocks found by building it on the meta device."""
     arch, kwargs = parse_name(name)

@@ -41,6 +41,7 @@ class Scored:
     role: str  # "id-test", "source-val", "val", "ood-val" or "ood-test"
     split: AnySplit
     metrics: Metrics | None = None
+    classes: tuple[int, ...] | None = None  # score on these labels' logits only (None: all)
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,14 @@ class FewShotTarget(Protocol):
     ood_words = "target test"
 
     def offered_by(self, bench: Benchmark) -> bool:
-        return True
+        return bench.few_shot
 
     def resolve(self, bench: Benchmark, spec: RunSpec) -> RunSpec:
+        if not bench.few_shot:
+            from ftbench.errors import UsageError
+
+            raise UsageError(f"benchmark {bench.name!r} has no few-shot target splits (its OOD sets are test sets "
+                             "only): run it with --protocol id-ood")
         return bench.resolve(spec)
 
     def task(self, bench: Benchmark, spec: RunSpec) -> Task:

@@ -97,7 +97,7 @@ class IdOod(Protocol):
         scored = [Scored("id", "id-test", d.test, m), Scored("val", "val", d.val, m)]
         if d.ood_val is not None:
             scored.append(Scored("ood_val", "ood-val", d.ood_val, m))
-        scored += [Scored(f"ood.{n}", "ood-test", s, m) for n, s in d.ood_tests.items()]
+        scored += [Scored(f"ood.{n}", "ood-test", s, m, d.ood_classes.get(n)) for n, s in d.ood_tests.items()]
         first = next(iter(d.ood_tests.values()))
         info = {"shift_level": bench.id_ood_shift.level if bench.id_ood_shift else "", **d.info}
         pre = bench.source(spec) if bench.id_ood_pretrains else None

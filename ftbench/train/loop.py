@@ -8,7 +8,7 @@ step with no per-image Python and no host-device synchronisation until the run e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -141,17 +141,21 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.
 
 
 @torch.inference_mode()
-def predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None) -> torch.Tensor:
-    """Predicted labels for every example of ``data``, in order (model must be in eval mode).
+def predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None,
+                classes: Sequence[int] | None = None) -> torch.Tensor:
+    """Predicted labels for every example of ``data``, in order (model must be in eval mode); with
+    ``classes``, the best of those labels' logits (ImageNet-R/-A's 200-class scoring).
 
     In-memory splits go in batches of 4096; streamed ones (:class:`ftbench.data.stream.StreamSplit`)
     in the decoder pool's batches of 256, each moved to the device as it is decoded.
     """
     out = []
     bs = batch_size or (4096 if isinstance(data, Split) else 256)
+    sub = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=data.device)
     for xb in data.batches(bs):
         with autocast(xb.device):
-            out.append(model(xb).argmax(dim=1))
+            logits = model(xb)
+            out.append(logits.argmax(dim=1) if sub is None else sub[logits[:, sub].argmax(dim=1)])
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=data.device)
 
 
@@ -162,12 +166,12 @@ def accuracy(model: nn.Module, data: AnySplit) -> float:
 
 def evaluate(model: nn.Module, data: AnySplit,
              metrics: Callable[[torch.Tensor, AnySplit], dict[str, float]] | None = None,
-             ) -> tuple[float, dict[str, float]]:
+             classes: Sequence[int] | None = None) -> tuple[float, dict[str, float]]:
     """Top-1 accuracy in % of ``model`` (put in eval mode here) on ``data``, and the benchmark's
-    extra ``metrics`` of the same predictions (one pass over the data)."""
+    extra ``metrics`` of the same predictions (one pass over the data); ``classes``: see predictions."""
     model.eval()
     if len(data) == 0:
         return float("nan"), {}
-    pred = predictions(model, data)
+    pred = predictions(model, data, classes=classes)
     acc = float((pred == data.y.to(pred.device)).float().mean()) * 100.0
     return acc, (metrics(pred, data) if metrics is not None else {})

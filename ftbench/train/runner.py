@@ -119,7 +119,7 @@ def _evaluate(model: BlockModel, task: Task) -> dict[str, float]:
     modes = [(m, m.training) for m in model.modules()]
     out: dict[str, float] = {}
     for sc in task.scored:
-        out[f"{sc.prefix}_acc"], extra = evaluate(model, sc.split, sc.metrics)
+        out[f"{sc.prefix}_acc"], extra = evaluate(model, sc.split, sc.metrics, sc.classes)
         out.update({f"{sc.prefix}_{k}": v for k, v in extra.items()})
     sets = [p for p in task.ood_prefixes if p != "ood"]
     if sets:  # the headline OOD number: the mean over the OOD test sets, as the papers average them
