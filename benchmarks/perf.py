@@ -3,6 +3,7 @@
     python benchmarks/perf.py                       # every workload this machine can run
     python benchmarks/perf.py --workload embedded   # the default suite on the embedded digits benchmark
     python benchmarks/perf.py --workload cifar-grid # GPU: ResNet-26, 32 px, 5 layer subsets × 5 lrs
+    python benchmarks/perf.py --workload stream     # ImageNet-style JPEG streaming vs ImageFolder + DataLoader
 
 In one process and one run, for the same runs (same model and pretrained weights, same data, steps
 and hyperparameters), it times
@@ -58,7 +59,7 @@ from ftbench.train import fused, prefix
 from ftbench.train.loop import batch_indices, steps_for
 from ftbench.train.runner import execute, pick_device
 
-WORKLOADS = ("embedded", "cifar-grid")
+WORKLOADS = ("embedded", "cifar-grid", "stream")
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; first matching name wins.
 BF16_PEAK = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
              ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12), ("A10", 125e12)]
@@ -450,6 +451,91 @@ def measure(name: str, specs: list[RunSpec], dev: torch.device, flops: bool) -> 
     return out
 
 
+# --- the streaming pipeline (ImageNet scale: images decoded from JPEG files every epoch) ---------
+
+def _write_stream_jpegs(folder: Any, n: int, classes: int = 10) -> list[str]:
+    """``n`` JPEGs of ImageNet's typical size (500×375, quality 90, smooth content plus noise, so the
+    decoder has realistic work), in ``classes`` class folders as ImageFolder expects."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = np.linspace(0, 200, 500, dtype=np.float32)[None, :, None] + np.linspace(0, 50, 375, dtype=np.float32)[:, None, None]
+    paths = []
+    for i in range(n):
+        d = folder / f"n{i % classes:08d}"
+        d.mkdir(exist_ok=True)
+        px = np.clip(base + rng.normal(0, 12, (375, 500, 3)).astype(np.float32) + 5 * (i % 7), 0, 255).astype(np.uint8)
+        p = d / f"img_{i:05d}.JPEG"
+        Image.fromarray(px).save(p, quality=90)
+        paths.append(str(p))
+    return sorted(paths)
+
+
+def measure_stream(n: int, batch_size: int, dev: torch.device, repeats: int = 2) -> dict[str, Any]:
+    """Images/s of one pass over ``n`` JPEGs: torchvision's ``ImageFolder`` (PIL decode, Resize(256),
+    CenterCrop(224), ToTensor, Normalize per image in the workers) + ``DataLoader`` against ftbench's
+    ``StreamSplit`` (decode in the pool or on the GPU, uint8 to the device, normalised there), with the
+    same worker count, each batch moved to ``dev``; best of ``repeats`` passes each, interleaved."""
+    import tempfile
+    from pathlib import Path
+
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    from ftbench.data.imagenet import MEAN, STD
+    from ftbench.data.stream import ImageFiles, StreamSplit, device_decode_wanted, resize_center_crop, workers
+
+    with tempfile.TemporaryDirectory(prefix="ftbench-stream-") as tmp:
+        paths = _write_stream_jpegs(Path(tmp), n)
+        for p in paths:  # both sides read from the page cache
+            Path(p).read_bytes()
+        w = workers()
+        ref_ds = ImageFolder(tmp, transform=T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                                                       T.Normalize(MEAN, STD)]))
+        y = torch.as_tensor([t for _, t in ref_ds.samples])
+        split = StreamSplit(ImageFiles(paths, resize_center_crop(224, 256)), y, MEAN, STD).to(dev)
+
+        def ref_pass() -> tuple[float, torch.Tensor]:
+            loader = DataLoader(ref_ds, batch_size=batch_size, shuffle=False, num_workers=w,
+                                pin_memory=dev.type == "cuda", prefetch_factor=4 if w else None)
+            t0 = time.perf_counter()
+            first = None
+            for xb, _ in loader:
+                xb = xb.to(dev, non_blocking=True)
+                first = xb if first is None else first
+            _sync(dev)
+            return time.perf_counter() - t0, first
+
+        def ours_pass() -> tuple[float, torch.Tensor]:
+            t0 = time.perf_counter()
+            first = None
+            for xb in split.batches(batch_size):
+                first = xb if first is None else first
+            _sync(dev)
+            return time.perf_counter() - t0, first
+
+        t_ref, t_ours = [], []
+        for _ in range(repeats):
+            t, ref_first = ref_pass()
+            t_ref.append(t)
+            t, our_first = ours_pass()
+            t_ours.append(t)
+        diff = (ref_first.float() - our_first.float()).abs().mul(torch.tensor(STD, device=dev).view(1, 3, 1, 1))
+        on_device = "nvJPEG" if dev.type == "cuda" else "batched decode_jpeg, FTBENCH_DEVICE_DECODE=1"
+        path = f"device decode ({on_device})" if device_decode_wanted(split.images, dev) else "worker pool decode"
+    best_ref, best_ours = min(t_ref), min(t_ours)
+    print(f"\n== stream: {n} JPEGs 500x375 -> 224x224, batch {batch_size}, {w} workers, device {_device_name(dev)}; "
+          f"ftbench path: {path}")
+    print(f"   torch {torch.__version__}, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"   ImageFolder + DataLoader  {n / best_ref:>8.0f} images/s  (best of {repeats}: {best_ref:.2f} s)")
+    print(f"   ftbench StreamSplit       {n / best_ours:>8.0f} images/s  (best of {repeats}: {best_ours:.2f} s)")
+    print(f"   pixels, first batch: mean |difference| {255 * float(diff.mean()):.3f} grey levels, largest "
+          f"{255 * float(diff.max()):.0f} (PIL's resize vs torchvision's antialiased tensor resize)")
+    print(f"speedup stream {best_ref / best_ours:.2f}x", flush=True)
+    # The two resize implementations differ by rounding, not by content: a mean above 2 grey levels is a bug.
+    return {"speedup": best_ref / best_ours, "agree": 255 * float(diff.mean()) < 2.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
@@ -462,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-scale", choices=("full", "tiny"), default="full",
                     help="cifar-grid: 'tiny' (64 target images, 1 epoch, 3 lrs) checks the code path on any device")
     ap.add_argument("--force", action="store_true", help="run cifar-grid without a GPU too")
+    ap.add_argument("--stream-images", type=int, default=512, help="stream: JPEG files to make and read")
+    ap.add_argument("--stream-batch", type=int, default=256, help="stream: batch size")
     args = ap.parse_args(argv)
     dev = pick_device(args.device)
     results = {}
@@ -481,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                 lrs = lrs[:3]
             register_grid()
             results["cifar-grid"] = measure("cifar-grid", grid_specs(args.grid_model, lrs), dev, flops=True)
+    if args.workload in ("stream", "all"):
+        results["stream"] = measure_stream(args.stream_images, args.stream_batch, dev)
     return 0 if all(r["agree"] for r in results.values()) else 1
 
 

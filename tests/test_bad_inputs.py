@@ -82,6 +82,13 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "for this size: timm/vit_tiny_patch16_224:img_size=8,patch_size=2", None),
     ("run --model timm/convnext_atto --weights scratch --out {OUT}",
      "use a model made for small images (digits-resnet, resnet26-cifar, timm/resnet18)", None),
+    # --- methods of models with a text tower; benchmarks of one protocol ---------------------------
+    ("run --method flyp --protocol id-ood --out {OUT}",
+     "method 'flyp' needs a model with a text tower (a zero-shot head from class prompts); model 'digits-resnet' "
+     "has none; models with one: clip-rn50, clip-vit-b16, clip-vit-b32, clip-vit-l14, digits-clip", None),
+    ("run --method autoft --set terms=ce,flyp --out {OUT}", "needs a model with a text tower", None),
+    ("run --benchmark imagenet --out {OUT}", "benchmark 'imagenet' has no few-shot target splits (its OOD sets are "
+     "test sets only): run it with --protocol id-ood", None),
     # --- a host that refuses the connection: nothing downloaded, nothing claimed to be kept -----
     ("fetch waterbirds --root {OUT} --mirror http://127.0.0.1:9",
      "Connection refused); nothing was downloaded; run the same fetch again when the host is reachable", None),

@@ -403,14 +403,16 @@ def _perf_module():  # noqa: ANN202
 
 def test_perf_script_prints_the_table_and_a_speedup_line(capsys: pytest.CaptureFixture[str]) -> None:
     perf = _perf_module()
-    code = perf.main(["--workload", "all", "--device", "cpu", "--limit", "4"])
+    code = perf.main(["--workload", "all", "--device", "cpu", "--limit", "4", "--stream-images", "24",
+                      "--stream-batch", "8"])
     out = capsys.readouterr().out
-    assert code == 0
+    assert code == 0  # also: the streamed pixels agree with ImageFolder's
     assert "reference loop" in out and "ftbench runner" in out and "-> agree" in out
     assert "cifar-grid: skipped" in out
+    assert "ImageFolder + DataLoader" in out and "ftbench StreamSplit" in out
     lines = [ln for ln in out.splitlines() if ln.startswith("speedup ")]
-    assert len(lines) == 1 and lines[0].startswith("speedup embedded ") and lines[0].endswith("x")
-    assert float(lines[0].split()[-1][:-1]) > 0
+    assert [ln.split()[1] for ln in lines] == ["embedded", "stream"] and all(ln.endswith("x") for ln in lines)
+    assert all(float(ln.split()[-1][:-1]) > 0 for ln in lines)
 
 
 def test_reference_batches_are_ftbenchs_batches() -> None:

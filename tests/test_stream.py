@@ -152,3 +152,63 @@ def test_evaluation_streams_and_computes_the_benchmark_metrics_from_the_same_pre
     assert acc_s == acc_m and extra_s == extra_m and set(extra_s) == {"worst_group_acc"}
     assert torch.equal(seen["pred"], loop.predictions(model, mem))
     assert acc_s == pytest.approx(float((seen["pred"] == mem.y).float().mean()) * 100)
+
+
+# --- JPEGs decoded on the device (nvJPEG on CUDA; FTBENCH_DEVICE_DECODE=1 takes that path on a CPU) ---
+
+def _write_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))  # sizes differ, as ImageNet's
+        px = (rng.random((h, w, 3)) * 64 + np.linspace(0, 180, w)[None, :, None]).astype(np.uint8)
+        p = folder / f"{i:03d}.JPEG"
+        Image.fromarray(px).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def test_device_decode_gives_the_worker_pool_s_batches(tmp_path: Path, monkeypatch) -> None:
+    """The batched-decode path (bytes read by the pool, decoded and resized where the batches go)
+    yields the same pixels as decoding in the pool: both are libjpeg-turbo on a CPU. (On CUDA, nvJPEG's
+    IDCT may differ from libjpeg-turbo's by a grey level; that path is exercised on a GPU only.)"""
+    paths = _write_jpegs(tmp_path, 23)
+    split = StreamSplit(ImageFiles(paths, resize_center_crop(16, 18)), torch.arange(23) % 3, (0.5,) * 3, (0.25,) * 3)
+    monkeypatch.setenv("FTBENCH_DEVICE_DECODE", "0")
+    want = torch.cat(list(split.batches(5)))
+    rows = torch.tensor([[4, 0, 19], [7, 7, 1]])
+    want_at = list(split.subset(np.arange(3, 23)).batches_at(rows))
+    monkeypatch.setenv("FTBENCH_DEVICE_DECODE", "1")
+    from ftbench.data.stream import device_decode_wanted
+
+    assert device_decode_wanted(split.images, split.device)
+    assert torch.equal(torch.cat(list(split.batches(5))), want)
+    got_at = list(split.subset(np.arange(3, 23)).batches_at(rows))
+    assert all(torch.equal(a, b) for a, b in zip(got_at, want_at)) and len(got_at) == 2
+    assert torch.equal(split.subset([5, 2]).take().x, want[[5, 2]])
+
+
+def test_device_decode_is_only_for_plain_jpeg_files_and_names_a_bad_one(tmp_path: Path, monkeypatch) -> None:
+    from ftbench.data.stream import device_decode_wanted
+
+    paths = _write_jpegs(tmp_path, 3)
+    monkeypatch.delenv("FTBENCH_DEVICE_DECODE", raising=False)
+    assert not device_decode_wanted(ImageFiles(paths), torch.device("cpu"))  # unset: CUDA only
+    assert device_decode_wanted(ImageFiles(paths), torch.device("cuda"))  # (decided without touching a GPU)
+    (tmp_path / "png").mkdir()
+    pngs, _ = _write_pngs(tmp_path / "png", 2)
+    assert not device_decode_wanted(ImageFiles(pngs), torch.device("cuda"))
+
+    class Altered(ImageFiles):  # e.g. imagenet-c-gen's CorruptedFiles: it works on decoded images
+        pass
+
+    assert not device_decode_wanted(Altered(paths), torch.device("cuda"))
+    monkeypatch.setenv("FTBENCH_DEVICE_DECODE", "yes")
+    with pytest.raises(UsageError, match="FTBENCH_DEVICE_DECODE must be 0 or 1, got 'yes'"):
+        device_decode_wanted(ImageFiles(paths), torch.device("cpu"))
+    monkeypatch.setenv("FTBENCH_DEVICE_DECODE", "1")
+    paths[1].write_bytes(paths[1].read_bytes()[:40])  # truncated JPEG
+    split = StreamSplit(ImageFiles(paths, resize_center_crop(16)), torch.zeros(3, dtype=torch.long), (0.5,) * 3,
+                        (0.25,) * 3)
+    with pytest.raises(UsageError, match=f"cannot read image {paths[1]}"):
+        list(split.batches(8))

@@ -5,7 +5,9 @@ float32 tensors they would not fit in memory (50,000 ImageNet images at 224 px a
 :class:`StreamSplit` keeps only the file list and the labels; :meth:`StreamSplit.batches` decodes
 the images with TorchCodec's (or torchvision's) decoders (libjpeg-turbo / libpng, in C) in a
 ``torch.utils.data.DataLoader`` worker pool, sends each batch to the device as uint8 (a quarter of
-the bytes of float32, pinned memory on CUDA) and converts and normalises it there.
+the bytes of float32, pinned memory on CUDA) and converts and normalises it there. On a GPU, JPEG
+files are decoded on the device instead (nvJPEG through torchvision's batched ``decode_jpeg``; the
+pool only reads the files' bytes), then resized and cropped there (:func:`device_decode_wanted`).
 
 Few-shot target training sets and validation splits are small: :meth:`StreamSplit.take` decodes
 them once into an in-memory :class:`~ftbench.data.base.Split`, which training indexes as usual.
@@ -120,6 +122,64 @@ class ImageFiles(torch.utils.data.Dataset):
         return self.transform(img) if self.transform is not None else img
 
 
+class FileBytes(torch.utils.data.Dataset):
+    """The raw bytes of the files of an :class:`ImageFiles` (what the decoder pool reads when the
+    device decodes: :func:`device_decode`)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        try:
+            with open(self.paths[i], "rb") as fh:
+                return torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
+        except OSError as e:
+            raise UsageError(f"cannot read image {self.paths[i]} ({type(e).__name__}: {e}); the dataset copy is "
+                             "incomplete or corrupt — fetch it again") from None
+
+
+def _as_list(batch: list[torch.Tensor]) -> list[torch.Tensor]:  # a DataLoader collate_fn (picklable)
+    return batch
+
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def device_decode_wanted(images: torch.utils.data.Dataset, device: torch.device) -> bool:
+    """Whether a streamed split decodes its JPEGs on ``device`` (nvJPEG on CUDA, through torchvision's
+    batched ``decode_jpeg``) instead of in the worker pool: ``$FTBENCH_DEVICE_DECODE`` = ``1`` (on any
+    device, also the CPU: the batched libjpeg-turbo path), ``0`` (never), unset: on CUDA. Only plain
+    :class:`ImageFiles` of JPEG files (a subclass such as ImageNet-C-gen's corrupts after decoding)."""
+    env = os.environ.get("FTBENCH_DEVICE_DECODE", "").strip()
+    if env not in ("", "0", "1"):
+        raise UsageError(f"FTBENCH_DEVICE_DECODE must be 0 or 1, got {env!r}")
+    if env == "0" or (env == "" and device.type != "cuda") or type(images) is not ImageFiles:
+        return False
+    return all(p.lower().endswith(JPEG_SUFFIXES) for p in images.paths)
+
+
+def device_decode(data: list[torch.Tensor], paths: Sequence[str], transform: Transform | None,
+                  device: torch.device) -> torch.Tensor:
+    """Decode a batch of JPEG files' bytes on ``device`` in one call and apply ``transform`` there;
+    uint8 N×3×h×w. A file the batched decoder refuses is decoded alone, to name it."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's
+            warnings.simplefilter("ignore", DeprecationWarning)
+            imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        for p in paths:
+            decode(p)  # raises the UsageError naming the bad file
+        raise
+    return torch.stack([transform(im) if transform is not None else im for im in imgs])
+
+
 def workers() -> int:
     """Decoder processes per streamed split: ``$FTBENCH_WORKERS``, else up to 8 of this machine's CPUs."""
     env = os.environ.get("FTBENCH_WORKERS")
@@ -199,8 +259,26 @@ class StreamSplit:
 
     def uint8_batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
         """The images in order, as uint8 batches on :attr:`device`."""
+        if device_decode_wanted(self.images, self.device):
+            n = len(self.images) if self.index is None else len(self.index)
+            rows = np.arange(n) if self.index is None else self.index
+            yield from self._device_batches([rows[i:i + batch_size] for i in range(0, n, batch_size)])
+            return
         for xb in self._loader(batch_size):
             yield xb.to(self.device, non_blocking=True)
+
+    def _device_batches(self, rows: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """uint8 batches on :attr:`device` of the files at each of ``rows`` (positions in ``images``): the
+        worker pool reads the bytes, the device decodes them (:func:`device_decode`)."""
+        files = self.images
+        assert isinstance(files, ImageFiles)
+        total = sum(len(r) for r in rows)
+        n = workers() if total >= INLINE_BELOW else 0
+        loader = torch.utils.data.DataLoader(
+            FileBytes(files.paths), batch_sampler=[r.tolist() for r in rows], num_workers=n,
+            collate_fn=_as_list, prefetch_factor=4 if n else None)
+        for r, data in zip(rows, loader):
+            yield device_decode(data, [files.paths[i] for i in r], files.transform, self.device)
 
     def batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
         """The images in order, normalised float32 batches on :attr:`device`."""
@@ -215,6 +293,12 @@ class StreamSplit:
         streamed split with the same batch draws as an in-memory one."""
         rows = index_batches.cpu().numpy()
         base = rows if self.index is None else self.index[rows]
+        if device_decode_wanted(self.images, self.device):
+            mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+            for xb in self._device_batches(list(base)):
+                yield _normalise(xb, mean, std)
+            return
         n = workers() if base.size >= INLINE_BELOW else 0
         loader = torch.utils.data.DataLoader(
             self.images, batch_sampler=base.tolist(), num_workers=n, pin_memory=self.device.type == "cuda",
