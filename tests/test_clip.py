@@ -233,3 +233,23 @@ def test_the_id_ood_methods_land_as_rows(cli, tmp_path: Path, weights: str) -> N
     assert set(final["protocol"]) == {"id-ood"} and final["ood.style_acc"].notna().all()
     r = cli("report", out)
     assert r.code == 0 and "zero-shot" in r.out and "flyp" in r.out
+
+
+def test_a_benchmark_s_normalisation_is_mapped_to_the_one_openai_s_towers_expect() -> None:
+    """clip-* towers were pretrained on images normalised with OpenAI's statistics; a benchmark that
+    normalises with ImageNet's gives the tower the same pixels after set_input_stats."""
+    from ftbench.data.imagenet import MEAN, STD
+    from ftbench.models.clip import OPENAI_MEAN, OPENAI_STD, ClipClassifier
+
+    m = from_open_clip(_tiny("vit"), 3, 10, "ViT-B-16")  # a tower that expects OpenAI's statistics
+    assert isinstance(m, ClipClassifier) and m.expects == (OPENAI_MEAN, OPENAI_STD)
+    px = torch.rand(4, 3, 16, 16)
+    as_openai = (px - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    as_imagenet = (px - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    m.eval()
+    want = m.features(as_openai)
+    m.set_input_stats(MEAN, STD)
+    torch.testing.assert_close(m.features(as_imagenet), want, atol=1e-5, rtol=1e-5)
+    assert "in_scale" not in m.state_dict()  # not a weight: never saved or interpolated
+    m.set_input_stats(OPENAI_MEAN, OPENAI_STD)
+    assert m.in_scale is None  # the tower's own statistics: nothing to map

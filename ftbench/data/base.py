@@ -156,6 +156,9 @@ class Benchmark:
     id_ood_sets: ClassVar[dict[str, str]] = {}
     id_ood_has_val: ClassVar[bool] = False
     id_ood_pretrains: ClassVar[bool] = False
+    # The per-channel mean and std the benchmark normalises its images with (None: not given); a model
+    # pretrained on other statistics (OpenAI's CLIP) maps them to its own (ClipClassifier.set_input_stats).
+    input_stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
     # Whether the benchmark has few-shot target splits (False: an ID→OOD benchmark only, e.g. imagenet).
     few_shot: ClassVar[bool] = True
 

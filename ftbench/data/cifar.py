@@ -238,6 +238,7 @@ class _Cifar10(FetchedBenchmark):
     """What the CIFAR-10 benchmarks share: source task, target partition, checks, class prompts."""
 
     default_model = "resnet26-cifar"  # the paper's CIFAR network (ftbench/models/cifar.py)
+    input_stats = (MEAN, STD)
     default_shots = DEFAULT_SHOTS
     max_shots = MAX_SHOTS
     default_corruption = DEFAULT_CORRUPTION

@@ -371,6 +371,7 @@ class _ImageNetBenchmark(FetchedBenchmark):
     """What the ImageNet benchmarks share: data checks (resolve and status: FetchedBenchmark)."""
 
     default_model = "resnet50"
+    input_stats = (MEAN, STD)
     default_corruption = DEFAULT_CORRUPTION
     default_severity = DEFAULT_SEVERITY
 

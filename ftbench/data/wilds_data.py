@@ -344,6 +344,7 @@ WILDS_NAMES = {"waterbirds": "waterbirds", "celeba": "celebA", "camelyon17": "ca
 
 class _Wilds(FetchedBenchmark):
     prompts_name: ClassVar[str] = ""  # the dataset's table in ftbench/data/prompts.py
+    input_stats = (MEAN, STD)
 
     def class_prompts(self, spec: RunSpec, role: str) -> Any:
         from ftbench.data import prompts

@@ -58,6 +58,9 @@ DIGITS_CLIP = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 TEXT_PREFIX = "text."
+# The per-channel statistics OpenAI's CLIP towers were pretrained with (open_clip's OPENAI_DATASET_MEAN/STD).
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @functools.cache
@@ -81,6 +84,27 @@ class ClipClassifier(BlockModel):
         self.head = nn.Linear(embed_dim, num_classes)
         object.__setattr__(self, "_text", text)  # not a submodule: see the module docstring
         self.arch = arch
+        # The input statistics the tower was pretrained with (OpenAI's, for the clip-* towers; None:
+        # the benchmark's own, as digits-clip is trained on them). set_input_stats maps a benchmark's
+        # normalised images to them: one per-channel affine map, not a parameter, not saved.
+        self.expects: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self.register_buffer("in_scale", None, persistent=False)
+        self.register_buffer("in_shift", None, persistent=False)
+
+    def set_input_stats(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """The benchmark normalises images with ``mean``/``std``; re-normalise them to :attr:`expects`
+        before the tower: x' = (x·std + mean − m) / s. Identity when either is None or the channel
+        counts differ (a grey benchmark on a tower adapted to one channel)."""
+        self.in_scale = self.in_shift = None
+        if self.expects is None or mean is None or std is None or len(mean) != len(self.expects[0]):
+            return
+        m, s = (torch.tensor(v, dtype=torch.float32) for v in self.expects)
+        bm, bs = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        if torch.equal(bm, m) and torch.equal(bs, s):
+            return
+        dev = self.head.weight.device
+        self.in_scale = (bs / s).view(1, -1, 1, 1).to(dev)
+        self.in_shift = ((bm - m) / s).view(1, -1, 1, 1).to(dev)
 
     # --- the text tower --------------------------------------------------------------------
     @property
@@ -164,6 +188,8 @@ class ClipClassifier(BlockModel):
 
     # --- the image classifier --------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_scale is not None:
+            x = torch.addcmul(self.in_shift.to(x.dtype), x, self.in_scale.to(x.dtype))
         return F.normalize(self.visual(x), dim=-1)
 
     def blocks(self) -> OrderedDict[str, list[nn.Module]]:
@@ -209,7 +235,10 @@ def from_open_clip(clip: nn.Module, in_channels: int, num_classes: int, arch: st
     visual = clip.visual
     clip.visual = None  # what is left is the text tower (token embedding, transformer, projection, scale)
     _in_channels(visual, in_channels)
-    return ClipClassifier(visual, int(visual.output_dim), num_classes, text=clip, arch=arch)
+    net = ClipClassifier(visual, int(visual.output_dim), num_classes, text=clip, arch=arch)
+    if arch != "digits-clip":
+        net.expects = (OPENAI_MEAN, OPENAI_STD)
+    return net
 
 
 def _config(arch: str) -> dict[str, Any]:

@@ -63,7 +63,8 @@ def trained_here(model: str, source: SourceTask | None, device: torch.device, we
 
 
 def pretrained(model: str, source: SourceTask | None, device: torch.device, weights: str | None = None, *,
-               channels: int | None = None, num_classes: int | None = None) -> BlockModel:
+               channels: int | None = None, num_classes: int | None = None,
+               input_stats: tuple[Any, Any] | None = None) -> BlockModel:
     """The source model for ``(model, source)`` on ``device``: from the cache, or trained now.
 
     ``source=None`` (a protocol without a pretraining task of the benchmark's, whose ID task gets a
@@ -75,17 +76,29 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
     when their classifier fits the source's classes; otherwise only the classifier is fit on the
     source split, on the frozen backbone (cached). Without weights the whole model is trained on
     the source split from random initialisation (cached). See docs/models.md.
+
+    ``input_stats``: the benchmark's image normalisation (``Benchmark.input_stats``), which given
+    weights pretrained on other statistics (OpenAI's CLIP towers) are adapted to before anything
+    is fit or evaluated.
     """
     from ftbench.models.weights import fit_head, given_weights
 
     entry = get_model_entry(model)
+
+    def adapted(net: BlockModel) -> BlockModel:
+        if input_stats is not None and hasattr(net, "set_input_stats"):
+            net.set_input_stats(*input_stats)
+        return net
+
     if source is None:
         assert channels is not None and num_classes is not None
         given = given_weights(entry, model, channels, num_classes, weights)
         if given is None:  # resolve() refuses this (Protocol.check_weights)
             raise ValueError(f"model {model!r} with weights {weights!r}: no pretrained weights and no pretraining task")
-        return given.model.to(device).eval()
+        return adapted(given.model).to(device).eval()
     given = given_weights(entry, model, source.train.channels, source.num_classes, weights)
+    if given is not None:
+        adapted(given.model)
     if given is not None and given.head_loaded:
         return given.model.to(device).eval()
     if given is not None and entry.zero_shot and source.prompts is not None:

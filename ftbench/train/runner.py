@@ -143,7 +143,7 @@ def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
     if not trained_here(spec.model, task.pretraining, dev, spec.weights, task.train):
         check_input_fits(spec.model, task.train.channels, task.train.image_size, spec.benchmark)
     model = pretrained(spec.model, task.pretraining, dev, spec.weights,
-                       channels=task.train.channels, num_classes=task.num_classes)
+                       channels=task.train.channels, num_classes=task.num_classes, input_stats=bench.input_stats)
     return model, task
 
 
