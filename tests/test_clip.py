@@ -253,3 +253,17 @@ def test_a_benchmark_s_normalisation_is_mapped_to_the_one_openai_s_towers_expect
     assert "in_scale" not in m.state_dict()  # not a weight: never saved or interpolated
     m.set_input_stats(OPENAI_MEAN, OPENAI_STD)
     assert m.in_scale is None  # the tower's own statistics: nothing to map
+
+
+def test_openai_towers_resize_other_image_sizes_to_their_own() -> None:
+    """A clip-* tower (pretrained at one size) takes CIFAR's 32 px as CLIP's preprocessing would give
+    them to it: resized (bicubic) to its size; digits-clip, built for 8 px digits, is left alone."""
+    m = from_open_clip(_tiny("vit"), 3, 10, "ViT-B-16").eval()  # pretrained size 16
+    small = torch.rand(2, 3, 8, 8)
+    big = F.interpolate(small, size=(16, 16), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(m.features(small), m.features(big))
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)  # shrunk too
+    d = from_open_clip(open_clip.CLIP(**DIGITS_CLIP), 1, 10, "digits-clip")
+    assert d.expects is None
+    with pytest.raises(RuntimeError):
+        d(torch.rand(2, 1, 16, 16))  # no silent resize for a model trained on the benchmark's own images

@@ -187,9 +187,23 @@ class ClipClassifier(BlockModel):
         return "visual.conv1.weight"
 
     # --- the image classifier --------------------------------------------------------------
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """H, W the tower was pretrained at (224 for OpenAI's towers); None: any."""
+        s = getattr(self.visual, "image_size", None)
+        if s is None:
+            return None
+        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_scale is not None:
             x = torch.addcmul(self.in_shift.to(x.dtype), x, self.in_scale.to(x.dtype))
+        size = self.native_size
+        if self.expects is not None and size is not None and tuple(x.shape[-2:]) != size:
+            # OpenAI's towers take their pretraining size: images of another size (CIFAR's 32 px, WILDS'
+            # 96 px) are resized to it, bicubic as CLIP's preprocessing (antialiased when shrinking).
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False,
+                              antialias=bool(x.shape[-1] > size[1] or x.shape[-2] > size[0]))
         return F.normalize(self.visual(x), dim=-1)
 
     def blocks(self) -> OrderedDict[str, list[nn.Module]]:
