@@ -60,7 +60,7 @@ def test_seed_changes_the_few_shot_draw(cli, tmp_path: Path) -> None:
     [
         (["run", "--method", "bogus"], "unknown method 'bogus'; accepted: "),
         (["run", "--shift", "weather"], "unknown shift for benchmark 'digits': 'weather'; accepted: corruption, subpopulation, label-flip"),
-        (["run", "--benchmark", "cifar99"], "unknown benchmark 'cifar99'; accepted: camelyon17, celeba, cifar10-c, "),
+        (["run", "--benchmark", "cifar99"], "unknown benchmark 'cifar99'; accepted: camelyon17, celeba, cifar10, cifar10-c, "),
         (["run", "--block", "9"], "block '9' is out of range for model 'digits-resnet'; accepted: 1, 2, 3, last"),
         (["run", "--severity", "0"], "severity must be an integer in 1..5"),
         (["run", "--severity", "x"], "Invalid value for '--severity'"),

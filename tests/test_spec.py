@@ -52,7 +52,7 @@ def test_different_configurations_get_different_ids() -> None:
     [
         (dict(method="nope"), "unknown method 'nope'; accepted: "),
         (dict(shift="weather"), "unknown shift for benchmark 'digits': 'weather'"),
-        (dict(benchmark="imagenet"), "unknown benchmark 'imagenet'; accepted: camelyon17, celeba, cifar10-c, "),
+        (dict(benchmark="imagenet-1k"), "unknown benchmark 'imagenet-1k'; accepted: camelyon17, celeba, cifar10, cifar10-c, "),
         (dict(blocks=("4",)), "block '4' is out of range for model 'digits-resnet'; accepted: 1, 2, 3, last"),
         (dict(blocks=("0",)), "out of range"),
         (dict(method="full", blocks=("1",)), "method 'full' takes no --block"),
