@@ -105,8 +105,6 @@ def test_cifar10_ood_sets_are_cifar10_1_and_stl10_mapped_as_lp_ft(cifar_data, we
     keep = y0 != 7
     assert len(stl) == int(keep.sum()) and 6 not in stl.y.tolist()  # no frog: CIFAR 6 has no STL class
     assert stl.y.tolist() == [cifar.STL_TO_CIFAR[v] for v in y0[keep]]
-    assert dict(zip(["airplane", "bird", "car", "horse", "ship"], [cifar.STL_TO_CIFAR[i] for i in (0, 1, 2, 6, 8)])) \
-        == {"airplane": 0, "bird": 2, "car": 1, "horse": 7, "ship": 8}
     src = cifar_data["stl_x"][keep].astype(np.float64) / 255
     blocks = src.reshape(-1, 3, 32, 3, 32, 3).mean(axis=(3, 5))
     np.testing.assert_allclose(_unnormalise(stl.x).numpy(), blocks, atol=1e-5)
@@ -146,8 +144,10 @@ def test_damaged_stl10_is_one_error_line(cli, cifar_root, weights: Path, tmp_pat
 
 # --- imagenet -> V2 / R / Sketch / A ---------------------------------------------------------
 
-R_CLASSES = WNIDS[0:200]  # 200 class folders; those of LEAF[:10] hold images
-A_CLASSES = WNIDS[105:305]  # LEAF[5:15] hold images
+# The published 200 classes (positions in the sorted 1000; the fabricated wnids stand at those
+# positions); the ones among LEAF hold images.
+R_CLASSES = [WNIDS[i] for i in imagenet.IMAGENET_R_CLASSES]
+A_CLASSES = [WNIDS[i] for i in imagenet.IMAGENET_A_CLASSES]
 N_OOD = 2  # images per class of an OOD set
 
 
@@ -210,8 +210,9 @@ def test_imagenet_ood_sets_labels_and_200_class_scoring(imagenet_data, weights: 
         # The label is the ImageNet class: V2's folder is the class index, the others' the wnid.
         want = [int(Path(p).parent.name) if name == "imagenet-v2" else WNIDS.index(Path(p).parent.name) for p in paths]
         assert s.split.y.tolist() == want, name
-    assert roles["ood.imagenet-r"].classes == tuple(WNIDS.index(w) for w in R_CLASSES)
-    assert roles["ood.imagenet-a"].classes == tuple(WNIDS.index(w) for w in A_CLASSES)
+    # R and A are scored on wise-ft's CLASS_SUBLIST (hendrycks' masks): R starts 1, 2, 4, 6, A 6, 11, 13, 15.
+    assert roles["ood.imagenet-r"].classes[:4] == (1, 2, 4, 6) and len(roles["ood.imagenet-r"].classes) == 200
+    assert roles["ood.imagenet-a"].classes[:4] == (6, 11, 13, 15) and len(roles["ood.imagenet-a"].classes) == 200
     assert roles["ood.imagenet-v2"].classes is None and roles["ood.imagenet-sketch"].classes is None
 
 
@@ -247,6 +248,11 @@ def test_a_set_with_a_foreign_class_folder_is_refused(imagenet_root, weights: Pa
                                method="linear-probe"))
         with pytest.raises(UsageError, match="n99999999 is not an ImageNet class.*imagenet-a"):
             get_benchmark("imagenet").id_ood(spec)
+        other = root / "imagenet-a" / "imagenet-a" / WNIDS[0]  # an ImageNet class, but not one of A's 200
+        stray.rename(other)
+        stray = other
+        with pytest.raises(UsageError, match=f"not imagenet-a's 200 classes .ImageNet class 0 .{WNIDS[0]}. is extra"):
+            get_benchmark("imagenet").id_ood(spec)
     finally:
         stray.rename(kept)
 
@@ -280,6 +286,16 @@ def _tar(entries: dict[str, bytes], folders: list[str]) -> bytes:
     return buf.getvalue()
 
 
+def _zip(entries: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    return buf.getvalue()
+
+
 def test_fetch_places_cifar10_1_and_extracts_stl10_and_imagenet_r(cli, cifar_root, monkeypatch,
                                                                   tmp_path: Path) -> None:
     server = Server()
@@ -308,7 +324,35 @@ def test_fetch_places_cifar10_1_and_extracts_stl10_and_imagenet_r(cli, cifar_roo
             {}, ["imagenet-r"] + [f"imagenet-r/{w}" for w in R_CLASSES[1:]])})
         r = cli("fetch", "imagenet-r", "--root", tmp_path / "other")
         assert r.code == 2 and r.err.count("\n") == 1 and "has 199 class folders n########, expected 200" in r.err
-        assert not (tmp_path / "other").exists()
+        # It matched its checksum: the published bytes, kept (the layout rule would be what is wrong).
+        assert "the download is kept" in r.err and (tmp_path / "other" / ".downloads" / "imagenet-r.tar.part").is_file()
+        assert not (tmp_path / "other" / "imagenet-r").exists()
+        # Without a checksum (ImageNet-Sketch), a copy of the wrong layout is removed.
+        _serve(monkeypatch, server, "imagenet-sketch", {"ImageNet-Sketch.zip": _zip(
+            {f"sketch/{w}/sketch_0.JPEG": b"jpeg" for w in WNIDS[:999]})})
+        r = cli("fetch", "imagenet-sketch", "--root", tmp_path / "sk")
+        assert r.code == 2 and "has 999 class folders" in r.err and "the download was removed" in r.err
+        assert not (tmp_path / "sk").exists() or not any((tmp_path / "sk").rglob("*.part"))
     finally:
         server.close()
 
+
+
+def test_stl10_binary_is_read_as_its_format_defines(tmp_path: Path, monkeypatch) -> None:
+    """STL-10's test_X.bin, byte by byte as its page defines it: per image the red, green and blue
+    planes of 96×96, each plane column-major (its first 96 bytes are the first *column*); labels 1..10."""
+    per = 3 * 96 * 96
+    raw = np.zeros(2 * per, np.uint8)
+    raw[1] = 200  # image 0, red plane, column 0, row 1
+    raw[96] = 100  # image 0, red plane, column 1, row 0
+    raw[per + 96 * 96 + 5] = 50  # image 1, green plane, column 0, row 5
+    folder = tmp_path / "stl10" / "stl10_binary"
+    folder.mkdir(parents=True)
+    raw.tofile(folder / "test_X.bin")
+    np.asarray([4, 8], np.uint8).tofile(folder / "test_y.bin")  # STL cat (4th) -> CIFAR 3; monkey (8th) dropped
+    x, y = cifar._stl10_test.__wrapped__(str(tmp_path))
+    assert y.tolist() == [3] and x.shape == (1, 3, 96, 96)
+    assert x[0, 0, 1, 0] == 200 and x[0, 0, 0, 1] == 100 and int(x.sum()) == 300
+    np.asarray([4, 3], np.uint8).tofile(folder / "test_y.bin")  # car (3rd) -> CIFAR automobile, 1
+    x, y = cifar._stl10_test.__wrapped__(str(tmp_path))
+    assert y.tolist() == [3, 1] and x[1, 1, 5, 0] == 50

@@ -212,3 +212,16 @@ def test_device_decode_is_only_for_plain_jpeg_files_and_names_a_bad_one(tmp_path
                         (0.25,) * 3)
     with pytest.raises(UsageError, match=f"cannot read image {paths[1]}"):
         list(split.batches(8))
+
+
+def test_device_decode_falls_back_for_a_png_named_jpeg(tmp_path: Path, monkeypatch) -> None:
+    """ImageNet train holds a PNG under a .JPEG name (n02105855_2933.JPEG): the batched JPEG decoder
+    refuses its batch, which is then decoded file by file as the worker pool decodes it."""
+    paths = _write_jpegs(tmp_path, 4)
+    Image.open(paths[2]).convert("RGB").save(paths[2], format="PNG")  # a PNG with a .JPEG name
+    split = StreamSplit(ImageFiles(paths, resize_center_crop(16)), torch.zeros(4, dtype=torch.long), (0.5,) * 3,
+                        (0.25,) * 3)
+    monkeypatch.setenv("FTBENCH_DEVICE_DECODE", "0")
+    want = torch.cat(list(split.batches(8)))
+    monkeypatch.setenv("FTBENCH_DEVICE_DECODE", "1")
+    assert torch.equal(torch.cat(list(split.batches(8))), want)

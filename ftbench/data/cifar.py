@@ -403,8 +403,8 @@ def _stl10_test(root: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stl_split(x: np.ndarray, y: np.ndarray) -> Split:
-    """STL-10 images at CIFAR-10's 32×32: each 3×3 block of pixels averaged (96 = 3 × 32; the area
-    filter, as PIL's and torchvision's antialiased resize to an exact third), then normalised as CIFAR."""
+    """STL-10 images at CIFAR-10's 32×32: each 3×3 block of pixels averaged (96 = 3 × 32; the box
+    filter, PIL's ``Image.reduce(3)``), then normalised as CIFAR."""
     t = torch.nn.functional.avg_pool2d(torch.from_numpy(x).float().div_(255), 3)
     t = t.sub_(torch.tensor(MEAN).view(1, 3, 1, 1)).div_(torch.tensor(STD).view(1, 3, 1, 1))
     return Split(t, torch.from_numpy(y))

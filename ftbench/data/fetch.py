@@ -557,8 +557,11 @@ def _fetch_files(ds: Dataset, root: Path, downloads: Path, mirror: str | None, s
     try:
         for f, part in zip(ds.files, parts):
             if f.into is not None:  # a plain file (CIFAR-10.1's .npy): verified above, placed as it is
-                (tmp / f.into).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(part, tmp / f.into)
+                try:
+                    (tmp / f.into).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(part, tmp / f.into)
+                except OSError as e:  # no room: the download is good, keep it for the next fetch
+                    raise disk_error(e, tmp) or UsageError(f"cannot place {f.name} in {tmp}: {e.strerror or e}") from None
                 continue
             try:
                 _extract(part, tmp, f.name)
@@ -570,11 +573,14 @@ def _fetch_files(ds: Dataset, root: Path, downloads: Path, mirror: str | None, s
         missing = [r for r in ds.required if not (tmp / r).exists()]
         wrong = ds.check(tmp) if not missing and ds.check is not None else []  # e.g. ImageNet-R's 200 classes
         if wrong:
+            problem = wrong[0].replace(str(tmp), str(folder))
+            if all(f.md5 or f.sha256 for f in ds.files):  # the published bytes: the layout rule is what is off
+                raise UsageError(f"archive of {ds.name} matches its published checksum but not the layout ftbench "
+                                 f"expects ({problem}); the download is kept; please report this")
             for part in parts:
                 part.unlink(missing_ok=True)
-            raise UsageError(f"archive of {ds.name} is not a complete copy: "
-                             f"{wrong[0].replace(str(tmp), str(folder))}; the download was removed; is the mirror's "
-                             "copy the right file?")
+            raise UsageError(f"archive of {ds.name} is not a complete copy: {problem}; the download was removed; "
+                             "is the mirror's copy the right file?")
         if missing:
             for part in parts:  # which of them is the wrong file cannot be told: none is kept
                 part.unlink(missing_ok=True)

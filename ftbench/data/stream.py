@@ -164,7 +164,9 @@ def device_decode_wanted(images: torch.utils.data.Dataset, device: torch.device)
 def device_decode(data: list[torch.Tensor], paths: Sequence[str], transform: Transform | None,
                   device: torch.device) -> torch.Tensor:
     """Decode a batch of JPEG files' bytes on ``device`` in one call and apply ``transform`` there;
-    uint8 N×3×h×w. A file the batched decoder refuses is decoded alone, to name it."""
+    uint8 N×3×h×w. A batch the batched decoder refuses (ImageNet train holds a PNG and CMYK JPEGs
+    under ``.JPEG`` names) is decoded file by file by :func:`decode`, as the worker pool decodes
+    it, which names a file no decoder can read."""
     import warnings
 
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -174,9 +176,7 @@ def device_decode(data: list[torch.Tensor], paths: Sequence[str], transform: Tra
             warnings.simplefilter("ignore", DeprecationWarning)
             imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        for p in paths:
-            decode(p)  # raises the UsageError naming the bad file
-        raise
+        imgs = [decode(p).to(device) for p in paths]  # raises the UsageError naming an unreadable file
     return torch.stack([transform(im) if transform is not None else im for im in imgs])
 
 

@@ -79,8 +79,13 @@ class ContrastiveLoss:
         self.loss = ClipLoss()
 
     def __call__(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``image``: unit image embeddings of the batch; ``y``: its labels."""
-        text = self.model.encode_text(self.captions.sample(y)).float()
+        """``image``: unit image embeddings of the batch; ``y``: its labels. The text tower runs under the
+        loop's autocast too (bf16 on CUDA), as the image tower does; the loss is computed in float32."""
+        from ftbench.train.loop import autocast
+
+        with autocast(y.device):
+            text = self.model.encode_text(self.captions.sample(y))
+        text = text.float()
         return self.loss(image, text, self.model.logit_scale().float())
 
 
