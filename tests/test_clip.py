@@ -239,7 +239,7 @@ def test_a_benchmark_s_normalisation_is_mapped_to_the_one_openai_s_towers_expect
     """clip-* towers were pretrained on images normalised with OpenAI's statistics; a benchmark that
     normalises with ImageNet's gives the tower the same pixels after set_input_stats."""
     from ftbench.data.imagenet import MEAN, STD
-    from ftbench.models.clip import OPENAI_MEAN, OPENAI_STD, ClipClassifier
+    from ftbench.models.clip import OPENAI_MEAN, OPENAI_STD
 
     m = from_open_clip(_tiny("vit"), 3, 10, "ViT-B-16")  # a tower that expects OpenAI's statistics
     assert isinstance(m, ClipClassifier) and m.expects == (OPENAI_MEAN, OPENAI_STD)
