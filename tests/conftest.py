@@ -22,6 +22,20 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["FTBENCH_CACHE"] = old
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrained model for the ID→OOD protocol on a fetched benchmark (which refuses --weights
+    scratch): a random resnet26-cifar's state dict (test_clip.py has its own, a digits-clip)."""
+    import torch
+
+    from ftbench.models.base import get_model_entry
+
+    path = tmp_path_factory.mktemp("weights") / "resnet26-cifar.pt"
+    torch.manual_seed(0)
+    torch.save(get_model_entry("resnet26-cifar").build(3, 10).state_dict(), path)
+    return path
+
+
 @dataclass
 class CliResult:
     code: int

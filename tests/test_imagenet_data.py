@@ -25,7 +25,6 @@ from ftbench.data.base import get_benchmark
 from ftbench.data.fetch import IMAGENET_C
 from ftbench.data.stream import StreamSplit, decode, resize_center_crop
 from ftbench.errors import UsageError
-from ftbench.models.base import get_model_entry
 from ftbench.protocols.base import get_protocol
 from ftbench.spec import RunSpec, resolve
 
@@ -327,15 +326,6 @@ def test_missing_data_is_one_error_line_and_writes_nothing(cli, tmp_path: Path, 
 
 
 # --- the ID→OOD protocol (LP-FT's BREEDS) -----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pretrained model for the protocol (which refuses --weights scratch): a random resnet26-cifar."""
-    path = tmp_path_factory.mktemp("weights") / "resnet26-cifar.pt"
-    torch.manual_seed(0)
-    torch.save(get_model_entry("resnet26-cifar").build(3, 10).state_dict(), path)
-    return path
-
 
 def test_breeds_id_ood_roles_follow_lp_ft(data, weights: Path) -> None:
     """ID = the source subclasses (train: their ImageNet train images less ID val, which is the

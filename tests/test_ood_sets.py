@@ -21,7 +21,6 @@ from ftbench.data import cifar, imagenet
 from ftbench.data.base import Split, get_benchmark
 from ftbench.data.fetch import DATASETS, MARKER
 from ftbench.errors import UsageError
-from ftbench.models.base import get_model_entry
 from ftbench.protocols.base import get_protocol
 from ftbench.spec import RunSpec, resolve
 from ftbench.train.loop import evaluate
@@ -64,15 +63,6 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 def cifar_data(cifar_root, monkeypatch) -> dict[str, np.ndarray]:
     monkeypatch.setenv("FTBENCH_DATA", str(cifar_root[0]))
     return cifar_root[1]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pretrained model for the protocol (which needs given weights): a random resnet26-cifar."""
-    path = tmp_path_factory.mktemp("weights") / "resnet26-cifar.pt"
-    torch.manual_seed(0)
-    torch.save(get_model_entry("resnet26-cifar").build(3, 10).state_dict(), path)
-    return path
 
 
 def _unnormalise(x: torch.Tensor) -> torch.Tensor:

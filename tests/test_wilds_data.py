@@ -22,7 +22,6 @@ from ftbench.data import wilds_data
 from ftbench.data.base import Split, get_benchmark
 from ftbench.data.stream import StreamSplit, decode
 from ftbench.errors import UsageError
-from ftbench.models.base import get_model_entry
 from ftbench.protocols.base import get_protocol
 from ftbench.spec import RunSpec, resolve
 
@@ -348,15 +347,6 @@ NATURAL_ROLES = {"train": "train", "val": "id_val", "id": "id_test", "ood_val": 
 SPURIOUS_ROLES = {"train": "train", "val": "val", "id": "test", "ood.test": "test"}
 ID_OOD_ROLES = {"waterbirds": SPURIOUS_ROLES, "celeba": SPURIOUS_ROLES, "fmow": NATURAL_ROLES,
                 "iwildcam": NATURAL_ROLES, "camelyon17": {**NATURAL_ROLES, "id": "id_val"}}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pretrained model for the protocol (which refuses --weights scratch): a random resnet26-cifar."""
-    path = tmp_path_factory.mktemp("weights") / "resnet26-cifar.pt"
-    torch.manual_seed(0)
-    torch.save(get_model_entry("resnet26-cifar").build(3, 10).state_dict(), path)
-    return path
 
 
 def id_ood_spec(name: str, weights: Path, **kw) -> RunSpec:

@@ -432,9 +432,6 @@ class Cifar10Ood(_Cifar10):
     id_ood_has_val = False
     id_ood_pretrains = False
 
-    def resolve(self, spec: RunSpec) -> RunSpec:
-        return spec  # the ID→OOD protocol resolves it (the few-shot one refuses it)
-
     def id_ood_max_shots(self) -> int | None:
         return 4500  # of each class's 5,000 train images, 500 are ID val
 

@@ -115,10 +115,10 @@ def _is_wnid(name: str) -> bool:
     return len(name) > 1 and name[0] == "n" and name[1:].isdigit()
 
 
-def _class_folders(folder: Path) -> list[str]:
-    """The WordNet-id folders ``n########`` directly under ``folder``, sorted."""
+def _class_folders(folder: Path, is_class: Callable[[str], bool] = _is_wnid) -> list[str]:
+    """The class folders directly under ``folder`` (default: WordNet ids ``n########``), sorted."""
     try:
-        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _is_wnid(e.name))
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and is_class(e.name))
     except OSError as e:
         raise UsageError(f"cannot list {folder} ({type(e).__name__}: {e})") from None
 
@@ -668,8 +668,6 @@ class ImageNetOod(_ImageNetSource):
     help = ("ImageNet -> ImageNet-V2 / -R / -Sketch / -A (ID→OOD protocol only; user-supplied ImageNet, "
             "fetched OOD sets)")
     datasets = ("imagenet", *IMAGENET_OOD)
-    default_shots = 16
-    max_shots = 1290
     few_shot = False
     id_ood_shift = ShiftInfo(
         "natural", "natural",
@@ -680,15 +678,12 @@ class ImageNetOod(_ImageNetSource):
     id_ood_has_val = False
     id_ood_pretrains = False
 
-    def resolve(self, spec: RunSpec) -> RunSpec:
-        return spec  # the ID→OOD protocol resolves it (the few-shot one refuses it)
-
     def _ood(self, root: Path, wnids: tuple[str, ...], name: str) -> tuple[StreamSplit, tuple[int, ...] | None]:
         """OOD test set ``name``: its images, labelled with ID labels, and the labels it is scored on."""
         ds = DATASETS.get(name)
         base = root / ds.folder / ds.required[0]
         if name == "imagenet-v2":  # folders 0..999 are class indices (not wnids; not string-sorted)
-            folders = [d for d in _class_folders_any(base) if d.isdigit()]
+            folders = _class_folders(base, str.isdigit)
             bad = [d for d in folders if int(d) >= len(wnids)]
             if bad:
                 raise UsageError(f"{base / bad[0]} is class {bad[0]}, but ImageNet has {len(wnids)} classes here")
@@ -724,10 +719,3 @@ class ImageNetOod(_ImageNetSource):
             if sub is not None:
                 classes[name] = sub
         return IdOodSplits(s.num_classes, s.train, s.val, s.test, tests, ood_classes=classes)
-
-
-def _class_folders_any(folder: Path) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    except OSError as e:
-        raise UsageError(f"cannot list {folder} ({type(e).__name__}: {e})") from None
