@@ -127,7 +127,8 @@ class Method:
     options: ClassVar[dict[str, Option]] = {}
     # With a model that has a zero-shot head (CLIP) under a protocol that gives the ID task a new
     # classifier: start from the zero-shot head even though the method trains the classifier (as
-    # WiSE-FT's, FLYP's and AutoFT's released code start). Methods that do not train it always do.
+    # WiSE-FT's and AutoFT's released code start). Methods that do not train it always do, unless their
+    # head_init is "fresh" because they build their head themselves (zero-shot, flyp).
     zero_shot_start: ClassVar[bool] = False
 
     def __init__(self, spec: RunSpec) -> None:

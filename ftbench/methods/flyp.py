@@ -109,7 +109,6 @@ class ZeroShot(Method):
     paper = "Radford et al. 2021 (CLIP); the alpha = 0 end of WiSE-FT"
     order = 5
     uses = frozenset()
-    zero_shot_start = True
 
     @classmethod
     def check_entry(cls, model: str, entry: ModelEntry) -> None:
@@ -119,7 +118,7 @@ class ZeroShot(Method):
         return []
 
     def head_init(self, block_names: list[str]) -> str:
-        return "probe"
+        return "fresh"  # run() makes the head from the text tower: no probe (or zero-shot head) before it
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         ctx.set_trainable([], bn="frozen")
@@ -136,7 +135,6 @@ class Flyp(Method):
             "head = zero-shot head of the fine-tuned text tower (models with a text tower)")
     paper = "Goyal et al. 2023, Finetune like you pretrain"
     order = 64
-    zero_shot_start = True
     options = {"decay": DECAY_OPTION}
 
     @classmethod
@@ -144,10 +142,9 @@ class Flyp(Method):
         require_text(cls.name, model, entry)
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
-        return list(block_names)  # the image blocks train; the head is rebuilt from the trained text tower
-
-    def head_init(self, block_names: list[str]) -> str:
-        return "probe"
+        # The image blocks train; the head is rebuilt from the trained text tower (and so starts "fresh":
+        # the loss never reads it, so a zero-shot head before training would only be computed twice).
+        return list(block_names)
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         prompts = task_prompts(ctx, self.name)
