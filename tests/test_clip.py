@@ -132,6 +132,46 @@ def test_hub_weights_offline_are_one_actionable_error(monkeypatch: pytest.Monkey
     assert "\n" not in msg and "--weights PATH" in msg and "ViT-B-16" in msg and "HF_HUB_OFFLINE" in msg
 
 
+def test_hub_and_file_weights_build_the_same_quick_gelu_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's tags were trained with QuickGELU. open_clip >= 2.29 builds its built-in config with
+    nn.GELU for them and only warns, so the hub path must ask for QuickGELU as the ``--weights`` path
+    does: the same weights served through open_clip's own download hook and given as a file build
+    the same activations and give the same image and text features (no network: the hook is patched)."""
+    from open_clip import factory, pretrained
+    from open_clip.transformer import QuickGELU
+
+    from ftbench.models.clip import _hub_weights, build
+    from ftbench.models.weights import load_weights
+
+    arch, tag = "FTB-Tiny-ViT", "openai"
+    cfg = {"embed_dim": 16, "vision_cfg": {"layers": 2, "width": 32, "patch_size": 4, "image_size": 16,
+                                           "head_width": 16}, "text_cfg": TEXT}
+    monkeypatch.setitem(factory._MODEL_CONFIGS, arch, cfg)
+    monkeypatch.setitem(pretrained._PRETRAINED, arch, {tag: {"url": "", "hf_hub": "", "quick_gelu": True}})
+    torch.manual_seed(5)
+    trained = open_clip.CLIP(**cfg, quick_gelu=True).eval()  # as OpenAI's were trained
+    path = tmp_path / "openai.pt"
+    torch.save(trained.state_dict(), path)
+    monkeypatch.setattr(factory, "download_pretrained", lambda *a, **k: str(path))
+
+    hub, source, _ = _hub_weights("tiny", arch, tag)(3, 10)
+    assert source == f"hub:open_clip:{arch}.{tag}"
+    given = build(arch, 3, 10, tag=tag)
+    load_weights(given, path, "tiny")
+
+    def activations(m: torch.nn.Module) -> set[str]:
+        return {type(x).__name__ for x in m.modules() if isinstance(x, (torch.nn.GELU, QuickGELU))}
+
+    assert activations(hub.visual) == activations(given.visual) == {"QuickGELU"}
+    assert activations(hub.text) == activations(given.text) == {"QuickGELU"}
+    x = torch.randn(2, 3, 16, 16)
+    tokens = hub.tokenize(["a photo of a cat", "a photo of a dog"])
+    with torch.no_grad():
+        assert torch.equal(hub.eval().visual(x), given.eval().visual(x))
+        assert torch.equal(hub.visual(x), trained.visual(x))
+        assert torch.equal(hub.encode_text(tokens), given.encode_text(tokens))
+
+
 @pytest.mark.parametrize("method, extra", [("zero-shot", ()), ("flyp", ()),
                                            ("autoft", (("terms", "ce,flyp"),))])
 def test_methods_of_the_text_tower_refuse_models_without_one(method: str, extra: tuple) -> None:

@@ -255,7 +255,17 @@ def from_open_clip(clip: nn.Module, in_channels: int, num_classes: int, arch: st
     return net
 
 
-def _config(arch: str) -> dict[str, Any]:
+def trained_with_quick_gelu(arch: str, tag: str) -> bool:
+    """Whether open_clip's ``arch`` weights tagged ``tag`` were trained with QuickGELU (OpenAI's were).
+
+    open_clip ≥ 2.29 builds its built-in configs with ``nn.GELU`` even for the ``openai`` tag and only
+    warns about the mismatch, so both of ftbench's load paths ask this and build that network."""
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", tag == "openai"))
+
+
+def _config(arch: str, tag: str = "") -> dict[str, Any]:
     import open_clip
 
     if arch == "digits-clip":
@@ -263,14 +273,15 @@ def _config(arch: str) -> dict[str, Any]:
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         raise UsageError(f"open_clip has no architecture {arch!r}")
-    return {**cfg, "quick_gelu": True}  # OpenAI's weights were trained with QuickGELU (open_clip's pretrained cfg)
+    return {**cfg, "quick_gelu": trained_with_quick_gelu(arch, tag)}
 
 
-def build(arch: str, in_channels: int, num_classes: int) -> ClipClassifier:
-    """A randomly initialised CLIP classifier of open_clip architecture ``arch`` (under BUILD_SEED)."""
+def build(arch: str, in_channels: int, num_classes: int, tag: str = "") -> ClipClassifier:
+    """A randomly initialised CLIP classifier of open_clip architecture ``arch`` (under BUILD_SEED),
+    with the activation the weights tagged ``tag`` were trained with (QuickGELU for ``openai``)."""
     import open_clip
 
-    cfg = _config(arch)
+    cfg = _config(arch, tag)
     for key in ("custom_text", "hf_model_name", "multimodal_cfg"):
         if cfg.get(key) or cfg.get("text_cfg", {}).get(key):
             raise UsageError(f"open_clip architecture {arch!r} is not a plain CLIP; ftbench supports plain CLIP towers")
@@ -297,7 +308,8 @@ def _hub_weights(name: str, arch: str, tag: str) -> Callable[[int, int], tuple[B
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(BUILD_SEED)
-                clip = open_clip.create_model(arch, pretrained=tag, require_pretrained=True)
+                clip = open_clip.create_model(arch, pretrained=tag, require_pretrained=True,
+                                             force_quick_gelu=trained_with_quick_gelu(arch, tag))
         except Exception as e:
             why = offline or type(e).__name__
             raise UsageError(
@@ -325,7 +337,7 @@ MODELS.register("digits-clip")(ModelEntry(
 ))
 for _name, (_arch, _tag, _used) in CLIP_MODELS.items():
     MODELS.register(_name)(ModelEntry(
-        build=functools.partial(build, _arch),
+        build=functools.partial(build, _arch, tag=_tag),
         block_names=("1", "2", "3", "4", "last") if _arch.startswith("RN") else ("1", "2", "3", "last"),
         help=f"open_clip {_arch} with OpenAI's weights ({_tag!r}), image tower + zero-shot head ({_used})",
         weights=_hub_weights(_name, _arch, _tag),
