@@ -92,6 +92,10 @@ def run(
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder", rich_help_panel="Where"),
     protocol: str = typer.Option("few-shot", help="few-shot (fine-tune on --shots target images per class) or id-ood "
                                  "(fine-tune on ID train, score every OOD set); docs/protocols.md", rich_help_panel="Data"),
+    head_init: Optional[str] = typer.Option(None, "--head-init", help="--protocol id-ood: how the new classifier of a "
+                                            "method that trains it starts: fresh (LP-FT's baseline) or zero-shot "
+                                            "(CLIP's zero-shot head, WiSE-FT's/FLYP's/AutoFT's standard fine-tuning); "
+                                            "default: the method's own", rich_help_panel="Model and method"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -104,7 +108,7 @@ def run(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
-        protocol=protocol,
+        protocol=protocol, head_init=head_init,
     )
     if recipe is not None:  # before resolution; what the command line gives wins
         from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe

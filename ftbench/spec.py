@@ -32,7 +32,9 @@ HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
 # Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
-LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None}
+LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None}
+# How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
+HEAD_INITS = ("fresh", "zero-shot")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class RunSpec:
     # Set by resolution, never by the user: the benchmark's revision of this shift's data
     # (Benchmark.data_version), so results of a redefined shift are not taken for the new one.
     data_version: int | None = None
+    # Under a protocol that gives the ID task a new classifier (id-ood), how a method that trains it
+    # starts: "fresh" or "zero-shot" (CLIP's zero-shot head); None: the method's default. Resolution
+    # sets a value equal to the method's default to None, so both ways of asking give one run id.
+    head_init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -138,6 +144,8 @@ def resolve(spec: RunSpec) -> RunSpec:
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
+    if spec.head_init is not None:
+        spec = dataclasses.replace(spec, head_init=_head_init(spec, protocol, entry, method_cls))
     if spec.weights is not None:
         from ftbench.models.weights import resolve_weights
 
@@ -146,6 +154,29 @@ def resolve(spec: RunSpec) -> RunSpec:
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
+
+
+def _head_init(spec: RunSpec, protocol: Any, entry: Any, method_cls: Any) -> str | None:
+    """``spec.head_init`` checked against the protocol, model and method it is given with; None when
+    it is the method's own default (one run id for both ways of asking). An option that would have no
+    effect is refused, naming what makes it apply."""
+    want = spec.head_init
+    if want not in HEAD_INITS:
+        raise unknown("--head-init", want, HEAD_INITS)
+    if not protocol.fresh_head:
+        raise UsageError(f"--head-init {want} applies only under --protocol id-ood, which gives the task a new "
+                         f"classifier; protocol {spec.protocol!r} fine-tunes the model's own head")
+    method = method_cls(spec)
+    own = method_cls.builds_head or method.head_init(list(entry.block_names)) != "fresh"
+    if own:
+        raise UsageError(f"--head-init has no effect with method {spec.method!r}, which makes its own classifier "
+                         "(a probe or the zero-shot head) before it trains; it applies to methods that train the "
+                         "classifier from the start (full, surgical with block last, autoft, the PETL methods, ...)")
+    if want == "zero-shot" and not entry.zero_shot:
+        raise UsageError(f"--head-init zero-shot needs a model with a text tower (clip-*, digits-clip); model "
+                         f"{spec.model!r} has none; accepted for it: fresh")
+    default = "zero-shot" if method_cls.zero_shot_start and entry.zero_shot else "fresh"
+    return None if want == default else want
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +202,7 @@ SUITE_KEYS: dict[str, str] = {
     "checkpoints": "checkpoints",
     "weights": "weights",
     "protocol": "protocol",
+    "head_init": "head_init",
 }
 SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
               "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)

@@ -130,6 +130,9 @@ class Method:
     # WiSE-FT's and AutoFT's released code start). Methods that do not train it always do, unless their
     # head_init is "fresh" because they build their head themselves (zero-shot, flyp).
     zero_shot_start: ClassVar[bool] = False
+    # The method makes the classifier it starts from itself (a probe, the zero-shot head), whatever
+    # the head was before it runs: --head-init has no effect on it and is refused.
+    builds_head: ClassVar[bool] = False
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec

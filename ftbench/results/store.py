@@ -36,6 +36,7 @@ SCHEMA = pa.schema(
         ("weights", pa.string()),  # --weights: a state-dict file, "scratch", or null (the model's default)
         ("protocol", pa.string()),  # few-shot | id-ood (ftbench/protocols); absent in older files = few-shot
         ("data_version", pa.int64()),  # the benchmark's revision of the shift's data; null = the first
+        ("head_init", pa.string()),  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),

@@ -157,7 +157,11 @@ def prepare_head(method: Method, ctx: TrainContext) -> None:
         return
     ctx.new_head()
     probe = method.head_init(ctx.block_names) == "probe"
-    if zero_shot_ready(ctx) and (probe or method.zero_shot_start):
+    init = ctx.spec.head_init  # --head-init, checked by resolve; None: the method's own default
+    if init == "zero-shot" and not zero_shot_ready(ctx):
+        raise UsageError(f"--head-init zero-shot: benchmark {ctx.spec.benchmark!r} has no class prompts for "
+                         "a zero-shot head; accepted here: fresh")
+    if zero_shot_ready(ctx) and (init == "zero-shot" or (init is None and (probe or method.zero_shot_start))):
         ctx.model.set_zero_shot_head(ctx.target.prompts)
         ctx.metrics["head_init"] = "zero-shot"  # a column of these rows only (docs/results.md)
         return
