@@ -96,6 +96,12 @@ def run(
                                             "method that trains it starts: fresh (LP-FT's baseline) or zero-shot "
                                             "(CLIP's zero-shot head, WiSE-FT's/FLYP's/AutoFT's standard fine-tuning); "
                                             "default: the method's own", rich_help_panel="Model and method"),
+    schedule: Optional[str] = typer.Option(None, help="learning-rate schedule: constant (default) or cosine "
+                                           "(half cosine to 0 after the warm-up, as wise-ft/FLYP/AutoFT)", rich_help_panel="Training"),
+    warmup: Optional[int] = typer.Option(None, help="linear learning-rate warm-up over this many optimizer steps "
+                                         "(wise-ft/FLYP/AutoFT: 500; default none)", rich_help_panel="Training"),
+    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="clip gradients to this global L2 norm "
+                                              "(wise-ft: 1.0; default none)", rich_help_panel="Training"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -108,7 +114,7 @@ def run(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
-        protocol=protocol, head_init=head_init,
+        protocol=protocol, head_init=head_init, schedule=schedule, warmup=warmup, clip_grad=clip_grad,
     )
     if recipe is not None:  # before resolution; what the command line gives wins
         from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe
@@ -146,7 +152,8 @@ def settings_line(spec: Any) -> str:
     """What a run was trained with: every hyperparameter and method option, defaults included."""
     from ftbench.spec import HYPERPARAMETERS
 
-    parts = spec.settings((*HYPERPARAMETERS, "shots", "checkpoints", "seed", "weights"))
+    parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "shots", "checkpoints",
+                           "seed", "weights"))
     opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 

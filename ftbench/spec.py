@@ -32,7 +32,8 @@ HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
 # Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
-LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None}
+LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None,
+                "schedule": None, "warmup": None, "clip_grad": None}
 # How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
 HEAD_INITS = ("fresh", "zero-shot")
 
@@ -68,6 +69,12 @@ class RunSpec:
     # starts: "fresh" or "zero-shot" (CLIP's zero-shot head); None: the method's default. Resolution
     # sets a value equal to the method's default to None, so both ways of asking give one run id.
     head_init: str | None = None
+    # The training loop's learning-rate schedule ("cosine"; None: constant), its linear warm-up in
+    # optimizer steps (None: none) and gradient clipping by global norm (None: none), as the CLIP
+    # releases train (ftbench/train/loop.py). Each enters the run id only when set.
+    schedule: str | None = None
+    warmup: int | None = None
+    clip_grad: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -97,7 +104,8 @@ class RunSpec:
     def blocks_label(self) -> str:
         return ",".join(self.blocks)
 
-    def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "shots")) -> list[str]:
+    def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init",
+                                                 "shots")) -> list[str]:
         """``name=value`` for each field of ``names`` that is set (floats as ``%g``): how a run's
         settings are printed (the sweep's run lines, ``ftbench run``'s settings line)."""
         return [f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}"
@@ -146,6 +154,7 @@ def resolve(spec: RunSpec) -> RunSpec:
     spec = method_cls.resolve(spec, entry.block_names)
     if spec.head_init is not None:
         spec = dataclasses.replace(spec, head_init=_head_init(spec, protocol, entry, method_cls))
+    spec = _loop_settings(spec, method_cls)
     if spec.weights is not None:
         from ftbench.models.weights import resolve_weights
 
@@ -154,6 +163,23 @@ def resolve(spec: RunSpec) -> RunSpec:
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
+
+
+def _loop_settings(spec: RunSpec, method_cls: Any) -> RunSpec:
+    """``schedule``/``warmup``/``clip_grad`` checked and normalised: the defaults (constant, 0) are None,
+    so asking for them is the same run; refused for a method without an optimizer loop."""
+    from ftbench.train.loop import SCHEDULES
+
+    if spec.schedule is not None and spec.schedule not in SCHEDULES:
+        raise unknown("--schedule", spec.schedule, SCHEDULES)
+    schedule = None if spec.schedule == "constant" else spec.schedule
+    warmup = spec.warmup or None
+    given = [f"--{n.replace('_', '-')}" for n, v in (("schedule", schedule), ("warmup", warmup),
+                                                      ("clip_grad", spec.clip_grad)) if v is not None]
+    if given and "steps" not in method_cls.uses:
+        raise UsageError(f"{' / '.join(given)} has no effect with method {spec.method!r}, which trains no optimizer "
+                         "loop; these apply to methods that take --steps (ftbench list methods)")
+    return dataclasses.replace(spec, schedule=schedule, warmup=warmup)
 
 
 def _head_init(spec: RunSpec, protocol: Any, entry: Any, method_cls: Any) -> str | None:
@@ -203,6 +229,9 @@ SUITE_KEYS: dict[str, str] = {
     "weights": "weights",
     "protocol": "protocol",
     "head_init": "head_init",
+    "schedule": "schedule",
+    "warmup": "warmup",
+    "clip_grad": "clip_grad",
 }
 SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
               "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)

@@ -36,7 +36,10 @@ SCHEMA = pa.schema(
         ("weights", pa.string()),  # --weights: a state-dict file, "scratch", or null (the model's default)
         ("protocol", pa.string()),  # few-shot | id-ood (ftbench/protocols); absent in older files = few-shot
         ("data_version", pa.int64()),  # the benchmark's revision of the shift's data; null = the first
-        ("head_init", pa.string()),  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
+        ("head_init", pa.string()),
+        ("schedule", pa.string()),  # the loop's lr schedule: cosine, or null = constant
+        ("warmup", pa.int64()),  # linear lr warm-up in optimizer steps; null = none
+        ("clip_grad", pa.float64()),  # gradient clipping by global norm; null = none  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),

@@ -89,6 +89,7 @@ class TrainContext:
         module = overrides.pop("net", None)
         hp = {"lr": s.lr, "wd": s.wd, "batch_size": s.batch_size, "optimizer": s.optimizer}
         hp.update(overrides)
+        loop_settings = {"schedule": s.schedule or "constant", "warmup": s.warmup or 0, "clip_grad": s.clip_grad}
         n = len(self.target.train)
         steps = steps or steps_for(n, hp["batch_size"], s.steps, s.epochs)
         done = sum(f.steps for f in self.fits if f.kind == "loop")
@@ -105,7 +106,7 @@ class TrainContext:
         else:
             net, data = module, self.target.train
         stats = fit(net, params, data, steps=steps, generator=self.generator,
-                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp, **resume)
+                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp, **resume, **loop_settings)
         if self.resume is not None:
             self.resume.fit_done()
         self.fits.append(stats)

@@ -81,6 +81,8 @@ def fusion_key(spec: RunSpec) -> str | None:
     # by run (a probed head), which the fused step shares: those runs train one by one.
     if spec.method not in FUSABLE_METHODS or get_protocol(spec.protocol).fresh_head:
         return None
+    if spec.schedule is not None or spec.warmup is not None or spec.clip_grad is not None:
+        return None  # the fused step has a constant rate and no clipping
     d = spec.to_dict()
     for k in FUSED_FIELDS:
         d.pop(k)

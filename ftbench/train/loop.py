@@ -45,6 +45,24 @@ def steps_for(n: int, batch_size: int, steps: int | None, epochs: int | None) ->
     return epochs * max(1, n // min(batch_size, n))
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, warmup: int, steps: int) -> Callable[[int], float]:
+    """The learning rate's multiplier at 0-based step ``t`` of ``steps``: a linear warm-up over the
+    first ``warmup`` steps, ``(t + 1) / warmup``, then 1 (``constant``) or a half cosine from 1 towards
+    0 over the remaining steps (``cosine``): wise-ft's ``cosine_lr`` (src/models/utils.py), which FLYP
+    and AutoFT reuse, with the step counted from 0 as there."""
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / (steps - warmup)))
+
+    return factor
+
+
 def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.Optimizer:
     """Adam (coupled L2, as the surgical paper's code) or SGD with momentum 0.9.
 
@@ -85,6 +103,9 @@ def fit(
     on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
     progress: Callable[[int, torch.Tensor], None] | None = None,
     progress_every: int = 1,
+    schedule: str = "constant",
+    warmup: int = 0,
+    clip_grad: float | None = None,
 ) -> FitStats:
     """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
 
@@ -101,6 +122,11 @@ def fit(
     ``start_step``; the batch indices are drawn in full either way.
     ``progress(t, loss)`` is called after every ``progress_every``-th step and the last, with the
     step's loss as a tensor (reading it syncs the device; see :mod:`ftbench.status`).
+    ``schedule``/``warmup`` scale every group's learning rate at step ``t`` by :func:`lr_factor`, after
+    ``before_step`` (so per-tensor rates a hook sets are scaled too) and for that step only; the scale
+    is also in each group's ``"lr_scale"`` while ``before_step`` runs (AdamW's decoupled decay reads it,
+    as torch's AdamW decays with the scheduled rate). ``clip_grad`` clips the gradients of ``params``
+    to that global L2 norm after the backward pass (``torch.nn.utils.clip_grad_norm_``, as wise-ft).
     """
     params = [p for p in params if p.requires_grad]
     device = data.device
@@ -114,6 +140,7 @@ def fit(
     if on_optimizer is not None:
         on_optimizer(opt)
     last = torch.zeros((), device=device)
+    scale = None if schedule == "constant" and warmup == 0 else lr_factor(schedule, warmup, idx.shape[0])
     for t in range(start_step, idx.shape[0]):
         b = idx[t]
         with autocast(device):
@@ -123,9 +150,23 @@ def fit(
             loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        f = 1.0 if scale is None else scale(t)
+        if scale is not None:
+            for g in opt.param_groups:
+                g["lr_scale"] = f
         if before_step is not None:
             before_step(opt, t + 1)
-        opt.step()
+        if scale is None:
+            opt.step()
+        else:
+            rates = [g["lr"] for g in opt.param_groups]
+            for g, r in zip(opt.param_groups, rates):
+                g["lr"] = r * f
+            opt.step()
+            for g, r in zip(opt.param_groups, rates):
+                g["lr"] = r
         last = loss.detach()
         if on_step is not None and t + 1 in at_steps:
             on_step(t + 1)
