@@ -102,6 +102,11 @@ def run(
                                          "(wise-ft/FLYP/AutoFT: 500; default none)", rich_help_panel="Training"),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="clip gradients to this global L2 norm "
                                               "(wise-ft: 1.0; default none)", rich_help_panel="Training"),
+    train_precision: Optional[str] = typer.Option(None, "--train-precision", help="fp32 or bf16 autocast in training "
+                                                  "(default: bf16 on CUDA, fp32 on CPU)", rich_help_panel="Training"),
+    eval_precision: Optional[str] = typer.Option(None, "--eval-precision", help="fp32 or bf16 autocast in evaluation "
+                                                 "(default: bf16 on CUDA, fp32 on CPU; the CLIP releases evaluate in fp32)",
+                                                 rich_help_panel="Training"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -115,6 +120,7 @@ def run(
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
         protocol=protocol, head_init=head_init, schedule=schedule, warmup=warmup, clip_grad=clip_grad,
+        train_precision=train_precision, eval_precision=eval_precision,
     )
     if recipe is not None:  # before resolution; what the command line gives wins
         from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe
@@ -152,8 +158,8 @@ def settings_line(spec: Any) -> str:
     """What a run was trained with: every hyperparameter and method option, defaults included."""
     from ftbench.spec import HYPERPARAMETERS
 
-    parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "shots", "checkpoints",
-                           "seed", "weights"))
+    parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "train_precision",
+                           "eval_precision", "shots", "checkpoints", "seed", "weights"))
     opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 

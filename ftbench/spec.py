@@ -33,7 +33,7 @@ OPTIMIZERS = ("adam", "sgd")
 # Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
 LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None,
-                "schedule": None, "warmup": None, "clip_grad": None}
+                "schedule": None, "warmup": None, "clip_grad": None, "train_precision": None, "eval_precision": None}
 # How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
 HEAD_INITS = ("fresh", "zero-shot")
 
@@ -75,6 +75,10 @@ class RunSpec:
     schedule: str | None = None
     warmup: int | None = None
     clip_grad: float | None = None
+    # Autocast precision of training and of evaluation: "fp32" or "bf16"; None: the device's default
+    # (bf16 on CUDA, fp32 on CPU). The releases evaluate CLIP in fp32 (docs/methods.md).
+    train_precision: str | None = None
+    eval_precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -105,7 +109,7 @@ class RunSpec:
         return ",".join(self.blocks)
 
     def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init",
-                                                 "shots")) -> list[str]:
+                                                 "train_precision", "eval_precision", "shots")) -> list[str]:
         """``name=value`` for each field of ``names`` that is set (floats as ``%g``): how a run's
         settings are printed (the sweep's run lines, ``ftbench run``'s settings line)."""
         return [f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}"
@@ -166,16 +170,21 @@ def resolve(spec: RunSpec) -> RunSpec:
 
 
 def _loop_settings(spec: RunSpec, method_cls: Any) -> RunSpec:
-    """``schedule``/``warmup``/``clip_grad`` checked and normalised: the defaults (constant, 0) are None,
-    so asking for them is the same run; refused for a method without an optimizer loop."""
-    from ftbench.train.loop import SCHEDULES
+    """``schedule``/``warmup``/``clip_grad`` and the precisions checked, the first two normalised (constant
+    and 0 are None, so asking for them is the same run); the loop's settings (``train_precision`` among
+    them) are refused for a method without an optimizer loop."""
+    from ftbench.train.loop import PRECISIONS, SCHEDULES
 
     if spec.schedule is not None and spec.schedule not in SCHEDULES:
         raise unknown("--schedule", spec.schedule, SCHEDULES)
+    for name in ("train_precision", "eval_precision"):
+        if getattr(spec, name) is not None and getattr(spec, name) not in PRECISIONS:
+            raise unknown(f"--{name.replace('_', '-')}", getattr(spec, name), PRECISIONS)
     schedule = None if spec.schedule == "constant" else spec.schedule
     warmup = spec.warmup or None
     given = [f"--{n.replace('_', '-')}" for n, v in (("schedule", schedule), ("warmup", warmup),
-                                                      ("clip_grad", spec.clip_grad)) if v is not None]
+                                                      ("clip_grad", spec.clip_grad),
+                                                      ("train_precision", spec.train_precision)) if v is not None]
     if given and "steps" not in method_cls.uses:
         raise UsageError(f"{' / '.join(given)} has no effect with method {spec.method!r}, which trains no optimizer "
                          "loop; these apply to methods that take --steps (ftbench list methods)")
@@ -232,6 +241,8 @@ SUITE_KEYS: dict[str, str] = {
     "schedule": "schedule",
     "warmup": "warmup",
     "clip_grad": "clip_grad",
+    "train_precision": "train_precision",
+    "eval_precision": "eval_precision",
 }
 SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
               "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)

@@ -129,3 +129,41 @@ def test_a_run_with_a_schedule_records_it_and_trains_differently(tmp_path) -> No
     assert (df["schedule"].iloc[0], int(df["warmup"].iloc[0]), float(df["clip_grad"].iloc[0])) == ("cosine", 2, 0.5)
     plain = execute(RunSpec(method="full", steps=8), "cpu")
     assert rows[-1]["run_id"] != plain[-1]["run_id"]
+
+
+def test_precision_phases_default_to_the_device_s_and_follow_the_run_s_settings() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (loop.effective_precision(cpu), loop.effective_precision(cuda, "eval")) == ("fp32", "bf16")
+    lin = nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    with loop.precision("bf16", "fp32"):
+        assert loop.effective_precision(cuda, "eval") == "fp32"
+        with loop.autocast(cpu, "train"):
+            assert lin(x).dtype == torch.bfloat16
+        with loop.autocast(cpu, "eval"):
+            assert lin(x).dtype == torch.float32
+    assert loop.effective_precision(cpu, "train") == "fp32"  # the setting ends with its block
+
+
+def test_a_run_s_precisions_are_recorded_and_its_source_model_loads_as_every_run_s(monkeypatch) -> None:  # noqa: ANN001
+    """--train-precision bf16 trains (and --eval-precision bf16 evaluates) under bf16 autocast, the row says
+    which ran; loading or pretraining the source model is outside that setting (it is shared by runs)."""
+    from ftbench.train import runner
+
+    seen: list[str] = []
+    real = runner.load
+
+    def load(*a: object, **k: object) -> object:
+        seen.append(loop.effective_precision(torch.device("cpu"), "train"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "load", load)
+    spec = RunSpec(method="full", steps=4, train_precision="bf16", eval_precision="bf16")
+    row = runner.execute(spec, "cpu")[-1]
+    assert seen == ["fp32"]
+    assert (row["train_precision"], row["eval_precision"], row["train_dtype"], row["eval_dtype"]) == ("bf16",) * 4
+    plain = runner.execute(RunSpec(method="full", steps=4), "cpu")[-1]
+    assert (plain["train_dtype"], plain["eval_dtype"]) == ("fp32", "fp32") and plain["run_id"] != row["run_id"]
+    assert fused.fusion_key(resolve(spec)) is None
+    with pytest.raises(UsageError, match="unknown --eval-precision 'fp16'; accepted: fp32, bf16"):
+        resolve(RunSpec(eval_precision="fp16"))

@@ -39,7 +39,9 @@ SCHEMA = pa.schema(
         ("head_init", pa.string()),
         ("schedule", pa.string()),  # the loop's lr schedule: cosine, or null = constant
         ("warmup", pa.int64()),  # linear lr warm-up in optimizer steps; null = none
-        ("clip_grad", pa.float64()),  # gradient clipping by global norm; null = none  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
+        ("clip_grad", pa.float64()),  # gradient clipping by global norm; null = none
+        ("train_precision", pa.string()),  # --train-precision fp32|bf16; null = the device's default
+        ("eval_precision", pa.string()),  # --eval-precision fp32|bf16; null = the device's default  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),
@@ -68,6 +70,8 @@ SCHEMA = pa.schema(
         ("examples_per_second", pa.float64()),
         ("device", pa.string()),
         ("threads", pa.int64()),  # torch CPU threads (0 on GPU): CPU results depend on it
+        ("train_dtype", pa.string()),  # the autocast precision training ran in: fp32 or bf16
+        ("eval_dtype", pa.string()),  # ... and evaluation
         ("ftbench_version", pa.string()),
         ("timestamp", pa.timestamp("us", tz="UTC")),
         # What CPU results depend on (docs/ci.md); the regression gate prints which ones differ.

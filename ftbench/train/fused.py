@@ -81,8 +81,8 @@ def fusion_key(spec: RunSpec) -> str | None:
     # by run (a probed head), which the fused step shares: those runs train one by one.
     if spec.method not in FUSABLE_METHODS or get_protocol(spec.protocol).fresh_head:
         return None
-    if spec.schedule is not None or spec.warmup is not None or spec.clip_grad is not None:
-        return None  # the fused step has a constant rate and no clipping
+    if any(v is not None for v in (spec.schedule, spec.warmup, spec.clip_grad, spec.train_precision, spec.eval_precision)):
+        return None  # the fused step has a constant rate, no clipping, the device's precision
     d = spec.to_dict()
     for k in FUSED_FIELDS:
         d.pop(k)

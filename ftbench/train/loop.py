@@ -8,8 +8,9 @@ step with no per-image Python and no host-device synchronisation until the run e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,10 +77,33 @@ def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.
     raise ValueError(name)
 
 
-def autocast(device: torch.device):  # noqa: ANN201
-    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower there and changes results)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("fp32", "bf16")
+# The run's --train-precision / --eval-precision (None: the device's default), set by the runner
+# around a run's training and evaluation (not around loading or pretraining its source model).
+_PRECISION: ContextVar[tuple[str | None, str | None]] = ContextVar("ftbench_precision", default=(None, None))
+
+
+@contextmanager
+def precision(train: str | None, evaluation: str | None) -> Iterator[None]:
+    """Within this block, :func:`autocast` of phase ``train`` / ``eval`` uses these precisions."""
+    token = _PRECISION.set((train, evaluation))
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
+def effective_precision(device: torch.device, phase: str = "train") -> str:
+    """``fp32`` or ``bf16``: the run's setting for ``phase`` (``train`` or ``eval``), else the device's
+    default (bf16 autocast on CUDA; fp32 on CPU, where bf16 is slower and changes results)."""
+    train, evaluation = _PRECISION.get()
+    return (train if phase == "train" else evaluation) or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def autocast(device: torch.device, phase: str = "train"):  # noqa: ANN201
+    """bf16 autocast or full precision, as :func:`effective_precision` says for ``phase``."""
+    if effective_precision(device, phase) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -194,7 +218,7 @@ def predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None,
     bs = batch_size or (4096 if isinstance(data, Split) else 256)
     sub = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=data.device)
     for xb in data.batches(bs):
-        with autocast(xb.device):
+        with autocast(xb.device, "eval"):
             logits = model(xb)
             out.append(logits.argmax(dim=1) if sub is None else sub[logits[:, sub].argmax(dim=1)])
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=data.device)
