@@ -107,6 +107,9 @@ def run(
     eval_precision: Optional[str] = typer.Option(None, "--eval-precision", help="fp32 or bf16 autocast in evaluation "
                                                  "(default: bf16 on CUDA, fp32 on CPU; the CLIP releases evaluate in fp32)",
                                                  rich_help_panel="Training"),
+    augment: Optional[str] = typer.Option(None, help="training augmentation on the device: crop (RandomResizedCrop "
+                                          "0.9-1, bicubic: CLIP's, as wise-ft/FLYP/AutoFT) or crop-flip (RandomResizedCrop "
+                                          "0.08-1 + horizontal flip: LP-FT's); default none", rich_help_panel="Training"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -120,7 +123,7 @@ def run(
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
         protocol=protocol, head_init=head_init, schedule=schedule, warmup=warmup, clip_grad=clip_grad,
-        train_precision=train_precision, eval_precision=eval_precision,
+        train_precision=train_precision, eval_precision=eval_precision, augment=augment,
     )
     if recipe is not None:  # before resolution; what the command line gives wins
         from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe
@@ -159,7 +162,7 @@ def settings_line(spec: Any) -> str:
     from ftbench.spec import HYPERPARAMETERS
 
     parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "train_precision",
-                           "eval_precision", "shots", "checkpoints", "seed", "weights"))
+                           "eval_precision", "augment", "shots", "checkpoints", "seed", "weights"))
     opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 

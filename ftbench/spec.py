@@ -33,7 +33,8 @@ OPTIMIZERS = ("adam", "sgd")
 # Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
 LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None,
-                "schedule": None, "warmup": None, "clip_grad": None, "train_precision": None, "eval_precision": None}
+                "schedule": None, "warmup": None, "clip_grad": None, "train_precision": None, "eval_precision": None,
+                "augment": None}
 # How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
 HEAD_INITS = ("fresh", "zero-shot")
 
@@ -79,6 +80,8 @@ class RunSpec:
     # (bf16 on CUDA, fp32 on CPU). The releases evaluate CLIP in fp32 (docs/methods.md).
     train_precision: str | None = None
     eval_precision: str | None = None
+    # Training augmentation on the device (ftbench/train/augment.py): "crop" or "crop-flip"; None: none.
+    augment: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -109,7 +112,7 @@ class RunSpec:
         return ",".join(self.blocks)
 
     def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init",
-                                                 "train_precision", "eval_precision", "shots")) -> list[str]:
+                                                 "train_precision", "eval_precision", "augment", "shots")) -> list[str]:
         """``name=value`` for each field of ``names`` that is set (floats as ``%g``): how a run's
         settings are printed (the sweep's run lines, ``ftbench run``'s settings line)."""
         return [f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}"
@@ -177,6 +180,10 @@ def _loop_settings(spec: RunSpec, method_cls: Any) -> RunSpec:
 
     if spec.schedule is not None and spec.schedule not in SCHEDULES:
         raise unknown("--schedule", spec.schedule, SCHEDULES)
+    from ftbench.train.augment import AUGMENTS
+
+    if spec.augment is not None and spec.augment not in AUGMENTS:
+        raise unknown("--augment", spec.augment, tuple(AUGMENTS))
     for name in ("train_precision", "eval_precision"):
         if getattr(spec, name) is not None and getattr(spec, name) not in PRECISIONS:
             raise unknown(f"--{name.replace('_', '-')}", getattr(spec, name), PRECISIONS)
@@ -184,7 +191,8 @@ def _loop_settings(spec: RunSpec, method_cls: Any) -> RunSpec:
     warmup = spec.warmup or None
     given = [f"--{n.replace('_', '-')}" for n, v in (("schedule", schedule), ("warmup", warmup),
                                                       ("clip_grad", spec.clip_grad),
-                                                      ("train_precision", spec.train_precision)) if v is not None]
+                                                      ("train_precision", spec.train_precision),
+                                                      ("augment", spec.augment)) if v is not None]
     if given and "steps" not in method_cls.uses:
         raise UsageError(f"{' / '.join(given)} has no effect with method {spec.method!r}, which trains no optimizer "
                          "loop; these apply to methods that take --steps (ftbench list methods)")
@@ -243,6 +251,7 @@ SUITE_KEYS: dict[str, str] = {
     "clip_grad": "clip_grad",
     "train_precision": "train_precision",
     "eval_precision": "eval_precision",
+    "augment": "augment",
 }
 SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
               "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ftbench.data.base import Split
@@ -167,3 +168,60 @@ def test_a_run_s_precisions_are_recorded_and_its_source_model_loads_as_every_run
     assert fused.fusion_key(resolve(spec)) is None
     with pytest.raises(UsageError, match="unknown --eval-precision 'fp16'; accepted: fp32, bf16"):
         resolve(RunSpec(eval_precision="fp16"))
+
+
+def test_crop_boxes_are_torchvision_s_random_resized_crop_boxes() -> None:
+    """Every box lies in the image; its area fraction is in the recipe's scale and its aspect ratio in
+    its ratio range up to the rounding of the sides to whole pixels (±0.5 px each); an image no draw
+    fits in gets torchvision's fallback, the central crop."""
+    from ftbench.train.augment import AUGMENTS, Crop, crop_boxes
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 40, 36
+    for name, crop in AUGMENTS.items():
+        top, left, ch, cw = crop_boxes(4096, h, w, crop, g).unbind(1)
+        assert bool((top >= 0).all() and (left >= 0).all() and (top + ch <= h).all() and (left + cw <= w).all()), name
+        frac = ch * cw / (h * w)
+        slack = (ch + cw) * 0.5 / (h * w) + 0.25 / (h * w)  # (a ± .5)(b ± .5) − ab
+        assert bool((frac >= crop.scale[0] - slack).all() and (frac <= crop.scale[1] + slack).all()), name
+        r = cw / ch
+        assert bool((r >= crop.ratio[0] * (1 - 1 / ch) - 1 / ch).all() and (r <= crop.ratio[1] * (1 + 1 / ch) + 1 / ch).all())
+        assert len(set(zip(top.tolist(), left.tolist()))) > 3  # positions vary
+    h, w = 32, 48
+    never = Crop((1.0, 1.0), (3.0, 4.0), "bilinear", False, "")  # full area at ratio >= 3 never fits 32x48
+    assert crop_boxes(8, h, w, never, g).tolist() == [[(h - 16) // 2, 0, 16, 48]] * 8
+
+
+def test_a_box_is_cropped_and_resized_as_interpolate_would_and_flipped() -> None:
+    from ftbench.train.augment import apply_boxes
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 16, 16)
+    whole = torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 3)
+    # Identity: the grid samples pixel centres; float rounding of the grid moves a weight by ~1e-7.
+    torch.testing.assert_close(apply_boxes(x, whole, None, "bicubic"), x, atol=1e-5, rtol=0)
+    flips = torch.tensor([True, False, True])
+    out = apply_boxes(x, whole, flips, "bilinear")
+    torch.testing.assert_close(out[0], x[0].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], x[1], atol=1e-5, rtol=0)
+    box = torch.tensor([[2.0, 4.0, 8.0, 8.0]] * 3)  # an 8x8 crop resized x2, half-pixel centres both ways
+    ref = F.interpolate(x[..., 2:10, 4:12], size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(apply_boxes(x, box, None, "bilinear")[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1],
+                               atol=1e-5, rtol=0)
+
+
+def test_augmented_runs_draw_per_step_skip_the_prefix_cache_and_are_refused_without_a_loop(monkeypatch) -> None:  # noqa: ANN001
+    from ftbench.train import prefix
+    from ftbench.train.augment import Augment
+    from ftbench.train.runner import execute
+
+    x = torch.randn(5, 1, 8, 8)
+    a, b = Augment("crop-flip", 3), Augment("crop-flip", 3)
+    assert torch.equal(a(x, 7), b(x, 7)) and not torch.equal(a(x, 7), a(x, 8))  # (seed, step) decide
+    monkeypatch.setattr(prefix, "fit_inputs", lambda *a, **k: pytest.fail("cached activations of augmented inputs"))
+    row = execute(RunSpec(method="surgical", blocks=("3",), steps=4, augment="crop"), "cpu")[-1]
+    assert row["augment"] == "crop" and row["status"] == "ok"
+    with pytest.raises(UsageError, match="--augment has no effect with method 'linear-probe'"):
+        resolve(RunSpec(method="linear-probe", augment="crop"))
+    with pytest.raises(UsageError, match="unknown --augment 'mixup'; accepted: crop, crop-flip"):
+        resolve(RunSpec(augment="mixup"))

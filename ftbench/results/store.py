@@ -41,7 +41,8 @@ SCHEMA = pa.schema(
         ("warmup", pa.int64()),  # linear lr warm-up in optimizer steps; null = none
         ("clip_grad", pa.float64()),  # gradient clipping by global norm; null = none
         ("train_precision", pa.string()),  # --train-precision fp32|bf16; null = the device's default
-        ("eval_precision", pa.string()),  # --eval-precision fp32|bf16; null = the device's default  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
+        ("eval_precision", pa.string()),  # --eval-precision fp32|bf16; null = the device's default
+        ("augment", pa.string()),  # --augment crop|crop-flip; null = none  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),

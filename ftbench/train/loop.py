@@ -130,6 +130,7 @@ def fit(
     schedule: str = "constant",
     warmup: int = 0,
     clip_grad: float | None = None,
+    augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> FitStats:
     """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
 
@@ -151,6 +152,7 @@ def fit(
     is also in each group's ``"lr_scale"`` while ``before_step`` runs (AdamW's decoupled decay reads it,
     as torch's AdamW decays with the scheduled rate). ``clip_grad`` clips the gradients of ``params``
     to that global L2 norm after the backward pass (``torch.nn.utils.clip_grad_norm_``, as wise-ft).
+    ``augment(x, t)`` transforms step ``t``'s (0-based) batch of inputs (:mod:`ftbench.train.augment`).
     """
     params = [p for p in params if p.requires_grad]
     device = data.device
@@ -167,8 +169,11 @@ def fit(
     scale = None if schedule == "constant" and warmup == 0 else lr_factor(schedule, warmup, idx.shape[0])
     for t in range(start_step, idx.shape[0]):
         b = idx[t]
+        xb = data.x[b] if streamed is None else next(streamed)
+        if augment is not None:
+            xb = augment(xb, t)
         with autocast(device):
-            logits = model(data.x[b] if streamed is None else next(streamed))
+            logits = model(xb)
         loss = (loss_fn or F.cross_entropy)(logits.float(), data.y[b])
         if extra_loss is not None:
             loss = loss + extra_loss()
