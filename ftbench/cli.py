@@ -291,7 +291,7 @@ def _report(
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
     baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
-    two_sided: bool = False, show_selected: bool = False,
+    two_sided: bool = False, show_selected: bool = False, compare_methods: Optional[tuple[str, str]] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
@@ -331,6 +331,17 @@ def _report(
         if target is not None:
             check_output_file(target, flag)  # before any work: a table is not computed to be lost
 
+    if compare_methods is not None:
+        clash = [flag for flag, given in (("--baseline", baseline is not None), ("--compare", compare is not None),
+                                          ("--plot", plot is not None), ("--show-selected", show_selected),
+                                          ("--group-by", group_by is not None)) if given]
+        if clash:
+            raise UsageError(f"--compare-methods prints the paired differences only; it does not combine with "
+                             f"{', '.join(clash)} (run them as separate reports)")
+        if fmt not in ("terminal", "markdown", "csv", "json"):
+            raise unknown("--format for --compare-methods", fmt, ("terminal", "markdown", "csv", "json"))
+        if compare_methods[0] == compare_methods[1]:
+            raise UsageError(f"--compare-methods: give two different rows, got {compare_methods[0]!r} twice")
     published: Any = None
     if compare is not None:
         from ftbench.report.compare import load_published
@@ -349,6 +360,17 @@ def _report(
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
     for w in mixed_settings(df):
         print(f"warning: {w}", file=sys.stderr)
+    if compare_methods is not None:  # "does A beat B?": paired per-seed differences, instead of the tables
+        from ftbench.report.paired import compare_methods as paired, render as render_paired
+
+        a, b = compare_methods
+        text = render_paired(paired(df, a, b, selection, checkpoint, metric), a, b,
+                             "markdown" if fmt == "terminal" else fmt)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomic(output, text)
+        return 0
     if published is not None:  # the papers' numbers beside ftbench's, instead of the tables
         from ftbench.report.compare import compare as compare_published
         from ftbench.report.compare import render as render_comparison
@@ -427,12 +449,17 @@ def report(
     show_selected: bool = typer.Option(False, "--show-selected", help="also print which run (and checkpoint or "
                                        "WiSE-FT alpha) each cell chose per seed, with its hyperparameters "
                                        "(json output always carries them)", rich_help_panel="Table"),
+    compare_methods: Optional[tuple[str, str]] = typer.Option(None, "--compare-methods", metavar="A B",
+                                                              help="does row A beat row B? the paired per-seed "
+                                                              "difference A - B per column with a 95% t interval over "
+                                                              "seeds and a plain verdict (row names as the tables print "
+                                                              "them: lp-ft, full, 'block 1')", rich_help_panel="Table"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
                    allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
-                   two_sided=two_sided, show_selected=show_selected)
+                   two_sided=two_sided, show_selected=show_selected, compare_methods=compare_methods)
     if code:
         raise typer.Exit(code)
 
