@@ -9,9 +9,10 @@ Bounds come from what stores or takes the value: every integer of a run is an ``
 of the results (so at most 2**63 - 1; numpy's ``SeedSequence`` takes any non-negative seed and
 torch's ``manual_seed`` up to 2**64 - 1, so the column is the binding limit for seeds), thread
 and worker counts go to C ``int`` parameters (torch.set_num_threads, Slurm's array throttle).
-Counts that size work (steps, epochs, batch size, checkpoints, shots) also have a *limit*: far
-above the largest value the papers use, low enough that a typo (an extra digit, 2**63 - 1) is
-refused at once instead of allocating terabytes or never finishing (docs/cli.md#limits).
+Counts that size work (steps, epochs, batch size, checkpoints, shots; threads and workers) also
+have a *limit*: far above the largest value the papers use (or machines have), low enough that a
+typo (an extra digit, 2**63 - 1) is refused at once instead of allocating terabytes or never
+finishing (docs/cli.md#limits).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Number:
             return f"must be {self.words()}, got {_show(value)} ({what})"
         if self.limit and math.isfinite(value) and value > self.high:
             return (f"must be {'an integer' if self.integer else 'a number'} in {_fmt(self.low)}..{_fmt(self.high)}, "
-                    f"got {_show(value)} (ftbench's limit, far above the papers' settings: docs/cli.md#limits)")
+                    f"got {_show(value)} (ftbench's limit against runaway work: docs/cli.md#limits)")
         if not math.isfinite(value) or value < self.low or (self.open_low and value == self.low) or value > self.high:
             words = self.words()
             # the range is in the words already, or the value is below a bound the words name
@@ -109,10 +110,13 @@ RUN_NUMBERS: dict[str, Number] = {
     "seed": Number(True, 0, INT64_MAX),
 }
 # Executor settings (flags of `ftbench sweep`, or [suites.NAME.slurm] / [suites.NAME.ray] keys).
+# Threads and worker processes: ftbench's limit, 8x the 512 logical CPUs of the largest two-socket
+# servers (2**31 - 1 threads would each be started: torch.set_num_threads does not refuse them).
+MAX_WORKERS = 4_096
 SETTING_NUMBERS: dict[str, Number] = {
-    "threads": Number(True, 1, C_INT_MAX),
-    "jobs": Number(True, 1, C_INT_MAX),
-    "per_gpu": Number(True, 1, C_INT_MAX),
+    "threads": Number(True, 1, MAX_WORKERS, limit=True),
+    "jobs": Number(True, 1, MAX_WORKERS, limit=True),
+    "per_gpu": Number(True, 1, MAX_WORKERS, limit=True),
     "time": Number(True, 1, C_INT_MAX),
     "runs_per_job": Number(True, 1, C_INT_MAX),
     "signal_delay_s": Number(True, 0, C_INT_MAX),

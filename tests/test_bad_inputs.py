@@ -87,10 +87,10 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("run --shots 0 --out {OUT}", "shots must be a positive integer, got 0", None),
     ("run --severity 6 --out {OUT}", "severity must be an integer in 1..5, got 6", None),
     ("run --threads 0 --out {OUT}", "--threads must be a positive integer, got 0", None),
-    ("run --threads 99999999999999999999 --out {OUT}", "--threads must be a positive integer, got 99999999999999999999", None),
+    ("run --threads 99999999999999999999 --out {OUT}", "--threads must be an integer in 1..4096, got 99999999999999999999", None),
     ("run --method lp-ft --set lp_l2=inf --out {OUT}", "option lp_l2=inf of method 'lp-ft' must be a non-negative number", None),
     ("sweep smoke --out {OUT} --jobs 0", "--jobs must be a positive integer, got 0", None),
-    ("sweep smoke --out {OUT} --jobs 99999999999999999999", "--jobs must be a positive integer", None),
+    ("sweep smoke --out {OUT} --jobs 99999999999999999999", "--jobs must be an integer in 1..4096", None),
     ("sweep smoke --out {OUT} --threads 0", "--threads must be a positive integer, got 0", None),
     ("sweep smoke --out {OUT} --per-gpu 0", "--per-gpu must be a positive integer, got 0", None),
     ("sweep smoke --out {OUT} --executor slurm --cpus-per-job inf", "--cpus-per-job must be a positive number, got inf", None),
@@ -127,6 +127,8 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("run --epochs 10001 --out {OUT}", "epochs must be an integer in 1..10000, got 10001", None),
     ("run --batch-size 65537 --out {OUT}", "batch_size must be an integer in 1..65536, got 65537", None),
     ("run --shots 1000001 --out {OUT}", "shots must be an integer in 1..1000000, got 1000001", None),
+    ("run --threads 2147483647 --out {OUT}", "--threads must be an integer in 1..4096, got 2147483647", None),
+    ("sweep smoke --out {OUT} --per-gpu 4097", "--per-gpu must be an integer in 1..4096, got 4097", None),
     ("run --method wise-ft --set alphas=" + _ALPHAS_1002 + " --out {OUT}", "option alphas of method 'wise-ft' has "
      "1002 values; accepted: at most 1001", None),
     ("run --method autoft --set trials=10001 --out {OUT}", "option trials=10001 of method 'autoft' must be an "

@@ -39,11 +39,13 @@ def test_every_count_has_a_documented_limit() -> None:
         assert row is not None and row[3].strip() == f"{int(option.maximum):,}", (method, key, row)
     cli_doc = (DOCS / "cli.md").read_text()
     cli_limits = cli_doc[cli_doc.index("### Limits"):]
-    for name in ("steps", "epochs", "batch_size", "shots", "checkpoints"):
-        rule = RUN_NUMBERS[name]
+    from ftbench.validate import SETTING_NUMBERS
+
+    for name, rule in [*((n, RUN_NUMBERS[n]) for n in ("steps", "epochs", "batch_size", "shots", "checkpoints")),
+                       *((n, SETTING_NUMBERS[n]) for n in ("threads", "jobs", "per_gpu"))]:
         assert rule.limit and rule.high < 2**31, name
         flag = "--" + name.replace("_", "-")
-        assert re.search(rf"`{flag}[^|]*\|\s*{int(rule.high):,}\s*\|", cli_limits), name
+        assert re.search(rf"`{flag}`[^|]*\|\s*{int(rule.high):,}\s*\|", cli_limits), name
 
 
 @pytest.mark.parametrize("method, key", COUNT_OPTIONS, ids=[f"{m}-{k}" for m, k in COUNT_OPTIONS])
