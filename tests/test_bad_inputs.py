@@ -128,6 +128,8 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("run --batch-size 65537 --out {OUT}", "batch_size must be an integer in 1..65536, got 65537", None),
     ("run --shots 1000001 --out {OUT}", "shots must be an integer in 1..1000000, got 1000001", None),
     ("run --threads 2147483647 --out {OUT}", "--threads must be an integer in 1..4096, got 2147483647", None),
+    ("run --model timm/vit_tiny_patch16_224:img_size=8,patch_size=2,embed_dim=99999999 --weights scratch --out {OUT}",
+     "has 1,439,999,989,499,999,963 parameters, more than ftbench's limit of 2,000,000,000", None),
     ("sweep smoke --out {OUT} --per-gpu 4097", "--per-gpu must be an integer in 1..4096, got 4097", None),
     ("run --method wise-ft --set alphas=" + _ALPHAS_1002 + " --out {OUT}", "option alphas of method 'wise-ft' has "
      "1002 values; accepted: at most 1001", None),
