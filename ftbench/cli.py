@@ -226,6 +226,10 @@ def sweep(
         from ftbench.train.runner import pick_device
 
         pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
+    if executor == "ray" and not dry_run and settings.get("address"):
+        from ftbench.sweep.ray_executor import check_reachable
+
+        check_reachable(settings["address"])  # within seconds, where Ray alone would retry for minutes
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
     about = suite_descriptions(path).get(suite, "")
     if dry_run:

@@ -12,7 +12,10 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +259,14 @@ SUITE_KEYS: dict[str, str] = {
 SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
               "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)
 
+# Limits of a suites file, checked before anything is expanded (docs/sweeps.md#limits): the bundled
+# file is 7 KB, its largest suite 3,375 runs (1,395 unique) and its includes 2 levels deep. Runs are
+# counted before duplicates are removed, each included suite as often as it is included.
+MAX_SUITES_FILE_BYTES = 4 * 2**20
+MAX_SUITE_RUNS = 100_000
+MAX_SUITE_INCLUDES = 10_000  # suites expanded for one suite, counting repeats
+MAX_INCLUDE_DEPTH = 32
+
 
 def default_suites_file() -> Path:
     """``./benchmarks.toml`` when present, else the copy shipped inside the package."""
@@ -276,12 +287,44 @@ def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
     return start + 1
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_suites_file(path: Path) -> bytes:
+    """The bytes of suites file ``path``: a regular file (a symlink to one included) of at most
+    :data:`MAX_SUITES_FILE_BYTES`. Anything else is a UsageError, before a byte is read: a FIFO or a
+    device (``/dev/zero``) would block or never end."""
+    try:  # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise UsageError(f"cannot read suites file {str(path)!r}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a regular file")
+            raise UsageError(f"suites file {str(path)!r} is {kind}; give a regular file (TOML)")
+        chunks, size = [], 0
+        while size <= MAX_SUITES_FILE_BYTES:  # read to the end, never past the limit (a file may grow)
+            chunk = os.read(fd, min(2**20, MAX_SUITES_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise UsageError(f"cannot read suites file {str(path)!r}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_SUITES_FILE_BYTES:
+        raise UsageError(f"suites file {str(path)!r} is larger than {MAX_SUITES_FILE_BYTES // 2**20} MiB, ftbench's "
+                         "limit for a suites file (docs/sweeps.md#limits)")
+    return b"".join(chunks)
+
+
 def load_suites(path: Path) -> tuple[dict[str, dict[str, Any]], str]:
     """Parse a suites file; malformed TOML becomes a UsageError naming the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot read suites file {str(path)!r}: {e.strerror}") from None
+        text = read_suites_file(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: not a text (UTF-8) file: byte 0x{e.object[e.start]:02x} at offset {e.start}; "
                          "a suites file is TOML") from None
@@ -314,7 +357,63 @@ def expand_suite(name: str, path: Path | None = None) -> list[RunSpec]:
     """Expand suite ``name`` into resolved, deduplicated RunSpecs (in a stable order)."""
     path = path or default_suites_file()
     suites, text = load_suites(path)
+    check_suite_size(name, suites, text, path)
     return _expand(name, suites, text, path, stack=())
+
+
+def check_suite_size(name: str, suites: dict, text: str, path: Path) -> None:
+    """Refuse (one UsageError) suite ``name`` if its expansion would pass the limits: more than
+    :data:`MAX_SUITE_RUNS` runs or :data:`MAX_SUITE_INCLUDES` included suites, or includes nested
+    deeper than :data:`MAX_INCLUDE_DEPTH`. Counts by arithmetic, each suite once, materialising
+    nothing, so a grid of millions or an include diamond of 2^27 paths is refused at once."""
+    memo: dict[str, tuple[int, int, int]] = {}  # suite -> (runs, suites expanded, include depth below it)
+
+    def count(n: str, stack: tuple[str, ...]) -> tuple[int, int, int]:
+        if n in memo:
+            return memo[n]
+        if n not in suites:
+            raise unknown(f"suite in {path}:", n, sorted(suites))
+        if n in stack:
+            raise UsageError(f"{path}: suite {n!r} includes itself via {' -> '.join(stack + (n,))}")
+        if len(stack) > MAX_INCLUDE_DEPTH:  # n is included at level len(stack)
+            raise _too_deep(stack + (n,), text, path)
+        table = suites[n]
+        runs, expanded, depth = 0, 1, 0
+        if not isinstance(table, dict):
+            memo[n] = (runs, expanded, depth)  # _expand says what is wrong with it
+            return memo[n]
+        axes = {k: v for k, v in table.items() if k in SUITE_KEYS}
+        if isinstance(table.get("recipe"), str):
+            from ftbench.papers.recipes import recipes
+
+            recipe = recipes().get(table["recipe"])  # an unknown one: _expand says so
+            axes.update({k: v for k, v in (getattr(recipe, "grid", None) or {}).items() if k not in axes})
+        if axes:
+            runs = math.prod(len(_as_list(v)) for v in axes.values())
+        for inc in _as_list(table.get("include", [])):
+            if isinstance(inc, str):
+                r, e, d = count(inc, stack + (n,))
+                if len(stack) + 1 + d > MAX_INCLUDE_DEPTH:  # counted before along a shorter path
+                    raise _too_deep(stack + (n, inc, "..."), text, path)
+                runs, expanded, depth = runs + r, expanded + e, max(depth, d + 1)
+        memo[n] = (runs, expanded, depth)
+        return memo[n]
+
+    runs, expanded, _ = count(name, ())
+    where = f"{path}:{_line_of(text, name)}: suite {name!r}"
+    if runs > MAX_SUITE_RUNS:
+        how = " (each included suite counted as often as it is included)" if expanded > 1 else ""
+        raise UsageError(f"{where} expands to {runs:,} runs{how}, more than ftbench's limit of {MAX_SUITE_RUNS:,}; "
+                         "split it into smaller suites (docs/sweeps.md#limits)")
+    if expanded > MAX_SUITE_INCLUDES:
+        raise UsageError(f"{where} expands {expanded:,} suites through its includes (each counted as often as it "
+                         f"is included), more than ftbench's limit of {MAX_SUITE_INCLUDES:,} (docs/sweeps.md#limits)")
+
+
+def _too_deep(chain: tuple[str, ...], text: str, path: Path) -> UsageError:
+    shown = " -> ".join(chain if len(chain) <= 6 else (*chain[:3], "...", *chain[-2:]))
+    return UsageError(f"{path}:{_line_of(text, chain[0])}: suite {chain[0]!r}: includes nest more than "
+                      f"{MAX_INCLUDE_DEPTH} levels deep ({shown}), ftbench's limit (docs/sweeps.md#limits)")
 
 
 def suites_file_key(path: Path) -> tuple[str, ...] | None:
@@ -325,8 +424,8 @@ def suites_file_key(path: Path) -> tuple[str, ...] | None:
     import os
 
     try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
+        digest = hashlib.sha256(read_suites_file(Path(path))).hexdigest()
+    except UsageError:
         return None
     return (str(Path(path).resolve()), digest, os.getcwd())
 
@@ -348,7 +447,11 @@ def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     return specs
 
 
-def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ...]) -> list[RunSpec]:
+def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ...],
+            memo: dict[str, list[RunSpec]] | None = None) -> list[RunSpec]:
+    memo = {} if memo is None else memo  # a suite included along several paths is expanded once
+    if name in memo:
+        return memo[name]
     if name not in suites:
         raise unknown(f"suite in {path}:", name, sorted(suites))
     if name in stack:
@@ -367,7 +470,7 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
             raise UsageError(f"{path}:{_line_of(text, name, key)}: suite {name!r}: {problem}")
     specs: list[RunSpec] = []
     for inc in _as_list(table.get("include", [])):
-        specs += _expand(str(inc), suites, text, path, stack + (name,))
+        specs += _expand(str(inc), suites, text, path, stack + (name,), memo)
     axes = {k: v for k, v in table.items() if k in SUITE_KEYS}
     recipe = None
     if "recipe" in table:
@@ -389,6 +492,7 @@ def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ..
         if s.run_id not in seen:
             seen.add(s.run_id)
             unique.append(s)
+    memo[name] = unique
     return unique
 
 

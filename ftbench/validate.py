@@ -9,6 +9,10 @@ Bounds come from what stores or takes the value: every integer of a run is an ``
 of the results (so at most 2**63 - 1; numpy's ``SeedSequence`` takes any non-negative seed and
 torch's ``manual_seed`` up to 2**64 - 1, so the column is the binding limit for seeds), thread
 and worker counts go to C ``int`` parameters (torch.set_num_threads, Slurm's array throttle).
+Counts that size work (steps, epochs, batch size, checkpoints, shots; threads and workers) also
+have a *limit*: far above the largest value the papers use (or machines have), low enough that a
+typo (an extra digit, 2**63 - 1) is refused at once instead of allocating terabytes or never
+finishing (docs/cli.md#limits).
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ class Number:
     low: float
     high: float = math.inf
     open_low: bool = False
+    # True: ``high`` is ftbench's limit against runaway work, not part of what the number means;
+    # the messages then name it only for a value above it ("a positive integer" below it).
+    limit: bool = False
 
     def words(self) -> str:
         """The accepted values in words, as the messages say them."""
         if self.integer:
-            if self.low == 1 and self.high >= C_INT_MAX:
+            if self.low == 1 and (self.high >= C_INT_MAX or self.limit):
                 return "a positive integer"
             return f"an integer in {_fmt(self.low)}..{_fmt(self.high)}"
         if self.low == 0:
@@ -59,6 +66,9 @@ class Number:
         if isinstance(value, bool) or not isinstance(value, int | float) or (self.integer and not isinstance(value, int)):
             what = "a boolean" if isinstance(value, bool) else f"a {_type_name(value)}"
             return f"must be {self.words()}, got {_show(value)} ({what})"
+        if self.limit and math.isfinite(value) and value > self.high:
+            return (f"must be {'an integer' if self.integer else 'a number'} in {_fmt(self.low)}..{_fmt(self.high)}, "
+                    f"got {_show(value)} (ftbench's limit against runaway work: docs/cli.md#limits)")
         if not math.isfinite(value) or value < self.low or (self.open_low and value == self.low) or value > self.high:
             words = self.words()
             # the range is in the words already, or the value is below a bound the words name
@@ -84,24 +94,31 @@ def _show(value: Any) -> str:
 
 
 # RunSpec fields that hold numbers (the CLI flag is --NAME with '-' for '_'; the suites key NAME).
+# The limits of the counts, each with the largest value of the papers' recipes (ftbench/papers/
+# recipes.toml) it leaves room above; docs/cli.md#limits lists them.
 RUN_NUMBERS: dict[str, Number] = {
     "lr": Number(False, 0, open_low=True),
     "wd": Number(False, 0),
-    "steps": Number(True, 1, INT64_MAX),
-    "epochs": Number(True, 1, INT64_MAX),
-    "batch_size": Number(True, 1, INT64_MAX),
-    "shots": Number(True, 1, INT64_MAX),
+    # WiSE-FT/FLYP on ImageNet: 10 epochs x 2,503 steps of 512 = 25,030 steps; 400x that
+    "steps": Number(True, 1, 10_000_000, limit=True),
+    "epochs": Number(True, 1, 10_000, limit=True),  # SpotTune's 110 (main.py --nb_epochs); 90x that
+    "batch_size": Number(True, 1, 65_536, limit=True),  # WiSE-FT/FLYP's 512; 128x that
+    # the benchmarks bound shots by their data (ImageNet: 1,300 images a class); 750x that
+    "shots": Number(True, 1, 1_000_000, limit=True),
     "severity": Number(True, 1, 5),
-    "checkpoints": Number(True, 1, INT64_MAX),
+    "checkpoints": Number(True, 1, 10_000, limit=True),  # the PETL study's 100 (an evaluation an epoch); 100x
     "seed": Number(True, 0, INT64_MAX),
-    "warmup": Number(True, 0, INT64_MAX),
+    "warmup": Number(True, 0, 10_000_000, limit=True),  # wise-ft/FLYP/AutoFT: 500 steps; at most the steps limit
     "clip_grad": Number(False, 0, open_low=True),
 }
 # Executor settings (flags of `ftbench sweep`, or [suites.NAME.slurm] / [suites.NAME.ray] keys).
+# Threads and worker processes: ftbench's limit, 8x the 512 logical CPUs of the largest two-socket
+# servers (2**31 - 1 threads would each be started: torch.set_num_threads does not refuse them).
+MAX_WORKERS = 4_096
 SETTING_NUMBERS: dict[str, Number] = {
-    "threads": Number(True, 1, C_INT_MAX),
-    "jobs": Number(True, 1, C_INT_MAX),
-    "per_gpu": Number(True, 1, C_INT_MAX),
+    "threads": Number(True, 1, MAX_WORKERS, limit=True),
+    "jobs": Number(True, 1, MAX_WORKERS, limit=True),
+    "per_gpu": Number(True, 1, MAX_WORKERS, limit=True),
     "time": Number(True, 1, C_INT_MAX),
     "runs_per_job": Number(True, 1, C_INT_MAX),
     "signal_delay_s": Number(True, 0, C_INT_MAX),

@@ -28,7 +28,28 @@ SMALL = REPO / "tests" / "data" / "results_small"
 # {R} a results folder (a copy of tests/data/results_small); {S} a suites file holding the case's
 # third field, with its suite named s; {B} a binary (non-UTF-8) file; {STR} a results file with
 # strings in ood_acc; {FOREIGN} a parquet file without ftbench columns; {CRC} / {UNSAFE} mirror
-# folders holding a waterbirds archive with a bad gzip CRC / with an entry outside the folder.
+# folders holding a waterbirds archive with a bad gzip CRC / with an entry outside the folder;
+# {FIFO} a named pipe nobody writes to.
+
+
+def _include_diamond(levels: int) -> str:
+    """Suite s (the case text of {S}) and d1..dN, each including the next twice: 2**levels paths."""
+    names = ["s", *(f"d{i}" for i in range(1, levels + 1))]
+    tables = [f'include = ["{b}", "{b}"]' for b in names[1:]]
+    return "\n".join([tables[0], *(f"[suites.{a}]\n{t}" for a, t in zip(names[1:], tables[1:])),
+                      f'[suites.{names[-1]}]\nmethod = "none"'])
+
+
+def _include_chain(length: int) -> str:
+    """Suite s including c1, which includes c2, ... c{length}: a chain ``length`` includes deep."""
+    return "\n".join(['include = "c1"', *(f'[suites.c{i}]\ninclude = "c{i + 1}"' for i in range(1, length)),
+                      f'[suites.c{length}]\nmethod = "none"'])
+
+
+_GRID_9M = (f'method = "none"\nseed = [{", ".join(map(str, range(3000)))}]\n'
+            f'lr = [{", ".join(f"{(i + 1) * 1e-6:.6g}" for i in range(3000))}]')
+_ALPHAS_1002 = ",".join(f"{i / 1001:.6f}" for i in range(1002))  # ascending, in [0, 1], one more than the limit
+
 CORPUS: list[tuple[str, str, str | None]] = [
     # --- output paths: checked before any work -------------------------------------------------
     ("run --steps 5 --out {F}", "--out '{F}' is a file, not a folder", None),
@@ -59,17 +80,17 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("run --wd nan --out {OUT}", "wd must be a non-negative number, got nan", None),
     ("run --wd -1 --out {OUT}", "wd must be a non-negative number, got -1.0", None),
     ("run --steps 0 --out {OUT}", "steps must be a positive integer, got 0", None),
-    ("run --steps 9223372036854775808 --out {OUT}", "steps must be a positive integer, got 9223372036854775808", None),
+    ("run --steps 9223372036854775808 --out {OUT}", "steps must be an integer in 1..10000000, got 9223372036854775808", None),
     ("run --epochs 0 --out {OUT}", "epochs must be a positive integer, got 0", None),
     ("run --batch-size 0 --out {OUT}", "batch_size must be a positive integer, got 0", None),
     ("run --checkpoints 0 --out {OUT}", "checkpoints must be a positive integer, got 0", None),
     ("run --shots 0 --out {OUT}", "shots must be a positive integer, got 0", None),
     ("run --severity 6 --out {OUT}", "severity must be an integer in 1..5, got 6", None),
     ("run --threads 0 --out {OUT}", "--threads must be a positive integer, got 0", None),
-    ("run --threads 99999999999999999999 --out {OUT}", "--threads must be a positive integer, got 99999999999999999999", None),
+    ("run --threads 99999999999999999999 --out {OUT}", "--threads must be an integer in 1..4096, got 99999999999999999999", None),
     ("run --method lp-ft --set lp_l2=inf --out {OUT}", "option lp_l2=inf of method 'lp-ft' must be a non-negative number", None),
     ("sweep smoke --out {OUT} --jobs 0", "--jobs must be a positive integer, got 0", None),
-    ("sweep smoke --out {OUT} --jobs 99999999999999999999", "--jobs must be a positive integer", None),
+    ("sweep smoke --out {OUT} --jobs 99999999999999999999", "--jobs must be an integer in 1..4096", None),
     ("sweep smoke --out {OUT} --threads 0", "--threads must be a positive integer, got 0", None),
     ("sweep smoke --out {OUT} --per-gpu 0", "--per-gpu must be a positive integer, got 0", None),
     ("sweep smoke --out {OUT} --executor slurm --cpus-per-job inf", "--cpus-per-job must be a positive number, got inf", None),
@@ -90,6 +111,49 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "for this size: timm/vit_tiny_patch16_224:img_size=8,patch_size=2", None),
     ("run --model timm/convnext_atto --weights scratch --out {OUT}",
      "use a model made for small images (digits-resnet, resnet26-cifar, timm/resnet18)", None),
+    # --- limits against runaway work: refused before anything is expanded, allocated or run ---------
+    ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:1: suite 's' expands to 134,217,728 runs (each included "
+     "suite counted as often as it is included), more than ftbench's limit of 100,000", _include_diamond(27)),
+    ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:1: suite 's' expands to 9,000,000 runs, more than ftbench's "
+     "limit of 100,000; split it into smaller suites", _GRID_9M),
+    ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:1: suite 's': includes nest more than 32 levels deep "
+     "(s -> c1 -> c2 -> ... -> c32 -> c33)", _include_chain(1000)),
+    ("sweep s --suites {S} --dry-run --out {OUT}", "suites file '{S}' is larger than 4 MiB",
+     'method = "none"\n#' + "x" * 4 * 2**20),
+    ("sweep s --suites /dev/zero --dry-run --out {OUT}", "suites file '/dev/zero' is a character device; give a "
+     "regular file", None),
+    ("sweep s --suites {FIFO} --dry-run --out {OUT}", "suites file '{FIFO}' is a FIFO (named pipe); give a regular "
+     "file", None),
+    ("list suites --suites {FIFO}", "suites file '{FIFO}' is a FIFO (named pipe)", None),
+    ("run --method spottune --set policy_width=99999999999 --out {OUT}", "option policy_width=99999999999 of method "
+     "'spottune' must be an integer in 1..512 (ftbench's limit", None),
+    ("run --method lp-ft --set lp_c_steps=99999999999999999999999 --out {OUT}", "option "
+     "lp_c_steps=99999999999999999999999 of method 'lp-ft' must be an integer in 1..1000", None),
+    ("run --checkpoints 9223372036854775807 --out {OUT}", "checkpoints must be an integer in 1..10000, got "
+     "9223372036854775807 (ftbench's limit", None),
+    ("run --steps 10000001 --out {OUT}", "steps must be an integer in 1..10000000, got 10000001", None),
+    ("run --epochs 10001 --out {OUT}", "epochs must be an integer in 1..10000, got 10001", None),
+    ("run --batch-size 65537 --out {OUT}", "batch_size must be an integer in 1..65536, got 65537", None),
+    ("run --shots 1000001 --out {OUT}", "shots must be an integer in 1..1000000, got 1000001", None),
+    ("run --threads 2147483647 --out {OUT}", "--threads must be an integer in 1..4096, got 2147483647", None),
+    ("run --model timm/vit_tiny_patch16_224:img_size=8,patch_size=2,embed_dim=99999999 --weights scratch --out {OUT}",
+     "has 1,439,999,989,499,999,963 parameters, more than ftbench's limit of 2,000,000,000", None),
+    ("sweep smoke --out {OUT} --per-gpu 4097", "--per-gpu must be an integer in 1..4096, got 4097", None),
+    ("run --method wise-ft --set alphas=" + _ALPHAS_1002 + " --out {OUT}", "option alphas of method 'wise-ft' has "
+     "1002 values; accepted: at most 1001", None),
+    ("run --method autoft --set trials=10001 --out {OUT}", "option trials=10001 of method 'autoft' must be an "
+     "integer in 1..10000", None),
+    ("run --method lora --model digits-vit --set r=1025 --out {OUT}", "option r=1025 of method 'lora' must be an "
+     "integer in 1..1024", None),
+    ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:2: suite 's': option policy_width=99999999999 of method "
+     "'spottune' must be an integer in 1..512", 'method = "spottune"\noptions = {policy_width = 99999999999}'),
+    ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:2: suite 's': checkpoints must be an integer in 1..10000",
+     "checkpoints = 9223372036854775807"),
+    # --- a Ray cluster that does not answer: refused within seconds, not after minutes of retries ----
+    ("sweep smoke --out {OUT} --executor ray --address 127.0.0.1:1",
+     "cannot connect to the Ray cluster at '127.0.0.1:1': Connection refused (waited at most 10 s)", None),
+    # without Ray's client extra (this environment): 'needs Ray's client extra'; with it: 'Connection refused'
+    ("sweep smoke --out {OUT} --executor ray --address ray://127.0.0.1:1", "Ray cluster at 'ray://127.0.0.1:1'", None),
     # --- methods of models with a text tower; benchmarks of one protocol ---------------------------
     ("run --method flyp --protocol id-ood --out {OUT}",
      "method 'flyp' needs a model with a text tower (a zero-shot head from class prompts); model 'digits-resnet' "
@@ -237,6 +301,9 @@ def _make(name: str, base: Path, case_text: str | None) -> str:
         t = t.set_column(t.column_names.index("ood_acc"), "ood_acc", pa.array(["70.0"] * t.num_rows))
         pq.write_table(t, base / "strings.parquet")
         return "strings.parquet"
+    if name == "FIFO":
+        os.mkfifo(base / "pipe.toml")
+        return "pipe.toml"
     if name == "FOREIGN":
         pq.write_table(pa.table({"a": [1, 2]}), base / "foreign.parquet")
         return "foreign.parquet"

@@ -378,9 +378,11 @@ class AutoFT(Method):
     # runs use inner_steps steps instead of the spec's).
     uses = frozenset({"steps", "epochs", "batch_size", "optimizer"})
     options = {
+        # limits (docs/methods.md#limits): 20x the release's 500 trials (--hopt_evals), 1,000x its 100
+        # inner steps (imagenet.sh)
         "trials": Option(16, "complete search trials (each: an inner fine-tune + an evaluation on target val)",
-                         minimum=1),
-        "inner_steps": Option(20, "optimizer steps of each trial's inner fine-tune", minimum=1),
+                         minimum=1, maximum=10_000),
+        "inner_steps": Option(20, "optimizer steps of each trial's inner fine-tune", minimum=1, maximum=100_000),
         "terms": TermsOption(",".join(TERMS), "loss terms whose weights are searched (default: all nine)"),
         "fix_ce": Option(False, "fix the cross-entropy weight at 1 instead of searching it (released code's default)"),
         "lr_min": Option(1e-5, "lowest learning rate searched (log-uniform)", minimum=0),

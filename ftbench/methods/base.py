@@ -17,11 +17,14 @@ from ftbench.errors import UsageError, unknown
 from ftbench.methods import BUILTIN_MODULE
 from ftbench.registry import Registry
 from ftbench.spec import HYPERPARAMETERS, OPTIMIZERS, RunSpec
+from ftbench.validate import RUN_NUMBERS
 
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
 
 DEFAULT_STEPS = 50
+# The limit of --steps (ftbench/validate.py), for options counted in steps (recompute every k steps).
+STEPS_LIMIT = int(RUN_NUMBERS["steps"].high)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class Option:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None  # numeric options: smallest accepted value (and finite)
     in_variant: bool = True  # False: a non-default value does not make a separate report row
+    # Counts (widths, ranks, trials, ...): ftbench's limit against runaway work, far above the papers'
+    # largest setting (docs/methods.md#limits); a larger value is refused with the accepted range.
+    maximum: float | None = None
 
     def requirement(self) -> str:
         """What a valid value is, in words (for error messages)."""
@@ -62,7 +68,17 @@ class Option:
             raise unknown(f"value for option {name} of method {method!r}:", v, self.choices)
         if kind in (int, float) and (not math.isfinite(v) or (self.minimum is not None and v < self.minimum)):
             raise UsageError(f"option {name}={v!r} of method {method!r} must be {self.requirement()}")
+        if kind in (int, float) and self.maximum is not None and v > self.maximum:
+            low, high = _plain(self.minimum if self.minimum is not None else -math.inf), _plain(self.maximum)
+            words = f"an integer in {low}..{high}" if kind is int else f"a number in [{low}, {high}]"
+            raise UsageError(f"option {name}={v!r} of method {method!r} must be {words} (ftbench's limit, far above "
+                             "the papers' settings: docs/methods.md#limits)")
         return v
+
+
+def _plain(x: float) -> str:
+    """A bound as the messages write it: 10000000, not 1e+07."""
+    return str(int(x)) if math.isfinite(x) and float(x).is_integer() else f"{x:g}"
 
 
 BN_OPTION = Option(

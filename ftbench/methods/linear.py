@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # log_reg_sk.py:66-69: Cs = np.logspace(start_c=-7, end_c=2, num_cs); run_adaptation_experiments.py:410
 # passes num_reg_values=50.
 C_MIN, C_MAX, C_STEPS = 1e-7, 1e2, 50
+# Limits (docs/methods.md#limits): 20x the release's 50 C values; 500x the default L-BFGS budget.
+MAX_C_STEPS, MAX_ITER = 1_000, 100_000
 
 
 def c_grid(c_min: float, c_max: float, steps: int) -> list[float]:
@@ -167,8 +169,8 @@ class LinearProbe(Method):
         "select": Option("val", SELECT_HELP, ("val", "fixed")),
         "c_min": Option(C_MIN, "smallest C of the sweep (log grid)", minimum=0),
         "c_max": Option(C_MAX, "largest C of the sweep", minimum=0),
-        "c_steps": Option(C_STEPS, "number of C values of the sweep", minimum=1),
-        "max_iter": Option(200, "L-BFGS iterations per solve (the problem is convex)", minimum=1),
+        "c_steps": Option(C_STEPS, "number of C values of the sweep", minimum=1, maximum=MAX_C_STEPS),
+        "max_iter": Option(200, "L-BFGS iterations per solve (the problem is convex)", minimum=1, maximum=MAX_ITER),
     }
 
     @classmethod
@@ -207,9 +209,10 @@ class LPFT(Method):
         "lp_select": Option("val", SELECT_HELP, ("val", "fixed")),
         "lp_c_min": Option(C_MIN, "smallest C of the probe's sweep (log grid)", minimum=0),
         "lp_c_max": Option(C_MAX, "largest C of the probe's sweep", minimum=0),
-        "lp_c_steps": Option(C_STEPS, "number of C values of the probe's sweep", minimum=1),
+        "lp_c_steps": Option(C_STEPS, "number of C values of the probe's sweep", minimum=1, maximum=MAX_C_STEPS),
         "lp_l2": Option(1e-3, "L2 strength of the linear-probe stage with lp_select=fixed", minimum=0),
-        "lp_max_iter": Option(200, "L-BFGS iterations of the linear-probe stage (per solve)", minimum=1),
+        "lp_max_iter": Option(200, "L-BFGS iterations of the linear-probe stage (per solve)", minimum=1,
+                              maximum=MAX_ITER),
         "bn": BN_OPTION,
     }
 

@@ -175,7 +175,8 @@ class LoRA(_PETLMethod):
     paper = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models (as in Mai et al. 2024, PETL study)"
     order = 75
     options = {
-        "r": Option(4, "rank of the update (rows of A, columns of B)", minimum=1),
+        "r": Option(4, "rank of the update (rows of A, columns of B)", minimum=1,
+                     maximum=1_024),  # 16x the LoRA paper's largest rank, 64 (docs/methods.md#limits)
         "alpha": Option(4.0, "scale numerator: the update is (alpha/r)·B·A (must be > 0)", minimum=0),
         "dropout": Option(0.1, "dropout on the LoRA branch's input (the PETL study's 0.1), in [0, 1)", minimum=0),
         "targets": Option("qkv", "linear layers that get LoRA: 'qkv' = attention qkv (the PETL study), "

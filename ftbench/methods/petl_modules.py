@@ -467,7 +467,8 @@ class AdapterMethod(_InsertedModules):
     paper = "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP"
     order = 72
     options = {
-        "bottleneck": Option(8, "adapter hidden width (down-projection size)", minimum=1),
+        "bottleneck": Option(8, "adapter hidden width (down-projection size)", minimum=1,
+                             maximum=4_096),  # 16x Houlsby et al.'s largest, 256 (docs/methods.md#limits)
         "placement": Option("houlsby", "ViT: 'houlsby' = after attention and after MLP; 'pfeiffer' = after MLP only",
                             tuple(PLACEMENTS)),
         "act": Option("gelu", "non-linearity between down- and up-projection", tuple(ACTIVATIONS)),
@@ -503,7 +504,8 @@ class VPTMethod(_InsertedModules):
     paper = "Jia et al. 2022, Visual Prompt Tuning"
     order = 73
     options = {
-        "prompts": Option(4, "prompt tokens per prompted layer", minimum=1),
+        "prompts": Option(4, "prompt tokens per prompted layer", minimum=1,
+                          maximum=1_024),  # 5x the VPT paper's largest, 200 (docs/methods.md#limits)
         "mode": Option("deep", "'deep' = new prompts at every block's input (the PETL study's ImageNet rows: "
                        "deep, 50 prompts); 'shallow' = prompts at the first block's input, through every block "
                        "(the VPT paper); 'petl-shallow' = PETL_Vision's shallow: removed after the first block",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import BN_OPTION, METHODS, STEPS_LIMIT, Method, Option
 
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
@@ -139,7 +139,8 @@ class AutoRGN(Method):
     paper = "Lee et al. 2022, Surgical Fine-Tuning Improves Adaptation to Distribution Shifts (Auto-RGN)"
     order = 42
     options = {
-        "every": Option(1, "recompute the multipliers every k optimizer steps (kept in between)", minimum=1),
+        "every": Option(1, "recompute the multipliers every k optimizer steps (kept in between)", minimum=1,
+                        maximum=STEPS_LIMIT),
         "exclude_bn": Option(True, "BatchNorm weights/biases get multiplier 0 and stay put, as the released code "
                              "(their near-zero norms would set the maximum RGN); false: they train too"),
         "bn": BN_OPTION,

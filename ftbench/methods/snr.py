@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import BN_OPTION, METHODS, STEPS_LIMIT, Method, Option
 from ftbench.methods.rgn import is_batchnorm
 from ftbench.spec import RunSpec
 
@@ -258,8 +258,10 @@ class AutoSNR(Method):
                        "'top' = the top fraction of tensors by SNR", RULES),
         "threshold": Option(0.95, "rule=threshold: smallest normalised SNR (in [0, 1]) that trains", minimum=0),
         "fraction": Option(0.25, "rule=top: share of the tensors that train (in (0, 1], at least one)", minimum=0),
-        "examples": Option(256, "target train examples the SNR is computed over (all if fewer)", minimum=2),
-        "every": Option(0, "0 = select once before training; k = recompute the selection every k steps", minimum=0),
+        "examples": Option(256, "target train examples the SNR is computed over (all if fewer)", minimum=2,
+                           maximum=10_000_000),  # more than any split has (ImageNet train: 1.28M)
+        "every": Option(0, "0 = select once before training; k = recompute the selection every k steps", minimum=0,
+                        maximum=STEPS_LIMIT),
         "exclude_bn": Option(False, "never select BatchNorm weights/biases, as the released code"),
         "bn": BN_OPTION,
     }

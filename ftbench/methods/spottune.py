@@ -262,7 +262,8 @@ class SpotTune(Method):
                                  "enough for the router to decide within the run (docs/methods.md#spottune); the "
                                  "release's SGD ratio is 0.1 (--recipe spottune)", minimum=0),
         "policy_wd": Option(0.001, "weight decay of the policy (released code: 0.001)", minimum=0),
-        "policy_width": Option(4, "policy net widths w, 2w, 4w, 8w", minimum=1),
+        "policy_width": Option(4, "policy net widths w, 2w, 4w, 8w", minimum=1,
+                               maximum=512),  # 16x the release's w = 32 (docs/methods.md#limits)
         "bn": BN_OPTION_TRAIN,
     }
 
@@ -355,7 +356,8 @@ class SpotTuneGlobalK(SpotTune):
     order = 63
     options = {
         **SpotTune.options,
-        "k": Option(1, "target number of fine-tuned units per image", minimum=0),
+        "k": Option(1, "target number of fine-tuned units per image", minimum=0,
+                     maximum=1_000),  # at most the model's units (ResNet-152: 50); checked at run time
         "k_weight": Option(1.0, "λ1, weight of (Σ_l v_l − k)²", minimum=0),
         "entropy_weight": Option(1.0, "λ2, weight of Σ_l −v_l·log v_l", minimum=0),
     }

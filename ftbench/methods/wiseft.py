@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
 ALPHAS_RULE = "comma-separated numbers in [0, 1], ascending, without repeats, e.g. alphas=0,0.25,0.5,0.75,1"
+# Each alpha is an evaluation of the whole model: ftbench's limit, a grid of step 0.001 (the release's README
+# evaluates 21, step 0.05; docs/methods.md#limits).
+MAX_ALPHAS = 1_001
 
 
 def _fmt(a: float) -> str:
@@ -51,6 +54,9 @@ def parse_alphas(value: Any) -> tuple[float, ...]:
     strictly ascending (sorted, unique).
     """
     items = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    if len(items) > MAX_ALPHAS:
+        raise UsageError(f"option alphas of method 'wise-ft' has {len(items)} values; accepted: at most {MAX_ALPHAS} "
+                         "(ftbench's limit, far above the papers' settings: docs/methods.md#limits)")
     shown = value if isinstance(value, str) else ",".join(str(v) for v in items)
     alphas: list[float] = []
     for item in items:

@@ -156,6 +156,11 @@ def block_parameter_counts(entry: ModelEntry) -> dict[str, int]:
     return {b: sum(p.numel() for p in model.block_parameters(b)) for b in model.block_names()}
 
 
+# ftbench's limit of a model's size (docs/cli.md#limits): 4.7x the papers' largest, CLIP ViT-L/14 (428 M
+# parameters with its text tower; WiSE-FT, FLYP, AutoFT), so a typo in a timm setting (embed_dim=99999999)
+# is refused on the meta device instead of allocating its weights.
+MAX_MODEL_PARAMETERS = 2_000_000_000
+
 # What a forward pass says when an image is too small for a model, or of a size it was not built for.
 _SIZE_WORDS = ("size", "Kernel", "kernel", "Input height", "Input width", "divisible", "shape", "patch")
 
@@ -171,10 +176,13 @@ def check_input_fits(name: str, channels: int, size: tuple[int, int], benchmark:
 
     entry = get_model_entry(name)
     h, w = size
+    params = 0
     try:
         with torch.device("meta"):
             net = entry.build(channels, 2).eval()
-            net(torch.empty(2, channels, h, w))
+            params = sum(p.numel() for p in net.parameters())
+            if params <= MAX_MODEL_PARAMETERS:
+                net(torch.empty(2, channels, h, w))
     except (RuntimeError, AssertionError, ValueError) as e:
         reason = " ".join(str(e).split())
         if not any(word in reason for word in _SIZE_WORDS):
@@ -194,3 +202,6 @@ def check_input_fits(name: str, channels: int, size: tuple[int, int], benchmark:
                     "images (digits-resnet, resnet26-cifar, timm/resnet18) or a benchmark with larger images")
         raise UsageError(f"model {name!r} cannot take the {benchmark} benchmark's {channels}x{h}x{w} images ({reason[:160]}); "
                          f"{hint}") from None
+    if params > MAX_MODEL_PARAMETERS:
+        raise UsageError(f"model {name!r} has {params:,} parameters, more than ftbench's limit of "
+                         f"{MAX_MODEL_PARAMETERS:,} (docs/cli.md#limits); check its key=value settings")

@@ -10,6 +10,7 @@ the same results folder does not submit it too. Ray reruns a task whose worker p
 
 from __future__ import annotations
 
+import socket
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,6 +25,40 @@ from ftbench.sweep.progress import Progress
 from ftbench.sweep.task import (BUSY_RETRY_S, Execute, Outcome, RunQueue, WorkerDied, claim, clean_tmp, execute_rows,
                                 has_result, read_outcome)
 
+# How long the driver waits for a cluster's address to accept a connection (a host that drops packets
+# answers nothing: Ray itself would retry for minutes).
+CONNECT_TIMEOUT_S = 10.0
+CLIENT_PREFIX = "ray://"
+
+
+def _client_extra_error() -> ImportError | None:
+    """Why Ray's client extra cannot be used (``grpc``, which ``pip install "ray[client]"`` brings), or None."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError as e:
+        return e
+    return None
+
+
+def check_client_extra(address: str | None) -> None:
+    """Refuse a Ray Client address (``ray://host:port``) when Ray's client extra is missing."""
+    if address and address.startswith(CLIENT_PREFIX) and _client_extra_error() is not None:
+        raise UsageError(f"cannot use the Ray cluster at {address!r}: a Ray Client address (ray://) needs Ray's "
+                         "client extra (grpc, not installed): pip install \"ray[client]\"")
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within ``timeout`` seconds, an address of the form ``[ray://]host:port`` that accepts no
+    TCP connection (``auto`` and other forms are left to Ray)."""
+    host, sep, port = address.removeprefix(CLIENT_PREFIX).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, OverflowError) as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (getattr(e, "strerror", None) or str(e))
+        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {why} (waited at most {timeout:g} s); "
+                         "check the address and that the cluster is up") from None
 
 
 @dataclass
@@ -45,6 +80,7 @@ class RayOptions:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
         if self.per_gpu < 1:
             raise UsageError(f"--per-gpu must be >= 1, got {self.per_gpu}")
+        check_client_extra(self.address)
 
 
 def ray_run(spec: RunSpec, device: str, threads: int, workdir: str,
@@ -78,6 +114,8 @@ def run_ray(
 
     opts = opts or RayOptions()
     opts.check()
+    if opts.address and not ray.is_initialized():
+        check_reachable(opts.address)  # before anything is written
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_tmp(out_dir)
@@ -96,7 +134,7 @@ def run_ray(
             kw["num_cpus"] = max(1, int(round(opts.jobs * opts.cpus_per_job)))
         try:
             ray.init(**kw)
-        except ConnectionError as e:
+        except (ConnectionError, TimeoutError) as e:
             raise UsageError(f"cannot connect to the Ray cluster at {opts.address!r}: {e}") from None
         started = True
     try:
