@@ -169,8 +169,9 @@ def settings_line(spec: Any) -> str:
 
 @app.command(epilog="Examples:\n\n  ftbench sweep smoke --dry-run\n\n  ftbench sweep default --jobs 2\n\n  ftbench sweep default --executor slurm --partition gpu --gpus-per-job 1")
 def sweep(
+    ctx: typer.Context,
     suite: str = typer.Argument("default", help="suite name in the suites file"),
-    suites: Optional[Path] = typer.Option(None, help="suites file (default: ./benchmarks.toml, else the bundled one)", rich_help_panel="Where"),
+    suites: Optional[Path] = typer.Option(None, help="suites file (default: the bundled suites plus ./benchmarks.toml's, which win on a shared name)", rich_help_panel="Where"),
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder", rich_help_panel="Where"),
     device: str = typer.Option("auto", help="auto, cpu or cuda", rich_help_panel="Where"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing", rich_help_panel="Where"),
@@ -195,17 +196,40 @@ def sweep(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs (--no-wait: submit and exit)", rich_help_panel="Slurm"),
     address: Optional[str] = typer.Option(None, help="ray: address of an existing cluster (default: start a "
                                           "local one)", rich_help_panel="Ray"),
+    grid: Optional[str] = typer.Option(None, help="a suite from the command line instead of a suites file: "
+                                       "'KEY=V1,V2 KEY=V ...' with the suites file's keys (block=1+2: one block set "
+                                       "of two; options.NAME=V: a method option), same expansion and run ids",
+                                       rich_help_panel="Grid"),
+    benchmark: Optional[str] = typer.Option(None, help="--grid: the benchmark (as the suite key)", rich_help_panel="Grid"),
+    shift: Optional[str] = typer.Option(None, help="--grid: the shift", rich_help_panel="Grid"),
+    corruption: Optional[str] = typer.Option(None, help="--grid: the corruption", rich_help_panel="Grid"),
+    severity: Optional[int] = typer.Option(None, help="--grid: the corruption severity", rich_help_panel="Grid"),
+    model: Optional[str] = typer.Option(None, help="--grid: the model", rich_help_panel="Grid"),
+    protocol: Optional[str] = typer.Option(None, help="--grid: the protocol", rich_help_panel="Grid"),
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
-    from ftbench.spec import default_suites_file, expand_suite_cached, suite_descriptions
+    from ftbench.spec import expand_suite_cached, suite_descriptions, suites_file_for
     from ftbench.sweep.executors import EXECUTORS, prepare, suite_settings
     from ftbench.sweep.executors import run as run_executor
     from ftbench.sweep.local import describe_all
     from ftbench.validate import DEVICES, check_output_dir
 
-    path = suites or default_suites_file()
-    specs = expand_suite_cached(suite, path)
+    fixed = {k: v for k, v in (("benchmark", benchmark), ("shift", shift), ("corruption", corruption),
+                               ("severity", severity), ("model", model), ("protocol", protocol)) if v is not None}
+    if grid is None and fixed:
+        raise UsageError(f"--{next(iter(fixed))} applies only with --grid (a suite sets it in the suites file)")
+    if grid is not None:
+        if ctx.get_parameter_source("suite").name != "DEFAULT" or suites is not None:
+            raise UsageError("--grid is a suite of its own: give --grid or a suite name (and --suites), not both")
+        from ftbench.spec import GRID_SUITE, expand_grid
+
+        specs, suite, path = expand_grid(grid, fixed), GRID_SUITE, Path("--grid")
+    else:
+        path, hides = (suites, False) if suites is not None else suites_file_for(suite)
+        if hides:
+            print(f"note: suite {suite!r} of {path} hides the bundled suite of that name", file=sys.stderr)
+        specs = expand_suite_cached(suite, path)
     _check_format(report_format)
     from ftbench.report import TABLES
 
@@ -219,7 +243,7 @@ def sweep(
              "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "runs_per_job": runs_per_job, "address": address,
              "wait": None if wait else False}
     flags = {k: v for k, v in flags.items() if v is not None}
-    settings = {**suite_settings(suite, path, executor), **flags}
+    settings = {**(suite_settings(suite, path, executor) if grid is None else {}), **flags}
     prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
     check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
     if executor == "local" and (device == "cuda" or not dry_run):
@@ -231,7 +255,7 @@ def sweep(
 
         check_reachable(settings["address"])  # within seconds, where Ray alone would retry for minutes
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
-    about = suite_descriptions(path).get(suite, "")
+    about = suite_descriptions(path).get(suite, "") if grid is None else f"--grid {grid}"
     if dry_run:
         for s, about_run in zip(specs, describe_all(specs)):
             out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {about_run}"))
@@ -502,7 +526,7 @@ def list_(
     what: str = typer.Argument("methods", help="benchmarks, models, methods, corruptions, recipes, suites or protocols"),
     name: Optional[str] = typer.Argument(None, help="with models or methods: only this one, in full (a timm/NAME "
                                          "model included)"),
-    suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: ./benchmarks.toml, else the bundled one)"),
+    suites: Optional[Path] = typer.Option(None, help="suites file for 'list suites' (default: the bundled suites plus ./benchmarks.toml's)"),
 ) -> None:
     """Show the registries: benchmarks (with shifts), models (with blocks), methods (with options)."""
     targets = ["benchmarks", "models", "methods", "corruptions", "recipes", "suites", "protocols"]
@@ -520,10 +544,13 @@ def list_(
         key: tuple[Any, ...] = ("list", what, name)
         path = None
         if what == "suites":
-            from ftbench.spec import default_suites_file, suites_file_key
+            from ftbench.spec import bundled_suites_file, local_suites_file, suites_file_key
 
-            path = suites or default_suites_file()
-            key += suites_file_key(path) or ("unreadable",)  # the listing itself then says what is wrong
+            path = suites
+            files = [suites] if suites is not None else [bundled_suites_file(), local_suites_file()]
+            for f in files:
+                if f is not None:
+                    key += suites_file_key(f) or ("unreadable",)  # the listing itself then says what is wrong
         elif what == "corruptions":
             key += (os.environ.get("FTBENCH_FROST_DIR", ""),)
         lines = cached(key, lambda: _listing(what, name, path))
@@ -598,11 +625,22 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
             lines.append(f"[bold]{escape(rname)}[/] (--recipe {escape(rname)}; suite key recipe = \"{escape(rname)}\")")
             lines.extend(escape(f"    {line}") for line in describe(r))
     elif what == "suites":
-        from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
+        from ftbench.spec import bundled_suites_file, expand_suite, local_suites_file, suite_descriptions
 
-        path = suites or default_suites_file()
-        for sname, about in suite_descriptions(path).items():
-            lines.append(f"[bold]{escape(sname)}[/] ({len(expand_suite(sname, path))} runs): {escape(about)}")
+        # Without --suites: the bundled suites, then ./benchmarks.toml's, which add to them (a name in
+        # both: the local one is what `sweep NAME` runs).
+        local = local_suites_file() if suites is None else None
+        listed = [(suites, "")] if suites is not None else [(bundled_suites_file(), "")]
+        if local is not None:
+            listed.append((local, f" [{local}]"))
+        shadowed = set(suite_descriptions(local)) if local is not None else set()
+        for path, where in listed:
+            for sname, about in suite_descriptions(path).items():
+                if not where and sname in shadowed:
+                    continue  # listed with the local file, which sweep runs
+                hides = " (hides the bundled one)" if where and sname in suite_descriptions(bundled_suites_file()) else ""
+                lines.append(f"[bold]{escape(sname)}[/]{escape(where)}{hides} ({len(expand_suite(sname, path))} runs): "
+                             f"{escape(about)}")
     return lines
 
 

@@ -271,7 +271,31 @@ MAX_INCLUDE_DEPTH = 32
 def default_suites_file() -> Path:
     """``./benchmarks.toml`` when present, else the copy shipped inside the package."""
     local = Path("benchmarks.toml")
-    return local if local.is_file() else Path(__file__).with_name("benchmarks.toml")
+    return local if local.is_file() else bundled_suites_file()
+
+
+def bundled_suites_file() -> Path:
+    """The suites file shipped inside the package."""
+    return Path(__file__).with_name("benchmarks.toml")
+
+
+def local_suites_file() -> Path | None:
+    """``./benchmarks.toml`` when present and not the bundled file itself."""
+    local = Path("benchmarks.toml")
+    if not local.is_file() or local.resolve() == bundled_suites_file().resolve():
+        return None
+    return local
+
+
+def suites_file_for(name: str) -> tuple[Path, bool]:
+    """Where suite ``name`` comes from when no ``--suites`` is given, and whether it hides a bundled
+    suite of that name: ``./benchmarks.toml`` adds its suites to the bundled ones, and where both
+    define a name the local one wins (the caller says so). Includes resolve within the file that
+    defines the suite."""
+    local = local_suites_file()
+    if local is not None and name in load_suites(local)[0]:
+        return local, name in load_suites(bundled_suites_file())[0]
+    return bundled_suites_file(), False
 
 
 def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
@@ -359,6 +383,82 @@ def expand_suite(name: str, path: Path | None = None) -> list[RunSpec]:
     suites, text = load_suites(path)
     check_suite_size(name, suites, text, path)
     return _expand(name, suites, text, path, stack=())
+
+
+GRID_SUITE = "grid"  # the name of the suite `ftbench sweep --grid` builds
+
+
+def _grid_scalar(text: str) -> Any:
+    """A --grid value as a suites file would hold it: an integer, a number, true/false, else a string."""
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", text) else text
+    except ValueError:
+        return text
+
+
+def grid_suite(grid: str, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The suite table that ``--grid 'KEY=V1,V2 KEY=V ...'`` stands for: each key a suites-file key
+    (``block=1+2`` is one block set of blocks 1 and 2), each comma-separated list a grid axis;
+    ``options.NAME=V`` a method option; ``fixed`` adds single-valued keys (the sweep's --shift, ...)."""
+    import shlex
+
+    try:
+        tokens = shlex.split(grid)
+    except ValueError as e:
+        raise UsageError(f"--grid: cannot split {grid!r} into KEY=VALUE words: {e}") from None
+    table: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    example = "e.g. --grid 'method=surgical block=1,2,3,last lr=1e-3,1e-2 seed=0,1,2'"
+    if not tokens:
+        raise UsageError(f"--grid is empty; {example}")
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key or value == "":
+            raise UsageError(f"--grid: {token!r} is not KEY=VALUE[,VALUE...]; {example}")
+        entries = value.split(",")
+        if any(e == "" for e in entries):
+            raise UsageError(f"--grid: {token!r} has an empty value between commas")
+        if key.startswith("options."):
+            name = key.removeprefix("options.")
+            if len(entries) > 1:
+                raise UsageError(f"--grid: method option {name!r} takes one value (suites' options are fixed per "
+                                 f"suite), got {value!r}; run one sweep per value")
+            if name in options:
+                raise UsageError(f"--grid: option {name!r} given twice")
+            options[name] = _grid_scalar(entries[0])
+            continue
+        if key not in SUITE_KEYS:
+            raise UsageError(f"--grid: unknown key {key!r}; accepted: {', '.join(SUITE_KEYS)}, options.NAME")
+        if key in table:
+            raise UsageError(f"--grid: key {key!r} given twice; give its values as one comma-separated list")
+        if key == "block":
+            values: list[Any] = [[_grid_scalar(b) for b in e.split("+")] for e in entries]
+        else:
+            values = [_grid_scalar(e) for e in entries]
+        table[key] = values if len(values) > 1 else values[0]
+    for key, value in (fixed or {}).items():
+        if key in table:
+            raise UsageError(f"--grid: {key} is given both in --grid and as --{key.replace('_', '-')}; give it once")
+        table[key] = value
+    if options:
+        table["options"] = options
+    return table
+
+
+def expand_grid(grid: str, fixed: dict[str, Any] | None = None) -> list[RunSpec]:
+    """``ftbench sweep --grid``: the runs of :func:`grid_suite`'s suite, expanded, checked and limited
+    exactly as a suites file's suite (same run ids); errors name ``--grid``."""
+    suites = {GRID_SUITE: grid_suite(grid, fixed)}
+    path = Path("--grid")
+    try:
+        check_suite_size(GRID_SUITE, suites, "", path)
+        return _expand(GRID_SUITE, suites, "", path, stack=())
+    except UsageError as e:  # "--grid:None: suite 'grid': <problem>" -> "--grid: <problem>"
+        raise UsageError(re.sub(r"^--grid:(None|\d+): suite 'grid': ", "--grid: ", str(e))) from None
 
 
 def check_suite_size(name: str, suites: dict, text: str, path: Path) -> None:
