@@ -570,10 +570,22 @@ def _partial(name: str, log: str) -> str:
     return f"; last output: {lines[-1][:160]}" if lines else ""
 
 
-def _environment(device: str) -> dict[str, str]:
+def _git() -> str:
+    """The checkout's commit (and whether it has local changes); "unknown" in a copy without git."""
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if git.returncode != 0:
+        return "unknown"
+    return git.stdout.strip() + (" (with local changes)" if dirty.stdout.strip() else "")
+
+
+def _environment(device: str, git: str) -> dict[str, str]:
     import torch
 
-    info = {"torch": torch.__version__, "cuda": str(torch.version.cuda or "none")}
+    info = {"torch": torch.__version__, "cuda": str(torch.version.cuda or "none"), "git": git}
     try:
         import torchvision
 
@@ -586,12 +598,6 @@ def _environment(device: str) -> dict[str, str]:
         info["ftbench"] = ftbench.__version__
     except ImportError:
         info["ftbench"] = "missing"
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        info["git"] = git.stdout.strip() + (" (with local changes)" if dirty.stdout.strip() else "") if git.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        info["git"] = "unknown"
     if device == "cuda":
         info["device"] = f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible)"
     else:
@@ -664,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = out / "gpu-check-logs"
     logs.mkdir(exist_ok=True)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    git = _git()  # of the code the stages run, before anything changes it
     command = shlex.join(["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"gpu-check: {len(stages)} stages on {device}{' (dry run)' if args.dry_run else ''}, cap {cap:.0f} s; "
           f"logs in {logs}", file=sys.stderr, flush=True)
@@ -727,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report = {"date": date, "command": command, "dry_run": args.dry_run, "cap": cap,
-              "seconds": time.monotonic() - start, "environment": _environment(device), "stages": results}
+              "seconds": time.monotonic() - start, "environment": _environment(device, git), "stages": results}
     md = table(report)
     _write_atomic(out / "gpu-check.md", md)
     _write_atomic(out / "gpu-check.json", json.dumps(report, indent=1, default=str))
