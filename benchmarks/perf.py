@@ -445,6 +445,7 @@ def measure(name: str, specs: list[RunSpec], dev: torch.device, flops: bool) -> 
         print(f"   model FLOPs {total / 1e12:.2f} TFLOP: ftbench {achieved / 1e12:.3g} TFLOP/s ({mfu}); "
               f"reference {total / t_ref / 1e12:.3g} TFLOP/s")
         out["mfu"] = achieved / peak if peak else None
+        out["model_tflop"], out["tflops"], out["peak_tflops"] = total / 1e12, achieved / 1e12, peak and peak / 1e12
     out["speedup"] = t_ref / t_ours
     out["agree"] = agree
     print(f"speedup {name} {t_ref / t_ours:.2f}x", flush=True)
@@ -536,6 +537,20 @@ def measure_stream(n: int, batch_size: int, dev: torch.device, repeats: int = 2)
     return {"speedup": best_ref / best_ours, "agree": 255 * float(diff.mean()) < 2.0}
 
 
+TINY_GRID = GridSize(source=200, target_train_per_class=8, target_test=200, epochs=1)
+
+
+def cifar_grid(model: str, lrs: list[float], scale: str, dev: torch.device) -> dict[str, Any]:
+    """The cifar-grid workload (also run by benchmarks/gpu_check.py): ``scale`` "full" or "tiny"
+    (64 target images, 1 epoch, the first 3 lrs: the code path on any device)."""
+    global GRID
+    GRID = TINY_GRID if scale == "tiny" else GridSize()
+    if scale == "tiny":
+        lrs = lrs[:3]
+    register_grid()
+    return measure("cifar-grid", grid_specs(model, lrs), dev, flops=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
@@ -562,13 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         if dev.type != "cuda" and not args.force:
             print("\n== cifar-grid: skipped (needs a CUDA GPU; --force runs it here anyway)")
         else:
-            global GRID
-            lrs = [float(v) for v in args.lrs.split(",")]
-            if args.grid_scale == "tiny":
-                GRID = GridSize(source=200, target_train_per_class=8, target_test=200, epochs=1)
-                lrs = lrs[:3]
-            register_grid()
-            results["cifar-grid"] = measure("cifar-grid", grid_specs(args.grid_model, lrs), dev, flops=True)
+            results["cifar-grid"] = cifar_grid(args.grid_model, [float(v) for v in args.lrs.split(",")],
+                                               args.grid_scale, dev)
     if args.workload in ("stream", "all"):
         results["stream"] = measure_stream(args.stream_images, args.stream_batch, dev)
     return 0 if all(r["agree"] for r in results.values()) else 1
