@@ -92,6 +92,24 @@ def run(
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder", rich_help_panel="Where"),
     protocol: str = typer.Option("few-shot", help="few-shot (fine-tune on --shots target images per class) or id-ood "
                                  "(fine-tune on ID train, score every OOD set); docs/protocols.md", rich_help_panel="Data"),
+    head_init: Optional[str] = typer.Option(None, "--head-init", help="--protocol id-ood: how the new classifier of a "
+                                            "method that trains it starts: fresh (LP-FT's baseline) or zero-shot "
+                                            "(CLIP's zero-shot head, WiSE-FT's/FLYP's/AutoFT's standard fine-tuning); "
+                                            "default: the method's own", rich_help_panel="Model and method"),
+    schedule: Optional[str] = typer.Option(None, help="learning-rate schedule: constant (default) or cosine "
+                                           "(half cosine to 0 after the warm-up, as wise-ft/FLYP/AutoFT)", rich_help_panel="Training"),
+    warmup: Optional[int] = typer.Option(None, help="linear learning-rate warm-up over this many optimizer steps "
+                                         "(wise-ft/FLYP/AutoFT: 500; default none)", rich_help_panel="Training"),
+    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="clip gradients to this global L2 norm "
+                                              "(wise-ft: 1.0; default none)", rich_help_panel="Training"),
+    train_precision: Optional[str] = typer.Option(None, "--train-precision", help="fp32 or bf16 autocast in training "
+                                                  "(default: bf16 on CUDA, fp32 on CPU)", rich_help_panel="Training"),
+    eval_precision: Optional[str] = typer.Option(None, "--eval-precision", help="fp32 or bf16 autocast in evaluation "
+                                                 "(default: bf16 on CUDA, fp32 on CPU; the CLIP releases evaluate in fp32)",
+                                                 rich_help_panel="Training"),
+    augment: Optional[str] = typer.Option(None, help="training augmentation on the device: crop (RandomResizedCrop "
+                                          "0.9-1, bicubic: CLIP's, as wise-ft/FLYP/AutoFT) or crop-flip (RandomResizedCrop "
+                                          "0.08-1 + horizontal flip: LP-FT's); default none", rich_help_panel="Training"),
 ) -> None:
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
@@ -104,7 +122,8 @@ def run(
         benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots, model=model,
         method=method, blocks=tuple(block), lr=lr, wd=wd, steps=steps, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, seed=seed, options=_parse_sets(set_), checkpoints=checkpoints, weights=weights,
-        protocol=protocol,
+        protocol=protocol, head_init=head_init, schedule=schedule, warmup=warmup, clip_grad=clip_grad,
+        train_precision=train_precision, eval_precision=eval_precision, augment=augment,
     )
     if recipe is not None:  # before resolution; what the command line gives wins
         from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe
@@ -142,7 +161,8 @@ def settings_line(spec: Any) -> str:
     """What a run was trained with: every hyperparameter and method option, defaults included."""
     from ftbench.spec import HYPERPARAMETERS
 
-    parts = spec.settings((*HYPERPARAMETERS, "shots", "checkpoints", "seed", "weights"))
+    parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "train_precision",
+                           "eval_precision", "augment", "shots", "checkpoints", "seed", "weights"))
     opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 

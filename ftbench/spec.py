@@ -32,7 +32,11 @@ HYPERPARAMETERS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer")
 OPTIMIZERS = ("adam", "sgd")
 # Fields added after 0.1.0 and their defaults: they enter the run id only when set to something
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
-LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None}
+LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None,
+                "schedule": None, "warmup": None, "clip_grad": None, "train_precision": None, "eval_precision": None,
+                "augment": None}
+# How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
+HEAD_INITS = ("fresh", "zero-shot")
 # Method options added after runs of their method were made, with the value that means what those runs
 # did: at that value an option is left out of the run id, so the ids of earlier runs stay valid (a
 # default that differs from it, as flyp's bn, gives default runs a new id: they train differently now).
@@ -69,6 +73,22 @@ class RunSpec:
     # Set by resolution, never by the user: the benchmark's revision of this shift's data
     # (Benchmark.data_version), so results of a redefined shift are not taken for the new one.
     data_version: int | None = None
+    # Under a protocol that gives the ID task a new classifier (id-ood), how a method that trains it
+    # starts: "fresh" or "zero-shot" (CLIP's zero-shot head); None: the method's default. Resolution
+    # sets a value equal to the method's default to None, so both ways of asking give one run id.
+    head_init: str | None = None
+    # The training loop's learning-rate schedule ("cosine"; None: constant), its linear warm-up in
+    # optimizer steps (None: none) and gradient clipping by global norm (None: none), as the CLIP
+    # releases train (ftbench/train/loop.py). Each enters the run id only when set.
+    schedule: str | None = None
+    warmup: int | None = None
+    clip_grad: float | None = None
+    # Autocast precision of training and of evaluation: "fp32" or "bf16"; None: the device's default
+    # (bf16 on CUDA, fp32 on CPU). The releases evaluate CLIP in fp32 (docs/methods.md).
+    train_precision: str | None = None
+    eval_precision: str | None = None
+    # Training augmentation on the device (ftbench/train/augment.py): "crop" or "crop-flip"; None: none.
+    augment: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -100,7 +120,8 @@ class RunSpec:
     def blocks_label(self) -> str:
         return ",".join(self.blocks)
 
-    def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "shots")) -> list[str]:
+    def settings(self, names: tuple[str, ...] = (*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init",
+                                                 "train_precision", "eval_precision", "augment", "shots")) -> list[str]:
         """``name=value`` for each field of ``names`` that is set (floats as ``%g``): how a run's
         settings are printed (the sweep's run lines, ``ftbench run``'s settings line)."""
         return [f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}"
@@ -147,6 +168,9 @@ def resolve(spec: RunSpec) -> RunSpec:
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
+    if spec.head_init is not None:
+        spec = dataclasses.replace(spec, head_init=_head_init(spec, protocol, entry, method_cls))
+    spec = _loop_settings(spec, method_cls)
     if spec.weights is not None:
         from ftbench.models.weights import resolve_weights
 
@@ -155,6 +179,56 @@ def resolve(spec: RunSpec) -> RunSpec:
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
+
+
+def _loop_settings(spec: RunSpec, method_cls: Any) -> RunSpec:
+    """``schedule``/``warmup``/``clip_grad`` and the precisions checked, the first two normalised (constant
+    and 0 are None, so asking for them is the same run); the loop's settings (``train_precision`` among
+    them) are refused for a method without an optimizer loop."""
+    from ftbench.train.loop import PRECISIONS, SCHEDULES
+
+    if spec.schedule is not None and spec.schedule not in SCHEDULES:
+        raise unknown("--schedule", spec.schedule, SCHEDULES)
+    from ftbench.train.augment import AUGMENTS
+
+    if spec.augment is not None and spec.augment not in AUGMENTS:
+        raise unknown("--augment", spec.augment, tuple(AUGMENTS))
+    for name in ("train_precision", "eval_precision"):
+        if getattr(spec, name) is not None and getattr(spec, name) not in PRECISIONS:
+            raise unknown(f"--{name.replace('_', '-')}", getattr(spec, name), PRECISIONS)
+    schedule = None if spec.schedule == "constant" else spec.schedule
+    warmup = spec.warmup or None
+    given = [f"--{n.replace('_', '-')}" for n, v in (("schedule", schedule), ("warmup", warmup),
+                                                      ("clip_grad", spec.clip_grad),
+                                                      ("train_precision", spec.train_precision),
+                                                      ("augment", spec.augment)) if v is not None]
+    if given and "steps" not in method_cls.uses:
+        raise UsageError(f"{' / '.join(given)} has no effect with method {spec.method!r}, which trains no optimizer "
+                         "loop; these apply to methods that take --steps (ftbench list methods)")
+    return dataclasses.replace(spec, schedule=schedule, warmup=warmup)
+
+
+def _head_init(spec: RunSpec, protocol: Any, entry: Any, method_cls: Any) -> str | None:
+    """``spec.head_init`` checked against the protocol, model and method it is given with; None when
+    it is the method's own default (one run id for both ways of asking). An option that would have no
+    effect is refused, naming what makes it apply."""
+    want = spec.head_init
+    if want not in HEAD_INITS:
+        raise unknown("--head-init", want, HEAD_INITS)
+    if not protocol.fresh_head:
+        raise UsageError(f"--head-init {want} applies only under --protocol id-ood, which gives the task a new "
+                         f"classifier; protocol {spec.protocol!r} fine-tunes the model's own head")
+    method = method_cls(spec)
+    own = method_cls.builds_head or method.head_init(list(entry.block_names)) != "fresh"
+    if own:
+        raise UsageError(f"--head-init has no effect with method {spec.method!r}, which makes its own classifier "
+                         "(a probe or the zero-shot head) before it trains; it applies to methods that train the "
+                         "classifier from the start (full, surgical with block last, autoft, the PETL methods, ...)")
+    if want == "zero-shot" and not entry.zero_shot:
+        raise UsageError(f"--head-init zero-shot needs a model with a text tower (clip-*, digits-clip); model "
+                         f"{spec.model!r} has none; accepted for it: fresh")
+    default = "zero-shot" if method_cls.zero_shot_start and entry.zero_shot else "fresh"
+    return None if want == default else want
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +254,13 @@ SUITE_KEYS: dict[str, str] = {
     "checkpoints": "checkpoints",
     "weights": "weights",
     "protocol": "protocol",
+    "head_init": "head_init",
+    "schedule": "schedule",
+    "warmup": "warmup",
+    "clip_grad": "clip_grad",
+    "train_precision": "train_precision",
+    "eval_precision": "eval_precision",
+    "augment": "augment",
 }
 SUITE_META = ("description", "include", "options", "slurm", "ray",  # slurm/ray: executor settings (ftbench.sweep)
               "recipe")  # a paper's released defaults for what the suite does not set (ftbench/papers)

@@ -94,6 +94,8 @@ RUN_NUMBERS: dict[str, Number] = {
     "severity": Number(True, 1, 5),
     "checkpoints": Number(True, 1, INT64_MAX),
     "seed": Number(True, 0, INT64_MAX),
+    "warmup": Number(True, 0, INT64_MAX),
+    "clip_grad": Number(False, 0, open_low=True),
 }
 # Executor settings (flags of `ftbench sweep`, or [suites.NAME.slurm] / [suites.NAME.ray] keys).
 SETTING_NUMBERS: dict[str, Number] = {

@@ -76,6 +76,11 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("sweep smoke --out {OUT} --executor slurm --mem-gb nan", "--mem-gb must be a positive number, got nan", None),
     ("sweep smoke --out {OUT} --executor slurm --gpus-per-job inf", "--gpus-per-job must be a non-negative number, got inf", None),
     ("sweep smoke --out {OUT} --executor ray --cpus-per-job nan", "--cpus-per-job must be a positive number, got nan", None),
+    # --- --head-init: only where it has an effect ---------------------------------------------------
+    ("run --method full --head-init zero-shot --out {OUT}", "--head-init zero-shot applies only under --protocol id-ood", None),
+    ("run --protocol id-ood --method lp-ft --head-init fresh --out {OUT}", "--head-init has no effect with method 'lp-ft'", None),
+    ("run --protocol id-ood --method full --head-init zero-shot --out {OUT}", "--head-init zero-shot needs a model with a text tower", None),
+    ("run --protocol id-ood --method full --head-init probe --out {OUT}", "unknown --head-init 'probe'; accepted: fresh, zero-shot", None),
     # --- a model that cannot take the benchmark's image size: before any training -----------------
     ("run --model timm/vit_tiny_patch16_224 --weights scratch --out {OUT}",
      "cannot take the digits benchmark's 1x8x8 images (Input height (8) doesn't match model (224).); build the ViT "

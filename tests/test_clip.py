@@ -253,6 +253,36 @@ def test_wise_ft_interpolates_from_the_zero_shot_model(weights: str) -> None:
     assert rows[-1]["head_init"] == "zero-shot"
 
 
+def test_head_init_chooses_how_a_method_that_trains_the_classifier_starts(weights: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--head-init zero-shot`` makes full fine-tuning start from the zero-shot head (WiSE-FT's, FLYP's and
+    AutoFT's "standard fine-tuning"); by default it starts fresh (LP-FT's baseline). Asking for a
+    method's own default gives the same run id as not asking."""
+    from ftbench.spec import resolve
+    from ftbench.train import context
+    from ftbench.train.runner import fine_tune
+
+    seen: list[torch.Tensor] = []
+    real = context.TrainContext.fit
+
+    def fit(self, params, **kw):  # noqa: ANN001, ANN202
+        seen.append(self.model.head.weight.detach().clone())
+        return real(self, params, **kw)
+
+    monkeypatch.setattr(context.TrainContext, "fit", fit)
+    zero_shot = fine_tune(dataclasses.replace(SPEC, method="zero-shot", weights=weights), "cpu").model.head.weight
+    tr = fine_tune(dataclasses.replace(SPEC, method="full", weights=weights, head_init="zero-shot"), "cpu")
+    assert torch.equal(seen[-1], zero_shot) and tr.ctx.metrics["head_init"] == "zero-shot"
+    assert tr.spec.head_init == "zero-shot"
+    tr = fine_tune(dataclasses.replace(SPEC, method="full", weights=weights), "cpu")
+    assert not torch.equal(seen[-1], zero_shot) and "head_init" not in tr.ctx.metrics
+    autoft = dataclasses.replace(SPEC, method="autoft", weights=weights)
+    assert resolve(dataclasses.replace(autoft, head_init="zero-shot")).run_id == resolve(autoft).run_id
+    assert resolve(dataclasses.replace(autoft, head_init="fresh")).head_init == "fresh"
+    full = dataclasses.replace(SPEC, weights=weights)
+    assert resolve(dataclasses.replace(full, head_init="fresh")).run_id == resolve(full).run_id
+
+
 def test_the_id_ood_methods_land_as_rows(cli, tmp_path: Path, weights: str) -> None:
     """The issue's list: zero-shot, linear-probe, full, lp-ft, wise-ft, flyp and autoft with the FLYP term,
     each a run of the CLI on digits-clip with a saved open_clip model, read back by report."""

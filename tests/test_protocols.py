@@ -23,9 +23,9 @@ ID_OOD = RunSpec(protocol="id-ood", steps=6)
 
 
 def _old_run_id(spec: RunSpec) -> str:
-    """The run id as ftbench computed it before protocols existed (checkpoints/weights only when set)."""
+    """The run id as ftbench computed it before protocols (and head_init) existed (checkpoints/weights only when set)."""
     d = {k: v for k, v in spec.to_dict().items()
-         if k not in ("protocol", "data_version") and not (k in ("checkpoints", "weights") and v is None)}
+         if k not in ("protocol", "data_version", "head_init") and not (k in ("checkpoints", "weights") and v is None)}
     return hashlib.sha256(json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -81,7 +81,8 @@ class DecoupledDecay:
 
     Before each update, every parameter that has a gradient is multiplied by ``1 − lr·wd`` with its
     group's lr: exactly what ``torch.optim.AdamW`` does before its Adam step, so Adam + this hook is
-    AdamW (tested bit for bit); with SGD it is SGDW. (The loop's own Adam couples wd as L2.)
+    AdamW (tested bit for bit); with SGD it is SGDW. (The loop's own Adam couples wd as L2.) Under a
+    schedule the rate is the scheduled one (the group's ``lr_scale``, set by the loop), as AdamW's.
     """
 
     def __init__(self, wd: float) -> None:
@@ -96,7 +97,7 @@ class DecoupledDecay:
             for g in opt.param_groups:
                 ps = [p for p in g["params"] if p.grad is not None]
                 if ps:
-                    torch._foreach_mul_(ps, 1.0 - g["lr"] * self.wd)
+                    torch._foreach_mul_(ps, 1.0 - g["lr"] * g.get("lr_scale", 1.0) * self.wd)
 
 
 DECAY_OPTION = Option(
@@ -130,6 +131,9 @@ class Method:
     # WiSE-FT's and AutoFT's released code start). Methods that do not train it always do, unless their
     # head_init is "fresh" because they build their head themselves (zero-shot, flyp).
     zero_shot_start: ClassVar[bool] = False
+    # The method makes the classifier it starts from itself (a probe, the zero-shot head), whatever
+    # the head was before it runs: --head-init has no effect on it and is refused.
+    builds_head: ClassVar[bool] = False
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec

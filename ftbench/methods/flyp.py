@@ -109,6 +109,7 @@ class ZeroShot(Method):
     """The zero-shot classifier: the text tower's embeddings of the class prompts; nothing trains."""
 
     name = "zero-shot"
+    builds_head = True  # --head-init has no effect: see Method.builds_head
     help = "nothing: the head is the text tower's embedding of the class prompts (models with a text tower)"
     paper = "Radford et al. 2021 (CLIP); the alpha = 0 end of WiSE-FT"
     order = 5
@@ -135,6 +136,7 @@ class Flyp(Method):
     """Contrastive fine-tuning of both towers with the class prompts; the head is the rebuilt zero-shot head."""
 
     name = "flyp"
+    builds_head = True  # --head-init has no effect: see Method.builds_head
     help = ("image and text towers and logit scale, CLIP's contrastive loss on (image, class caption) pairs; "
             "head = zero-shot head of the fine-tuned text tower (models with a text tower)")
     paper = "Goyal et al. 2023, Finetune like you pretrain"

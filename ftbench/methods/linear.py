@@ -157,6 +157,7 @@ class LinearProbe(Method):
     """Classifier only, fitted to convergence on frozen features (convex; lr-free)."""
 
     name = "linear-probe"
+    builds_head = True  # --head-init has no effect: see Method.builds_head
     help = ("classifier only, L-BFGS logistic regression on frozen features, C swept on target val "
             "(select=fixed: --wd = L2 strength)")
     paper = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features"
@@ -198,6 +199,7 @@ class LPFT(Method):
     """Linear probe to convergence, then fine-tune all blocks from the probed head."""
 
     name = "lp-ft"
+    builds_head = True  # --head-init has no effect: see Method.builds_head
     help = "linear probe (L-BFGS, C swept on target val) to convergence, then all blocks"
     paper = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features"
     order = 50

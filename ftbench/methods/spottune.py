@@ -223,7 +223,7 @@ def route_statistics(model: BlockModel, x: torch.Tensor | AnySplit, batch_size: 
     data = Split(x, torch.empty(x.shape[0])) if isinstance(x, torch.Tensor) else x
     with torch.inference_mode():
         for xb in data.batches(batch_size if isinstance(data, Split) else 256):
-            with autocast(xb.device):  # the precision the runner evaluates in, so these are its decisions
+            with autocast(xb.device, "eval"):  # the precision the runner evaluates in, so these are its decisions
                 logits = router.policy(xb).float()
             total += (logits.argmax(dim=-1) == 1).sum(dim=0).to("cpu", torch.float64)
             logp = F.log_softmax(logits, dim=-1)

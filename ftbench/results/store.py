@@ -36,6 +36,13 @@ SCHEMA = pa.schema(
         ("weights", pa.string()),  # --weights: a state-dict file, "scratch", or null (the model's default)
         ("protocol", pa.string()),  # few-shot | id-ood (ftbench/protocols); absent in older files = few-shot
         ("data_version", pa.int64()),  # the benchmark's revision of the shift's data; null = the first
+        ("head_init", pa.string()),
+        ("schedule", pa.string()),  # the loop's lr schedule: cosine, or null = constant
+        ("warmup", pa.int64()),  # linear lr warm-up in optimizer steps; null = none
+        ("clip_grad", pa.float64()),  # gradient clipping by global norm; null = none
+        ("train_precision", pa.string()),  # --train-precision fp32|bf16; null = the device's default
+        ("eval_precision", pa.string()),  # --eval-precision fp32|bf16; null = the device's default
+        ("augment", pa.string()),  # --augment crop|crop-flip; null = none  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),
@@ -64,6 +71,8 @@ SCHEMA = pa.schema(
         ("examples_per_second", pa.float64()),
         ("device", pa.string()),
         ("threads", pa.int64()),  # torch CPU threads (0 on GPU): CPU results depend on it
+        ("train_dtype", pa.string()),  # the autocast precision training ran in: fp32 or bf16
+        ("eval_dtype", pa.string()),  # ... and evaluation
         ("ftbench_version", pa.string()),
         ("timestamp", pa.timestamp("us", tz="UTC")),
         # What CPU results depend on (docs/ci.md); the regression gate prints which ones differ.

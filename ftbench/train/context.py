@@ -17,6 +17,7 @@ from ftbench.models.base import BlockModel
 from ftbench.protocols.base import Task
 from ftbench.spec import RunSpec
 from ftbench.train import prefix
+from ftbench.train.augment import Augment
 from ftbench.train.loop import FitStats, fit, steps_for
 
 
@@ -89,6 +90,8 @@ class TrainContext:
         module = overrides.pop("net", None)
         hp = {"lr": s.lr, "wd": s.wd, "batch_size": s.batch_size, "optimizer": s.optimizer}
         hp.update(overrides)
+        loop_settings = {"schedule": s.schedule or "constant", "warmup": s.warmup or 0, "clip_grad": s.clip_grad,
+                         "augment": Augment(s.augment, s.seed) if s.augment else None}
         n = len(self.target.train)
         steps = steps or steps_for(n, hp["batch_size"], s.steps, s.epochs)
         done = sum(f.steps for f in self.fits if f.kind == "loop")
@@ -100,12 +103,14 @@ class TrainContext:
         # Frozen-prefix fast path (ftbench/train/prefix.py): same loop on cached activations when exact.
         params = list(params)
         resume = self.resume.fit_kwargs(self, steps, done, hp) if self.resume is not None else {}
-        if module is None:
+        if module is None and not s.augment:
             net, data = prefix.fit_inputs(self.model, params, self.target.train, hp)
+        elif module is None:  # augmented inputs: no cached prefix activations
+            net, data = self.model, self.target.train
         else:
             net, data = module, self.target.train
         stats = fit(net, params, data, steps=steps, generator=self.generator,
-                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp, **resume)
+                    on_step=(lambda t: cb(done + t)) if cb else None, at_steps=at, **hp, **resume, **loop_settings)
         if self.resume is not None:
             self.resume.fit_done()
         self.fits.append(stats)

@@ -81,6 +81,9 @@ def fusion_key(spec: RunSpec) -> str | None:
     # by run (a probed head), which the fused step shares: those runs train one by one.
     if spec.method not in FUSABLE_METHODS or get_protocol(spec.protocol).fresh_head:
         return None
+    loop_settings = (spec.schedule, spec.warmup, spec.clip_grad, spec.train_precision, spec.eval_precision, spec.augment)
+    if any(v is not None for v in loop_settings):
+        return None  # the fused step: constant rate, no clipping, the device's precision, no augmentation
     d = spec.to_dict()
     for k in FUSED_FIELDS:
         d.pop(k)

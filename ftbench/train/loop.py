@@ -8,8 +8,9 @@ step with no per-image Python and no host-device synchronisation until the run e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,24 @@ def steps_for(n: int, batch_size: int, steps: int | None, epochs: int | None) ->
     return epochs * max(1, n // min(batch_size, n))
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, warmup: int, steps: int) -> Callable[[int], float]:
+    """The learning rate's multiplier at 0-based step ``t`` of ``steps``: a linear warm-up over the
+    first ``warmup`` steps, ``(t + 1) / warmup``, then 1 (``constant``) or a half cosine from 1 towards
+    0 over the remaining steps (``cosine``): wise-ft's ``cosine_lr`` (src/models/utils.py), which FLYP
+    and AutoFT reuse, with the step counted from 0 as there."""
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / (steps - warmup)))
+
+    return factor
+
+
 def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.Optimizer:
     """Adam (coupled L2, as the surgical paper's code) or SGD with momentum 0.9.
 
@@ -58,10 +77,33 @@ def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.
     raise ValueError(name)
 
 
-def autocast(device: torch.device):  # noqa: ANN201
-    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower there and changes results)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("fp32", "bf16")
+# The run's --train-precision / --eval-precision (None: the device's default), set by the runner
+# around a run's training and evaluation (not around loading or pretraining its source model).
+_PRECISION: ContextVar[tuple[str | None, str | None]] = ContextVar("ftbench_precision", default=(None, None))
+
+
+@contextmanager
+def precision(train: str | None, evaluation: str | None) -> Iterator[None]:
+    """Within this block, :func:`autocast` of phase ``train`` / ``eval`` uses these precisions."""
+    token = _PRECISION.set((train, evaluation))
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
+def effective_precision(device: torch.device, phase: str = "train") -> str:
+    """``fp32`` or ``bf16``: the run's setting for ``phase`` (``train`` or ``eval``), else the device's
+    default (bf16 autocast on CUDA; fp32 on CPU, where bf16 is slower and changes results)."""
+    train, evaluation = _PRECISION.get()
+    return (train if phase == "train" else evaluation) or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def autocast(device: torch.device, phase: str = "train"):  # noqa: ANN201
+    """bf16 autocast or full precision, as :func:`effective_precision` says for ``phase``."""
+    if effective_precision(device, phase) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -85,6 +127,10 @@ def fit(
     on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
     progress: Callable[[int, torch.Tensor], None] | None = None,
     progress_every: int = 1,
+    schedule: str = "constant",
+    warmup: int = 0,
+    clip_grad: float | None = None,
+    augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> FitStats:
     """Minimise cross-entropy on ``data`` over ``params``; modules' train/eval modes are the caller's.
 
@@ -101,6 +147,12 @@ def fit(
     ``start_step``; the batch indices are drawn in full either way.
     ``progress(t, loss)`` is called after every ``progress_every``-th step and the last, with the
     step's loss as a tensor (reading it syncs the device; see :mod:`ftbench.status`).
+    ``schedule``/``warmup`` scale every group's learning rate at step ``t`` by :func:`lr_factor`, after
+    ``before_step`` (so per-tensor rates a hook sets are scaled too) and for that step only; the scale
+    is also in each group's ``"lr_scale"`` while ``before_step`` runs (AdamW's decoupled decay reads it,
+    as torch's AdamW decays with the scheduled rate). ``clip_grad`` clips the gradients of ``params``
+    to that global L2 norm after the backward pass (``torch.nn.utils.clip_grad_norm_``, as wise-ft).
+    ``augment(x, t)`` transforms step ``t``'s (0-based) batch of inputs (:mod:`ftbench.train.augment`).
     """
     params = [p for p in params if p.requires_grad]
     device = data.device
@@ -114,18 +166,36 @@ def fit(
     if on_optimizer is not None:
         on_optimizer(opt)
     last = torch.zeros((), device=device)
+    scale = None if schedule == "constant" and warmup == 0 else lr_factor(schedule, warmup, idx.shape[0])
     for t in range(start_step, idx.shape[0]):
         b = idx[t]
+        xb = data.x[b] if streamed is None else next(streamed)
+        if augment is not None:
+            xb = augment(xb, t)
         with autocast(device):
-            logits = model(data.x[b] if streamed is None else next(streamed))
+            logits = model(xb)
         loss = (loss_fn or F.cross_entropy)(logits.float(), data.y[b])
         if extra_loss is not None:
             loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        f = 1.0 if scale is None else scale(t)
+        if scale is not None:
+            for g in opt.param_groups:
+                g["lr_scale"] = f
         if before_step is not None:
             before_step(opt, t + 1)
-        opt.step()
+        if scale is None:
+            opt.step()
+        else:
+            rates = [g["lr"] for g in opt.param_groups]
+            for g, r in zip(opt.param_groups, rates):
+                g["lr"] = r * f
+            opt.step()
+            for g, r in zip(opt.param_groups, rates):
+                g["lr"] = r
         last = loss.detach()
         if on_step is not None and t + 1 in at_steps:
             on_step(t + 1)
@@ -153,7 +223,7 @@ def predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None,
     bs = batch_size or (4096 if isinstance(data, Split) else 256)
     sub = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=data.device)
     for xb in data.batches(bs):
-        with autocast(xb.device):
+        with autocast(xb.device, "eval"):
             logits = model(xb)
             out.append(logits.argmax(dim=1) if sub is None else sub[logits[:, sub].argmax(dim=1)])
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=data.device)

@@ -25,7 +25,7 @@ from ftbench.models.pretrain import pretrained
 from ftbench.protocols.base import Task, get_protocol
 from ftbench.spec import RunSpec, resolve
 from ftbench.train.context import TrainContext
-from ftbench.train.loop import evaluate
+from ftbench.train.loop import effective_precision, evaluate, precision
 from ftbench.validate import DEVICES
 
 
@@ -157,7 +157,11 @@ def prepare_head(method: Method, ctx: TrainContext) -> None:
         return
     ctx.new_head()
     probe = method.head_init(ctx.block_names) == "probe"
-    if zero_shot_ready(ctx) and (probe or method.zero_shot_start):
+    init = ctx.spec.head_init  # --head-init, checked by resolve; None: the method's own default
+    if init == "zero-shot" and not zero_shot_ready(ctx):
+        raise UsageError(f"--head-init zero-shot: benchmark {ctx.spec.benchmark!r} has no class prompts for "
+                         "a zero-shot head; accepted here: fresh")
+    if zero_shot_ready(ctx) and (init == "zero-shot" or (init is None and (probe or method.zero_shot_start))):
         ctx.model.set_zero_shot_head(ctx.target.prompts)
         ctx.metrics["head_init"] = "zero-shot"  # a column of these rows only (docs/results.md)
         return
@@ -179,6 +183,13 @@ def work_dir(out_dir: Path | str, run_id: str) -> Path:
 
 
 def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> Trained:
+    """Resolve ``spec`` and train it (see :func:`_fine_tune`) under its training and evaluation precision."""
+    spec = resolve(spec)
+    with precision(spec.train_precision, spec.eval_precision):
+        return _fine_tune(spec, device, workdir)
+
+
+def _fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> Trained:
     """Resolve ``spec``, load its data and pretrained model onto the device, and train.
 
     ``workdir`` is the run's scratch folder (see :func:`work_dir`), passed to the method as
@@ -187,10 +198,10 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
     With ``spec.checkpoints``, the model is also evaluated at evenly spaced steps of fine-tuning;
     those evaluations are in ``Trained.checkpoints`` (global step -> accuracies).
     """
-    spec = resolve(spec)
     dev = pick_device(device)
     torch.manual_seed(spec.seed)
-    model, task = load(spec, dev)
+    with precision(None, None):  # the source model is pretrained (or its head fit) as every run's is
+        model, task = load(spec, dev)
     method = get_method(spec.method)(spec)
     ctx = TrainContext(spec, model, task, torch.Generator().manual_seed(spec.seed), workdir=workdir)
     # With checkpoints and a workdir, the run's state is saved at each checkpoint and an interrupted
@@ -240,6 +251,11 @@ def execute(spec: RunSpec, device: str = "auto", workdir: Path | None = None) ->
 
 def result_rows(tr: Trained) -> list[dict[str, Any]]:
     """The result rows of a trained run (see :func:`execute`; also used by fused training)."""
+    with precision(tr.spec.train_precision, tr.spec.eval_precision):
+        return _result_rows(tr)
+
+
+def _result_rows(tr: Trained) -> list[dict[str, Any]]:
     spec, model, ctx, dev = tr.spec, tr.model, tr.ctx, tr.device
     finite = all(bool(p.isfinite().all()) for p in model.parameters())
     diverged = not finite or any(not math.isfinite(f.final_loss) for f in ctx.fits if f.steps)
@@ -263,6 +279,8 @@ def result_rows(tr: Trained) -> list[dict[str, Any]]:
         "examples_per_second": examples / tr.train_seconds if examples and tr.train_seconds > 0 else 0.0,
         "device": _device_name(dev),
         "threads": torch.get_num_threads() if dev.type == "cpu" else 0,  # CPU results depend on it
+        "train_dtype": effective_precision(dev, "train"),  # the precisions that ran (docs/results.md)
+        "eval_dtype": effective_precision(dev, "eval"),
         "ftbench_version": ftbench.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc),
         **environment(),
