@@ -587,6 +587,44 @@ def test_the_recipe_sets_the_releases_terms_flyp_only_with_a_text_tower() -> Non
         o = spec.options_dict
         assert set(o["terms"].split(",")) == terms, model
         assert (o["dcm"], o["search_size"], o["lr_mode"], spec.lr) == ("entropy", 1000, "fixed", 1e-5)
+        assert (spec.schedule, spec.warmup) == ("cosine", 500)  # cosine_lr, warmup_length 500
     # What the user gives wins over the recipe's.
     fields = {"method": "autoft", "model": "digits-clip", "options": (("terms", "ce,hinge"),)}
     assert resolve(RunSpec(**apply_recipe(recipe, fields, set()))).options_dict["terms"] == "ce,hinge"
+
+
+def test_lr_mode_fixed_schedules_the_inner_runs_as_the_releases_cosine_lr(monkeypatch) -> None:
+    """The release calls cosine_lr(optimizer, args.lr, warmup, inner_steps) in every inner run too
+    (finetune.py:92): with lr_mode=fixed the run's --schedule/--warmup apply to each inner run over its
+    inner_steps (and to the final run); with the default, the inner runs keep the sampled rate, constant."""
+    spec = RunSpec(method="autoft", steps=5, lr=2e-3, schedule="cosine", warmup=2,
+                   options=_opts(trials=2, inner_steps=4, lr_mode="fixed"))
+    _pretrained_state(spec)
+    seen: list[list[float]] = []
+    original = loop.make_optimizer
+
+    def recording(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        opt = original(*args, **kwargs)
+        lrs: list[float] = []
+        seen.append(lrs)
+        step = opt.step
+
+        def spy(*a: object, **k: object) -> object:
+            lrs.append(opt.param_groups[0]["lr"])
+            return step(*a, **k)
+
+        opt.step = spy  # type: ignore[method-assign]
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    execute(spec, "cpu")
+    inner, final = loop.lr_factor("cosine", 2, 4), loop.lr_factor("cosine", 2, 5)
+    assert len(seen) == 3
+    for lrs in seen[:2]:
+        # rel 1e-12: float64 rates, the loop's lr times the same factor (a rounding or two, ~1e-16)
+        assert lrs == pytest.approx([2e-3 * inner(t) for t in range(4)], rel=1e-12)
+    assert seen[2] == pytest.approx([2e-3 * final(t) for t in range(5)], rel=1e-12)
+    seen.clear()
+    (row,) = execute(dataclasses.replace(spec, options=_opts(trials=2, inner_steps=4)), "cpu")
+    trials = json.loads(row["autoft_trials_json"])
+    assert [set(lrs) for lrs in seen[:2]] == [{t["lr"]} for t in trials]  # sampled: constant inner runs

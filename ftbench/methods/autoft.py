@@ -495,6 +495,11 @@ class AutoFT(Method):
         if subset is not None:  # a split on disk stays there; an in-memory one is indexed
             search = search.subset(subset) if hasattr(search, "subset") else search.take(subset)
         fixed_lr = float(self.spec.lr) if self.opts["lr_mode"] == "fixed" and self.spec.lr is not None else None
+        # lr_mode=fixed is the release's cosine_lr(optimizer, args.lr, warmup, inner_steps) in the inner runs too
+        # (finetune.py:92, 103-104): the run's --schedule/--warmup/--clip-grad over inner_steps. The default keeps
+        # the inner runs at a constant rate (the final run is scheduled either way, by ctx.fit).
+        inner_loop = {} if fixed_lr is None else {"schedule": self.spec.schedule or "constant",
+                                                  "warmup": self.spec.warmup or 0, "clip_grad": self.spec.clip_grad}
         dcm = str(self.opts["dcm"])
         blocks = self.trainable_blocks(ctx.block_names)
         bn = self.opts["bn"]
@@ -533,7 +538,7 @@ class AutoFT(Method):
             loop.fit(net, ps, ctx.target.train, lr=config.lr if fixed_lr is None else fixed_lr, steps=self.opts["inner_steps"],
                      batch_size=spec.batch_size, optimizer=spec.optimizer,
                      generator=torch.Generator().manual_seed(seed),
-                     loss_fn=objective(config, ps, seed), **self._decay(config.wd))
+                     loss_fn=objective(config, ps, seed), **self._decay(config.wd), **inner_loop)
             acc, extra = loop.evaluate(ctx.model, search, ctx.target.metrics)
             if metric == "acc":
                 return acc

@@ -22,7 +22,8 @@ else:  # pragma: no cover
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 # RunSpec fields a recipe may set (the others, e.g. benchmark, shift, seed, say what is run, not how).
-FIELDS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "checkpoints", "shots")
+FIELDS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "checkpoints", "shots", "schedule", "warmup",
+          "clip_grad")
 
 
 @dataclass(frozen=True)
