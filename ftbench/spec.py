@@ -40,6 +40,13 @@ LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "d
                 "augment": None}
 # How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
 HEAD_INITS = ("fresh", "zero-shot")
+# Method options added after runs of their method were made, with the value that means what those runs
+# did: at that value an option is left out of the run id, so the ids of earlier runs stay valid (a
+# default that differs from it, as flyp's bn, gives default runs a new id: they train differently now).
+LATER_OPTIONS: dict[tuple[str, str], Any] = {
+    ("autoft", "dcm"): "uniform", ("autoft", "search_size"): 0, ("autoft", "lr_mode"): "sampled",
+    ("flyp", "bn"): "frozen",
+}
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class RunSpec:
         """Stable hash of the (resolved) configuration: 16 hex characters."""
         # Fields added after 0.1.0 enter the hash only when set, so earlier run ids stay valid.
         d = {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        d["options"] = {k: v for k, v in d["options"].items()
+                        if not ((self.method, k) in LATER_OPTIONS and v == LATER_OPTIONS[self.method, k])}
         payload = json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

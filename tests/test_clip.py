@@ -337,3 +337,42 @@ def test_openai_towers_resize_other_image_sizes_to_their_own() -> None:
     assert d.expects is None
     with pytest.raises(RuntimeError):
         d(torch.rand(2, 1, 16, 16))  # no silent resize for a model trained on the benchmark's own images
+
+
+def _flyp_on_a_tiny_resnet(options: tuple = ()) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """One FLYP run of 2 steps on a tiny open_clip ModifiedResNet (random 32 px images, digits' prompts):
+    the image tower's BatchNorm buffers before, and the model after."""
+    from ftbench.data.base import Split
+    from ftbench.methods.flyp import Flyp
+    from ftbench.protocols.base import Task
+    from ftbench.spec import resolve
+    from ftbench.train.context import TrainContext
+
+    model = from_open_clip(_tiny("rn"), 3, 10, "digits-clip")
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.randn(16, 3, 32, 32, generator=g), torch.arange(16) % 10)
+    task = Task(protocol="id-ood", num_classes=10, train=data, val=data, search=None, id_test=data, test=data,
+                scored=(), prompts=DIGITS)
+    spec = resolve(dataclasses.replace(SPEC, method="flyp", steps=2, batch_size=8, options=options))
+    bn = {k: v.clone() for k, v in model.visual.state_dict().items() if "running_" in k}
+    assert bn, "the tower has BatchNorm"
+    Flyp(spec).run(TrainContext(spec, model, task, torch.Generator().manual_seed(0)))
+    return bn, model
+
+
+def test_flyp_trains_batchnorm_as_the_releases_model_train() -> None:
+    """locuslab/FLYP src/models/flyp_loss.py:57, 80: model.train() — a ResNet tower (clip-rn50) normalises
+    with batch statistics and updates its running statistics; --set bn=frozen keeps them (and the run ids
+    of flyp runs made before the option, which ran so)."""
+    from ftbench.spec import resolve
+
+    bn, model = _flyp_on_a_tiny_resnet()
+    after = model.visual.state_dict()
+    assert all(not torch.equal(after[k], v) for k, v in bn.items() if "running_mean" in k)
+    assert int(after["bn1.num_batches_tracked"]) == 2
+    bn, model = _flyp_on_a_tiny_resnet((("bn", "frozen"),))
+    after = model.visual.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in bn.items())
+    flyp = dataclasses.replace(SPEC, method="flyp", steps=None, batch_size=64)
+    default, frozen = resolve(flyp), resolve(dataclasses.replace(flyp, options=(("bn", "frozen"),)))
+    assert default.options_dict["bn"] == "train" and frozen.run_id == "7df00b5d5119219d" != default.run_id

@@ -3,6 +3,7 @@ after an interrupt or a SIGKILL), the final fine-tune, and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -350,6 +351,10 @@ def test_autoft_is_listed_with_its_options(cli) -> None:
     (["lr_min=0"], "option lr_min=0.0 of method 'autoft' must be a positive number"),
     (["lr_min=0.1", "lr_max=0.01"], "must not exceed lr_max=0.01"),
     (["terms=hinge", "fix_ce=true"], "needs 'ce' in terms"),
+    (["dcm=ls"], "unknown value for option dcm of method 'autoft': 'ls'; accepted: uniform, entropy"),
+    (["lr_mode=searched"], "option lr_mode of method 'autoft': 'searched'; accepted: sampled, fixed"),
+    (["search_size=-1"], "option search_size=-1 of method 'autoft' must be a non-negative integer"),
+    (["search_size=1.5"], "option search_size='1.5' of method 'autoft' must be a int"),
 ])
 def test_bad_options_are_one_line_errors(cli, tmp_path: Path, sets: list[str], message: str) -> None:
     r = cli("run", "--method", "autoft", *[a for s in sets for a in ("--set", s)], "--out", tmp_path)
@@ -457,3 +462,169 @@ def test_a_small_search_budget_is_said_where_the_user_sees_it(cli, tmp_path) -> 
             "--out", tmp_path)
     assert r.code == 0, r.err
     assert "note: autoft: 1 trials over 11 searched numbers is close to random search" in r.err
+
+
+# --- issue 22: the release's loss terms, DCM form, search subset and learning rate --------------
+
+
+def test_dcm_entropy_is_the_releases_entropy_of_the_misclassified() -> None:
+    """autoft/src/losses/learnedloss.py:29-32: dcm = mean over the batch of 1[wrong] · H(p). Same two rows
+    as above: row 2 is wrong, H = entropy of [3/4, 1/4]; ftbench's form (cross-entropy to uniform) stays."""
+    logits = torch.tensor([[LN3, 0.0], [0.0, LN3]])
+    y = torch.tensor([0, 0])
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    uniform_ce = -0.5 * (math.log(0.75) + math.log(0.25))
+    assert float(loss_terms(logits, y, dcm="entropy")["dcm"]) == pytest.approx(h / 2, abs=1e-6)
+    assert float(loss_terms(logits, y)["dcm"]) == pytest.approx(uniform_ce / 2, abs=1e-6)
+    w = torch.tensor([[1.0], [2.0]], requires_grad=True)
+    params = [w]
+    loss = AutoFTLoss({"dcm": 1.0}, params, dcm="entropy")
+    assert float(loss(logits, y)) == pytest.approx(h / 2, abs=1e-6)
+    assert float(AutoFTLoss({"dcm": 1.0}, params)(logits, y)) == pytest.approx(uniform_ce / 2, abs=1e-6)
+
+
+def test_the_dcm_option_reaches_the_trials_and_the_final_run(monkeypatch) -> None:
+    forms: list[str] = []
+    original = autoft.AutoFTLoss.__init__
+
+    def spy(self, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        forms.append(self.dcm)
+
+    monkeypatch.setattr(autoft.AutoFTLoss, "__init__", spy)
+    fine_tune(RunSpec(method="autoft", steps=2, options=_opts(trials=2, inner_steps=2, dcm="entropy")), "cpu")
+    assert forms == ["entropy"] * 3
+    forms.clear()
+    fine_tune(RunSpec(method="autoft", steps=2, options=_opts(trials=2, inner_steps=2)), "cpu")
+    assert forms == ["uniform"] * 3
+
+
+def test_search_subset_is_a_seeded_draw_without_replacement() -> None:
+    a = autoft.search_subset(500, 100, seed=0)
+    assert a is not None and len(a) == 100 and len(set(a.tolist())) == 100 and list(a) == sorted(a)
+    assert a.min() >= 0 and a.max() < 500
+    assert list(autoft.search_subset(500, 100, seed=0)) == list(a)
+    assert list(autoft.search_subset(500, 100, seed=1)) != list(a)
+    assert autoft.search_subset(500, 0, seed=0) is None and autoft.search_subset(500, 500, seed=0) is None
+
+
+def test_trials_are_scored_on_a_search_size_subset_of_the_search_split(monkeypatch) -> None:
+    """--set search_size=N: every trial is scored on the same N examples of the protocol's search split
+    (the release's --num_ood_hp_examples); the default scores on all of it."""
+    sizes: list[int] = []
+    labels: list[torch.Tensor] = []
+    original = loop.evaluate
+
+    def spy(model: nn.Module, split: object, *args: object, **kwargs: object):
+        sizes.append(len(split))  # type: ignore[arg-type]
+        labels.append(split.y.clone())  # type: ignore[attr-defined]
+        return original(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    spec = RunSpec(method="autoft", protocol="id-ood", steps=2, options=_opts(trials=2, inner_steps=2, search_size=37))
+    tr = fine_tune(spec, "cpu")
+    whole = len(tr.ctx.target.search)
+    assert whole > 37 and sizes == [37, 37] and torch.equal(labels[0], labels[1])
+    assert tr.ctx.metrics["autoft_search_examples"] == 37
+    sizes.clear()
+    tr = fine_tune(dataclasses.replace(spec, options=_opts(trials=2, inner_steps=2)), "cpu")
+    assert sizes == [whole, whole] and tr.ctx.metrics["autoft_search_examples"] == whole
+
+
+def test_lr_mode_fixed_trains_every_step_at_lr_whatever_was_sampled(monkeypatch) -> None:
+    """The release's cosine_lr(optimizer, args.lr, ...) sets each step's lr from args.lr (finetune.py:92,
+    122): with lr_mode=fixed the inner and the final runs train at --lr; the lr is still sampled (and
+    recorded), as the release's TPE samples it."""
+    spec = RunSpec(method="autoft", steps=5, lr=2e-3, options=_opts(**FAST, lr_mode="fixed"))
+    _pretrained_state(spec)
+    seen: list[set[float]] = []
+    original = loop.make_optimizer
+
+    def recording(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        opt = original(*args, **kwargs)
+        lrs: set[float] = set()
+        seen.append(lrs)
+        step = opt.step
+
+        def spy(*a: object, **k: object) -> object:
+            lrs.update(g["lr"] for g in opt.param_groups)
+            return step(*a, **k)
+
+        opt.step = spy  # type: ignore[method-assign]
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    (row,) = execute(spec, "cpu")
+    trials = json.loads(row["autoft_trials_json"])
+    assert len(seen) == 4 and all(s == {2e-3} for s in seen)
+    assert len({t["lr"] for t in trials}) == 3 and 2e-3 not in {t["lr"] for t in trials}
+    assert row["lr"] == 2e-3  # the rate it trained at is the row's lr
+    (sampled,) = execute(dataclasses.replace(spec, options=_opts(**FAST)), "cpu")
+    assert sampled["lr"] is None or math.isnan(sampled["lr"])  # the default: lr is searched, --lr unused
+
+
+def test_new_options_keep_the_run_ids_of_earlier_default_runs() -> None:
+    """dcm, search_size and lr_mode at their defaults are what autoft did before they existed: the run ids
+    of those runs (computed by the code before them) stay valid; another value is another run."""
+    default = resolve(RunSpec(method="autoft", protocol="id-ood"))
+    assert default.options_dict["dcm"] == "uniform" and default.options_dict["lr_mode"] == "sampled"
+    assert default.run_id == "4206a9f6ac6a4623"
+    assert resolve(RunSpec(method="autoft", protocol="id-ood", options=_opts(terms="ce,l2init"))).run_id == "ce595bfab48ac8f1"
+    for opt in (("dcm", "entropy"), ("search_size", 10), ("lr_mode", "fixed")):
+        assert resolve(RunSpec(method="autoft", protocol="id-ood", options=(opt,))).run_id != default.run_id
+
+
+def test_the_recipe_sets_the_releases_terms_flyp_only_with_a_text_tower() -> None:
+    """autoft/scripts/iwildcam.sh:14 --losses ce dcm entropy flyp hinge l1init l1zero l2init l2zero (no ls):
+    a CLIP model gets all nine, a model without a text tower the eight it can compute."""
+    from ftbench.papers.recipes import apply_recipe, get_recipe
+
+    recipe = get_recipe("autoft")
+    release = {"ce", "dcm", "entropy", "flyp", "hinge", "l1init", "l1zero", "l2init", "l2zero"}
+    for model, terms in (("digits-clip", release), ("digits-resnet", release - {"flyp"}), (None, release - {"flyp"})):
+        fields = {"method": "autoft", "protocol": "id-ood", **({"model": model} if model else {})}
+        spec = resolve(RunSpec(**apply_recipe(recipe, fields, set())))
+        o = spec.options_dict
+        assert set(o["terms"].split(",")) == terms, model
+        assert (o["dcm"], o["search_size"], o["lr_mode"], spec.lr) == ("entropy", 1000, "fixed", 1e-5)
+        assert (spec.schedule, spec.warmup) == ("cosine", 500)  # cosine_lr, warmup_length 500
+    # What the user gives wins over the recipe's.
+    fields = {"method": "autoft", "model": "digits-clip", "options": (("terms", "ce,hinge"),)}
+    assert resolve(RunSpec(**apply_recipe(recipe, fields, set()))).options_dict["terms"] == "ce,hinge"
+
+
+def test_lr_mode_fixed_schedules_the_inner_runs_as_the_releases_cosine_lr(monkeypatch) -> None:
+    """The release calls cosine_lr(optimizer, args.lr, warmup, inner_steps) in every inner run too
+    (finetune.py:92): with lr_mode=fixed the run's --schedule/--warmup apply to each inner run over its
+    inner_steps (and to the final run); with the default, the inner runs keep the sampled rate, constant."""
+    spec = RunSpec(method="autoft", steps=5, lr=2e-3, schedule="cosine", warmup=2,
+                   options=_opts(trials=2, inner_steps=4, lr_mode="fixed"))
+    _pretrained_state(spec)
+    seen: list[list[float]] = []
+    original = loop.make_optimizer
+
+    def recording(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        opt = original(*args, **kwargs)
+        lrs: list[float] = []
+        seen.append(lrs)
+        step = opt.step
+
+        def spy(*a: object, **k: object) -> object:
+            lrs.append(opt.param_groups[0]["lr"])
+            return step(*a, **k)
+
+        opt.step = spy  # type: ignore[method-assign]
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    execute(spec, "cpu")
+    inner, final = loop.lr_factor("cosine", 2, 4), loop.lr_factor("cosine", 2, 5)
+    assert len(seen) == 3
+    for lrs in seen[:2]:
+        # rel 1e-12: float64 rates, the loop's lr times the same factor (a rounding or two, ~1e-16)
+        assert lrs == pytest.approx([2e-3 * inner(t) for t in range(4)], rel=1e-12)
+    assert seen[2] == pytest.approx([2e-3 * final(t) for t in range(5)], rel=1e-12)
+    seen.clear()
+    (row,) = execute(dataclasses.replace(spec, options=_opts(trials=2, inner_steps=4)), "cpu")
+    trials = json.loads(row["autoft_trials_json"])
+    assert [set(lrs) for lrs in seen[:2]] == [{t["lr"]} for t in trials]  # sampled: constant inner runs

@@ -22,10 +22,14 @@ from ftbench.train.loop import accuracy
 ID_OOD = RunSpec(protocol="id-ood", steps=6)
 
 
+# RunSpec fields added after protocols: None by default, and then not in the run id.
+LATER_SINCE_PROTOCOLS = ("head_init", "schedule", "warmup", "clip_grad", "train_precision", "eval_precision", "augment")
+
+
 def _old_run_id(spec: RunSpec) -> str:
     """The run id as ftbench computed it before protocols (and head_init) existed (checkpoints/weights only when set)."""
     d = {k: v for k, v in spec.to_dict().items()
-         if k not in ("protocol", "data_version", "head_init") and not (k in ("checkpoints", "weights") and v is None)}
+         if k not in ("protocol", "data_version", *LATER_SINCE_PROTOCOLS) and not (k in ("checkpoints", "weights") and v is None)}
     return hashlib.sha256(json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

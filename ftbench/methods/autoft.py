@@ -9,7 +9,9 @@ decay and the weights ``w_k`` of a fine-tuning objective that is a weighted sum 
 (see :data:`TERMS` and :class:`AutoFTLoss`). The *inner* level fine-tunes every block of the
 pretrained model for ``inner_steps`` optimizer steps with a sampled objective and optimizer
 settings; the trial's value is the resulting accuracy on the small OOD validation split (here: the
-benchmark's target validation split). After ``trials`` complete trials, the model is fine-tuned
+protocol's search split, or a random ``search_size`` of it as the release's 1000). With ``lr_mode=fixed``
+the inner and final runs train at ``--lr`` whatever lr was sampled, as the release does (its scheduler
+sets every step's lr from ``args.lr``). After ``trials`` complete trials, the model is fine-tuned
 again from the pretrained weights with the best configuration, for the spec's steps.
 
 The Optuna study lives in the run's scratch folder (``ctx.workdir``) as an append-only journal, so a
@@ -21,6 +23,7 @@ exactly the trials an uninterrupted one makes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -58,7 +61,8 @@ TERM_HELP = {
     "ce": "cross-entropy",
     "hinge": "multiclass hinge, sum over j != y of max(0, 1 + z_j - z_y)",
     "entropy": "entropy of the predicted distribution",
-    "dcm": "confidence minimisation on misclassified examples: cross-entropy to the uniform distribution",
+    "dcm": ("confidence minimisation on misclassified examples: cross-entropy to the uniform distribution "
+            "(option dcm=uniform), or their entropy as the release (dcm=entropy)"),
     "l1init": "mean |θ - θ0| (θ0 = pretrained)",
     "l2init": "mean (θ - θ0)²",
     "l1zero": "mean |θ|",
@@ -72,6 +76,10 @@ ALL_TERMS = (*TERMS, FLYP)
 TERM_HELP[FLYP] = ("CLIP's contrastive loss between the batch's images and a caption of each one's class "
                    "(methods/flyp.py); models with a text tower, which then trains too")
 WEIGHT_RANGE = (1e-4, 10.0)  # every loss weight: log-uniform, as the released code
+# The DCM term's two forms (option dcm): what the misclassified examples' predictions are pushed by.
+DCM_FORMS = ("uniform", "entropy")
+# How the inner and final fine-tunes get their learning rate (option lr_mode).
+LR_MODES = ("sampled", "fixed")
 STUDY_NAME = "autoft"
 JOURNAL = "autoft-journal.log"
 
@@ -83,7 +91,7 @@ def _flat(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.reshape(-1) for p in params]) if params else torch.zeros(0)
 
 
-def loss_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def loss_terms(logits: torch.Tensor, y: torch.Tensor, dcm: str = "uniform") -> dict[str, torch.Tensor]:
     """The five terms that depend on the batch's predictions, each a mean over the batch.
 
     With ``p = softmax(z)`` and ``C`` classes, per example:
@@ -92,8 +100,11 @@ def loss_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]
     * ``hinge``   = Σ_{j≠y} max(0, 1 + z_j − z_y)   (Weston–Watkins multiclass hinge, margin 1)
     * ``entropy`` = H(p) = −Σ_k p_k log p_k
     * ``ls``      = −(1/C) Σ_k log p_k   (cross-entropy to the uniform distribution)
-    * ``dcm``     = 1[argmax z ≠ y] · ls   (the indicator carries no gradient)
+    * ``dcm``     = 1[argmax z ≠ y] · ls  (``dcm="uniform"``, ftbench's) or 1[argmax z ≠ y] · H(p)
+      (``dcm="entropy"``, the release's ``losses/learnedloss.py:29-32``); the indicator carries no gradient
     """
+    if dcm not in DCM_FORMS:
+        raise ValueError(f"unknown dcm form {dcm!r}; known: {', '.join(DCM_FORMS)}")
     logp = F.log_softmax(logits, dim=1)
     n, c = logits.shape
     rows = torch.arange(n, device=logits.device)
@@ -101,12 +112,13 @@ def loss_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]
     margins = (1.0 + logits - correct[:, None]).clamp_min(0.0)
     margins = margins.masked_fill(F.one_hot(y, c).bool(), 0.0)  # j = y is not a margin
     uniform_ce = -logp.mean(dim=1)
+    entropy = -(logp.exp() * logp).sum(dim=1)
     wrong = (logits.detach().argmax(dim=1) != y).to(logits.dtype)
     return {
         "ce": F.nll_loss(logp, y),
         "hinge": margins.sum(dim=1).mean(),
-        "entropy": -(logp.exp() * logp).sum(dim=1).mean(),
-        "dcm": (wrong * uniform_ce).mean(),
+        "entropy": entropy.mean(),
+        "dcm": (wrong * (uniform_ce if dcm == "uniform" else entropy)).mean(),
         "ls": uniform_ce.mean(),
     }
 
@@ -118,11 +130,12 @@ class AutoFTLoss:
     so that one weight range fits every model size): ``l1init = mean|θ − θ0|``, ``l2init =
     mean (θ − θ0)²``, ``l1zero = mean|θ|``, ``l2zero = mean θ²``, where ``θ0`` is ``anchor`` (the
     pretrained values of ``params``, flattened), copied from ``params`` when not given. Terms with
-    weight 0 or absent from ``weights`` are not computed.
+    weight 0 or absent from ``weights`` are not computed. ``dcm``: the DCM term's form (:func:`loss_terms`).
     """
 
     def __init__(self, weights: Mapping[str, float], params: Sequence[nn.Parameter],
-                 anchor: torch.Tensor | None = None, flyp: Any = None, classes: int = 0) -> None:
+                 anchor: torch.Tensor | None = None, flyp: Any = None, classes: int = 0,
+                 dcm: str = "uniform") -> None:
         bad = sorted(set(weights) - set(ALL_TERMS))
         if bad:
             raise ValueError(f"unknown loss terms {bad}; known: {', '.join(ALL_TERMS)}")
@@ -131,7 +144,7 @@ class AutoFTLoss:
         # and ``flyp(embeddings, y)`` is the contrastive loss (ftbench.methods.flyp.ContrastiveLoss).
         if FLYP in self.weights and flyp is None:
             raise ValueError("the flyp term needs the contrastive loss of a model with a text tower")
-        self.flyp, self.classes = flyp, classes
+        self.flyp, self.classes, self.dcm = flyp, classes, dcm
         self.params = list(params)
         with torch.no_grad():
             self.anchor = (anchor if anchor is not None else _flat(self.params)).detach().float().clone()
@@ -145,13 +158,13 @@ class AutoFTLoss:
 
     def terms(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every term, unweighted (for inspection and tests)."""
-        return {**loss_terms(logits, y), **self.param_terms()}
+        return {**loss_terms(logits, y, self.dcm), **self.param_terms()}
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         emb = None
         if self.flyp is not None:
             logits, emb = logits[:, :self.classes], logits[:, self.classes:]
-        terms = loss_terms(logits, y)
+        terms = loss_terms(logits, y, self.dcm)
         if FLYP in self.weights:
             terms[FLYP] = self.flyp(emb, y)
         if any(k in self.weights for k in ("l1init", "l2init", "l1zero", "l2zero")):
@@ -239,7 +252,17 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-SALT_SAMPLER, SALT_INNER = 1, 2
+SALT_SAMPLER, SALT_INNER, SALT_SEARCH = 1, 2, 3
+
+
+def search_subset(n: int, size: int, seed: int) -> np.ndarray | None:
+    """Positions of a random ``size``-example subset of a search split of ``n`` (sorted; drawn without
+    replacement, as the release's ``np.random.choice``, from ``seed``); None for the whole split
+    (``size`` 0, or not smaller than ``n``)."""
+    if size <= 0 or size >= n:
+        return None
+    rng = np.random.default_rng(derive_seed(seed, SALT_SEARCH))
+    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 @dataclass
@@ -395,12 +418,27 @@ class AutoFT(Method):
         "objective": Option("main", "what trials are scored by on target val: 'main' = the benchmark's main "
                             "metric (accuracy, macro_f1, worst_region_acc, ...), 'acc', or a metric name"),
         "bn": BN_OPTION,
+        "dcm": Option("uniform", "the dcm term on misclassified examples: 'uniform' = cross-entropy to the uniform "
+                      "distribution (confidence minimisation); 'entropy' = their prediction entropy, as the release "
+                      "(losses/learnedloss.py:29-32)", DCM_FORMS),
+        "search_size": Option(0, "examples of the search split that score the trials: 0 = all of it; n = a random "
+                              "subset of n, drawn once from the run's seed (the release: 1000, get_data.py:56)",
+                              minimum=0),
+        "lr_mode": Option("sampled", "learning rate of the inner and final fine-tunes: 'sampled' = the searched "
+                          "lr; 'fixed' = --lr, the searched lr unused, as the release, whose scheduler "
+                          "overwrites it at every step (finetune.py:92, 122)", LR_MODES),
     }
 
     @classmethod
     def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        lr = spec.lr  # used (and kept in the spec) with lr_mode=fixed only: "lr" is not in `uses`
         spec = super().resolve(spec, block_names)
         o = spec.options_dict
+        if o["lr_mode"] == "fixed":
+            if lr is None or not (float(lr) > 0 and math.isfinite(float(lr))):
+                raise UsageError(f"lr must be a positive number, got {lr!r} (method 'autoft' with lr_mode=fixed "
+                                 "trains at --lr)")
+            spec = dataclasses.replace(spec, lr=float(lr))
         log_ranges = ["lr_min"] + (["wd_min"] if o["wd_scale"] == "log" else [])
         for lo, hi in (("lr_min", "lr_max"), ("wd_min", "wd_max")):
             if lo in log_ranges and not o[lo] > 0:
@@ -443,7 +481,8 @@ class AutoFT(Method):
     def run(self, ctx: TrainContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         """Search, then fine-tune from the pretrained weights with the best configuration.
 
-        Returns ``autoft_objective`` (the metric trials were scored by), ``autoft_trials``, ``autoft_reused`` (trials taken from an earlier, interrupted
+        Returns ``autoft_objective`` (the metric trials were scored by), ``autoft_search_examples`` (how
+        many examples of the search split scored them), ``autoft_trials``, ``autoft_reused`` (trials taken from an earlier, interrupted
         process), ``autoft_best_trial``, ``autoft_best_val``, the best configuration
         (``autoft_lr``, ``autoft_wd``, ``autoft_w_<term>``) and ``autoft_trials_json``.
         """
@@ -454,6 +493,16 @@ class AutoFT(Method):
             raise UsageError(f"method 'autoft' scores its trials on the protocol's search split (target val in few-shot, "
                              f"the OOD val set in id-ood); benchmark {self.spec.benchmark!r} has none in protocol "
                              f"{self.spec.protocol!r}")
+        subset = search_subset(len(search), int(self.opts["search_size"]), self.spec.seed)
+        if subset is not None:  # a split on disk stays there; an in-memory one is indexed
+            search = search.subset(subset) if hasattr(search, "subset") else search.take(subset)
+        fixed_lr = float(self.spec.lr) if self.opts["lr_mode"] == "fixed" and self.spec.lr is not None else None
+        # lr_mode=fixed is the release's cosine_lr(optimizer, args.lr, warmup, inner_steps) in the inner runs too
+        # (finetune.py:92, 103-104): the run's --schedule/--warmup/--clip-grad over inner_steps. The default keeps
+        # the inner runs at a constant rate (the final run is scheduled either way, by ctx.fit).
+        inner_loop = {} if fixed_lr is None else {"schedule": self.spec.schedule or "constant",
+                                                  "warmup": self.spec.warmup or 0, "clip_grad": self.spec.clip_grad}
+        dcm = str(self.opts["dcm"])
         blocks = self.trainable_blocks(ctx.block_names)
         bn = self.opts["bn"]
         pretrained = _snapshot(ctx.model)
@@ -482,16 +531,16 @@ class AutoFT(Method):
                 contrastive = ContrastiveLoss(ctx.model, task_prompts(ctx, "autoft"), torch.Generator().manual_seed(seed))
             # the weight terms (l1init, ...) are over the image classifier's parameters, as `anchor`
             return AutoFTLoss(config.weights, ps[:len(params)], anchor, flyp=contrastive,
-                              classes=ctx.target.num_classes)
+                              classes=ctx.target.num_classes, dcm=dcm)
 
         def evaluate(config: Config, index: int) -> float:
             ctx.model.load_state_dict(pretrained)  # in place: the parameter objects stay the same
             ps = trainable()
             seed = derive_seed(spec.seed, index, SALT_INNER)
-            loop.fit(net, ps, ctx.target.train, lr=config.lr, steps=self.opts["inner_steps"],
+            loop.fit(net, ps, ctx.target.train, lr=config.lr if fixed_lr is None else fixed_lr, steps=self.opts["inner_steps"],
                      batch_size=spec.batch_size, optimizer=spec.optimizer,
                      generator=torch.Generator().manual_seed(seed),
-                     loss_fn=objective(config, ps, seed), **self._decay(config.wd))
+                     loss_fn=objective(config, ps, seed), **self._decay(config.wd), **inner_loop)
             acc, extra = loop.evaluate(ctx.model, search, ctx.target.metrics)
             if metric == "acc":
                 return acc
@@ -507,13 +556,14 @@ class AutoFT(Method):
                                          best.value)
         ctx.model.load_state_dict(pretrained)
         ps = trainable()
-        ctx.fit(ps, lr=best.config.lr, loss_fn=objective(best.config, ps, spec.seed),
+        ctx.fit(ps, lr=best.config.lr if fixed_lr is None else fixed_lr, loss_fn=objective(best.config, ps, spec.seed),
                 **({"net": net} if flyp else {}), **self._decay(best.config.wd))
         if flyp:
             for p in ctx.model.text_parameters():
                 p.requires_grad_(False)
         return {
             "autoft_objective": metric,
+            "autoft_search_examples": len(search),
             "autoft_trials": len(records),
             "autoft_reused": reused,
             "autoft_best_trial": best.index,

@@ -14,18 +14,22 @@ text tower and the logit scale are trained together with CLIP's contrastive loss
 ``logit_scale.exp()``; images of one class are each other's negatives, as in the release). The
 classifier is never trained: after fine-tuning it is the zero-shot head rebuilt from the
 fine-tuned text tower with every template, times the fine-tuned logit scale (and so at each
-checkpoint). Weight decay is AdamW's (decoupled), as the release's AdamW.
+checkpoint). Weight decay is AdamW's (decoupled), as the release's AdamW. The image tower trains in
+train mode (``bn=train``), as the release's ``model.train()`` (``src/models/flyp_loss.py:57, 80``): a
+ResNet tower's BatchNorm normalises with batch statistics and updates its running statistics.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import DECAY_OPTION, METHODS, Method, decay_arguments
+from ftbench.methods.base import BN_OPTION, DECAY_OPTION, METHODS, Method, decay_arguments
 
 if TYPE_CHECKING:
     from ftbench.data.prompts import Prompts
@@ -137,7 +141,13 @@ class Flyp(Method):
             "head = zero-shot head of the fine-tuned text tower (models with a text tower)")
     paper = "Goyal et al. 2023, Finetune like you pretrain"
     order = 64
-    options = {"decay": DECAY_OPTION}
+    options = {
+        "decay": DECAY_OPTION,
+        # Default 'train' (the release); 'frozen' is what flyp did before the option existed, and keeps those runs' ids.
+        "bn": dataclasses.replace(BN_OPTION, default="train", help=(
+            "BatchNorm of the image tower (clip-rn50): 'train' = batch statistics, running stats updated, as the "
+            "release's model.train() (flyp_loss.py:57, 80); 'frozen' = running stats kept (eval mode)")),
+    }
 
     @classmethod
     def check_entry(cls, model: str, entry: ModelEntry) -> None:
@@ -151,7 +161,7 @@ class Flyp(Method):
     def run(self, ctx: TrainContext) -> dict[str, Any]:
         prompts = task_prompts(ctx, self.name)
         model = ctx.model
-        image = ctx.set_trainable([b for b in ctx.block_names if b != "last"], bn="frozen")
+        image = ctx.set_trainable([b for b in ctx.block_names if b != "last"], bn=self.opts["bn"])
         model.head.requires_grad_(False)
         text = model.text_parameters()
         for p in text:

@@ -22,7 +22,8 @@ else:  # pragma: no cover
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 # RunSpec fields a recipe may set (the others, e.g. benchmark, shift, seed, say what is run, not how).
-FIELDS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "checkpoints", "shots")
+FIELDS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "checkpoints", "shots", "schedule", "warmup",
+          "clip_grad")
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,23 @@ class Recipe:
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # Options for a model with a text tower (CLIP), over the general ones: e.g. AutoFT's flyp term,
+    # which a model without one cannot compute (``[recipes.NAME.text_tower]``).
+    text_tower: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def fields_for(self, benchmark: str) -> dict[str, Any]:
         """The RunSpec fields for ``benchmark`` (the per-benchmark table over the general one)."""
         return {**self.fields, **self.benchmarks.get(benchmark, {}).get("fields", {})}
 
-    def options_for(self, method: str, accepted: dict[str, Any], benchmark: str) -> dict[str, Any]:
-        """The options of ``method`` (its ``accepted`` option table) for ``benchmark``."""
+    def options_for(self, method: str, accepted: dict[str, Any], benchmark: str,
+                    text_tower: bool = False) -> dict[str, Any]:
+        """The options of ``method`` (its ``accepted`` option table) for ``benchmark``, and for a model with
+        a text tower when ``text_tower``."""
         out: dict[str, Any] = {}
         per_bench = self.benchmarks.get(benchmark, {}).get("options", {})
-        for table in (self.options.get("*", {}), self.options.get(method, {}), per_bench.get("*", {}),
-                      per_bench.get(method, {})):
+        text = self.text_tower if text_tower else {}
+        for table in (self.options.get("*", {}), self.options.get(method, {}), text.get("*", {}),
+                      text.get(method, {}), per_bench.get("*", {}), per_bench.get(method, {})):
             out.update({k: v for k, v in table.items() if k in accepted})
         return out
 
@@ -65,7 +72,8 @@ def _check(name: str, t: Any) -> Recipe:
     return Recipe(name, str(t.get("paper", "")), str(t.get("code", "")), tuple(t.get("methods", ())),
                   dict(t.get("fields", {})), {k: list(v) for k, v in t.get("grid", {}).items()},
                   {k: dict(v) for k, v in t.get("options", {}).items()}, dict(t.get("benchmarks", {})),
-                  dict(t.get("notes", {})), {k: str(v) for k, v in t.get("sources", {}).items()})
+                  dict(t.get("notes", {})), {k: str(v) for k, v in t.get("sources", {}).items()},
+                  {k: dict(v) for k, v in t.get("text_tower", {}).get("options", {}).items()})
 
 
 @lru_cache(maxsize=1)
@@ -99,10 +107,24 @@ def apply_recipe(recipe: Recipe, fields: dict[str, Any], given: set[str]) -> dic
             out[k] = v
     method = get_method(str(out.get("method", "surgical")))
     opts = dict(out.get("options") or ())
-    for k, v in recipe.options_for(method.name, method.options, benchmark).items():
+    for k, v in recipe.options_for(method.name, method.options, benchmark, _has_text_tower(out, benchmark)
+                                   if recipe.text_tower else False).items():
         opts.setdefault(k, v)
     out["options"] = tuple(sorted(opts.items()))
     return out
+
+
+def _has_text_tower(fields: dict[str, Any], benchmark: str) -> bool:
+    """Whether the run's model (given, or the benchmark's default) has a text tower; False for a model or
+    benchmark that does not exist (resolution then says so)."""
+    from ftbench.data.base import get_benchmark
+    from ftbench.models.base import get_model_entry
+
+    try:
+        model = fields.get("model") or get_benchmark(benchmark).default_model
+        return bool(get_model_entry(str(model)).zero_shot)
+    except UsageError:
+        return False
 
 
 def describe(recipe: Recipe) -> list[str]:
@@ -115,6 +137,9 @@ def describe(recipe: Recipe) -> list[str]:
         lines.append(f"grid (suites): {k} = {', '.join(map(str, v))}")
     for m, opts in recipe.options.items():
         lines.append(f"options ({'every method' if m == '*' else m}): " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    for m, opts in recipe.text_tower.items():
+        lines.append(f"options on a model with a text tower ({'every method' if m == '*' else m}): "
+                     + ", ".join(f"{k}={v}" for k, v in opts.items()))
     for b, t in recipe.benchmarks.items():
         parts = [f"{k}={v}" for k, v in t.get("fields", {}).items()]
         parts += [f"{m}: {k}={v}" for m, o in t.get("options", {}).items() for k, v in o.items()]
