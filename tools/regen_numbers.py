@@ -294,10 +294,10 @@ def _say_portable(compared: list[str], differences: list[str], stale: list[str])
         say(f"not compared (made for other committed numbers; a session on that CPU re-adds it with "
             f"`python tools/regen_numbers.py portable`): {', '.join(stale)}")
     if differences:
-        say(f"FAIL: portable mode gave other bits on this CPU than on {len(compared)} stored CPU(s) "
+        say(f"FAIL: portable mode gave other bits on this CPU than stored for {len(compared)} CPU(s) "
             f"({len(differences)} difference(s)): it is not exact here; find the kernel that differs (docs/ci.md)")
         return 1
-    say(f"portable results bit for bit equal to {len(compared)} other stored CPU(s)"
+    say(f"portable results bit for bit equal to the stored results of {len(compared)} CPU(s)"
         + (f": {', '.join(compared)}" if compared else ""))
     return 0
 
@@ -475,7 +475,8 @@ def reading(report_json: str) -> str:
     sub_top = (f"{sub_best} is highest ({f(ood(sub_best, SUBPOPULATION))}), "
                + (f"within seed noise of {runner_up} ({f(ood(runner_up, SUBPOPULATION))})" if sub_near else
                   f"ahead of {runner_up} ({f(ood(runner_up, SUBPOPULATION))}) by more than the seed spread"))
-    gap = min(ood(r, SUBPOPULATION) for r in below) - sub_last
+    # From the values as the table prints them (one decimal), so a reader can check the sentence on the table.
+    gap = round(min(ood(r, SUBPOPULATION) for r in below), 1) - round(sub_last, 1)
     middle = " (the paper finds a middle block best for feature-level shifts)" if sub_best == "block 2" else ""
     flips = {r: ood(r, FLIP) for r in (*BLOCKS, "last layer", "linear-probe", "full")}
     top = max(flips.values())
