@@ -384,5 +384,5 @@ def test_committed_smoke_baseline_matches_the_smoke_suite() -> None:
     assert (df["status"] == "ok").all()
     assert not compare(df, df, tolerance=0.0).failed()
     # Made the documented way (tools/regen_numbers.py: portable kernels), not by a plain sweep.
-    assert set(df["cpu_kernels"]) == {"aten=DEFAULT onednn=SSE41 mkl=COMPATIBLE"}, (
+    assert set(df["cpu_kernels"]) == {"portable: aten=DEFAULT onednn=off nnpack=off mkl=COMPATIBLE,STRICT"}, (
         "the baseline was not made by `python tools/regen_numbers.py refresh --only baseline`")

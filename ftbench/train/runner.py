@@ -7,7 +7,6 @@ import functools
 import importlib
 import importlib.metadata
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 import ftbench
+from ftbench import numerics
 from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.methods.base import Method, get_method
@@ -46,12 +46,6 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()})"
 
 
-# Environment variables that cap the instruction set of torch's CPU kernels (ATen's own, oneDNN's
-# convolutions, MKL's BLAS). CPU results depend on the code path taken (docs/ci.md), so a row says
-# which one it was made on.
-_KERNEL_CAPS = (("onednn", ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")), ("mkl", ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")))
-
-
 def _cpu_model() -> str:
     """The CPU's marketing name (Linux: /proc/cpuinfo), else what :mod:`platform` knows."""
     try:
@@ -65,13 +59,9 @@ def _cpu_model() -> str:
 
 
 def _cpu_kernels() -> str:
-    """Which instruction set torch's CPU kernels use: ``aten=AVX2 onednn=native mkl=native``;
-    an ``ONEDNN_MAX_CPU_ISA`` / ``MKL_CBWR`` (or ``MKL_ENABLE_INSTRUCTIONS``) cap replaces native."""
-    parts = [f"aten={torch.backends.cpu.get_cpu_capability()}"]
-    for name, variables in _KERNEL_CAPS:
-        cap = next((os.environ[v] for v in variables if os.environ.get(v)), "native")
-        parts.append(f"{name}={cap}")
-    return " ".join(parts)
+    """Which CPU kernels torch runs (``aten=AVX2 onednn=native mkl=native``, or the portable mode's
+    label): CPU results depend on the code path taken (docs/ci.md), so a row says which it was."""
+    return numerics.kernels()
 
 
 @functools.lru_cache(maxsize=1)
