@@ -334,6 +334,9 @@ def _report(
             if given:
                 raise UsageError(f"{flag} applies to the tables, which --compare replaces by the comparison with "
                                  "published numbers (printed as terminal text or --format markdown); give one of them")
+    if trend != "full" and table != "robustness" and plot is None:
+        raise UsageError(f"--trend {trend} applies to --table robustness and --plot (the ID-OOD trend line); give one "
+                         "of them or leave --trend out")
     tol: Any = None
     if baseline is not None:
         from ftbench.report.regress import load_baseline, parse_tolerance

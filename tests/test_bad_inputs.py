@@ -132,6 +132,7 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("report {R} --tolerance 2", "--tolerance needs --baseline", None),
     ("report {R} --tolerance auto", "--tolerance needs --baseline", None),
     ("report {R} --allow-missing", "--allow-missing needs --baseline", None),
+    ("report {R} --trend full,lp-ft", "--trend full,lp-ft applies to --table robustness and --plot", None),
     ("report {R} --compare paper --format csv", "--format csv applies to the tables, which --compare replaces", None),
     ("report {R} --compare paper --table blocks", "--table blocks applies to the tables", None),
     ("report {R} --compare paper --group-by model", "--group-by applies to the tables", None),

@@ -224,13 +224,13 @@ def test_a_sweep_whose_runs_all_failed_says_so_in_one_line(cli, tmp_path: Path, 
     from ftbench.train import runner
 
     def fail(spec, device, workdir):  # noqa: ANN001, ANN202
-        raise RuntimeError("boom")
+        raise RuntimeError(f"boom {OSC52}")  # an error quoting a file's text
 
     monkeypatch.setattr(runner, "execute", fail)
     r = cli("sweep", "smoke", "--out", tmp_path / "o", "--device", "cpu")
     assert r.code == 0 and "Traceback" not in r.err and "KeyError" not in r.err, r.err
     assert "note: no table: none of the suite's 4 run(s) is ok (4 failed)" in r.err
-    assert r.out == ""
+    assert r.out == "" and "\x1b" not in r.err and "\x07" not in r.err and "boom \\x1b]52" in r.err
 
 
 def _fake_rows(spec, device, workdir):  # noqa: ANN001, ANN202 - a finished run without training
