@@ -43,6 +43,12 @@ def output_kind(path: Path | str, what: str) -> tuple[str, Path]:
     return "atomic", real
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _write_all(fh, payload: bytes) -> None:  # noqa: ANN001 - a binary file object (tests fail it half-way)
     fh.write(payload)
 
@@ -67,8 +73,8 @@ def write_output(path: Path | str, data: str | bytes, what: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as fh:
             _write_all(fh, payload)
-        if target.exists():  # a rewritten file keeps its permissions
-            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        # A rewritten file keeps its permissions; a new one gets what open() would give it (mkstemp's are 0600).
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode) if target.exists() else 0o666 & ~_umask())
         os.replace(tmp, target)
         tmp = None
     except OSError as e:

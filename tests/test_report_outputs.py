@@ -289,3 +289,13 @@ def test_compare_with_a_baseline_still_gates(cli, tmp_path: Path) -> None:
     assert "no cell of these results has a published counterpart" in r.out  # the comparison is printed too
     r = cli("report", SMALL, "--compare", "paper", "--baseline", SMALL, "--plot", tmp_path / "fig.png")
     assert r.code == 0 and r.err.rstrip().splitlines()[-1].startswith("PASS") and (tmp_path / "fig.png").is_file()
+
+
+def test_an_escape_sequence_in_a_dictionary_column_or_a_column_name_is_printed_visibly(results: Path) -> None:
+    t = pq.read_table(results / FIRST.name)
+    t = t.set_column(t.column_names.index("method"), "method", pa.array([OSC52] * t.num_rows).dictionary_encode())
+    pq.write_table(t.append_column("ood.\x1b[31mx_acc", pa.array([50.0] * t.num_rows)), results / FIRST.name)
+    for args in ([], ["--metric", "nope"]):
+        r = _ftbench(["report", str(results), *args], results.parent, COLUMNS="200")
+        assert _no_controls(r.stdout) and _no_controls(r.stderr)
+        assert b"\\x1b[31mx" in r.stdout + r.stderr

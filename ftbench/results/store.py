@@ -210,11 +210,17 @@ def _clean_strings(df: pd.DataFrame) -> pd.DataFrame:
 
     from ftbench.text import clean, has_control
 
+    names = {c: clean(c, newlines=False) for c in df.columns if isinstance(c, str) and has_control(c)}
+    if names:  # a column name is printed too (an OOD set's sub-column, the accepted --metric values)
+        df = df.rename(columns=names)
     for col in df.columns:
-        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
-            bad = df[col].map(lambda v: isinstance(v, str) and has_control(v))
+        values = df[col]
+        if isinstance(values.dtype, pd.CategoricalDtype):  # a dictionary column: its values are the categories
+            values = values.astype(object)
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            bad = values.map(lambda v: isinstance(v, str) and has_control(v))
             if bad.any():
-                df.loc[bad, col] = df.loc[bad, col].map(lambda v: clean(v, newlines=False))
+                df[col] = values.map(lambda v: clean(v, newlines=False) if isinstance(v, str) else v)
     return df
 
 
