@@ -65,7 +65,8 @@ def write_output(path: Path | str, data: str | bytes, what: str) -> None:
             with open(target, "wb") as fh:
                 _write_all(fh, payload)
         except OSError as e:
-            raise disk_error(e, target) or UsageError(f"cannot write {what} {str(target)!r}: {e.strerror or e}") from None
+            raise disk_error(e, target) or UsageError(f"cannot write {what} {str(target)!r}: "
+                                                      f"{e.strerror or e}") from None
         return
     tmp: str | None = None
     try:
