@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover
     from click import ClickException
 
 from ftbench.errors import UsageError, unknown
+from ftbench.text import clean
 
 app = typer.Typer(
     add_completion=True,
@@ -28,7 +29,26 @@ app = typer.Typer(
     rich_markup_mode="rich",
     help="Benchmark fine-tuning methods per layer subset under distribution shift.",
 )
-out = Console(highlight=False, soft_wrap=True, width=int(os.environ.get("COLUMNS", 160)))  # lines unwrapped; tables fit the width
+
+
+def _terminal_width(default: int = 160) -> int:
+    """The width tables are fit to: ``$COLUMNS`` when it is a positive number, else ``default``.
+    An unusable ``COLUMNS`` (``0``, ``abc``) is treated as unset, as most programs do, and removed
+    from the environment so rich (the progress bars) and the worker processes do not read it."""
+    value = os.environ.get("COLUMNS")
+    if value is None:
+        return default
+    try:
+        width = int(value.strip())
+    except ValueError:
+        width = 0
+    if width <= 0:
+        del os.environ["COLUMNS"]
+        return default
+    return width
+
+
+out = Console(highlight=False, soft_wrap=True, width=_terminal_width())  # lines unwrapped; tables fit the width
 DEFAULT_OUT = Path("ftbench-results")
 
 
@@ -135,6 +155,9 @@ def run(
     check_output_dir(out_dir, "--out")
     pick_device(device)  # validate before any work
     set_threads(threads)
+    from ftbench.results.store import check_result_slots
+
+    check_result_slots(out_dir, [spec.run_id])
     _print_notices([spec])
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
@@ -245,6 +268,10 @@ def sweep(
     flags = {k: v for k, v in flags.items() if v is not None}
     settings = {**(suite_settings(suite, path, executor) if grid is None else {}), **flags}
     prepare(executor, settings, device=device, jobs=jobs, per_gpu=per_gpu, threads=threads)
+    if not dry_run:  # a folder (or FIFO) named <run_id>.parquet: refused before the write probe and any run
+        from ftbench.results.store import check_result_slots
+
+        check_result_slots(out_dir, [s.run_id for s in specs])
     check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
     if executor == "local" and (device == "cuda" or not dry_run):
         from ftbench.train.runner import pick_device
@@ -255,10 +282,11 @@ def sweep(
 
         check_reachable(settings["address"])  # within seconds, where Ray alone would retry for minutes
     done = completed_ids(out_dir, retry_failed) & {s.run_id for s in specs}
-    about = suite_descriptions(path).get(suite, "") if grid is None else f"--grid {grid}"
+    # from a file or the command line: printed safely
+    about = clean(suite_descriptions(path).get(suite, "") if grid is None else f"--grid {grid}", newlines=False)
     if dry_run:
         for s, about_run in zip(specs, describe_all(specs)):
-            out.print(escape(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {about_run}"))
+            out.print(escape(clean(f"{s.run_id}  {'done ' if s.run_id in done else 'to do'}  {about_run}")))
         out.print(escape(f"suite {suite!r} ({path}): {len(specs)} runs, {len(done)} done, "
                          f"{len(specs) - len(done)} to do" + (f" — {about}" if about else "")))
         from ftbench.papers.estimate import describe_estimate
@@ -280,7 +308,7 @@ def sweep(
     print(f"ran {summary.done + summary.failed} runs in {summary.seconds:.1f} s "
           f"({summary.failed} failed, {summary.skipped} skipped as done)", file=sys.stderr)
     for f in summary.failures:
-        print(f"failed: {f}", file=sys.stderr)
+        print(clean(f"failed: {f}"), file=sys.stderr)
     _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}", table=table)
 
 
@@ -306,18 +334,18 @@ def _check_format(fmt: str) -> None:
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_atomic(path: Path, text: str, what: str = "--output") -> None:
+    """A file the user named: atomically if a regular file or new, streamed into a FIFO or device."""
+    from ftbench.outfile import write_output
+
+    write_output(path, text, what)
 
 
 def _report(
     results: Path, fmt: str = "terminal", selection: str = "val", output: Optional[Path] = None,
     run_ids: Optional[set[str]] = None, title: str = "", table: str = "shifts", metric: str = "ood_acc",
     filters: tuple[str, ...] = (), group_by: Optional[str] = None, plot: Optional[Path] = None,
-    baseline: Optional[Path] = None, tolerance: str = "1.0", summary: Optional[Path] = None,
+    baseline: Optional[Path] = None, tolerance: Optional[str] = None, summary: Optional[Path] = None,
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
     two_sided: bool = False, show_selected: bool = False, compare_methods: Optional[tuple[str, str]] = None,
 ) -> int:
@@ -343,16 +371,27 @@ def _report(
         check_method_name(m)  # an unknown name is one error line listing the methods
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"unsupported plot format {plot.suffix or plot.name!r}; accepted: {', '.join(PLOT_SUFFIXES)}")
+    if baseline is None:  # the gate's options do nothing without the gate: refused, never ignored
+        for given, flag in ((summary is not None, "--summary"), (two_sided, "--two-sided"),
+                            (tolerance is not None, "--tolerance"), (allow_missing, "--allow-missing")):
+            if given:
+                raise UsageError(f"{flag} needs --baseline")  # it belongs to the regression gate
+    if compare is not None:  # --compare prints its comparison instead of the tables: table options do not apply
+        for given, flag in ((table != "shifts", f"--table {table}"), (group_by is not None, "--group-by"),
+                            (show_selected, "--show-selected"), (metric != "ood_acc", f"--metric {metric}"),
+                            (fmt not in ("terminal", "markdown"), f"--format {fmt}")):
+            if given:
+                raise UsageError(f"{flag} applies to the tables, which --compare replaces by the comparison with "
+                                 "published numbers (printed as terminal text or --format markdown); give one of them")
+    if trend != "full" and table != "robustness" and plot is None:
+        raise UsageError(f"--trend {trend} applies to --table robustness and --plot (the ID-OOD trend line); give one "
+                         "of them or leave --trend out")
     tol: Any = None
     if baseline is not None:
         from ftbench.report.regress import load_baseline, parse_tolerance
 
-        tol = parse_tolerance(tolerance)
+        tol = parse_tolerance("1.0" if tolerance is None else tolerance)
         base_df = load_baseline(baseline)
-    elif summary is not None:
-        raise UsageError("--summary needs --baseline")
-    elif two_sided:
-        raise UsageError("--two-sided needs --baseline")
     from ftbench.validate import check_output_file
 
     for target, flag in ((output, "--output"), (plot, "--plot"), (summary, "--summary")):
@@ -377,15 +416,35 @@ def _report(
         published = load_published(compare)
     df, problems = read_results(results)
     for p in problems:
-        print(f"warning: skipped {p.path}: {p.reason}", file=sys.stderr)
+        print(clean(f"warning: skipped {p.path}: {p.reason}"), file=sys.stderr)
     if run_ids is not None:
         df = df[df["run_id"].isin(run_ids)]
     df = apply_filters(df, list(filters))
     if df.empty:
         raise UsageError(f"no readable ftbench results in {str(results)!r}" + (" after --filter" if filters else ""))
+    if not (df["status"] == "ok").any():  # nothing to tabulate: say so plainly, once
+        runs = df.drop_duplicates("run_id")["status"].fillna("no status").astype(str).value_counts()
+        what = ", ".join(f"{n} {status}" for status, n in runs.items())
+        if run_ids is not None:  # a sweep's closing table: its runs' failures are listed above; exit 0 as documented
+            print(f"note: no table: none of the suite's {int(runs.sum())} run(s) is ok ({what})", file=sys.stderr)
+            return 0
+        raise UsageError(f"no successful runs to report in {str(results)!r}" + (" after --filter" if filters else "")
+                         + f": {int(runs.sum())} run(s), {what}; the table uses runs with status ok (the results' "
+                         "error column says why each run failed)")
+    if compare is None:
+        from ftbench.report.table import check_metric
+
+        check_metric(df, metric)
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
+    if compare is None:
+        from ftbench.report.table import unselectable_rows
+
+        unscored = unselectable_rows(df, selection, checkpoint, metric)
+        if unscored:
+            print(f"note: {unscored} row(s) have no value of the --select {selection} split (NaN) and are left out of "
+                  "the selection", file=sys.stderr)
     for w in mixed_settings(df):
         print(f"warning: {w}", file=sys.stderr)
     if compare_methods is not None:  # "does A beat B?": paired per-seed differences, instead of the tables
@@ -407,30 +466,31 @@ def _report(
         comparison.missing_tables = published[1]
         text = render_comparison(comparison, "markdown" if fmt == "markdown" else "terminal")
         if output is None:
-            sys.stdout.write(text)
+            sys.stdout.write(clean(text))
         else:
             _write_atomic(output, text)
-        return 0
-    parts = split_groups(df, group_by)
-    grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
-                   checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
-    if fmt == "terminal" and output is None:
-        for g in grids:
-            out.print(render_rich(g))
-            if show_selected:
-                out.print(escape(render_selected(g, fmt)))
+        # then --plot and the gate, as with the tables
     else:
-        texts = [render(g, fmt, show_selected) for g in grids]
-        if fmt == "markdown" and group_by:
-            texts = [f"### {group}\n\n{t}" for (group, _), t in zip(parts, texts)]
-        if fmt == "json" and len(texts) > 1:
-            text = "[\n" + ",\n".join(t.strip() for t in texts) + "\n]\n"
+        parts = split_groups(df, group_by)
+        grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
+                       checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
+        if fmt == "terminal" and output is None:
+            for g in grids:
+                out.print(render_rich(g))
+                if show_selected:
+                    out.print(escape(render_selected(g, fmt)))
         else:
-            text = "\n".join(texts)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            _write_atomic(output, text)
+            texts = [render(g, fmt, show_selected) for g in grids]
+            if fmt == "markdown" and group_by:
+                texts = [f"### {group}\n\n{t}" for (group, _), t in zip(parts, texts)]
+            if fmt == "json" and len(texts) > 1:
+                text = "[\n" + ",\n".join(t.strip() for t in texts) + "\n]\n"
+            else:
+                text = "\n".join(texts)
+            if output is None:
+                sys.stdout.write(clean(text))
+            else:
+                _write_atomic(output, text)
     if plot is not None:
         from ftbench.report.plots import plot_results
 
@@ -444,7 +504,7 @@ def _report(
         # On stderr: stdout may carry a table in a machine format (markdown, csv, json, ...).
         print(render_text(comparison, allow_missing).rstrip("\n"), file=sys.stderr)
         if summary is not None:
-            _write_atomic(summary, render_summary(comparison, allow_missing))
+            _write_atomic(summary, render_summary(comparison, allow_missing), "--summary")
         if comparison.failed(allow_missing):
             return 1
     return 0
@@ -467,7 +527,8 @@ def report(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to this file", rich_help_panel="Table"),
     plot: Optional[Path] = typer.Option(None, help="also draw ID-vs-OOD and by-block plots (.png, .svg, .pdf)", rich_help_panel="Table"),
     baseline: Optional[Path] = typer.Option(None, help="gate against this baseline results folder or parquet file", rich_help_panel="Regression gate"),
-    tolerance: str = typer.Option("1.0", help="allowed drop in accuracy points, or 'auto' (t-test over seeds)", rich_help_panel="Regression gate"),
+    tolerance: Optional[str] = typer.Option(None, help="with --baseline: allowed drop in accuracy points, or 'auto' "
+                                            "(t-test over seeds) [default: 1.0]", rich_help_panel="Regression gate"),
     summary: Optional[Path] = typer.Option(None, help="write a Markdown summary of the gate (e.g. $GITHUB_STEP_SUMMARY)", rich_help_panel="Regression gate"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="cells missing from the results do not fail the gate", rich_help_panel="Regression gate"),
     compare: Optional[str] = typer.Option(None, "--compare", help="'paper': the papers' published numbers beside "
@@ -639,8 +700,8 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
                 if not where and sname in shadowed:
                     continue  # listed with the local file, which sweep runs
                 hides = " (hides the bundled one)" if where and sname in suite_descriptions(bundled_suites_file()) else ""
-                lines.append(f"[bold]{escape(sname)}[/]{escape(where)}{hides} ({len(expand_suite(sname, path))} runs): "
-                             f"{escape(about)}")
+                lines.append(f"[bold]{escape(clean(sname, newlines=False))}[/]{escape(clean(where, newlines=False))}"
+                             f"{hides} ({len(expand_suite(sname, path))} runs): {escape(clean(about, newlines=False))}")
     return lines
 
 
@@ -682,13 +743,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         refuse_repeated_options(command, list(sys.argv[1:] if argv is None else argv))
         rv = command.main(args=argv, prog_name="ftbench", standalone_mode=False)
     except UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {clean(' '.join(str(e).split()), newlines=False)}", file=sys.stderr)
         return 2
     except ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `ftbench`: show help, like --help
             print(e.format_message().strip())
             return 0
-        print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        print(f"error: {clean(' '.join(e.format_message().split()), newlines=False)}", file=sys.stderr)
         return 2
     except typer.Exit as e:
         if e.exit_code == 130:

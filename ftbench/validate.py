@@ -206,11 +206,17 @@ def check_output_dir(path: Path | str, what: str, writable: bool = True) -> None
 
 def check_output_file(path: Path | str, what: str) -> None:
     """``path`` can be written: not a folder, no file in the way of its folder, that folder (or
-    the nearest existing parent, as missing folders are created) writable. Creates nothing."""
+    the nearest existing parent, as missing folders are created) writable; an existing FIFO or
+    device (written into, see :mod:`ftbench.outfile`) writable itself. Creates nothing."""
+    from ftbench.outfile import output_kind
+
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{what} {str(p)!r} is a folder; give a file name")
-    base = _nearest_existing(p.parent)
+    kind, target = output_kind(p, what)  # a folder or a symlink loop: refused there
+    if kind == "stream":  # a FIFO or device is written into, not replaced: it must take writes itself
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"{what} {str(p)!r} cannot be written: permission denied")
+        return
+    base = _nearest_existing(target.parent if p.is_symlink() else p.parent)  # a link's file is written where it points
     if not base.is_dir():
         raise UsageError(f"{what} {str(p)!r} lies under {str(base)!r}, which is a file, not a folder")
     why = _probe(base)

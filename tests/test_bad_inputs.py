@@ -30,6 +30,10 @@ SMALL = REPO / "tests" / "data" / "results_small"
 # strings in ood_acc; {FOREIGN} a parquet file without ftbench columns; {CRC} / {UNSAFE} mirror
 # folders holding a waterbirds archive with a bad gzip CRC / with an entry outside the folder;
 # {FIFO} a named pipe nobody writes to.
+# {P} a published-numbers file (report --compare) holding the case's third field; {BADMETA} a results
+# file whose pandas metadata is malformed JSON; {FAILED} a results folder whose only run failed;
+# {LOOP} a symlink that points at itself; {SLOT} a results folder in which a folder holds the name
+# of the smoke suite's first result file.
 
 
 def _include_diamond(levels: int) -> str:
@@ -191,6 +195,45 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("report {STR}", "cannot use results file '{STR}': column 'ood_acc' holds string values, expected numbers", None),
     ("report {STR} --metric ood_acc --format csv", "column 'ood_acc' holds string values", None),
     ("report {FOREIGN}", "cannot use results file '{FOREIGN}': not an ftbench results file", None),
+    ("report {BADMETA}", "cannot use results file '{BADMETA}': unreadable parquet", None),
+    ("report {R} --baseline {BADMETA}", "cannot use baseline '{BADMETA}': unreadable parquet", None),
+    ("report {FAILED}", "no successful runs to report in '{FAILED}': 1 run(s), 1 failed", None),
+    ("report {FAILED} --baseline {R}", "no successful runs to report in '{FAILED}'", None),
+    ("sweep smoke --out {SLOT}", "'{SLOT}/", None),  # ... <run_id>.parquet' is a folder
+    # --- report options: every combination gates, or is refused ----------------------------------
+    ("report {R} --tolerance 2", "--tolerance needs --baseline", None),
+    ("report {R} --tolerance auto", "--tolerance needs --baseline", None),
+    ("report {R} --allow-missing", "--allow-missing needs --baseline", None),
+    ("report {R} --trend full,lp-ft", "--trend full,lp-ft applies to --table robustness and --plot", None),
+    ("report {R} --compare paper --format csv", "--format csv applies to the tables, which --compare replaces", None),
+    ("report {R} --compare paper --table blocks", "--table blocks applies to the tables", None),
+    ("report {R} --compare paper --group-by model", "--group-by applies to the tables", None),
+    ("report {R} --compare paper --show-selected", "--show-selected applies to the tables", None),
+    ("report {R} --compare paper --metric id_acc", "--metric id_acc applies to the tables", None),
+    # --- report --metric: numeric, and not a column the table groups by ---------------------------
+    ("report {R} --metric run_id", "unknown metric 'run_id' (a column the table groups by, not a number to average); accepted: ood_acc, id_acc, val_acc", None),
+    ("report {R} --metric status", "unknown metric 'status' (not a numeric column); accepted: ood_acc, id_acc", None),
+    ("report {R} --metric seed", "unknown metric 'seed' (a column the table groups by", None),
+    ("report {R} --metric timestamp", "unknown metric 'timestamp' (not a numeric column)", None),
+    ("report {R} --metric options", "unknown metric 'options' (not a numeric column)", None),
+    ("report {R} --metric final --format csv", "unknown metric 'final' (not a numeric column)", None),
+    ("report {R} --metric nope", "unknown metric 'nope' (no such column); accepted: ood_acc", None),
+    # --- report --compare FILE: a malformed published-numbers file ---------------------------------
+    ("report {R} --compare {P}", "{P}: published entry 1: unknown metric 'bogus'; accepted: ood_acc",
+     'metric = "bogus"'),
+    ("report {R} --compare {P}", "{P}: published entry 1: unknown metric 3 (an integer)", "metric = 3"),
+    ("report {R} --compare {P}", "{P}: published must be a list of [[published]] tables, got 3 (an integer)", "@published = 3"),
+    ("report {R} --compare {P}", "{P}: published must be a list of [[published]] tables, got 1", "@published = [1, 2]"),
+    ("report {R} --compare {P}", "{P}: missing must be a list of [[missing]] tables, got 3", "@missing = 3"),
+    ("report {R} --compare {P}", "{P}: missing must be a list of [[missing]] tables, got 'x'", '@missing = ["x"]'),
+    ("report {R} --compare {P}", "{P}: missing entry 1: why must be a string, got [1] (a list)", "@[[missing]]\nwhy = [1]"),
+    ("report {R} --compare {P}", "{P}: published entry 1: value True is not a number", "value = true"),
+    ("report {R} --compare {P}", "{P}: published entry 1: cell value blocks = [1] (a list) must be a string or a number", "cell = {blocks = [1]}"),
+    ("report {R} --compare {P}", "{P}: published entry 1: paper must be a string", "paper = {a = 1}"),
+    ("report {R} --compare {B}", "{B}: not a text (UTF-8) file: byte 0xff at offset 0", None),
+    # --- report outputs that cannot be looked at ----------------------------------------------------
+    ("report {R} -o {LOOP}", "--output '{LOOP}' cannot be written: Too many levels of symbolic links", None),
+    ("report {R} --plot {LOOP}.png", "--plot '{LOOP}.png' cannot be written: Too many levels of symbolic links", None),
     # --- fetch: archives that fail verification --------------------------------------------------
     ("fetch waterbirds --root {OUT} --mirror {CRC}", "archive waterbirds_v1.0.tar.gz is truncated or corrupt (BadGzipFile: CRC check failed", None),
     ("fetch waterbirds --root {OUT} --mirror {UNSAFE}", "archive waterbirds_v1.0.tar.gz has an unsafe entry '../evil.txt'", None),
@@ -318,11 +361,46 @@ def _make(name: str, base: Path, case_text: str | None) -> str:
             data[-8] ^= 0x01  # the CRC-32 of the gzip trailer; every byte of the tar is intact
         (folder / "waterbirds_v1.0.tar.gz").write_bytes(bytes(data))
         return name.lower()
+    if name == "P":  # one complete entry; a key given in the case replaces the entry's own
+        entry = {"paper": '"p"', "table": '"t"', "row": '"r"', "column": '"c"', "value": "1.0", "protocol": '"x"',
+                 "cell": '{method = "surgical"}'}
+        text = case_text or ""
+        if text.startswith("@"):  # the whole file
+            body = text[1:] + "\n"
+        else:
+            for line in filter(None, text.splitlines()):
+                key, _, value = line.partition(" = ")
+                entry[key] = value
+            body = "[[published]]\n" + "".join(f"{k} = {v}\n" for k, v in entry.items())
+        (base / "published.toml").write_text(body)
+        return "published.toml"
+    if name == "BADMETA":
+        t = pq.read_table(next(iter(sorted(SMALL.glob("*.parquet")))))
+        pq.write_table(t.replace_schema_metadata({**(t.schema.metadata or {}), b"pandas": b"{not json"}),
+                       base / "badmeta.parquet")
+        return "badmeta.parquet"
+    if name == "FAILED":
+        t = pq.read_table(next(iter(sorted(SMALL.glob("*.parquet")))))
+        row = {**t.to_pylist()[0], "status": "failed", "error": "RuntimeError: boom", "id_acc": None,
+               "ood_acc": None, "val_acc": None}
+        (base / "failed").mkdir()
+        pq.write_table(pa.Table.from_pylist([row], schema=t.schema), base / "failed" / f"{row['run_id']}.parquet")
+        return "failed"
+    if name == "LOOP":
+        (base / "loop").symlink_to("loop")
+        (base / "loop.png").symlink_to("loop.png")
+        return "loop"
+    if name == "SLOT":
+        from ftbench.spec import expand_suite
+
+        first = expand_suite("smoke", REPO / "ftbench" / "benchmarks.toml")[0].run_id  # the CLI's default suites
+        (base / "slot" / f"{first}.parquet").mkdir(parents=True)
+        return "slot"
     raise KeyError(name)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.lstat().st_mtime_ns)
             for p in sorted(root.rglob("*"))}
 
 

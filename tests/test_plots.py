@@ -104,8 +104,8 @@ def test_failed_save_keeps_the_old_file_and_no_temporary(df: pd.DataFrame, tmp_p
     old = tmp_path / "fig.png"
     old.write_bytes(b"previous figure")
 
-    def broken_save(self: Figure, fname: Path, **kwargs: object) -> None:
-        Path(fname).write_bytes(b"half")
+    def broken_save(self: Figure, fname, **kwargs: object) -> None:  # drawn into memory, then written
+        fname.write(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(plots, "build_figure", lambda *a: Figure())  # the content does not matter here

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ftbench.errors import UsageError
+from ftbench.text import clean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,31 +56,81 @@ class Comparison:
     missing_tables: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _type(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(v), f"a {type(v).__name__}")
+
+
+def _text(v: Any, where: str, key: str) -> str:
+    """A text field of an entry (a number is taken as its text); anything else is a UsageError."""
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise UsageError(f"{where}: {key} must be a string, got {v!r} ({_type(v)})")
+    return clean(str(v), newlines=False)
+
+
+def _tables(data: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
+    v = data.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(e, dict) for e in v):
+        bad = v if not isinstance(v, list) else next(e for e in v if not isinstance(e, dict))
+        raise UsageError(f"{path}: {key} must be a list of [[{key}]] tables, got {bad!r} ({_type(bad)})")
+    return v
+
+
+def _check_metric_name(metric: Any, where: str) -> str:
+    from ftbench.report.table import MEASUREMENT_PREFIXES, METRIC_NAMES
+
+    if not isinstance(metric, str) or not metric.startswith(MEASUREMENT_PREFIXES):
+        shown = f"{metric!r}" + ("" if isinstance(metric, str) else f" ({_type(metric)})")
+        raise UsageError(f"{where}: unknown metric {shown}; accepted: {', '.join(METRIC_NAMES)} or another result "
+                         f"column of measurements ({', '.join(p + '*' for p in MEASUREMENT_PREFIXES)})")
+    return metric
+
+
 def load_published(source: str | Path) -> tuple[list[Published], list[dict[str, Any]]]:
     """The entries of a published-numbers file (``"paper"``: the shipped one) and its ``missing``
-    list (tables not entered, with why). A malformed file is a UsageError naming it."""
+    list (tables not entered, with why). A malformed file is a UsageError naming it: not UTF-8 text,
+    not TOML, ``published``/``missing`` not lists of tables, an entry lacking a key or with a value
+    of the wrong type, a ``metric`` that is no result column of measurements."""
     path = PUBLISHED_FILE if str(source) == "paper" else Path(source)
+    accepted = "accepted: 'paper' or a TOML file of [[published]] entries"
     try:
-        data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
-        raise UsageError(f"cannot read published numbers {str(path)!r}: {e.strerror}; accepted: 'paper' or a "
-                         "TOML file of [[published]] entries") from None
+        raise UsageError(f"cannot read published numbers {str(path)!r}: {e.strerror}; {accepted}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not a text (UTF-8) file: byte 0x{raw[e.start]:02x} at offset {e.start}; "
+                         f"{accepted}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: malformed TOML: {e}") from None
     out = []
-    for i, e in enumerate(data.get("published", [])):
+    for i, e in enumerate(_tables(data, "published", path)):
+        where = f"{path}: published entry {i + 1}"
         missing = [k for k in REQUIRED if k not in e]
         if missing or not isinstance(e.get("cell"), dict):
-            raise UsageError(f"{path}: published entry {i + 1} lacks {', '.join(missing) or 'a cell table'}; "
-                             f"each needs {', '.join(REQUIRED)}")
+            raise UsageError(f"{where} lacks {', '.join(missing) or 'a cell table'}; each needs {', '.join(REQUIRED)}")
         try:
+            if isinstance(e["value"], bool):
+                raise TypeError
             value = float(e["value"])
         except (TypeError, ValueError):
-            raise UsageError(f"{path}: published entry {i + 1}: value {e['value']!r} is not a number") from None
-        out.append(Published(str(e["paper"]), str(e["table"]), str(e["row"]), str(e["column"]), value,
-                             str(e["protocol"]), dict(e["cell"]), str(e.get("metric", "ood_acc")),
-                             str(e.get("note", ""))))
-    return out, list(data.get("missing", []))
+            raise UsageError(f"{where}: value {e['value']!r} is not a number") from None
+        cell = {}
+        for k, v in e["cell"].items():
+            if not isinstance(v, (str, int, float)):
+                raise UsageError(f"{where}: cell value {k} = {v!r} ({_type(v)}) must be a string or a number")
+            cell[clean(str(k), newlines=False)] = clean(v, newlines=False) if isinstance(v, str) else v
+        out.append(Published(*(_text(e[k], where, k) for k in ("paper", "table", "row", "column")), value,
+                             _text(e["protocol"], where, "protocol"), cell,
+                             _check_metric_name(e.get("metric", "ood_acc"), where),
+                             _text(e.get("note", ""), where, "note")))
+    tables = []
+    for i, m in enumerate(_tables(data, "missing", path)):
+        tables.append({k: _text(v, f"{path}: missing entry {i + 1}", k) for k, v in m.items()})
+    return out, tables
 
 
 def _matches(df: pd.DataFrame, cell: dict[str, Any]) -> pd.Series:
@@ -108,7 +159,9 @@ def compare(df: pd.DataFrame, published: list[Published], selection: str = "targ
             chosen_by_metric[p.metric] = select(df, selection, checkpoint, p.metric)
         chosen = chosen_by_metric[p.metric]
         rows = chosen[_matches(chosen, p.cell)] if not chosen.empty else chosen
-        values = pd.to_numeric(rows.get(p.metric), errors="coerce").dropna() if not rows.empty else pd.Series([])
+        if p.metric not in rows.columns:  # no run of these results measures it
+            rows = rows.iloc[:0]
+        values = pd.to_numeric(rows[p.metric], errors="coerce").dropna() if not rows.empty else pd.Series([])
         if values.empty:
             out.without_results.append(p)
             continue

@@ -11,8 +11,8 @@ Agg / the vector backends chosen by the file suffix.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ftbench.errors import UsageError, unknown
+from ftbench.outfile import write_output
 from ftbench.report.table import (DEFAULT_SELECTION, DEFAULT_TREND, SELECTIONS, Trend, fit_trend, label_columns,
                                   protocols_of, select, trend_points)
 
@@ -385,21 +386,17 @@ def plot_results(df: pd.DataFrame, path: Path, selection: str = DEFAULT_SELECTIO
 
     The format comes from the suffix (.png, .svg, .pdf; anything else is a :class:`UsageError`
     before any work). The file is written to a hidden temporary name in the same folder and
-    renamed into place; missing parent folders are created.
+    renamed into place; missing parent folders are created; an existing FIFO or device is written
+    into (:func:`ftbench.outfile.write_output`).
     """
     path = Path(path)
     suffix = _check_suffix(path)
     fig = build_figure(df, selection, metric, trend)  # validates everything before the disk is touched
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # Text stays text in SVG/PDF (searchable, editable in papers); no dates, so reruns are identical.
     rc = {"svg.fonttype": "none", "pdf.fonttype": 42, "svg.hashsalt": "ftbench"}
     metadata = {".png": {}, ".svg": {"Date": None}, ".pdf": {"CreationDate": None}}[suffix]
-    try:
-        with matplotlib.rc_context(rc):
-            fig.savefig(tmp, format=suffix[1:], dpi=200, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()  # drawn in memory, then written as a whole (a FIFO or device gets the bytes)
+    with matplotlib.rc_context(rc):
+        fig.savefig(buf, format=suffix[1:], dpi=200, metadata=metadata)
+    write_output(path, buf.getvalue(), "--plot")
     return path

@@ -149,7 +149,9 @@ def load_baseline(path: Path) -> pd.DataFrame:
     except OSError as e:
         raise UsageError(f"cannot read baseline {str(p)!r}: {e.strerror or e}") from None
     for prob in problems:
-        print(f"warning: skipped baseline file {prob.path}: {prob.reason}", file=sys.stderr)
+        from ftbench.text import clean
+
+        print(clean(f"warning: skipped baseline file {prob.path}: {prob.reason}"), file=sys.stderr)
     if df.empty:
         raise UsageError(f"baseline {str(p)!r} holds no readable ftbench results")
     if not (df["status"] == "ok").any():

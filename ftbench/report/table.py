@@ -26,6 +26,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,7 +204,22 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
     df = _prepare(df)
     if df.empty:
         return df
-    score = pd.Series(-math.inf, index=df.index)
+    score = _scores(df, selection, metric)
+    if selection != "oracle":  # a row without the selection value cannot be chosen (unselectable_rows)
+        df, score = df[score.notna()], score[score.notna()]
+    df = df.assign(_score=score.fillna(-math.inf))
+    # Deterministic tie-break: run id order (never the test metric).
+    df = df.sort_values(["_score", "run_id"], ascending=[False, True], kind="mergesort")
+    keys = ROW_KEY + COL_KEY + ["seed"]
+    return df.groupby(keys, dropna=False, sort=False).head(1).drop(columns="_score")
+
+
+def _scores(df: pd.DataFrame, selection: str, metric: str) -> pd.Series:
+    """The selection value of each row of ``df`` (prepared ok rows), NaN where a row has none.
+
+    A benchmark none of whose rows has the selection split (``ood-val`` where it has no OOD val set)
+    is a UsageError; a single row without a value (NaN ``val_acc``) is only that row's problem."""
+    score = pd.Series(float("nan"), index=df.index)
     for name in protocols_of(df):
         rows = df["protocol"] == name
         column, base = selection_column(selection, metric, name), selection_column(selection, "ood_acc", name)
@@ -211,17 +227,51 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
             pd.Series(float("nan"), index=df.index[rows])
         if column != base and column in df.columns:  # the benchmark metric where a row has it, else accuracy
             s = pd.to_numeric(df.loc[rows, column], errors="coerce").fillna(s)
-        missing = sorted(set(df.loc[rows][s.isna().to_numpy()]["benchmark"].astype(str)))
+        has = s.notna().groupby(df.loc[rows, "benchmark"].astype(str).to_numpy()).any()
+        missing = sorted(has.index[~has.to_numpy()])
         if missing and selection != "oracle":
             raise UsageError(f"--select {selection}: runs of protocol {name!r} on {', '.join(missing)} have no "
                              f"{base.removesuffix('_acc').replace('_', ' ')} split to select on; accepted for them: "
                              + ", ".join(k for k in _protocol(name).selections if k != selection))
-        score.loc[rows] = s.fillna(-math.inf)
-    df = df.assign(_score=score)
-    # Deterministic tie-break: run id order (never the test metric).
-    df = df.sort_values(["_score", "run_id"], ascending=[False, True], kind="mergesort")
-    keys = ROW_KEY + COL_KEY + ["seed"]
-    return df.groupby(keys, dropna=False, sort=False).head(1).drop(columns="_score")
+        score.loc[rows] = s.to_numpy()
+    return score
+
+
+def unselectable_rows(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str = "best",
+                      metric: str = "ood_acc") -> int:
+    """How many ok rows :func:`select` leaves out because they have no value of the selection split
+    (a NaN ``val_acc`` in one run, while the benchmark's other runs have it)."""
+    if selection == "oracle":
+        return 0
+    df = df[df["status"] == "ok"]
+    if checkpoint == "final":
+        df = df[is_final(df)]
+    df = _prepare(df)
+    return 0 if df.empty else int(_scores(df, selection, metric).isna().sum())
+
+
+# Columns that say which cell and seed a row belongs to: never a --metric (grouped by, not averaged).
+KEY_COLUMNS = ("run_id", *ROW_KEY, *COL_KEY, "seed", "shift_level")
+MEASUREMENT_PREFIXES = ("id_", "ood_", "ood.", "val_", "source_val_")
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The columns ``--metric`` accepts: numeric (not boolean) result columns other than the cell
+    keys and the seed; the measurements (``id_*``, ``ood_*``, ``val_*``, ...) first."""
+    cols = [str(c) for c in df.columns if c not in KEY_COLUMNS and pd.api.types.is_numeric_dtype(df[c])
+            and not pd.api.types.is_bool_dtype(df[c])]
+    first = [c for c in METRIC_NAMES if c in cols]
+    first += sorted(c for c in cols if c.startswith(MEASUREMENT_PREFIXES) and c not in first)
+    return first + sorted(c for c in cols if c not in first)
+
+
+def check_metric(df: pd.DataFrame, metric: str) -> None:
+    """A UsageError naming the accepted metrics unless ``metric`` is one of :func:`metric_columns`."""
+    accepted = metric_columns(df)
+    if metric not in accepted:
+        why = ("a column the table groups by, not a number to average" if metric in KEY_COLUMNS else
+               "not a numeric column" if metric in df.columns else "no such column")
+        raise UsageError(f"unknown metric {metric!r} ({why}); accepted: {', '.join(accepted)}")
 
 
 # What the selection chooses among: a cell's runs for one seed may differ in these (a suite's grid),
@@ -396,9 +446,7 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = DEFAULT_SELE
     runs fit the trend line of ``table="robustness"``."""
     if table not in TABLES:
         raise unknown("table", table, TABLES)
-    if metric not in df.columns:
-        numeric = sorted(c for c in df.columns if c.endswith("_acc") or c.startswith("ood"))
-        raise unknown("metric", metric, numeric)
+    check_metric(df, metric)
     chosen = select(df, selection, checkpoint, metric)
     if chosen.empty:
         raise UsageError("no successful runs to report (status == 'ok')")
@@ -647,11 +695,14 @@ def render_markdown(grid: Grid) -> str:
     return "\n".join(out) + "\n"
 
 
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--"}
+_TEX_SPECIAL = re.compile("|".join(re.escape(k) for k in _TEX))
+
+
 def _tex(s: str) -> str:
-    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")]:
-        s = s.replace(a, b)
-    return s.replace("±", r"$\pm$").replace("–", "--")
+    # One pass: the braces of a replacement (\textbackslash{}) are not escaped again.
+    return _TEX_SPECIAL.sub(lambda m: _TEX[m.group()], s)
 
 
 def render_latex(grid: Grid) -> str:

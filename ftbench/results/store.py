@@ -90,6 +90,17 @@ def result_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}.parquet"
 
 
+def check_result_slots(out_dir: Path | str, run_ids: list[str]) -> None:
+    """A UsageError, before any run, if the result file of one of ``run_ids`` cannot be written because
+    something other than a file holds its name (a folder ``<run_id>.parquet``, a FIFO, a device)."""
+    for run_id in run_ids:
+        path = result_path(Path(out_dir), run_id)
+        if path.exists() and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise UsageError(f"cannot write the result of run {run_id}: {str(path)!r} is {what}; move it out of "
+                             "the results folder and run the same command again")
+
+
 def write_result(out_dir: Path | str, rows: dict[str, Any] | list[dict[str, Any]]) -> Path:
     """Write one run's row(s) to ``<out_dir>/<run_id>.parquet`` atomically; return the path.
 
@@ -180,13 +191,57 @@ def _ids_problem(run_ids: list[Any], path: Path) -> str | None:
     return None
 
 
+def _load(f: Path, in_folder: bool) -> tuple[pd.DataFrame | None, str | None]:
+    """The rows of result file ``f`` as a DataFrame, or None and why it cannot be used (see
+    :func:`read_results`): the one check behind both what ``report`` reads and what ``sweep`` counts
+    as done, so no file can be skipped by the one and left out by the other."""
+    if not f.is_file():
+        return None, "not a regular file (a folder or device named like a result file)"
+    try:
+        table = pq.read_table(f)
+    except Exception as e:  # corrupt, truncated, not parquet
+        return None, f"unreadable parquet ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    reason = _problem(table.schema, table.num_rows)
+    if reason is None and in_folder:
+        reason = _ids_problem(table.column("run_id").to_pylist(), f)
+    if reason:
+        return None, reason
+    try:
+        return table.to_pandas(), None
+    except Exception as e:  # e.g. malformed pandas metadata in the file's schema
+        return None, f"unreadable parquet ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+
+
+def _clean_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """String values with control characters made visible (:func:`ftbench.text.clean`): every value
+    of a results file may end up printed on a terminal."""
+    import pandas as pd
+
+    from ftbench.text import clean, has_control
+
+    names = {c: clean(c, newlines=False) for c in df.columns if isinstance(c, str) and has_control(c)}
+    if names:  # a column name is printed too (an OOD set's sub-column, the accepted --metric values)
+        df = df.rename(columns=names)
+    for col in df.columns:
+        values = df[col]
+        if isinstance(values.dtype, pd.CategoricalDtype):  # a dictionary column: its values are the categories
+            values = values.astype(object)
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            bad = values.map(lambda v: isinstance(v, str) and has_control(v))
+            if bad.any():
+                df[col] = values.map(lambda v: clean(v, newlines=False) if isinstance(v, str) else v)
+    return df
+
+
 def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
     """All rows of a results folder (or one parquet file), plus the files that were skipped.
 
-    A file is used when it is readable parquet with the ftbench columns, at least one row, column
-    types that fit (numbers in metric columns: see :func:`_problem`) and, in a folder, only rows of
-    the run its name says. One file given by itself may have any name; a problem with it is a
-    :class:`UsageError`. The files this uses are exactly those :func:`completed_ids` counts as done.
+    A file is used when it is a regular file of readable parquet with the ftbench columns, at least
+    one row, column types that fit (numbers in metric columns: see :func:`_problem`), pandas can
+    convert it and, in a folder, it holds only rows of the run its name says. One file given by
+    itself may have any name; a problem with it is a :class:`UsageError`. The files this uses are
+    exactly those :func:`completed_ids` counts as done. Control characters in string values are
+    made visible (``\\x1b``), since any value may be printed on a terminal.
     """
     import pandas as pd
 
@@ -199,39 +254,26 @@ def read_results(results_dir: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
         raise UsageError(f"results folder or file {str(p)!r} does not exist")
     frames, problems = [], []
     for f in files:
-        try:
-            table = pq.read_table(f)
-        except Exception as e:  # corrupt, truncated, not parquet
-            problems.append(Problem(f, f"unreadable parquet ({str(e).splitlines()[0][:120]})"))
+        frame, reason = _load(f, in_folder=not p.is_file())
+        if frame is None:
+            problems.append(Problem(f, reason or "unusable"))
             continue
-        reason = _problem(table.schema, table.num_rows)
-        if reason is None and not p.is_file():
-            reason = _ids_problem(table.column("run_id").to_pylist(), f)
-        if reason:
-            problems.append(Problem(f, reason))
-            continue
-        frames.append(table.to_pandas())
+        frames.append(frame)
     if p.is_file() and problems:
         raise UsageError(f"cannot use results file {str(p)!r}: {problems[0].reason}")
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCHEMA.names))
-    return df, problems
+    return _clean_strings(df), problems
 
 
 def is_done(path: Path | str, retry_failed: bool = False) -> bool:
     """Whether ``<results>/<run_id>.parquet`` at ``path`` is a finished run: a file
-    :func:`read_results` would use (readable, ftbench columns of fitting types, rows of that run
-    id only). With ``retry_failed``, a run recorded as failed or diverged is not done."""
-    path = Path(path)
-    try:
-        meta = pq.read_metadata(path)
-        if _problem(meta.schema.to_arrow_schema(), meta.num_rows) is not None:
-            return False
-        cols = pq.read_table(path, columns=["run_id", "status"])
-    except Exception:
-        return False  # unreadable: not done; the rerun overwrites it
-    if _ids_problem(cols.column("run_id").to_pylist(), path) is not None:
+    :func:`read_results` would use (the same check: readable, ftbench columns of fitting types,
+    rows of that run id only). With ``retry_failed``, a run recorded as failed or diverged is not
+    done. A file that is not (corrupt, foreign) is rerun, and the rerun replaces it."""
+    frame, _ = _load(Path(path), in_folder=True)
+    if frame is None:
         return False
-    return not retry_failed or all(s == "ok" for s in cols.column("status").to_pylist())
+    return not retry_failed or all(s == "ok" for s in frame["status"])
 
 
 def completed_ids(results_dir: Path | str, retry_failed: bool = False) -> set[str]:

@@ -86,7 +86,9 @@ class Progress:
             result = "finished by another process"
         else:
             self.failed += 1
-            result = f"{outcome.status} ({outcome.error})"
+            from ftbench.text import clean
+
+            result = clean(f"{outcome.status} ({outcome.error})", newlines=False)  # an error may quote a file's text
         if self._p is not None:
             # The latest result first (the run's description is cut to the width the counts leave).
             self._latest = self._fit(f"{result} · {describe(spec)}")
