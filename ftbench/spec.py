@@ -81,7 +81,7 @@ class RunSpec:
         """Stable hash of the (resolved) configuration: 16 hex characters."""
         # Fields added after 0.1.0 enter the hash only when set, so earlier run ids stay valid.
         d = {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
-        payload = json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str)
+        payload = json.dumps({"v": SPEC_VERSION, **_unsigned_zeros(d)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
@@ -102,6 +102,19 @@ class RunSpec:
         ``blocks`` as a label like ``"1,2"`` and ``options`` as a dict (stored as JSON)."""
         d = self.to_dict()
         return {"run_id": self.run_id, **d, "blocks": self.blocks_label(), "options": d["options"]}
+
+
+def _unsigned_zeros(value: Any) -> Any:
+    """``value`` with every float ``-0.0`` (also inside lists, tuples and dicts) made ``0.0``: they
+    are equal and train alike, so ``wd=-0.0`` and ``wd=0`` must be one run id. Nothing else changes,
+    so every other id is what it was."""
+    if isinstance(value, float):
+        return 0.0 if value == 0.0 else value
+    if isinstance(value, dict):
+        return {k: _unsigned_zeros(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unsigned_zeros(v) for v in value)
+    return value
 
 
 def normalize_blocks(blocks: list[str] | tuple[str, ...], accepted: tuple[str, ...], model: str) -> tuple[str, ...]:
@@ -138,6 +151,8 @@ def resolve(spec: RunSpec) -> RunSpec:
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
+    # -0.0 is 0.0 (x + 0.0 is x for every other float): the rows show one value for one run id.
+    spec = dataclasses.replace(spec, **{f: v + 0.0 for f in ("lr", "wd") if isinstance(v := getattr(spec, f), float)})
     if spec.weights is not None:
         from ftbench.models.weights import resolve_weights
 

@@ -62,7 +62,7 @@ class Option:
             raise unknown(f"value for option {name} of method {method!r}:", v, self.choices)
         if kind in (int, float) and (not math.isfinite(v) or (self.minimum is not None and v < self.minimum)):
             raise UsageError(f"option {name}={v!r} of method {method!r} must be {self.requirement()}")
-        return v
+        return v + 0.0 if kind is float else v  # -0.0 is 0.0: one value, one run id
 
 
 BN_OPTION = Option(
