@@ -97,7 +97,7 @@ def run(
     from ftbench.results.store import write_result
     from ftbench.sweep.task import set_threads
     from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import execute, pick_device, work_dir
+    from ftbench.train.runner import discard_work, execute, pick_device, work_dir
     from ftbench.validate import check_output_dir, check_settings
 
     fields: dict[str, Any] = dict(
@@ -119,6 +119,7 @@ def run(
     _print_notices([spec])
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
+    discard_work(work_dir(out_dir, spec.run_id), rows)  # only now: a kill before the write resumes
     row = rows[-1]
     blocks = f" --block {' --block '.join(spec.blocks)}" if spec.blocks else ""
     from ftbench.protocols.base import get_protocol
