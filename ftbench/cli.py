@@ -465,7 +465,7 @@ def list_(
     if what in ("recipes", "protocols"):
         lines = _listing(what, name, None)
     else:
-        from ftbench.catalog import cached
+        from ftbench.catalog import cached, markup_lines
 
         key: tuple[Any, ...] = ("list", what, name)
         path = None
@@ -476,7 +476,7 @@ def list_(
             key += suites_file_key(path) or ("unreadable",)  # the listing itself then says what is wrong
         elif what == "corruptions":
             key += (os.environ.get("FTBENCH_FROST_DIR", ""),)
-        lines = cached(key, lambda: _listing(what, name, path))
+        lines = cached(key, lambda: _listing(what, name, path), markup_lines)
     for line in lines:
         out.print(line)
 

@@ -265,6 +265,35 @@ def suites_file_key(path: Path) -> tuple[str, ...] | None:
     return (str(Path(path).resolve()), digest, os.getcwd())
 
 
+# What each field of a RunSpec's to_dict holds (the catalog cache's schema of an expanded suite).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "benchmark": (str,), "shift": (str,), "corruption": (str, type(None)), "severity": (int, type(None)),
+    "shots": (int, type(None)), "model": (str, type(None)), "method": (str,), "blocks": (list,),
+    "lr": (float, type(None)), "wd": (float, type(None)), "steps": (int, type(None)), "epochs": (int, type(None)),
+    "batch_size": (int, type(None)), "optimizer": (str, type(None)), "seed": (int,), "options": (dict,),
+    "checkpoints": (int, type(None)), "weights": (str, type(None)), "protocol": (str,),
+    "data_version": (int, type(None)),
+}
+
+
+def _spec_dicts(value: Any) -> bool:
+    """Whether ``value`` is a list of RunSpec dicts as ``to_dict`` makes them (every field, of its type)."""
+    if not isinstance(value, list):
+        return False
+    for d in value:
+        if not (isinstance(d, dict) and set(d) == set(_FIELD_TYPES)):
+            return False
+        for k, types in _FIELD_TYPES.items():
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, types):
+                return False
+        if not all(isinstance(b, str) for b in d["blocks"]):
+            return False
+        if not all(isinstance(v, (str, int, float, bool, list, type(None))) for v in d["options"].values()):
+            return False
+    return True
+
+
 def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     """:func:`expand_suite`, from the catalog cache in a fresh process (ftbench/catalog.py): spares
     ``sweep --dry-run`` the imports of every registry. Keyed by :func:`suites_file_key`; a cached spec
@@ -275,7 +304,7 @@ def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     key = suites_file_key(path)
     if key is None:
         return expand_suite(name, path)
-    dicts = cached(("suite", name, *key), lambda: [s.to_dict() for s in expand_suite(name, path)])
+    dicts = cached(("suite", name, *key), lambda: [s.to_dict() for s in expand_suite(name, path)], _spec_dicts)
     specs = [RunSpec.from_dict(d) for d in dicts]
     if any(s.weights not in (None, "scratch") and not Path(s.weights).is_file() for s in specs):
         return expand_suite(name, path)

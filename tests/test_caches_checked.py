@@ -266,3 +266,139 @@ def test_a_finished_autoft_runs_journal_is_removed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert task.run_task(spec, out, "cpu").status == "ok"
     assert not runner.work_dir(out, spec.run_id).exists()
+
+
+# --- the catalog cache -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalog_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process uses the catalog cache (as a fresh ``ftbench`` process does), in its own folder."""
+    from ftbench import catalog
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FTBENCH_CACHE", str(cache))
+    monkeypatch.delenv("FTBENCH_NO_CATALOG", raising=False)
+    monkeypatch.setattr(catalog, "_FRESH", [True])
+    return cache
+
+
+def _entry(cache: Path, kind: str) -> Path:
+    import json
+
+    (path,) = [p for p in (cache / "catalog").glob("*.json") if json.loads(p.read_text())["key"][:2] == kind]
+    return path
+
+
+def _rewrite(path: Path, edit, rehash: bool) -> None:
+    """Edit a catalog entry's value; with ``rehash``, as a careful forger would, its hash too."""
+    import json
+
+    from ftbench import catalog
+
+    record = json.loads(path.read_text())
+    record["value"] = edit(record["value"])
+    if rehash:
+        record["sha256"] = catalog._digest(record["key"], record["value"], record["deps"])
+    path.write_text(json.dumps(record))
+
+
+def _edit_spec(**change):
+    return lambda value: [{**d, **change} for d in value]
+
+
+SUITE_EDITS = {
+    "another method": (_edit_spec(method="full", blocks=[]), False),
+    "other steps": (_edit_spec(steps=7), False),
+    "another seed": (_edit_spec(seed=3), False),
+    "steps a string": (_edit_spec(steps="5"), True),
+    "seed a bool": (_edit_spec(seed=True), True),
+    "unknown RunSpec key": (_edit_spec(colour="red"), True),
+    "a field missing": (lambda v: [{k: x for k, x in d.items() if k != "seed"} for d in v], True),
+    "blocks of numbers": (_edit_spec(blocks=[1]), True),
+    "not a list": (lambda v: {"runs": v}, True),
+    "options a list": (_edit_spec(options=[["bn", "train"]]), True),
+}
+
+
+@pytest.mark.parametrize("edit", list(SUITE_EDITS), ids=list(SUITE_EDITS))
+def test_an_edited_or_malformed_suite_entry_is_computed_again(cli, catalog_on: Path, tmp_path: Path,
+                                                              edit: str) -> None:
+    args = ("sweep", "smoke", "--dry-run", "--out", tmp_path / "out")
+    first = cli(*args)
+    assert first.code == 0, first.err
+    change, rehash = SUITE_EDITS[edit]
+    _rewrite(_entry(catalog_on, ["suite", "smoke"]), change, rehash)
+    again = cli(*args)
+    assert again.code == 0 and "Traceback" not in again.err, again.err
+    assert again.out == first.out  # the suite's own runs, not the edited ones
+    assert again.err.count("notice: ignored the catalog cache entry") == 1, again.err
+    assert cli(*args).err.count("notice") == 0  # written again, correctly: believed now
+
+
+LIST_EDITS = {
+    "an edited line": (lambda v: [v[0] + " (edited)", *v[1:]], False),
+    "malformed rich markup": (lambda v: ["[/bold] closing tag with no opening", *v], True),
+    "a line not a string": (lambda v: [1, *v], True),
+    "not a list": (lambda v: {"lines": v}, True),
+}
+
+
+@pytest.mark.parametrize("edit", list(LIST_EDITS), ids=list(LIST_EDITS))
+def test_an_edited_or_malformed_listing_is_computed_again(cli, catalog_on: Path, edit: str) -> None:
+    first = cli("list", "methods")
+    assert first.code == 0, first.err
+    change, rehash = LIST_EDITS[edit]
+    _rewrite(_entry(catalog_on, ["list", "methods"]), change, rehash)
+    again = cli("list", "methods")
+    assert again.code == 0 and "Traceback" not in again.err, again.err
+    assert again.out == first.out and "notice: ignored the catalog cache entry" in again.err
+
+
+def test_a_catalog_entry_that_is_not_ftbenchs_is_computed_again(catalog_on: Path) -> None:
+    from ftbench import catalog
+
+    calls: list[int] = []
+
+    def compute() -> list[str]:
+        calls.append(1)
+        return ["a"]
+
+    assert catalog.cached(("k",), compute) == ["a"]
+    path = _entry(catalog_on, ["k"])
+    for text in ["[" * 100_000, '{"key": ["k"], "value": ["b"]}', "null", '{"key": ["k"], "value": ["b"], '
+                 '"deps": [[1]], "sha256": "x"}', "\udcff".encode("utf-8", "surrogateescape").decode("latin-1")]:
+        path.write_text(text)
+        assert catalog.cached(("k",), compute) == ["a"]
+    assert len(calls) == 6
+
+
+def test_a_re_pointed_weights_symlink_is_a_catalog_miss(cli, catalog_on: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite's ``weights = "cur.pt"``, a symlink re-pointed from a.pt to b.pt: the sweep trains from
+    b.pt, as without the catalog (before: the cached expansion still said a.pt)."""
+    import torch
+
+    from ftbench.models.base import get_model_entry
+
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("a.pt", 0), ("b.pt", 1)):
+        torch.manual_seed(seed)
+        torch.save(get_model_entry("digits-resnet").build(1, 10).state_dict(), tmp_path / name)
+    (tmp_path / "cur.pt").symlink_to("a.pt")
+    suites = tmp_path / "suites.toml"
+    suites.write_text('[suites.w]\ndescription = "w"\nmethod = ["surgical"]\nsteps = 2\nweights = "cur.pt"\n')
+    args = ("sweep", "w", "--suites", suites, "--dry-run", "--out", tmp_path / "out")
+    on_a = cli(*args)
+    assert on_a.code == 0, on_a.err
+    (tmp_path / "cur.pt").unlink()
+    (tmp_path / "cur.pt").symlink_to("b.pt")
+    on_b = cli(*args)
+    assert on_b.code == 0, on_b.err
+    monkeypatch.setenv("FTBENCH_NO_CATALOG", "1")
+    assert on_b.out == cli(*args).out != on_a.out
+    from ftbench.spec import expand_suite_cached
+
+    monkeypatch.delenv("FTBENCH_NO_CATALOG")
+    (spec,) = expand_suite_cached("w", suites)
+    assert spec.weights == str(tmp_path / "b.pt")
