@@ -15,8 +15,10 @@ Only a process whose registries were still unimported at its first lookup uses t
 then for all its lookups, so one miss fills every entry it computes): one that had them (a test, a
 Python session that registered its own method) computes, since it pays no import and may hold
 entries that are not ftbench's. Entries are JSON files under ``$FTBENCH_CACHE/catalog`` written
-atomically; an unreadable or foreign one is recomputed and a cache that cannot be written is
-skipped, never an error. Errors (a bad suite, an unknown name) are never cached: they are computed
+atomically, each with a SHA-256 of its key, value and the files the value was computed from
+(:func:`depends_on`: a suite's weights files, by resolved path, size and mtime); an unreadable,
+foreign, edited or malformed one (the caller passes its schema) is recomputed with a notice, one
+whose files changed is a plain miss, and a cache that cannot be written is skipped, never an error. Errors (a bad suite, an unknown name) are never cached: they are computed
 each time.
 """
 

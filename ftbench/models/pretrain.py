@@ -2,7 +2,9 @@
 
 The cache key is a hash of the model name, the source task's identity, the pretraining recipe and
 the device type,
-so a model is reused across runs and sweeps and rebuilt when missing or unreadable. Files are
+so a model is reused across runs and sweeps and rebuilt when missing or unreadable, or when its
+bytes are not those recorded for its key when it was written (``<name>.pt.sha256``,
+ftbench/integrity.py: another state dict put in its place, or a file of an older ftbench). Files are
 written to a temporary name (``models/.<name>.pt.<pid>.tmp``) and renamed into place, and loaded
 with ``weights_only=True``. Temporary files of killed writers are removed by the next process
 that uses the cache (see :func:`clean_tmp`).
