@@ -18,8 +18,8 @@ entries that are not ftbench's. Entries are JSON files under ``$FTBENCH_CACHE/ca
 atomically, each with a SHA-256 of its key, value and the files the value was computed from
 (:func:`depends_on`: a suite's weights files, by resolved path, size and mtime); an unreadable,
 foreign, edited or malformed one (the caller passes its schema) is recomputed with a notice, one
-whose files changed is a plain miss, and a cache that cannot be written is skipped, never an error. Errors (a bad suite, an unknown name) are never cached: they are computed
-each time.
+whose files changed is a plain miss, and a cache that cannot be written is skipped, never an error.
+Errors (a bad suite, an unknown name) are never cached: they are computed each time.
 """
 
 from __future__ import annotations

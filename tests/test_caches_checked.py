@@ -16,8 +16,10 @@ from ftbench.spec import RunSpec, resolve
 
 @pytest.mark.parametrize("a, b", [
     (RunSpec(wd=-0.0), RunSpec(wd=0.0)),
-    (RunSpec(method="wise-ft", options=(("alphas", "-0,0.5"),)), RunSpec(method="wise-ft", options=(("alphas", "0,0.5"),))),
-    (RunSpec(method="wise-ft", options=(("alphas", [-0.0, 1.0]),)), RunSpec(method="wise-ft", options=(("alphas", "0,1"),))),
+    (RunSpec(method="wise-ft", options=(("alphas", "-0,0.5"),)),
+     RunSpec(method="wise-ft", options=(("alphas", "0,0.5"),))),
+    (RunSpec(method="wise-ft", options=(("alphas", [-0.0, 1.0]),)),
+     RunSpec(method="wise-ft", options=(("alphas", "0,1"),))),
     (RunSpec(method="autoft", options=(("wd_min", -0.0),)), RunSpec(method="autoft", options=(("wd_min", 0.0),))),
 ])
 def test_minus_zero_and_zero_are_one_run(a: RunSpec, b: RunSpec) -> None:
