@@ -135,7 +135,7 @@ def run(
     from ftbench.results.store import write_result
     from ftbench.sweep.task import set_threads
     from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import execute, pick_device, work_dir
+    from ftbench.train.runner import discard_work, execute, pick_device, work_dir
     from ftbench.validate import check_output_dir, check_settings
 
     fields: dict[str, Any] = dict(
@@ -161,6 +161,7 @@ def run(
     _print_notices([spec])
     rows = execute(spec, device, work_dir(out_dir, spec.run_id))
     path = write_result(out_dir, rows)
+    discard_work(work_dir(out_dir, spec.run_id), rows)  # only now: a kill before the write resumes
     row = rows[-1]
     blocks = f" --block {' --block '.join(spec.blocks)}" if spec.blocks else ""
     from ftbench.protocols.base import get_protocol
@@ -600,7 +601,7 @@ def list_(
     if what in ("recipes", "protocols"):
         lines = _listing(what, name, None)
     else:
-        from ftbench.catalog import cached
+        from ftbench.catalog import cached, markup_lines
 
         key: tuple[Any, ...] = ("list", what, name)
         path = None
@@ -614,7 +615,7 @@ def list_(
                     key += suites_file_key(f) or ("unreadable",)  # the listing itself then says what is wrong
         elif what == "corruptions":
             key += (os.environ.get("FTBENCH_FROST_DIR", ""),)
-        lines = cached(key, lambda: _listing(what, name, path))
+        lines = cached(key, lambda: _listing(what, name, path), markup_lines)
     for line in lines:
         out.print(line)
 

@@ -113,7 +113,7 @@ class RunSpec:
         d = {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
         d["options"] = {k: v for k, v in d["options"].items()
                         if not ((self.method, k) in LATER_OPTIONS and v == LATER_OPTIONS[self.method, k])}
-        payload = json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str)
+        payload = json.dumps({"v": SPEC_VERSION, **_unsigned_zeros(d)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
@@ -135,6 +135,19 @@ class RunSpec:
         ``blocks`` as a label like ``"1,2"`` and ``options`` as a dict (stored as JSON)."""
         d = self.to_dict()
         return {"run_id": self.run_id, **d, "blocks": self.blocks_label(), "options": d["options"]}
+
+
+def _unsigned_zeros(value: Any) -> Any:
+    """``value`` with every float ``-0.0`` (also inside lists, tuples and dicts) made ``0.0``: they
+    are equal and train alike, so ``wd=-0.0`` and ``wd=0`` must be one run id. Nothing else changes,
+    so every other id is what it was."""
+    if isinstance(value, float):
+        return 0.0 if value == 0.0 else value
+    if isinstance(value, dict):
+        return {k: _unsigned_zeros(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unsigned_zeros(v) for v in value)
+    return value
 
 
 def normalize_blocks(blocks: list[str] | tuple[str, ...], accepted: tuple[str, ...], model: str) -> tuple[str, ...]:
@@ -171,6 +184,8 @@ def resolve(spec: RunSpec) -> RunSpec:
     blocks = normalize_blocks(spec.blocks, entry.block_names, spec.model)
     spec = dataclasses.replace(spec, blocks=blocks)
     spec = method_cls.resolve(spec, entry.block_names)
+    # -0.0 is 0.0 (x + 0.0 is x for every other float): the rows show one value for one run id.
+    spec = dataclasses.replace(spec, **{f: v + 0.0 for f in ("lr", "wd") if isinstance(v := getattr(spec, f), float)})
     if spec.head_init is not None:
         spec = dataclasses.replace(spec, head_init=_head_init(spec, protocol, entry, method_cls))
     spec = _loop_settings(spec, method_cls)
@@ -539,6 +554,35 @@ def suites_file_key(path: Path) -> tuple[str, ...] | None:
     return (str(Path(path).resolve()), digest, os.getcwd())
 
 
+# What each field of a RunSpec's to_dict holds (the catalog cache's schema of an expanded suite).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "benchmark": (str,), "shift": (str,), "corruption": (str, type(None)), "severity": (int, type(None)),
+    "shots": (int, type(None)), "model": (str, type(None)), "method": (str,), "blocks": (list,),
+    "lr": (float, type(None)), "wd": (float, type(None)), "steps": (int, type(None)), "epochs": (int, type(None)),
+    "batch_size": (int, type(None)), "optimizer": (str, type(None)), "seed": (int,), "options": (dict,),
+    "checkpoints": (int, type(None)), "weights": (str, type(None)), "protocol": (str,),
+    "data_version": (int, type(None)),
+}
+
+
+def _spec_dicts(value: Any) -> bool:
+    """Whether ``value`` is a list of RunSpec dicts as ``to_dict`` makes them (every field, of its type)."""
+    if not isinstance(value, list):
+        return False
+    for d in value:
+        if not (isinstance(d, dict) and set(d) == set(_FIELD_TYPES)):
+            return False
+        for k, types in _FIELD_TYPES.items():
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, types):
+                return False
+        if not all(isinstance(b, str) for b in d["blocks"]):
+            return False
+        if not all(isinstance(v, (str, int, float, bool, list, type(None))) for v in d["options"].values()):
+            return False
+    return True
+
+
 def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     """:func:`expand_suite`, from the catalog cache in a fresh process (ftbench/catalog.py): spares
     ``sweep --dry-run`` the imports of every registry. Keyed by :func:`suites_file_key`; a cached spec
@@ -549,7 +593,7 @@ def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     key = suites_file_key(path)
     if key is None:
         return expand_suite(name, path)
-    dicts = cached(("suite", name, *key), lambda: [s.to_dict() for s in expand_suite(name, path)])
+    dicts = cached(("suite", name, *key), lambda: [s.to_dict() for s in expand_suite(name, path)], _spec_dicts)
     specs = [RunSpec.from_dict(d) for d in dicts]
     if any(s.weights not in (None, "scratch") and not Path(s.weights).is_file() for s in specs):
         return expand_suite(name, path)

@@ -207,6 +207,18 @@ def test_gen_applies_the_torch_corruption_deterministically(data, model_cache: P
         resolve(RunSpec(benchmark="cifar10-c-gen", corruption="inversion"))  # not a CIFAR-10-C corruption
 
 
+def test_gen_images_replaced_in_the_cache_are_regenerated(data, model_cache: Path, capsys) -> None:
+    """Other valid images of the right shape put in the cache file (issue 27): not believed."""
+    spec = resolve(RunSpec(benchmark="cifar10-c-gen", corruption="gaussian_noise", severity=2, shots=5))
+    t = get_benchmark("cifar10-c-gen").target(spec)
+    (path,) = (model_cache / "cifar10-c-gen").glob("gaussian_noise-2-*.npy")
+    np.save(path, np.zeros_like(np.load(path)))
+    cifar._generated.cache_clear()
+    capsys.readouterr()
+    assert torch.equal(get_benchmark("cifar10-c-gen").target(spec).test.x, t.test.x)
+    assert "are not used" in capsys.readouterr().err and np.load(path).any()
+
+
 def test_missing_or_damaged_data_is_one_error_line(cli, tmp_path: Path, monkeypatch, fabricated) -> None:
     monkeypatch.setenv("FTBENCH_DATA", str(tmp_path))
     r = cli("run", "--benchmark", "cifar10-c", "--method", "surgical", "--block", "1", "--steps", "2",

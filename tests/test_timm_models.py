@@ -264,7 +264,7 @@ def test_pretrained_from_weights(tmp_path: Path, monkeypatch) -> None:
     from ftbench.train.loop import accuracy
 
     assert accuracy(got, source.test) > 40.0  # fit on the source split: far above chance (10%)
-    cached = list((tmp_path / "cache" / "models").iterdir())
+    cached = list((tmp_path / "cache" / "models").glob("*.pt"))
     assert [p.name[:14] for p in cached] == ["timm_resnet18-"]
     calls: list[int] = []
     monkeypatch.setattr(weights_mod, "fit_head", lambda *a: calls.append(1))

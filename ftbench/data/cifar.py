@@ -157,14 +157,19 @@ def generate(clean: np.ndarray, name: str, severity: int) -> np.ndarray:
     return out
 
 
-def _gen_cache_path(clean: np.ndarray, name: str, severity: int) -> Path:
-    from ftbench.data.fetch import cache_dir
-
+def _gen_cache_key(clean: np.ndarray, name: str, severity: int) -> dict[str, Any]:
     # Tied to the input images and to the corruption code, so neither a different copy of CIFAR-10
     # nor a changed corruption ever reads a stale file.
     code = hashlib.sha256(Path(corruptions.__file__).read_bytes()).hexdigest()
     key = {"v": GEN_VERSION, "name": name, "severity": severity, "chunk": GEN_CHUNK, "corruptions": code,
            "n": int(clean.shape[0]), "crc": zlib.crc32(clean.tobytes())}
+    return key
+
+
+def _gen_cache_path(clean: np.ndarray, name: str, severity: int, key: dict[str, Any] | None = None) -> Path:
+    from ftbench.data.fetch import cache_dir
+
+    key = key or _gen_cache_key(clean, name, severity)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "cifar10-c-gen" / f"{name}-{severity}-{digest}.npy"
 
@@ -172,9 +177,15 @@ def _gen_cache_path(clean: np.ndarray, name: str, severity: int) -> Path:
 @functools.lru_cache(maxsize=4)
 def _generated(root: str, name: str, severity: int) -> np.ndarray:
     """cifar10-c-gen's images of ``name`` at ``severity``: from the disk cache, or generated now."""
+    from ftbench import integrity
+
     clean = _cifar10(root)[2]
-    path = _gen_cache_path(clean, name, severity)
-    if path.is_file():
+    key = _gen_cache_key(clean, name, severity)
+    path = _gen_cache_path(clean, name, severity, key)
+    why = integrity.check(path, key) if path.is_file() else ""  # the bytes written for this key, or none
+    if why:
+        print(f"warning: cached cifar10-c-gen images {path} are not used: {why}; regenerating", file=sys.stderr)
+    elif path.is_file():
         try:
             x = np.load(path)
             if x.shape == clean.shape and x.dtype == np.uint8:
@@ -188,6 +199,7 @@ def _generated(root: str, name: str, severity: int) -> np.ndarray:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             np.save(fh, x)
+        integrity.record(path, key, content=tmp)  # before the rename (ftbench/integrity.py)
         os.replace(tmp, path)
     except OSError as e:
         print(f"warning: cannot cache cifar10-c-gen images in {path.parent} ({e})", file=sys.stderr)

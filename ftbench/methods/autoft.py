@@ -291,6 +291,49 @@ def _storage(workdir: Path | None) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(workdir / JOURNAL)))
 
 
+def _journal_checked(workdir: Path | None, run_id: str | None) -> None:
+    """Keep ``workdir``'s journal only as far as it was recorded for ``run_id`` (ftbench/integrity.py).
+
+    After each complete trial the journal's size and SHA-256 are recorded with the run id; a journal
+    without that record (an older ftbench's, a copied one), another run's, or one whose recorded
+    bytes changed (an edited or forged trial) is removed with a warning and the search starts over.
+    Bytes after the recorded length (a trial begun, or told but not yet recorded, when the process
+    died) are cut off: that trial is redone, as a trial left RUNNING always was.
+    """
+    from ftbench import integrity
+
+    if workdir is None:
+        return
+    path = Path(workdir) / JOURNAL
+    if not path.is_file():
+        integrity.remove(path)
+        return
+    rec, why = integrity.recorded(path, {"run_id": run_id})
+    if rec is not None:
+        try:
+            size = path.stat().st_size
+            if size < rec["size"] or integrity.digest(path, rec["size"]) != (rec["sha256"], rec["size"]):
+                why = "its content does not match the hash recorded when it was written (edited or replaced)"
+            elif size > rec["size"]:
+                with open(path, "r+b") as fh:
+                    fh.truncate(rec["size"])
+        except OSError as e:
+            why = f"unreadable ({type(e).__name__})"
+    if why:
+        import sys
+
+        print(f"warning: ignored AutoFT's search journal {path} ({why}); the search starts over", file=sys.stderr)
+        integrity.remove(path)
+
+
+def _journal_recorded(workdir: Path | None, run_id: str | None) -> None:
+    """Record the journal's bytes as this run's, after a complete trial (see :func:`_journal_checked`)."""
+    from ftbench import integrity
+
+    if workdir is not None:
+        integrity.record(Path(workdir) / JOURNAL, {"run_id": run_id})
+
+
 def _records(study: optuna.Study) -> list[TrialRecord]:
     import optuna
 
@@ -312,7 +355,7 @@ def best_of(records: Sequence[TrialRecord]) -> TrialRecord:
 
 
 def run_search(space: Space, n_trials: int, evaluate: Any, seed: int, workdir: Path | None,
-               callbacks: Sequence[Any] = ()) -> tuple[list[TrialRecord], int]:
+               callbacks: Sequence[Any] = (), run_id: str | None = None) -> tuple[list[TrialRecord], int]:
     """Run TPE until the study holds ``n_trials`` complete trials; return them (by index) and how many were reused.
 
     ``evaluate(config, index) -> float`` runs one inner fine-tune. Trials left RUNNING by a killed
@@ -320,15 +363,19 @@ def run_search(space: Space, n_trials: int, evaluate: Any, seed: int, workdir: P
     sampled by a TPE sampler seeded from ``(seed, k)`` over the ``k`` complete trials before it, so
     its configuration does not depend on whether the search was interrupted. ``callbacks`` are
     called as ``cb(record)`` after each new trial (tests use them to interrupt the search).
+    A journal in ``workdir`` is reused only as far as it was recorded for ``run_id``
+    (:func:`_journal_checked`).
     """
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _journal_checked(workdir, run_id)
     storage = _storage(workdir)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         study.tell(t.number, state=TrialState.FAIL)  # interrupted: not counted, redone below
+    _journal_recorded(workdir, run_id)
     reused = len(_records(study))
     while True:
         records = _records(study)
@@ -350,6 +397,7 @@ def run_search(space: Space, n_trials: int, evaluate: Any, seed: int, workdir: P
         if not math.isfinite(value):
             value = 0.0  # a NaN value would make the trial FAIL, and the search would redo it forever
         study.tell(trial, value)
+        _journal_recorded(workdir, run_id)
         for cb in callbacks:
             cb(TrialRecord(k, config, value))
 
@@ -550,7 +598,7 @@ class AutoFT(Method):
             return extra[metric]
 
         records, reused = run_search(self.space(), self.opts["trials"], evaluate, spec.seed, ctx.workdir,
-                                     callbacks=callbacks)
+                                     callbacks=callbacks, run_id=spec.run_id)
         best = best_of(records)
         logging.getLogger(__name__).info("autoft: best trial %d of %d, val acc %.2f", best.index, len(records),
                                          best.value)

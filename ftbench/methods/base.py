@@ -73,7 +73,7 @@ class Option:
             words = f"an integer in {low}..{high}" if kind is int else f"a number in [{low}, {high}]"
             raise UsageError(f"option {name}={v!r} of method {method!r} must be {words} (ftbench's limit, far above "
                              "the papers' settings: docs/methods.md#limits)")
-        return v
+        return v + 0.0 if kind is float else v  # -0.0 is 0.0: one value, one run id
 
 
 def _plain(x: float) -> str:

@@ -62,7 +62,7 @@ def parse_alphas(value: Any) -> tuple[float, ...]:
     for item in items:
         text = str(item).strip()
         try:
-            a = float(text)
+            a = float(text) + 0.0  # -0 is 0: one text, one run id
         except ValueError:
             reason = "an empty value" if not text else f"{text!r} is not a number"
             raise UsageError(f"option alphas={shown!r} of method 'wise-ft': {reason}; expected {ALPHAS_RULE}") from None

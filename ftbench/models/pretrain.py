@@ -2,7 +2,9 @@
 
 The cache key is a hash of the model name, the source task's identity, the pretraining recipe and
 the device type,
-so a model is reused across runs and sweeps and rebuilt when missing or unreadable. Files are
+so a model is reused across runs and sweeps and rebuilt when missing or unreadable, or when its
+bytes are not those recorded for its key when it was written (``<name>.pt.sha256``,
+ftbench/integrity.py: another state dict put in its place, or a file of an older ftbench). Files are
 written to a temporary name (``models/.<name>.pt.<pid>.tmp``) and renamed into place, and loaded
 with ``weights_only=True``. Temporary files of killed writers are removed by the next process
 that uses the cache (see :func:`clean_tmp`).
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftbench import integrity
 from ftbench.data.base import SourceTask
 from ftbench.data.fetch import cache_dir
 from ftbench.errors import disk_error
@@ -35,7 +38,9 @@ PRETRAIN_VERSION = 2
 RECIPE = {"optimizer": "adam", "lr": 3e-3, "wd": 5e-4, "epochs": 40, "batch_size": 64, "seed": 0}
 
 
-def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
+def cache_key(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> dict[str, Any]:
+    """What a cached source model depends on (its file name is a hash of it, and its content hash
+    record names it: ftbench/integrity.py)."""
     # The device type is part of the key: CUDA pretraining (bf16) gives different weights than CPU,
     # and results on one device must not depend on which device happened to fill the cache first.
     key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": recipe_of(source, model),
@@ -44,6 +49,11 @@ def cache_path(model: str, source: SourceTask, device: torch.device, weights: st
         from ftbench.models.weights import HEAD_RECIPE
 
         key.update(weights=weights, recipe=HEAD_RECIPE)
+    return key
+
+
+def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
+    key = cache_key(model, source, device, weights)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{model.replace('/', '_').replace(':', '_')}-{digest}.pt"
 
@@ -107,17 +117,24 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
         net.set_zero_shot_head(source.prompts)
         return net
     net = given.model if given is not None else entry.build(source.train.channels, source.num_classes)
+    key = cache_key(model, source, device, given.key() if given is not None else None)
     path = cache_path(model, source, device, given.key() if given is not None else None)
     clean_tmp(path.parent)
     if path.is_file():
-        try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return net.to(device).eval()
-        except Exception as e:  # corrupt or foreign file: rebuild it
-            print(f"warning: cached source model {path} is unreadable ({type(e).__name__}); rebuilding",
-                  file=sys.stderr)
+        # Believed only when it holds the very bytes written for this key (ftbench/integrity.py):
+        # another valid state dict put in its place would otherwise be fine-tuned without a word.
+        why = integrity.check(path, key)
+        if why:
+            print(f"warning: cached source model {path} is not used: {why}; rebuilding", file=sys.stderr)
+        else:
+            try:
+                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                return net.to(device).eval()
+            except Exception as e:  # corrupt or foreign file: rebuild it
+                print(f"warning: cached source model {path} is unreadable ({type(e).__name__}); rebuilding",
+                      file=sys.stderr)
     net = _train(net, source, device, model) if given is None else fit_head(net, source, device)
-    _save(net, path)
+    _save(net, path, key)
     return net.eval()
 
 
@@ -165,14 +182,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _save(net: nn.Module, path: Path) -> None:
-    """Write ``net``'s state dict to ``path`` atomically; a full or read-only cache disk is a
+def _save(net: nn.Module, path: Path, key: dict[str, Any]) -> None:
+    """Write ``net``'s state dict to ``path`` atomically, with its content hash record for ``key``
+    (written first: see ftbench/integrity.py); a full or read-only cache disk is a
     :class:`~ftbench.errors.DiskError` naming the cache file (and leaves no temporary file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:  # a file object: torch.save then chains the OSError of a failed write
             torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, fh)
+        integrity.record(path, key, content=tmp)
         try:
             os.replace(tmp, path)
         except FileNotFoundError:  # removed by clean_tmp elsewhere after a long stall: just not cached

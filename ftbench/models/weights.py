@@ -117,6 +117,9 @@ def resolve_weights(weights: str | None, entry: ModelEntry) -> str | None:
     if w == SCRATCH:
         return SCRATCH if entry.weights is not None else None
     p = Path(w).expanduser()
+    from ftbench.catalog import depends_on
+
+    depends_on(p)  # a cached expansion holding this answer is stale once the file (or a symlink's target) changes
     if not p.is_file():
         raise UsageError(f"weights file {w!r} not found; --weights takes a state-dict file or 'scratch'")
     return str(p.resolve())

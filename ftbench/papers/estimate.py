@@ -19,6 +19,7 @@ its trials × inner steps; methods that train more than one network per step (sp
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from typing import Any
@@ -39,7 +40,9 @@ def forward_flops(model: str, channels: int, size: int, classes: int) -> float |
     model cannot be built or traced there); from the catalog cache in a fresh process."""
     from ftbench.catalog import cached
 
-    return cached(("flops", model, channels, size, classes), lambda: _count_flops(model, channels, size, classes))
+    return cached(("flops", model, channels, size, classes), lambda: _count_flops(model, channels, size, classes),
+                  lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and math.isfinite(v) and v >= 0))
 
 
 def _count_flops(model: str, channels: int, size: int, classes: int) -> float | None:

@@ -146,10 +146,10 @@ def describe_all(specs: list[RunSpec]) -> list[str]:
     keyed by the run ids, which determine the specs."""
     import hashlib
 
-    from ftbench.catalog import cached
+    from ftbench.catalog import cached, markup_lines
 
     ids = hashlib.sha256(" ".join(s.run_id for s in specs).encode()).hexdigest()
-    return cached(("describe", ids), lambda: [describe(s) for s in specs])
+    return cached(("describe", ids), lambda: [describe(s) for s in specs], lambda v: markup_lines(v, len(specs)))
 
 
 def describe(spec: RunSpec) -> str:

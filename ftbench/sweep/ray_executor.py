@@ -160,6 +160,8 @@ def run_ray(
 def _drive(ray: Any, task: Any, todo: list[RunSpec], out_dir: Path, device: str, threads: int,
            retry_failed: bool, progress: bool | None, window: int, summary: SweepSummary, work_dir: Any,
            execute: Execute | None) -> None:
+    from ftbench.train.runner import discard_work
+
     runs = RunQueue(todo)
     inflight: dict[Any, tuple[RunSpec, ExitStack]] = {}
 
@@ -195,6 +197,7 @@ def _drive(ray: Any, task: Any, todo: list[RunSpec], out_dir: Path, device: str,
                     with stack:  # the claim is held until the result is written
                         rows = _rows(ray, ref, spec)
                         write_result(out_dir, rows)
+                        discard_work(work_dir(out_dir, spec.run_id), rows)
                     finish(spec, read_outcome(out_dir, spec.run_id) or Outcome.of(rows[-1]))
                 bar.running(len(inflight))
         finally:

@@ -230,7 +230,7 @@ def _free_memory() -> None:
 def run_task(spec: RunSpec, out_dir: Path | str, device: str = "auto", retry_failed: bool = False,
              execute: Execute | None = None) -> Outcome:
     """Claim, run and record one run of a sweep; the run's result file is written atomically."""
-    from ftbench.train.runner import work_dir
+    from ftbench.train.runner import discard_work, work_dir
 
     out_dir = Path(out_dir)
     with claim(out_dir, spec.run_id) as mine:
@@ -240,6 +240,7 @@ def run_task(spec: RunSpec, out_dir: Path | str, device: str = "auto", retry_fai
             return Outcome(spec.run_id, "done")
         rows = execute_rows(spec, device, work_dir(out_dir, spec.run_id), execute)
         write_result(out_dir, rows)
+        discard_work(work_dir(out_dir, spec.run_id), rows)  # only once the row is safe
         return Outcome.of(rows[-1])
 
 
@@ -255,7 +256,7 @@ def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", r
     from contextlib import ExitStack
 
     from ftbench.train import fused
-    from ftbench.train.runner import work_dir
+    from ftbench.train.runner import discard_work, work_dir
 
     out_dir = Path(out_dir)
     outcomes: dict[str, Outcome] = {}
@@ -282,6 +283,7 @@ def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", r
         for spec in todo:
             r = rows.get(spec.run_id) or execute_rows(spec, device, work_dir(out_dir, spec.run_id), execute)
             write_result(out_dir, r)
+            discard_work(work_dir(out_dir, spec.run_id), r)
             outcomes[spec.run_id] = Outcome.of(r[-1])
     return [outcomes[s.run_id] for s in specs]
 

@@ -10,7 +10,14 @@ state that fit started from, and the checkpoint evaluations so far.
 The file holds tensors and plain containers (dicts, lists, tuples, numbers, strings) only, and is
 read with ``torch.load(weights_only=True)``: results folders are shared (between people, with CI),
 so a ``resume.pt`` planted there must not run code when a run resumes. A file that does not load
-that way, or lacks a field, is ignored with a warning and the run starts over.
+that way, or lacks a field, is ignored with a warning and the run starts over. So is one whose
+bytes are not those recorded when it was written for this run id (``resume.pt.sha256``,
+ftbench/integrity.py: an edited or swapped state, or one from an older ftbench): it is never believed.
+
+The state outlives the training: it is removed only once the run's result row is written
+(:func:`ftbench.train.runner.discard_work`, called by whoever writes the row), so a process killed
+between the end of training and the write (WiSE-FT's evaluation of its α grid, say) resumes at
+the last checkpoint instead of training again from step 0.
 
 A restarted run executes the method again from the start: everything before the interrupted fit
 is deterministic (same seed, same data, same code) and is simply redone, earlier fits included, so
@@ -35,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ftbench import integrity
 from ftbench.errors import disk_error
 
 STATE_FILE = "resume.pt"
@@ -66,7 +74,10 @@ class Resume:
         """The resume state of run ``run_id`` in ``workdir``, if a usable one is there."""
         path = Path(workdir) / STATE_FILE
         saved = None
-        if path.is_file():
+        why = integrity.check(path, {"run_id": run_id}) if path.is_file() else ""
+        if why:  # edited, replaced, another run's, or from an older ftbench: never believed
+            print(f"warning: ignored the resume state {path} ({why}); the run starts over", file=sys.stderr)
+        elif path.is_file():
             try:  # tensors and plain containers only: never unpickle code from a shared folder
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # unreadable, truncated, or holding Python objects
@@ -155,6 +166,7 @@ class Resume:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:  # a file object: torch.save then chains the OSError of a failed write
                 torch.save(state, fh)
+            integrity.record(self.path, {"run_id": ctx.spec.run_id}, content=tmp)  # before the rename
             os.replace(tmp, self.path)
         except Exception as e:  # a full or read-only disk stops a sweep (ftbench.errors.DiskError)
             found = disk_error(e, self.path)
@@ -168,8 +180,8 @@ class Resume:
                 pass
 
     def discard(self) -> None:
-        """The run finished: its resume state is no longer needed."""
-        self.path.unlink(missing_ok=True)
+        """Remove the resume state (and its content hash record)."""
+        integrity.remove(self.path)
 
 
 def _has_state(hook: Any) -> bool:

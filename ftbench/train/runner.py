@@ -172,6 +172,17 @@ def work_dir(out_dir: Path | str, run_id: str) -> Path:
     return Path(out_dir) / ".work" / run_id
 
 
+def discard_work(workdir: Path | None, rows: list[dict[str, Any]]) -> None:
+    """Remove a run's scratch folder (its resume state, AutoFT's search journal) once its result
+    ``rows`` are written; kept when the run failed, so that ``--retry-failed`` resumes from it
+    (it is checked before it is believed: ftbench/integrity.py). Never an error."""
+    import shutil
+
+    if workdir is None or (rows and rows[-1].get("status") == "failed"):
+        return
+    shutil.rmtree(workdir, ignore_errors=True)  # (a symlink in its place is not followed)
+
+
 def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> Trained:
     """Resolve ``spec`` and train it (see :func:`_fine_tune`) under its training and evaluation precision."""
     spec = resolve(spec)
@@ -223,8 +234,8 @@ def _fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None)
     ctx.metrics.update(method.run(ctx))
     _sync(dev)
     seconds = before + time.perf_counter() - t0 - eval_seconds[0]
-    if resume is not None:
-        resume.discard()
+    # The resume state stays until the result is written (discard_work): a kill during the
+    # evaluations below, or before the row is written, resumes instead of training again.
     # States the method asks to have evaluated too (WiSE-FT's interpolations); not timed as training.
     states = [{**cols, **_evaluate(model, task)} for cols in method.extra_states(ctx)]
     return Trained(spec, dev, model, method, task, ctx, seconds, checkpoints, states)
