@@ -561,7 +561,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "lr": (float, type(None)), "wd": (float, type(None)), "steps": (int, type(None)), "epochs": (int, type(None)),
     "batch_size": (int, type(None)), "optimizer": (str, type(None)), "seed": (int,), "options": (dict,),
     "checkpoints": (int, type(None)), "weights": (str, type(None)), "protocol": (str,),
-    "data_version": (int, type(None)),
+    "data_version": (int, type(None)), "head_init": (str, type(None)), "schedule": (str, type(None)),
+    "warmup": (int, type(None)), "clip_grad": (float, type(None)), "train_precision": (str, type(None)),
+    "eval_precision": (str, type(None)), "augment": (str, type(None)),
 }
 
 

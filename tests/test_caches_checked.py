@@ -404,3 +404,13 @@ def test_a_re_pointed_weights_symlink_is_a_catalog_miss(cli, catalog_on: Path, t
     monkeypatch.delenv("FTBENCH_NO_CATALOG")
     (spec,) = expand_suite_cached("w", suites)
     assert spec.weights == str(tmp_path / "b.pt")
+
+
+def test_the_catalog_schema_knows_every_runspec_field() -> None:
+    """A field added to RunSpec and not to the catalog's schema would make every cached suite entry
+    look malformed: recomputed, with a notice, on every command."""
+    import dataclasses
+
+    from ftbench.spec import _FIELD_TYPES, RunSpec
+
+    assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(RunSpec)}
