@@ -126,6 +126,9 @@ def run_value_problem(key: str, field: str, value: Any) -> str | None:
         problem = RUN_NUMBERS[field].problem(value)
         return f"{key} {problem}" if problem else None
     if field == "blocks":  # 1 | "last" | [1, 2] (one entry = one block set)
+        if isinstance(value, list) and not value:  # would be no block given: the method's default block
+            return ("block sets must name at least one block, got an empty set []; accepted: a block name or "
+                    "number, or a non-empty list of them (one block set)")
         items = value if isinstance(value, list) else [value]
         for b in items:
             if isinstance(b, bool) or not isinstance(b, int | str):
