@@ -428,6 +428,9 @@ def fetch(
     from ftbench.data.fetch import DATASETS, data_root, fetch as fetch_one, status
 
     base = data_root(root)
+    from ftbench.validate import check_output_dir
+
+    check_output_dir(base, "data root", writable=False)  # a file in the way: say so, also when only listing
     if list_ or not names:
         out.print(f"data root: {escape(str(base))}")
         out.print(escape(f"{'digits':12s} {'0 MB':>8s}  bundled with scikit-learn, nothing to fetch   — "
@@ -627,6 +630,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         refuse_repeated_options(command, list(sys.argv[1:] if argv is None else argv))
         refuse_non_integers(command, list(sys.argv[1:] if argv is None else argv))
+        from ftbench.environment import check_environment
+
+        check_environment()  # every FTBENCH_* value, before any command reads one (docs/cli.md)
         rv = command.main(args=argv, prog_name="ftbench", standalone_mode=False)
     except UsageError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -172,11 +172,33 @@ def _probe(folder: Path) -> str | None:
     return None
 
 
+def _broken_link(path: Path) -> tuple[Path, str] | None:
+    """The first symbolic link on ``path`` (itself or a parent) that leads nowhere, and why: a folder
+    cannot be created through it (``mkdir`` says only "File exists"). None: no such link."""
+    import errno
+
+    for q in (path, *path.parents):
+        if q.is_symlink() and not q.exists():
+            try:
+                q.stat()
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return q, "a loop of symbolic links"
+            return q, f"its target {os.readlink(q)!r} does not exist"
+    return None
+
+
 def check_output_dir(path: Path | str, what: str, writable: bool = True) -> None:
     """``path`` can be a results folder: an existing writable folder, or one that can be created
     (no file in the way, the nearest existing parent writable). Creates nothing. With
     ``writable=False`` only that no file is in the way (a folder that is only read)."""
     p = Path(path)
+    broken = _broken_link(p)
+    if broken is not None:
+        link, why = broken
+        where = "is" if link == p else f"lies under {str(link)!r}, which is"
+        raise UsageError(f"{what} {str(p)!r} {where} a symbolic link that leads nowhere ({why}); give a folder, "
+                         "or a link to one")
     if p.exists() and not p.is_dir():
         raise UsageError(f"{what} {str(p)!r} is a file, not a folder; give a folder (it is created if missing)")
     base = _nearest_existing(p)
