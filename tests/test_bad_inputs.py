@@ -129,7 +129,7 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "unknown shift for benchmark 'waterbirds': 'corruption'; accepted: spurious-background", None),
     ("run --recipe lp-ft --method surgical --out {OUT}",
      "recipe 'lp-ft' is not for method 'surgical': it sets the released defaults of methods linear-probe, full, lp-ft", None),
-    ("sweep s --suites {S} --out {OUT} --dry-run", "{S}:2: suite 's': recipe 'lp-ft' is not for method 'surgical'",
+    ("sweep s --suites {S} --out {OUT} --dry-run", "{S}:3: suite 's': recipe 'lp-ft' is not for method 'surgical'",
      'recipe = "lp-ft"\nmethod = ["full", "surgical"]'),
     ("run --method autoft --set objective=bogus --out {OUT}",
      "option objective='bogus' of method 'autoft' is not a metric of benchmark 'digits'; accepted: main, acc", None),
