@@ -179,7 +179,7 @@ def test_every_environment_variable_the_code_reads_is_documented_and_checked() -
 def test_a_timm_dropout_rate_outside_0_1_is_refused_by_name(value: str) -> None:
     from ftbench.models.timm_models import parse_name
 
-    with pytest.raises(UsageError, match=f"drop_rate must be a number in \\[0, 1\\]"):
+    with pytest.raises(UsageError, match=r"drop_rate must be a number in \[0, 1\]"):
         parse_name(f"timm/resnet18:drop_rate={value}")
     assert parse_name("timm/resnet18:drop_rate=0.25") == ("resnet18", {"drop_rate": 0.25})
 
