@@ -82,7 +82,7 @@ def _parse_sets(sets: list[str]) -> tuple[tuple[str, Any], ...]:
 def run(
     ctx: typer.Context,
     benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)", rich_help_panel="Data"),
-    shift: str = typer.Option("corruption", help="shift of the benchmark (ftbench list benchmarks): corruption, "
+    shift: Optional[str] = typer.Option(None, help="shift of the benchmark (ftbench list benchmarks): corruption, "
                               "subpopulation, label-flip on digits; the default depends on the benchmark and "
                               "protocol: corruption where the benchmark has it, else its own shift (waterbirds: "
                               "spurious-background; --protocol id-ood: its ID->OOD shift, style-noise on digits)", rich_help_panel="Data"),
@@ -565,6 +565,9 @@ def fetch(
     from ftbench.data.fetch import DATASETS, data_root, fetch as fetch_one, status
 
     base = data_root(root)
+    from ftbench.validate import check_output_dir
+
+    check_output_dir(base, "data root", writable=False)  # a file in the way: say so, also when only listing
     if list_ or not names:
         out.print(f"data root: {escape(str(base))}")
         out.print(escape(f"{'digits':12s} {'0 MB':>8s}  bundled with scikit-learn, nothing to fetch   — "
@@ -737,11 +740,50 @@ def refuse_repeated_options(command: Any, argv: list[str]) -> None:
                              f"takes one value for it;{grid or ' give it once'}")
 
 
+INTEGER_TEXT = r"\s*[+-]?\d+(?:_\d+)*\s*"  # what Python's int() reads; no '5.0', '1e3', '0x10'
+
+
+def refuse_non_integers(command: Any, argv: list[str]) -> None:
+    """An integer option takes an integer as written: ``--steps 5.0`` is refused as the suites key
+    ``steps = 5.0`` is (ftbench/validate.py), with the same words, instead of being read as 5."""
+    import re
+
+    sub = next((a for a in argv if not a.startswith("-")), None)
+    cmd = getattr(command, "commands", {}).get(sub)
+    if cmd is None:
+        return
+    integer = {}
+    for p in cmd.params:
+        if getattr(p, "param_type_name", "") == "option" and not p.is_flag \
+                and getattr(getattr(p, "type_descriptor", None), "annotation", None) is int:
+            for o in (*p.opts, *p.secondary_opts):
+                integer[o] = p
+    rest = argv[argv.index(sub) + 1:]
+    for i, a in enumerate(rest):
+        if a == "--":
+            break
+        opt, eq, value = a.partition("=")
+        if opt not in integer or (not eq and i + 1 >= len(rest)):
+            continue
+        value = value if eq else rest[i + 1]
+        if not re.fullmatch(INTEGER_TEXT, value):
+            from ftbench.validate import RUN_NUMBERS, SETTING_NUMBERS
+
+            name = integer[opt].name
+            rule = RUN_NUMBERS.get(name) or SETTING_NUMBERS.get(name) or SETTING_NUMBERS.get(opt.lstrip("-"))
+            words = rule.words() if rule is not None else "an integer"
+            raise UsageError(f"{opt} must be {words}, got {value!r} (not an integer)")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: every usage problem is one ``error:`` line on stderr and exit code 2."""
     command = typer.main.get_command(app)
     try:
         refuse_repeated_options(command, list(sys.argv[1:] if argv is None else argv))
+        refuse_non_integers(command, list(sys.argv[1:] if argv is None else argv))
+        from ftbench.environment import check_environment
+
+        check_environment()  # every FTBENCH_* value, before any command reads one (docs/cli.md)
         rv = command.main(args=argv, prog_name="ftbench", standalone_mode=False)
     except UsageError as e:
         print(f"error: {clean(' '.join(str(e).split()), newlines=False)}", file=sys.stderr)

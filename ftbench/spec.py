@@ -55,7 +55,7 @@ class RunSpec:
     CUDA and float32 on CPU can differ slightly for the same run id)."""
 
     benchmark: str = "digits"
-    shift: str = "corruption"
+    shift: str | None = None  # None: the protocol's default (few-shot: corruption where the benchmark has it)
     corruption: str | None = None
     severity: int | None = None
     shots: int | None = None
@@ -661,6 +661,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f"include must be a suite name or a list of them, got {value!r}"
     if key not in SUITE_KEYS:
         return None  # options, slurm, ray: checked where they are used
+    if isinstance(value, list) and not value:  # an axis of no values: no runs, silently, in an including suite
+        return f"{key} is an empty list; a grid axis needs at least one value"
     entries = value if isinstance(value, list) else [value]  # a list is a grid axis
     for v in entries:
         if isinstance(v, list) and key != "block":
@@ -723,7 +725,7 @@ def _resolve_in_suite(spec: RunSpec) -> RunSpec:
     spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options if k in method.options))
     from ftbench.protocols.base import get_protocol
 
-    if spec.shift != "corruption" or not get_protocol(spec.protocol).shift_params:
+    if spec.shift not in (None, "corruption") or not get_protocol(spec.protocol).shift_params:
         spec = dataclasses.replace(spec, corruption=None, severity=None)
     return resolve(spec)
 

@@ -40,7 +40,7 @@ def sink(show: Callable[[str], None]) -> Iterator[None]:
 def mode() -> str:
     m = os.environ.get("FTBENCH_PROGRESS", "auto").strip().lower() or "auto"
     if m not in MODES:
-        m = "auto"  # a typo must not stop a run; the documented values are in docs/cli.md
+        m = "auto"  # the CLI refuses a typo before it starts (ftbench/environment.py); a run under way goes on
     if m == "auto":
         m = "bar" if sys.stderr.isatty() else "lines"
     return m

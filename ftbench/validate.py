@@ -145,6 +145,9 @@ def run_value_problem(key: str, field: str, value: Any) -> str | None:
         problem = RUN_NUMBERS[field].problem(value)
         return f"{key} {problem}" if problem else None
     if field == "blocks":  # 1 | "last" | [1, 2] (one entry = one block set)
+        if isinstance(value, list) and not value:  # would be no block given: the method's default block
+            return ("block sets must name at least one block, got an empty set []; accepted: a block name or "
+                    "number, or a non-empty list of them (one block set)")
         items = value if isinstance(value, list) else [value]
         for b in items:
             if isinstance(b, bool) or not isinstance(b, int | str):
@@ -188,11 +191,33 @@ def _probe(folder: Path) -> str | None:
     return None
 
 
+def _broken_link(path: Path) -> tuple[Path, str] | None:
+    """The first symbolic link on ``path`` (itself or a parent) that leads nowhere, and why: a folder
+    cannot be created through it (``mkdir`` says only "File exists"). None: no such link."""
+    import errno
+
+    for q in (path, *path.parents):
+        if q.is_symlink() and not q.exists():
+            try:
+                q.stat()
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return q, "a loop of symbolic links"
+            return q, f"its target {os.readlink(q)!r} does not exist"
+    return None
+
+
 def check_output_dir(path: Path | str, what: str, writable: bool = True) -> None:
     """``path`` can be a results folder: an existing writable folder, or one that can be created
     (no file in the way, the nearest existing parent writable). Creates nothing. With
     ``writable=False`` only that no file is in the way (a folder that is only read)."""
     p = Path(path)
+    broken = _broken_link(p)
+    if broken is not None:
+        link, why = broken
+        where = "is" if link == p else f"lies under {str(link)!r}, which is"
+        raise UsageError(f"{what} {str(p)!r} {where} a symbolic link that leads nowhere ({why}); give a folder, "
+                         "or a link to one")
     if p.exists() and not p.is_dir():
         raise UsageError(f"{what} {str(p)!r} is a file, not a folder; give a folder (it is created if missing)")
     base = _nearest_existing(p)

@@ -5,6 +5,7 @@ per input).
 
 A new bad input joins with one line in CORPUS: the command (placeholders below stand for files
 the test makes in an empty folder, which is the working folder) and a part of the error line.
+Leading ``NAME=value`` words of a command are environment variables of that command only.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SMALL = REPO / "tests" / "data" / "results_small"
 # file whose pandas metadata is malformed JSON; {FAILED} a results folder whose only run failed;
 # {LOOP} a symlink that points at itself; {SLOT} a results folder in which a folder holds the name
 # of the smoke suite's first result file.
+# {DANGLING} a symbolic link to nothing; {PASSWD} a text file like /etc/passwd; {TRUNC} a legacy-format
+# torch.save file cut short.
 
 
 def _include_diamond(levels: int) -> str:
@@ -234,6 +237,71 @@ CORPUS: list[tuple[str, str, str | None]] = [
     # --- report outputs that cannot be looked at ----------------------------------------------------
     ("report {R} -o {LOOP}", "--output '{LOOP}' cannot be written: Too many levels of symbolic links", None),
     ("report {R} --plot {LOOP}.png", "--plot '{LOOP}.png' cannot be written: Too many levels of symbolic links", None),
+    # --- accepted, then run differently or failed late: refused when given ------------------------
+    ("run --protocol id-ood --shift corruption --out {OUT}",
+     "unknown shift for benchmark 'digits' in protocol id-ood: 'corruption'; accepted: style-noise", None),
+    ("run --benchmark waterbirds --shift corruption --out {OUT}",
+     "unknown shift for benchmark 'waterbirds': 'corruption'; accepted: spurious-background", None),
+    ("run --recipe lp-ft --method surgical --out {OUT}",
+     "recipe 'lp-ft' is not for method 'surgical': it sets the released defaults of methods linear-probe, full, lp-ft", None),
+    ("sweep s --suites {S} --out {OUT} --dry-run", "{S}:3: suite 's': recipe 'lp-ft' is not for method 'surgical'",
+     'recipe = "lp-ft"\nmethod = ["full", "surgical"]'),
+    ("run --method autoft --set objective=bogus --out {OUT}",
+     "option objective='bogus' of method 'autoft' is not a metric of benchmark 'digits'; accepted: main, acc", None),
+    ("sweep s --suites {S} --out {OUT} --dry-run", "option objective='bogus' of method 'autoft' is not a metric",
+     'method = "autoft"\noptions = {objective = "bogus"}'),
+    ("sweep s --suites {S} --out {OUT} --dry-run", "{S}:3: suite 's': block sets must name at least one block, got an "
+     "empty set []", 'method = "surgical"\nblock = [[]]'),
+    ("sweep s --suites {S} --out {OUT} --dry-run", "block sets must name at least one block", 'method = "surgical"\nblock = [1, []]'),
+    ("sweep s --suites {S} --out {OUT} --dry-run", "{S}:2: suite 's': lr is an empty list; a grid axis needs at least one value", "lr = []"),
+    ("run --steps 5.0 --out {OUT}", "--steps must be a positive integer, got '5.0' (not an integer)", None),
+    ("run --seed=1e3 --out {OUT}", "--seed must be an integer in 0..9223372036854775807, got '1e3' (not an integer)", None),
+    ("sweep smoke --jobs 2.0 --out {OUT}", "--jobs must be a positive integer, got '2.0' (not an integer)", None),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': steps must be a positive integer, got 5.0 (a float)", "steps = 5.0"),
+    ("fetch --root {F}", "data root '{F}' is a file, not a folder", None),
+    ("fetch --list --root {F}", "data root '{F}' is a file, not a folder", None),
+    ("fetch waterbirds --root {F}", "data root '{F}' is a file, not a folder", None),
+    # --- environment variables: one line each, before any work --------------------------------------
+    ("FTBENCH_FASTPATH=garbage run --out {OUT}", "environment variable FTBENCH_FASTPATH='garbage' is not accepted; "
+     "accepted: auto (the default), 1/on/all, 0/off/none, or a comma-separated list of prefix, fused", None),
+    ("FTBENCH_FASTPATH=prefix,fuzed sweep smoke --out {OUT}", "FTBENCH_FASTPATH='prefix,fuzed' is not accepted", None),
+    ("FTBENCH_GPU_TFLOPS=abc sweep smoke --dry-run --out {OUT}",
+     "FTBENCH_GPU_TFLOPS='abc' is not accepted; accepted: a finite number > 0 (unset: 100)", None),
+    ("FTBENCH_GPU_TFLOPS=0 sweep smoke --dry-run --out {OUT}", "FTBENCH_GPU_TFLOPS='0' is not accepted", None),
+    ("FTBENCH_FUSE_MAX=abc run --out {OUT}", "FTBENCH_FUSE_MAX='abc' is not accepted; accepted: a positive integer (unset: 64)", None),
+    ("FTBENCH_PREFIX_CACHE_MB=inf run --out {OUT}",
+     "FTBENCH_PREFIX_CACHE_MB='inf' is not accepted; accepted: a finite number >= 0 (unset: 4096)", None),
+    ("FTBENCH_PREFIX_CACHE_MB=abc run --out {OUT}", "FTBENCH_PREFIX_CACHE_MB='abc' is not accepted", None),
+    ("FTBENCH_CACHE={F} run --out {OUT}", "FTBENCH_CACHE='{F}' is not accepted; accepted: a folder (it is created if "
+     "missing); '{F}' is a file", None),
+    ("FTBENCH_CACHE={F}/sub sweep smoke --dry-run --out {OUT}", "'{F}/sub' lies under '{F}', which is a file", None),
+    ("FTBENCH_DATA={F} fetch --list", "FTBENCH_DATA='{F}' is not accepted", None),
+    ("FTBENCH_COMPILE=maybe run --out {OUT}", "FTBENCH_COMPILE='maybe' is not accepted; accepted: 1 (or on, true, yes) "
+     "or 0 (or off, false, no)", None),
+    ("FTBENCH_CHANNELS_LAST=2 run --out {OUT}", "FTBENCH_CHANNELS_LAST='2' is not accepted", None),
+    ("FTBENCH_WORKERS=-1 run --out {OUT}", "FTBENCH_WORKERS='-1' is not accepted; accepted: an integer >= 0", None),
+    ("FTBENCH_PROGRESS=loud run --out {OUT}", "FTBENCH_PROGRESS='loud' is not accepted; accepted: auto, bar, lines, off", None),
+    ("FTBENCH_DEVICE_DECODE=yes run --out {OUT}", "FTBENCH_DEVICE_DECODE must be 0 or 1, got 'yes'", None),
+    # --- models and weights files -------------------------------------------------------------------
+    ("run --model timm/resnet18:drop_rate=-5 --weights scratch --out {OUT}",
+     "model 'timm/resnet18:drop_rate=-5': drop_rate must be a number in [0, 1] (a dropout probability), got -5", None),
+    ("run --model timm/resnet18:drop_rate=abc --weights scratch --out {OUT}", "drop_rate must be a number in [0, 1] "
+     "(a dropout probability), got 'abc'", None),
+    ("run --weights {PASSWD} --out {OUT}", "is not a readable PyTorch checkpoint (torch.save format): not a weights "
+     "file; accepted: a state dict (tensors by name) saved by torch.save", None),
+    ("run --weights {TRUNC} --out {OUT}", "trunc.pt' is not a readable PyTorch checkpoint (torch.save format): not a "
+     "weights file", None),
+    ("sweep s --suites {S} --out {OUT}", "{S}:2: suite 's': weights file '", 'weights = "passwd"\nmethod = "none"'),
+    # --- output folders through a symbolic link that leads nowhere ----------------------------------
+    ("run --out {LOOP}", "--out '{LOOP}' is a symbolic link that leads nowhere (a loop of symbolic links)", None),
+    ("run --out {DANGLING}", "--out '{DANGLING}' is a symbolic link that leads nowhere (its target 'nowhere' does "
+     "not exist); give a folder, or a link to one", None),
+    ("run --out {DANGLING}/sub", "--out '{DANGLING}/sub' lies under '{DANGLING}', which is a symbolic link that leads "
+     "nowhere", None),
+    ("sweep smoke --out {LOOP}", "--out '{LOOP}' is a symbolic link that leads nowhere", None),
+    ("sweep smoke --out {DANGLING}", "--out '{DANGLING}' is a symbolic link that leads nowhere", None),
+    ("fetch waterbirds --root {DANGLING} --mirror {CRC}", "data root '{DANGLING}' is a symbolic link that leads nowhere", None),
+    ("fetch --root {LOOP}", "data root '{LOOP}' is a symbolic link that leads nowhere", None),
     # --- fetch: archives that fail verification --------------------------------------------------
     ("fetch waterbirds --root {OUT} --mirror {CRC}", "archive waterbirds_v1.0.tar.gz is truncated or corrupt (BadGzipFile: CRC check failed", None),
     ("fetch waterbirds --root {OUT} --mirror {UNSAFE}", "archive waterbirds_v1.0.tar.gz has an unsafe entry '../evil.txt'", None),
@@ -281,13 +349,13 @@ class Cli:
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert json.loads(self.server.stdout.readline()) == {"ready": True}
 
-    def __call__(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    def __call__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
         if self.fresh:
-            r = subprocess.run([sys.executable, "-m", "ftbench.cli", *argv], cwd=cwd, env=self.env,
+            r = subprocess.run([sys.executable, "-m", "ftbench.cli", *argv], cwd=cwd, env={**self.env, **(env or {})},
                                capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
             return r.returncode, r.stdout, r.stderr
         out, err = cwd.parent / f"{cwd.name}.stdout", cwd.parent / f"{cwd.name}.stderr"
-        req = {"argv": argv, "cwd": str(cwd), "env": {}, "stdout": str(out), "stderr": str(err), "timeout": 300}
+        req = {"argv": argv, "cwd": str(cwd), "env": env or {}, "stdout": str(out), "stderr": str(err), "timeout": 300}
         self.server.stdin.write(json.dumps(req) + "\n")
         self.server.stdin.flush()
         code = json.loads(self.server.stdout.readline())["code"]
@@ -335,7 +403,26 @@ def _make(name: str, base: Path, case_text: str | None) -> str:
         return "r"
     if name == "S":
         (base / "s.toml").write_text(f"[suites.s]\n{case_text}\n")
+        if "passwd" in (case_text or ""):
+            _make("PASSWD", base, None)
         return "s.toml"
+    if name == "LOOP":  # loop.png too: report --plot {LOOP}.png
+        (base / "loop").symlink_to("loop")
+        (base / "loop.png").symlink_to("loop.png")
+        return "loop"
+    if name == "DANGLING":
+        (base / "dangling").symlink_to("nowhere")
+        return "dangling"
+    if name == "PASSWD":
+        (base / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")  # IndexError in torch.load
+        return "passwd"
+    if name == "TRUNC":
+        import torch
+
+        raw = io.BytesIO()
+        torch.save({"w": torch.zeros(4)}, raw, _use_new_zipfile_serialization=False)
+        (base / "trunc.pt").write_bytes(raw.getvalue()[:30])  # struct.error in torch.load
+        return "trunc.pt"
     if name == "B":
         (base / "bin.toml").write_bytes(b"\xff\xfe\x00\x01binary\x80")
         return "bin.toml"
@@ -386,10 +473,6 @@ def _make(name: str, base: Path, case_text: str | None) -> str:
         (base / "failed").mkdir()
         pq.write_table(pa.Table.from_pylist([row], schema=t.schema), base / "failed" / f"{row['run_id']}.parquet")
         return "failed"
-    if name == "LOOP":
-        (base / "loop").symlink_to("loop")
-        (base / "loop.png").symlink_to("loop.png")
-        return "loop"
     if name == "SLOT":
         from ftbench.spec import expand_suite
 
@@ -400,8 +483,11 @@ def _make(name: str, base: Path, case_text: str | None) -> str:
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.lstat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+    import stat
+
+    # lstat: a symbolic link is itself (it may lead nowhere), never what it points at
+    return {str(p.relative_to(root)): (s.st_size if stat.S_ISREG(s.st_mode) else -1, s.st_mtime_ns)
+            for p in sorted(root.rglob("*")) for s in [p.lstat()]}
 
 
 @pytest.mark.parametrize("command, message, text", CORPUS,
@@ -417,8 +503,12 @@ def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(ftbench, reado
         pytest.skip("no read-only folder can be made here (root without mount rights)")
     values = {n: (str(readonly) if n == "RO" else _make(n, work, text)) for n in sorted(names)}
     argv = [a.format(**values) for a in shlex.split(command)]
+    env = {}
+    while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):  # NAME=value: this command's environment
+        name, _, value = argv.pop(0).partition("=")
+        env[name] = value
     before = _snapshot(work)
-    code, out, err = ftbench(argv, work)
+    code, out, err = ftbench(argv, work, env)
     assert code == 2, (code, out, err)
     assert "Traceback" not in err, err
     lines = err.strip().splitlines()

@@ -63,7 +63,7 @@ def test_seed_changes_the_few_shot_draw(cli, tmp_path: Path) -> None:
         (["run", "--benchmark", "cifar99"], "unknown benchmark 'cifar99'; accepted: camelyon17, celeba, cifar10, cifar10-c, "),
         (["run", "--block", "9"], "block '9' is out of range for model 'digits-resnet'; accepted: 1, 2, 3, last"),
         (["run", "--severity", "0"], "severity must be an integer in 1..5"),
-        (["run", "--severity", "x"], "Invalid value for '--severity'"),
+        (["run", "--severity", "x"], "--severity must be an integer in 1..5, got 'x' (not an integer)"),
         (["run", "--corruption", "frostbite"], "unknown corruption 'frostbite'; accepted:"),
         (["run", "--set", "oops"], "--set expects key=value"),
         (["run", "--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda"),

@@ -432,11 +432,12 @@ def test_default_trials_are_decayed_decoupled_and_scored_by_the_benchmarks_main_
     assert row["autoft_objective"] == "acc"  # digits has no metric beyond accuracy
 
 
-def test_objective_is_a_benchmark_metric_and_a_wrong_one_is_one_error_line(cli, tmp_path, monkeypatch) -> None:
+def test_objective_is_a_benchmark_metric_and_a_wrong_one_is_one_error_line(cli, tmp_path, monkeypatch, capsys) -> None:
     from ftbench.data import digits
 
     bench = digits.Digits
     monkeypatch.setattr(bench, "main_metric", "half_acc", raising=False)
+    monkeypatch.setattr(bench, "metric_names", ("half_acc",))  # what its metrics compute, declared for resolution
     original = bench.target
 
     def target(self, spec):  # a benchmark metric: half the accuracy, to tell it from accuracy
@@ -451,6 +452,7 @@ def test_objective_is_a_benchmark_metric_and_a_wrong_one_is_one_error_line(cli, 
     (row,) = execute(spec, "cpu")
     trials = json.loads(row["autoft_trials_json"])
     assert row["autoft_objective"] == "half_acc" and all(0 <= t["value"] <= 50 for t in trials)
+    capsys.readouterr()  # the source model's progress lines, when this session trained it above
     r = cli("run", "--method", "autoft", "--steps", "2", "--set", "trials=1", "--set", "inner_steps=1",
             "--set", "objective=worst_group_acc", "--out", tmp_path / "r")
     assert r.code == 2 and r.err.count("\n") <= 2 and "objective='worst_group_acc'" in r.err

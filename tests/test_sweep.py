@@ -141,7 +141,7 @@ def test_progress_shows_done_running_failed_and_the_latest_result(monkeypatch) -
     from ftbench.sweep.progress import Progress
     from ftbench.sweep.task import Outcome
 
-    a, b = RunSpec(method="surgical", blocks=("1",)), RunSpec(method="full", seed=3)
+    a, b = RunSpec(shift="corruption", method="surgical", blocks=("1",)), RunSpec(shift="corruption", method="full", seed=3)
     plain = io.StringIO()
     with Progress(2, rich=False, stream=plain) as bar:
         bar.running(2)

@@ -291,7 +291,7 @@ def test_weights_in_run_ids(tmp_path: Path) -> None:
     scratch = resolve(RunSpec(model="timm/resnet18", weights="scratch"))
     assert hub.weights is None and scratch.weights == "scratch" and hub.run_id != scratch.run_id
     f = tmp_path / "w.pt"
-    f.write_bytes(b"")
+    torch.save({"w": torch.zeros(1)}, f)  # read when resolved: a file that is no state dict is refused then
     filed = resolve(RunSpec(model="timm/resnet18", weights=str(f)))
     assert filed.weights == str(f.resolve()) and filed.run_id not in (hub.run_id, scratch.run_id)
     assert resolve(dataclasses.replace(filed)).run_id == filed.run_id

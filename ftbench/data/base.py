@@ -161,6 +161,9 @@ class Benchmark:
     input_stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
     # Whether the benchmark has few-shot target splits (False: an ID→OOD benchmark only, e.g. imagenet).
     few_shot: ClassVar[bool] = True
+    # The names of the extra metrics its ``metrics`` function computes (val_<name> / ood_<name> columns),
+    # known without data: AutoFT's ``objective`` option is checked against them before a run starts.
+    metric_names: ClassVar[tuple[str, ...]] = ()
 
     def resolve(self, spec: RunSpec) -> RunSpec:
         """Fill benchmark defaults into ``spec`` and reject values this benchmark cannot take."""
@@ -217,13 +220,8 @@ class FetchedBenchmark(Benchmark):
         import dataclasses
 
         from ftbench.errors import UsageError, unknown
-        from ftbench.spec import RunSpec
 
-        shift = spec.shift
-        # A benchmark with one shift takes the CLI's default --shift (RunSpec's) to mean that shift.
-        if (shift not in self.shifts and shift == RunSpec.shift and len(self.shifts) == 1
-                and spec.corruption is None and spec.severity is None):
-            shift = next(iter(self.shifts))
+        shift = spec.shift  # a shift not given is filled by the protocol (FewShot.resolve)
         if shift not in self.shifts:
             raise unknown(f"shift for benchmark {self.name!r}:", shift, list(self.shifts))
         changes: dict[str, Any] = {"shift": shift}

@@ -153,9 +153,9 @@ def device_decode_wanted(images: torch.utils.data.Dataset, device: torch.device)
     batched ``decode_jpeg``) instead of in the worker pool: ``$FTBENCH_DEVICE_DECODE`` = ``1`` (on any
     device, also the CPU: the batched libjpeg-turbo path), ``0`` (never), unset: on CUDA. Only plain
     :class:`ImageFiles` of JPEG files (a subclass such as ImageNet-C-gen's corrupts after decoding)."""
-    env = os.environ.get("FTBENCH_DEVICE_DECODE", "").strip()
-    if env not in ("", "0", "1"):
-        raise UsageError(f"FTBENCH_DEVICE_DECODE must be 0 or 1, got {env!r}")
+    from ftbench.environment import device_decode
+
+    env = device_decode()
     if env == "0" or (env == "" and device.type != "cuda") or type(images) is not ImageFiles:
         return False
     return all(p.lower().endswith(JPEG_SUFFIXES) for p in images.paths)
@@ -182,13 +182,9 @@ def device_decode(data: list[torch.Tensor], paths: Sequence[str], transform: Tra
 
 def workers() -> int:
     """Decoder processes per streamed split: ``$FTBENCH_WORKERS``, else up to 8 of this machine's CPUs."""
-    env = os.environ.get("FTBENCH_WORKERS")
-    if env is not None:
-        try:
-            return max(0, int(env))
-        except ValueError:
-            raise UsageError(f"FTBENCH_WORKERS must be a non-negative integer, got {env!r}") from None
-    return min(8, os.cpu_count() or 1)
+    from ftbench.environment import WORKERS_UNSET, integer
+
+    return integer("FTBENCH_WORKERS", min(8, os.cpu_count() or 1), 0, WORKERS_UNSET)
 
 
 # Below this many images a split is decoded in the calling process: starting workers costs more.

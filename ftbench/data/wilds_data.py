@@ -370,14 +370,11 @@ class _Wilds(FetchedBenchmark):
     # --- resolve / data ---
 
     def resolve(self, spec: RunSpec) -> RunSpec:
-        from ftbench.spec import RunSpec
-
         if spec.corruption is not None or spec.severity is not None:
             raise UsageError(f"--corruption/--severity do not apply to benchmark {self.name!r} (its shift: "
                              f"{', '.join(self.shifts)})")
         shift = spec.shift
-        # One shift per benchmark: the CLI's default --shift (RunSpec's) means that shift.
-        if shift not in self.shifts and shift == RunSpec.shift:
+        if shift is None:  # not given: the benchmark's one shift (FewShot.resolve fills it first)
             shift = next(iter(self.shifts))
         if shift not in self.shifts:
             raise unknown(f"shift for benchmark {self.name!r}:", shift, list(self.shifts))
@@ -558,6 +555,7 @@ class Waterbirds(_Spurious):
         "train: bird type correlated with land/water background; target: --shots per (bird, background) group "
         "from WILDS val, scored on WILDS test by worst-group accuracy")}
     attribute = "background"
+    metric_names = ("worst_group_acc", "adj_avg_acc")
     transform_kind = "resize-crop"
     default_shots = 50
     max_shots = 66  # WILDS val has 133 waterbirds on land: half are the pool
@@ -581,6 +579,7 @@ class CelebA(_Spurious):
         "train: blond hair correlated with gender; target: --shots per (hair, gender) group from WILDS val, "
         "scored on WILDS test by worst-group accuracy")}
     attribute = "male"
+    metric_names = ("worst_group_acc",)
     transform_kind = "crop-resize"
     default_shots = 50
     max_shots = 91  # WILDS val has 182 blond men: half are the pool
@@ -605,6 +604,7 @@ class Camelyon17(_Natural):
     pool_per_class = 1000
     val_per_class = 250
     main_metric = "acc"
+    metric_names = ("worst_slide_acc",)
     # No id_test in Camelyon17 (WILDS 2.0): ID test is id_val, the split WILDS reports ID accuracy on.
     id_ood_roles: ClassVar[dict[str, str]] = {"train": "train", "val": "id_val", "test": "id_val", "ood_val": "val"}
     id_ood_shift = ShiftInfo(
@@ -640,6 +640,7 @@ class FMoW(_Natural):
     pool_per_class = 100
     val_per_class = 10
     main_metric = "worst_region_acc"
+    metric_names = ("worst_region_acc", "worst_year_acc")
     id_ood_shift = ShiftInfo(
         "time", "natural",
         "ID: images before 2013 (WILDS train, id_val, id_test); OOD val: 2013-2015 (WILDS val); OOD test set "
@@ -665,6 +666,7 @@ class IWildCam(_Natural):
     pool_per_class = 100
     val_per_class = 10
     main_metric = "macro_f1"
+    metric_names = ("macro_f1", "macro_recall")
     id_ood_shift = ShiftInfo(
         "camera", "natural",
         "ID: 243 camera traps (WILDS train, id_val, id_test); OOD val: 32 other cameras (WILDS val); OOD test "

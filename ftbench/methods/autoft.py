@@ -500,9 +500,13 @@ class AutoFT(Method):
             require_text("autoft with the flyp term", str(spec.model), get_model_entry(str(spec.model)))
         if o["fix_ce"] and "ce" not in parse_terms(o["terms"]):
             raise UsageError("option fix_ce=True of method 'autoft' needs 'ce' in terms")
-        if not str(o["objective"]).strip():
-            raise UsageError("option objective='' of method 'autoft' is empty; accepted: main, acc or a metric "
-                             "name of the benchmark (a val_<name> result column)")
+        objective = str(o["objective"]).strip()
+        from ftbench.data.base import get_benchmark
+
+        metrics = ("main", "acc", *get_benchmark(spec.benchmark).metric_names)
+        if objective not in metrics:  # before any work: the search would stop at its first trial
+            raise UsageError(f"option objective={o['objective']!r} of method 'autoft' is not a metric of benchmark "
+                             f"{spec.benchmark!r}; accepted: {', '.join(metrics)}")
         return spec
 
     @classmethod

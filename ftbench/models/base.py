@@ -183,8 +183,12 @@ def check_input_fits(name: str, channels: int, size: tuple[int, int], benchmark:
             params = sum(p.numel() for p in net.parameters())
             if params <= MAX_MODEL_PARAMETERS:
                 net(torch.empty(2, channels, h, w))
-    except (RuntimeError, AssertionError, ValueError) as e:
+    except (RuntimeError, AssertionError, ValueError, TypeError) as e:
         reason = " ".join(str(e).split())
+        if isinstance(e, ValueError | TypeError) and not any(word in reason for word in _SIZE_WORDS) and ":" in name:
+            # a value given after ':' that the model takes when built and refuses when run
+            raise UsageError(f"model {name!r} cannot run with the options given after ':' "
+                             f"({type(e).__name__}: {reason[:160]})") from None
         if not any(word in reason for word in _SIZE_WORDS):
             return
         base = name.split(":")[0]

@@ -393,6 +393,10 @@ def parse_name(name: str) -> tuple[str, dict[str, Any]]:
             kwargs[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             kwargs[key.strip()] = value.strip()
+    for key, value in kwargs.items():  # timm reads them only in forward: a bad one would stop a run midway
+        if "drop" in key and key.endswith("rate") and (isinstance(value, bool) or not isinstance(value, int | float)
+                                                       or not 0 <= value <= 1):
+            raise UsageError(f"model {name!r}: {key} must be a number in [0, 1] (a dropout probability), got {value!r}")
     for reserved in ("pretrained", "num_classes", "in_chans"):
         if reserved in kwargs:
             raise UsageError(f"model {name!r}: {reserved} is set by ftbench (use --weights, the benchmark's classes/channels)")

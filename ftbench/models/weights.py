@@ -9,6 +9,7 @@ source split when the weights came without one for the benchmark's classes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import re
@@ -28,24 +29,30 @@ from ftbench.train.loop import autocast
 SCRATCH = "scratch"  # --weights scratch: random initialisation, trained on the source split
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+ACCEPTED = ("a state dict (tensors by name) saved by torch.save, zip or legacy format, plain or under "
+            "'state_dict' / 'model'")
+
+
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A state dict from ``path`` (``torch.load(weights_only=True)``): plain, or under ``state_dict``/``model``.
 
     A ``module.`` prefix (DataParallel) is dropped. Anything else is a one-line :class:`UsageError`.
+    ``mmap``: map a zip-format file instead of reading it (to check it, as resolution does).
     """
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"weights file {str(p)!r} not found")
-    unreadable = UsageError(f"weights file {str(p)!r} is not a readable PyTorch checkpoint (torch.save format)")
+    unreadable = UsageError(f"weights file {str(p)!r} is not a readable PyTorch checkpoint (torch.save format): "
+                            f"not a weights file; accepted: {ACCEPTED}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
     except pickle.UnpicklingError as e:
         found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))  # either wording of torch
         if found is None:  # not a pickle at all, e.g. a truncated download or another format
             raise unreadable from None
         raise UsageError(f"weights file {str(p)!r} holds Python objects besides tensors ({found.group(1)}), which "
                          "weights_only=True refuses to load; save the state dict alone") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError):
+    except Exception:  # noqa: BLE001 - any file: a truncated legacy pickle raises IndexError, struct.error, ...
         raise unreadable from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -122,7 +129,19 @@ def resolve_weights(weights: str | None, entry: ModelEntry) -> str | None:
     depends_on(p)  # a cached expansion holding this answer is stale once the file (or a symlink's target) changes
     if not p.is_file():
         raise UsageError(f"weights file {w!r} not found; --weights takes a state-dict file or 'scratch'")
+    st = p.stat()
+    _check_weights_file(str(p.resolve()), st.st_size, st.st_mtime_ns)
     return str(p.resolve())
+
+
+@functools.lru_cache(maxsize=64)
+def _check_weights_file(path: str, size: int, mtime_ns: int) -> None:
+    """Read ``path`` as a state dict once per version of the file (a suite names it in every run):
+    a file that is not one is one error line when the run is resolved, not a failed run later."""
+    try:
+        read_state_dict(path, mmap=True)
+    except UsageError:  # mapping can refuse what reading takes (a file of an older torch.save): read it
+        read_state_dict(path)
 
 
 HEAD_RECIPE = {"solver": "lbfgs", "l2": 1e-3, "max_iter": 200}  # a classifier fit on given weights' features

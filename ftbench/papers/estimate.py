@@ -20,11 +20,12 @@ its trials × inner steps; methods that train more than one network per step (sp
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from typing import Any
 
-DEFAULT_TFLOPS = 100.0
+from ftbench.environment import GPU_TFLOPS_DEFAULT, number
+
+DEFAULT_TFLOPS = GPU_TFLOPS_DEFAULT
 # The image size each benchmark feeds its model, and its number of classes (docs/benchmarks.md).
 IMAGE_SIZE = {"digits": 8, "cifar10-c": 32, "cifar10-c-gen": 32, "cifar10-flip": 32, "imagenet-c": 224,
               "imagenet-c-gen": 224, "living17": 224, "entity30": 224, "waterbirds": 224, "celeba": 224,
@@ -89,7 +90,7 @@ def run_flops(spec: Any) -> float | None:
 
 def estimate(specs: list[Any]) -> tuple[float, int]:
     """(GPU-hours, runs without an estimate) for ``specs`` at ``$FTBENCH_GPU_TFLOPS``."""
-    tflops = float(os.environ.get("FTBENCH_GPU_TFLOPS", DEFAULT_TFLOPS))
+    tflops = number("FTBENCH_GPU_TFLOPS", DEFAULT_TFLOPS, positive=True)
     total, unknown = 0.0, 0
     for s in specs:
         f = run_flops(s)
@@ -103,7 +104,7 @@ def estimate(specs: list[Any]) -> tuple[float, int]:
 def describe_estimate(specs: list[Any]) -> str:
     """The dry-run's line: the estimate, marked as such, with its formula's assumption."""
     hours, unknown = estimate(specs)
-    tflops = float(os.environ.get("FTBENCH_GPU_TFLOPS", DEFAULT_TFLOPS))
+    tflops = number("FTBENCH_GPU_TFLOPS", DEFAULT_TFLOPS, positive=True)
     text = (f"estimated GPU-hours for the runs to do: {hours:.3g} (an estimate, not a measurement: counted "
             f"training FLOPs at an assumed {tflops:g} TFLOP/s, $FTBENCH_GPU_TFLOPS; evaluation not counted; "
             "ftbench/papers/estimate.py)")

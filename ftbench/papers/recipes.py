@@ -96,9 +96,15 @@ def apply_recipe(recipe: Recipe, fields: dict[str, Any], given: set[str]) -> dic
     user gave none (``given``: the field names given explicitly; ``options`` given are kept per key).
 
     Method options are those of ``fields["method"]``; an option the method does not have is skipped.
+    A method the recipe does not list is refused: the recipe's settings are another paper's choice for it.
     """
     from ftbench.methods.base import get_method
 
+    method_name = str(fields.get("method", "surgical"))
+    if method_name not in recipe.methods:
+        raise UsageError(f"recipe {recipe.name!r} is not for method {method_name!r}: it sets the released defaults of "
+                         f"methods {', '.join(recipe.methods)}; give this method's settings yourself, or use its "
+                         "paper's recipe (ftbench list recipes)")
     out = dict(fields)
     benchmark = str(out.get("benchmark", "digits"))
     length_given = bool({"steps", "epochs"} & given)  # the run's length is one thing: given, or the recipe's

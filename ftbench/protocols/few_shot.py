@@ -41,6 +41,12 @@ class FewShotTarget(Protocol):
 
             raise UsageError(f"benchmark {bench.name!r} has no few-shot target splits (its OOD sets are test sets "
                              "only): run it with --protocol id-ood")
+        if spec.shift is None:  # not given: corruption where the benchmark has it, else its one shift
+            shift = "corruption"
+            if (shift not in bench.shifts and len(bench.shifts) == 1 and spec.corruption is None
+                    and spec.severity is None):
+                shift = next(iter(bench.shifts))
+            spec = dataclasses.replace(spec, shift=shift)
         return bench.resolve(spec)
 
     def task(self, bench: Benchmark, spec: RunSpec) -> Task:

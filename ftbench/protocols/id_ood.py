@@ -50,14 +50,14 @@ class IdOod(Protocol):
 
     def resolve(self, bench: Benchmark, spec: RunSpec) -> RunSpec:
         from ftbench.data.base import BENCHMARKS, get_benchmark
-        from ftbench.spec import RunSpec
 
         info = bench.id_ood_shift
         if info is None:
             offered = [n for n in BENCHMARKS.names() if get_benchmark(n).id_ood_shift is not None]
             raise UsageError(f"benchmark {bench.name!r} has no ID→OOD splits, so it cannot run --protocol id-ood; "
                              f"benchmarks with them: {offering(offered)}")
-        shift = info.name if spec.shift == RunSpec.shift else spec.shift
+        # Not given: the benchmark's one ID->OOD shift. A given few-shot shift (e.g. corruption) is no alias of it.
+        shift = info.name if spec.shift is None else spec.shift
         if shift != info.name:
             raise unknown(f"shift for benchmark {bench.name!r} in protocol id-ood:", spec.shift, [info.name])
         if spec.corruption is not None or spec.severity is not None:

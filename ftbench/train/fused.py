@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +51,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ftbench.data.base import Split
+from ftbench.environment import FUSE_MAX_DEFAULT, integer
 from ftbench.methods.base import get_method
 from ftbench.models.base import BlockModel
 from ftbench.spec import RunSpec, resolve
@@ -63,14 +63,16 @@ if TYPE_CHECKING:
 
 FUSABLE_METHODS = frozenset({"surgical", "full", "none"})
 FUSED_FIELDS = ("lr", "wd", "seed")  # what may differ between the runs of a group
-DEFAULT_MAX_RUNS = 64
+DEFAULT_MAX_RUNS = FUSE_MAX_DEFAULT
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as make_optimizer uses them
 ADAM_EPS = 1e-8
 SGD_MOMENTUM = 0.9
 
 
 def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "on", "true", "yes")
+    from ftbench.environment import flag
+
+    return flag(name)
 
 
 def fusion_key(spec: RunSpec) -> str | None:
@@ -101,7 +103,7 @@ def fusable_groups(specs: Sequence[RunSpec], device: str = "auto", max_runs: int
     from ftbench.train.runner import pick_device
 
     on = prefix.fastpath_enabled("fused", pick_device(device).type)
-    limit = max_runs or int(os.environ.get("FTBENCH_FUSE_MAX", DEFAULT_MAX_RUNS))
+    limit = max_runs or integer("FTBENCH_FUSE_MAX", DEFAULT_MAX_RUNS, 1)
     groups: list[list[RunSpec]] = []
     open_groups: dict[str, list[RunSpec]] = {}
     for s in specs:

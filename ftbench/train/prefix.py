@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from ftbench.data.base import Split
+from ftbench.environment import PREFIX_CACHE_MB_DEFAULT
 from ftbench.models.base import BlockModel
 from ftbench.train.loop import autocast
 
@@ -35,7 +36,7 @@ FASTPATHS = ("prefix", "fused")
 # logits), so the fast path stays exact with them. Anything else (say a future augmentation
 # hook) sends the fit down the plain path until it is known to be safe.
 SAFE_KEYS = frozenset({"lr", "wd", "batch_size", "optimizer", "extra_loss", "before_step", "loss_fn"})
-DEFAULT_BUDGET_MB = 4096  # at most this much memory for cached activations (FTBENCH_PREFIX_CACHE_MB)
+DEFAULT_BUDGET_MB = PREFIX_CACHE_MB_DEFAULT  # at most this much memory for cached activations (FTBENCH_PREFIX_CACHE_MB)
 
 
 def fastpath_enabled(kind: str, device_type: str | None = None) -> bool:
@@ -46,14 +47,12 @@ def fastpath_enabled(kind: str, device_type: str | None = None) -> bool:
     ``1``, ``on`` or ``all``: every fast path on every device; ``0``, ``off`` or ``none``: none;
     otherwise a comma-separated list of the ones to use on every device (e.g. ``prefix``).
     """
-    v = os.environ.get("FTBENCH_FASTPATH", "auto").strip().lower()
-    if v in ("", "auto"):
+    from ftbench.environment import fastpath
+
+    mode, on = fastpath()  # anything else is one error line (ftbench/environment.py), never "all off"
+    if mode == "auto":
         return kind == "prefix" or device_type == "cuda"
-    if v in ("1", "on", "all", "true", "yes"):
-        return True
-    if v in ("0", "off", "none", "false", "no"):
-        return False
-    return kind in {s.strip() for s in v.split(",")}
+    return kind in on
 
 
 def debug(msg: str) -> None:
@@ -153,10 +152,9 @@ class Suffix(nn.Module):
 
 
 def _budget_bytes() -> int:
-    try:
-        return int(float(os.environ.get("FTBENCH_PREFIX_CACHE_MB", DEFAULT_BUDGET_MB)) * 2**20)
-    except ValueError:
-        return DEFAULT_BUDGET_MB * 2**20
+    from ftbench.environment import number
+
+    return int(number("FTBENCH_PREFIX_CACHE_MB", DEFAULT_BUDGET_MB, positive=False) * 2**20)
 
 
 @torch.no_grad()
@@ -179,7 +177,9 @@ def channels_last_enabled() -> bool:
     """``$FTBENCH_CHANNELS_LAST=1``: images and convolution weights in channels-last memory format
     (opt-in: about 15-20% faster convolutions on this project's CPU, but other kernels, so results
     move by float rounding)."""
-    return os.environ.get("FTBENCH_CHANNELS_LAST", "").strip().lower() in ("1", "on", "true", "yes")
+    from ftbench.environment import flag
+
+    return flag("FTBENCH_CHANNELS_LAST")
 
 
 def _channels_last(model: nn.Module, data: Split) -> Split:
