@@ -131,8 +131,8 @@ WORKERS_UNSET = "up to 8 of this machine's CPUs"
 def check_environment() -> None:
     """Raise a UsageError for the first ftbench environment variable whose value is not accepted."""
     fastpath()
-    for name in ("FTBENCH_COMPILE", "FTBENCH_CHANNELS_LAST"):
-        flag(name)
+    for name in ("FTBENCH_COMPILE", "FTBENCH_CHANNELS_LAST", "FTBENCH_PORTABLE"):
+        flag(name)  # FTBENCH_PORTABLE is read before torch loads (ftbench/numerics.py); a typo is said here
     integer("FTBENCH_FUSE_MAX", FUSE_MAX_DEFAULT, 1)
     integer("FTBENCH_WORKERS", 0, 0, WORKERS_UNSET)
     number("FTBENCH_PREFIX_CACHE_MB", PREFIX_CACHE_MB_DEFAULT, positive=False)

@@ -107,6 +107,7 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("report {R} --compare-methods 'block 1' 'last layer' --baseline {R}", "--compare-methods prints the paired differences only; it does not combine with --baseline", None),
     ("report {R} --compare-methods 'block 1' 'block 1'", "--compare-methods: give two different rows, got 'block 1' twice", None),
     ("report {R} --compare-methods 'block 1' 'last layer' --format latex", "unknown --format for --compare-methods 'latex'", None),
+    ("FTBENCH_PORTABLE=yes-please run --out {OUT}", "environment variable FTBENCH_PORTABLE='yes-please' is not accepted", None),
     # --- --head-init: only where it has an effect ---------------------------------------------------
     ("run --method full --head-init zero-shot --out {OUT}", "--head-init zero-shot applies only under --protocol id-ood", None),
     ("run --protocol id-ood --method lp-ft --head-init fresh --out {OUT}", "--head-init has no effect with method 'lp-ft'", None),
