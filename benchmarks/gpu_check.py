@@ -166,10 +166,10 @@ def precision(mode: str, dev: Any) -> Iterator[None]:
         yield
         return
     if mode == "fp32":
-        def replacement(device: Any) -> Any:
+        def replacement(device: Any, phase: str = "train") -> Any:  # loop.autocast's signature, both phases
             return contextlib.nullcontext()
     else:
-        def replacement(device: Any) -> Any:
+        def replacement(device: Any, phase: str = "train") -> Any:
             return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     mods = [m for n, m in list(sys.modules.items()) if n.startswith("ftbench") and getattr(m, "autocast", None) is original]
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)

@@ -188,7 +188,13 @@ def test_stages_past_their_time_are_rows_and_the_next_ones_still_start(tmp_path:
     """A stage past its budget is killed and reported as a row; the next stage still starts; one
     that the total cap leaves no time for is reported as not started; the exit code is 1."""
     check = _gpu_check()
-    monkeypatch.setattr(check, "DRY_BUDGET", 6)  # below what either stage needs (a sweep; four trainings)
+    # Each stage's process never ends (a stand-in interpreter that sleeps), so the budgets decide,
+    # not how fast this machine is.
+    sleeper = tmp_path / "sleeping-python"
+    sleeper.write_text("#!/bin/sh\nexec sleep 600\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(check.sys, "executable", str(sleeper))
+    monkeypatch.setattr(check, "DRY_BUDGET", 6)
     code = check.main(["--device", "cpu", "--dry-run", "--stages", "paper,fused,nvjpeg", "--total-seconds", "17",
                        "--out", str(tmp_path)])
     report = json.loads((tmp_path / "gpu-check.json").read_text())

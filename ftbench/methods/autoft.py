@@ -471,7 +471,7 @@ class AutoFT(Method):
                       "(losses/learnedloss.py:29-32)", DCM_FORMS),
         "search_size": Option(0, "examples of the search split that score the trials: 0 = all of it; n = a random "
                               "subset of n, drawn once from the run's seed (the release: 1000, get_data.py:56)",
-                              minimum=0),
+                              minimum=0, maximum=10_000_000),  # more than any split has (ImageNet train: 1.28M)
         "lr_mode": Option("sampled", "learning rate of the inner and final fine-tunes: 'sampled' = the searched "
                           "lr; 'fixed' = --lr, the searched lr unused, as the release, whose scheduler "
                           "overwrites it at every step (finetune.py:92, 122)", LR_MODES),
