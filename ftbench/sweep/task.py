@@ -20,6 +20,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -232,9 +233,10 @@ def watch_stop_signals(*signums: int) -> Iterator[None]:
     """Within the block, note each of ``signums`` as it arrives, *before* calling the handler that
     was installed for it (submitit's checkpoint-and-requeue, which runs inside whatever run is in
     progress and can raise there); from then on a run that raises is :class:`Preempted`, not failed.
-    Signals without a Python handler are left alone. On exit the handlers are put back."""
+    Signals without a Python handler are left alone, and so is every signal outside the main thread
+    (only it can set handlers). On exit the handlers are put back."""
     previous: dict[int, Any] = {}
-    for signum in signums:
+    for signum in signums if threading.current_thread() is threading.main_thread() else ():
         before = signal.getsignal(signum)
         if not callable(before) or signum in previous:
             continue
