@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -99,29 +102,131 @@ def test_bad_slurm_settings_are_usage_errors(cli, suite_file: Path, tmp_path: Pa
     assert r.code == 2 and "--partition: not an option of --executor local" in r.err
 
 
+def _requeue_killed(signum: int, frame: object) -> None:
+    """submitit's preemption handler when the requeue's TERM kills its `scontrol requeue` child."""
+    raise subprocess.CalledProcessError(-signal.SIGTERM, ["scontrol", "requeue", "21"])
+
+
+def _requeued(signum: int, frame: object) -> None:
+    """submitit's preemption handler when all goes well: checkpoint, requeue, exit."""
+    sys.exit(-1)
+
+
+def _ignored(signum: int, frame: object) -> None:
+    """submitit's TERM handler (it logs the signal and goes on)."""
+
+
+@pytest.mark.parametrize("case", ["requeue killed", "TERM, then preemption", "no signal"])
+def test_what_a_run_raises_during_a_preemption_is_not_its_failure(case: str, suite_file: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An array task in this process, under submitit's signal handlers (fakes of them: no Slurm needed)."""
+    pytest.importorskip("submitit")
+    from ftbench.results.store import result_path
+    from ftbench.sweep import slurm as slurm_module
+    from ftbench.sweep.slurm import SlurmChunk
+    from ftbench.train import runner
+
+    spec = expand_suite("tiny", suite_file)[0]
+    usr2 = _requeue_killed if case == "requeue killed" else _requeued
+
+    def execute(spec, device, workdir):
+        if case == "requeue killed":  # the handler raises inside the run, as the race made it do
+            os.kill(os.getpid(), signal.SIGUSR2)
+        elif case == "TERM, then preemption":  # TERM killed a helper process of the run
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("the run's child process died")
+
+    waited = []
+
+    def usr2_while_waiting(seconds: float) -> None:  # Slurm's USR2 comes while the task waits for it
+        waited.append(seconds)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(slurm_module, "time", SimpleNamespace(monotonic=time.monotonic, sleep=usr2_while_waiting))
+    before = signal.signal(signal.SIGUSR2, usr2), signal.signal(signal.SIGTERM, _ignored)
+    try:
+        if case == "no signal":  # a real failure is still recorded
+            (outcome,) = SlurmChunk()([spec], str(tmp_path), "cpu", 1, False)
+            assert outcome.status == "failed" and "child process died" in outcome.error
+            assert result_path(tmp_path, spec.run_id).is_file()
+            return
+        with pytest.raises(SystemExit):
+            SlurmChunk()([spec], str(tmp_path), "cpu", 1, False)
+        assert not result_path(tmp_path, spec.run_id).exists()  # no `failed` row: the requeued job runs it
+        err = capsys.readouterr().err
+        first = "SIGUSR2" if case == "requeue killed" else "SIGTERM"
+        assert f"interrupted by {first}" in err and "left to the requeued job" in err, err
+        assert bool(waited) == (case == "TERM, then preemption")  # after TERM alone, it waits for USR2
+        # The task's handlers are submitit's again (it ends there; this keeps the test process clean).
+        assert signal.getsignal(signal.SIGUSR2) is usr2 and signal.getsignal(signal.SIGTERM) is _ignored
+    finally:
+        signal.signal(signal.SIGUSR2, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+# Driving the race that once in a while made a preempted run end up `failed`, every time:
+# - `scontrol`, except that `scontrol requeue` waits after the requeue, as a slow one would: the TERM that
+#   Slurm sends to every process of the requeued job then always kills it while submitit's preemption
+#   handler waits for it (CalledProcessError: ... died with SIGTERM);
+# - the job's first run lasts until it is preempted (a sitecustomize on the job's PYTHONPATH), so that
+#   handler always runs inside a run, never between runs or in a check that swallows what it raises.
+SLOW_REQUEUE = """#!/bin/sh
+"{real}" "$@" || exit $?
+if [ "$1" = requeue ]; then exec sleep 300; fi
+"""
+FIRST_RUN_UNTIL_PREEMPTED = """import os, time
+from ftbench.train import runner
+_execute = runner.execute
+def execute(*args, **kwargs):
+    if not os.path.exists({marker!r}):  # the first run of the job's first start
+        open({marker!r}, "w").close()
+        while True:
+            time.sleep(0.1)  # ended by what the preemption handler raises, or by Slurm's KILL
+    return _execute(*args, **kwargs)
+runner.execute = execute
+"""
+
+
 @pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_each_run_recorded_once(slurm: str, suite_file: Path,
-                                                                 reference: pd.DataFrame, tmp_path: Path) -> None:
+                                                                 reference: pd.DataFrame, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import submitit
 
     from ftbench.sweep.slurm import SlurmOptions, run_slurm
 
+    hooks, marker = tmp_path / "hooks", tmp_path / "in-first-run"
+    hooks.mkdir()
+    (hooks / "scontrol").write_text(SLOW_REQUEUE.format(real=shutil.which("scontrol")))
+    (hooks / "scontrol").chmod(0o755)
+    (hooks / "sitecustomize.py").write_text(FIRST_RUN_UNTIL_PREEMPTED.format(marker=str(marker)))
+    # sbatch passes the environment on to the job
+    monkeypatch.setenv("PATH", f"{hooks}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
     out = tmp_path / "results"
     specs = expand_suite("tiny", suite_file)
     run_slurm(specs, out, "cpu", opts=SlurmOptions(time=60, runs_per_job=4, wait=False), progress=False)
     (job_id,) = set(json.loads((out / ".slurm" / "submitted.json").read_text()).values())
-    # Wait until the job claims its first run (submitit's signal handler is installed by then).
-    deadline = time.monotonic() + 300
-    while not list(out.glob(".work/*.lock")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert list(out.glob(".work/*.lock")), "the job never started a run"
-    submitit.SlurmJob(folder=out / ".slurm" / "%j", job_id=job_id)._interrupt()  # preemption: TERM, then USR2
-    # Rerunning the command follows the requeued job instead of submitting its runs again.
-    summary = run_slurm(specs, out, "cpu", opts=SlurmOptions(time=60, runs_per_job=4), progress=False)
-    assert summary.failed == 0 and summary.done + summary.skipped == 4
-    assert set(json.loads((out / ".slurm" / "submitted.json").read_text()).values()) == {job_id}
+    try:
+        # Wait until the job is inside its first run (submitit's signal handlers are installed by then).
+        deadline = time.monotonic() + 300
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the job never started a run"
+        submitit.SlurmJob(folder=out / ".slurm" / "%j", job_id=job_id)._interrupt()  # preemption: TERM, then USR2
+        # Rerunning the command follows the requeued job instead of submitting its runs again.
+        summary = run_slurm(specs, out, "cpu", opts=SlurmOptions(time=60, runs_per_job=4), progress=False)
+    except BaseException:
+        subprocess.run(["scancel", job_id], capture_output=True)  # its first run would wait for the time limit
+        raise
+    log = next((out / ".slurm" / job_id).glob("*_log.err")).read_text()
+    assert summary.failed == 0 and summary.done + summary.skipped == 4, (summary.failures, log)
+    assert set(json.loads((out / ".slurm" / "submitted.json").read_text()).values()) == {job_id}, log
     show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-    assert "Restarts=1" in show
-    log = next((out / ".slurm" / job_id).glob("*_log.out")).read_text()
-    assert "this job is preempted" in log and f"Requeued job {job_id}" in log  # submitit's words
+    assert "Restarts=1" in show, show
+    assert "this job is preempted" in log, log  # submitit's words
+    # The race (the requeue's TERM killed `scontrol requeue` or the wrapper running it), and our words.
+    assert "(CalledProcessError: Command '['scontrol', 'requeue'" in log and "left to the requeued job" in log, log
     pd.testing.assert_frame_equal(result_set(out), reference, check_exact=True)

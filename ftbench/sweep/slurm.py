@@ -5,7 +5,11 @@ claim/skip/run/write steps as a local worker (:func:`ftbench.sweep.task.run_task
 run's result file into the results folder itself, so the folder must be on a filesystem the nodes
 share. Tasks are ``submitit`` checkpointable: on preemption or time-out (Slurm's ``USR2`` signal,
 ``signal_delay_s`` before the limit) the task is requeued with the same runs; on restart, runs
-with a result are skipped and a run with checkpoints resumes from its last one.
+with a result are skipped and a run with checkpoints resumes from its last one. Whatever a run
+raises once the task got a stop signal (``USR2``, or the ``TERM`` Slurm sends before it kills a job:
+e.g. Slurm's TERM killing submitit's ``scontrol requeue`` while its handler runs inside the run) is
+blamed on the stop, not the run: nothing is recorded, and the task waits for its requeue or its end
+(:func:`ftbench.sweep.task.watch_stop_signals`).
 
 The driver follows the jobs with ``squeue`` (``sacct`` needs accounting, which small clusters often
 lack) and the result files; a task that ends without a result for one of its runs (killed, out of
@@ -20,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,12 +37,13 @@ from ftbench.results.store import completed_ids, result_path
 from ftbench.spec import RunSpec
 from ftbench.sweep.local import SweepSummary
 from ftbench.sweep.progress import Progress
-from ftbench.sweep.task import (Outcome, clean_tmp, has_result, read_outcome, record_failure, run_group, run_task,
-                                set_threads)
+from ftbench.sweep.task import (Outcome, Preempted, check_stopped, clean_tmp, has_result, read_outcome, record_failure,
+                                run_group, run_task, set_threads, stop_signals_received, watch_stop_signals)
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 POLL_S = 1.0
+STOP_WAIT_S = 600.0  # after an interrupted run, how long a task waits for the preemption signal or its kill
 
 
 @dataclass
@@ -77,6 +83,21 @@ try:  # submitit is an optional extra: the class below exists only where it is i
 
         def __call__(self, specs: list[RunSpec], out_dir: str, device: str, threads: int,
                      retry_failed: bool) -> list[Outcome]:
+            usr_sig = submitit.JobEnvironment._usr_sig()
+            # submitit has installed its handlers (USR2: checkpoint and requeue; TERM: ignored).
+            with watch_stop_signals(usr_sig, signal.SIGTERM):
+                try:
+                    try:
+                        return self._run(specs, out_dir, device, threads, retry_failed)
+                    except Exception as e:  # raised outside a run (between runs, writing a result)
+                        check_stopped("", e)
+                        raise
+                except Preempted as p:
+                    _wait_for_requeue(p, signal.Signals(usr_sig).name)
+                    raise  # not reached
+
+        def _run(self, specs: list[RunSpec], out_dir: str, device: str, threads: int,
+                 retry_failed: bool) -> list[Outcome]:
             from ftbench.train.fused import fusable_groups
 
             set_threads(threads)
@@ -92,6 +113,22 @@ try:  # submitit is an optional extra: the class below exists only where it is i
                     outcomes += [record_failure(spec, out_dir, UsageError(str(e)), retry_failed)
                                  or Outcome(spec.run_id, "busy") for spec in group]
             return outcomes
+
+    def _wait_for_requeue(p: Preempted, usr_sig: str) -> None:
+        """After a run was interrupted (:class:`Preempted`): say so, then leave the job to Slurm and
+        submitit. Once the preemption signal was handled, its handler (which requeued the job, or was
+        cut short by the requeue's TERM) ends the task; after a TERM alone, wait for that signal
+        (whose handler checkpoints, requeues and exits) or Slurm's KILL, at most STOP_WAIT_S."""
+        print(f"ftbench: {p}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + STOP_WAIT_S
+        try:
+            while usr_sig not in stop_signals_received() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        except Exception:  # noqa: BLE001 - the preemption handler raised while we waited (cut short too)
+            pass
+        raise SystemExit(-1)  # as submitit's handler exits; the driver resubmits a task that was not requeued
+
+
 except ImportError:  # pragma: no cover
     submitit = None  # type: ignore[assignment]
 

@@ -6,6 +6,11 @@ sharing a folder, e.g. a local pool and a Slurm array) never run the same id at 
 The kernel drops the lock when its holder dies, however it dies (SIGKILL, OOM killer, node
 reboot), so a crash never leaves a run claimed. After claiming, the worker checks again whether the
 run has a result (another worker may have finished it in between), so each run is done once.
+
+A run that raises after its process was told to stop (a Slurm job being preempted, timed out or
+requeued: see :func:`watch_stop_signals`) is not recorded as ``failed``: the stop caused the error
+(e.g. Slurm's TERM killed submitit's ``scontrol requeue`` child while its handler ran inside the
+run), so :class:`Preempted` is raised instead, nothing is written, and the requeued job runs it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -189,10 +196,70 @@ def set_threads(threads: int) -> int:
     return previous
 
 
+class Preempted(BaseException):
+    """What a run raised after its process received a stop signal (:func:`watch_stop_signals`): the
+    stop, not the run, is its cause, so nothing is recorded and the run is left to the requeued job.
+
+    A BaseException, so that no ``except Exception`` on its way records it as the run's failure.
+    """
+
+    def __init__(self, run_id: str, signals: str, error: BaseException) -> None:
+        super().__init__(run_id, signals, error)
+        self.run_id, self.signals, self.error = run_id, signals, error
+
+    def __str__(self) -> str:
+        what = f"run {self.run_id}" if self.run_id else "the job"
+        return (f"{what} was interrupted by {self.signals} ({type(self.error).__name__}: {self.error}); "
+                "not recorded: it is left to the requeued job")
+
+
+_stop_signals: list[str] = []  # the stop signals this process received (names, in order)
+
+
+def stop_signals_received() -> tuple[str, ...]:
+    """The stop signals this process received so far (names, e.g. ``SIGTERM``), in order."""
+    return tuple(_stop_signals)
+
+
+def check_stopped(run_id: str, error: BaseException) -> None:
+    """Raise :class:`Preempted` (from ``error``) if a stop signal was received: ``error`` was then
+    raised while the signal was handled (its handler runs inside the run) or after it."""
+    if _stop_signals:
+        raise Preempted(run_id, ", ".join(_stop_signals), error) from error
+
+
+@contextmanager
+def watch_stop_signals(*signums: int) -> Iterator[None]:
+    """Within the block, note each of ``signums`` as it arrives, *before* calling the handler that
+    was installed for it (submitit's checkpoint-and-requeue, which runs inside whatever run is in
+    progress and can raise there); from then on a run that raises is :class:`Preempted`, not failed.
+    Signals without a Python handler are left alone, and so is every signal outside the main thread
+    (only it can set handlers). On exit the handlers are put back."""
+    previous: dict[int, Any] = {}
+    for signum in signums if threading.current_thread() is threading.main_thread() else ():
+        before = signal.getsignal(signum)
+        if not callable(before) or signum in previous:
+            continue
+
+        def noted(num: int, frame: Any, before: Callable[..., Any] = before) -> None:
+            _stop_signals.append(signal.Signals(num).name)
+            before(num, frame)
+
+        previous[signum] = before
+        signal.signal(signum, noted)
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+        _stop_signals.clear()
+
+
 def execute_rows(spec: RunSpec, device: str, workdir: Path | None, execute: Execute | None = None) -> list[dict[str, Any]]:
     """Run ``spec``; an exception (including running out of memory) becomes one ``failed`` row.
 
     A :class:`UsageError` (e.g. a benchmark's data not fetched) is raised: it would fail every run.
+    Anything raised after a stop signal (:func:`watch_stop_signals`) is raised as :class:`Preempted`.
     """
     from ftbench.sweep.local import failed_row
 
@@ -202,9 +269,10 @@ def execute_rows(spec: RunSpec, device: str, workdir: Path | None, execute: Exec
         execute = runner.execute  # looked up at call time (tests patch it)
     try:
         return execute(spec, device, workdir)
-    except UsageError:
-        raise
     except Exception as e:  # includes MemoryError and torch.cuda.OutOfMemoryError
+        check_stopped(spec.run_id, e)
+        if isinstance(e, UsageError):
+            raise
         found = disk_error(e, writing=False)
         if found is not None:  # a full or read-only disk fails every later run too: stop, record nothing
             raise found from None
@@ -273,9 +341,10 @@ def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", r
         if len(todo) > 1 and execute is None:
             try:
                 rows = fused.run_fused(todo, device, {s.run_id: work_dir(out_dir, s.run_id) for s in todo})
-            except UsageError:
-                raise
             except Exception as e:
+                check_stopped(", ".join(s.run_id for s in todo), e)
+                if isinstance(e, UsageError):
+                    raise
                 print(f"warning: fused training of {len(todo)} runs failed ({type(e).__name__}: {e}); "
                       "running them one by one", file=sys.stderr)
                 _free_memory()
