@@ -794,7 +794,7 @@ def render_latex(grid: Grid) -> str:
     cols = _flat(grid)
     caption = grid.short_caption or grid.title
     lines = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
-             rf"\caption{{{_tex(caption)}}}" + (rf"\label{{{grid.label}}}" if grid.label else ""),
+             rf"\caption{{{_tex(caption)}}}" + (rf"\label{{{grid.label}}}" if grid.label else ""), r"\smallskip",
              r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule"]
     top, rules, i = [""], [], 2
     for g, subs in grid.groups:
