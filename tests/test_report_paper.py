@@ -178,3 +178,12 @@ def test_plot_rejects_unknown_panel(df: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unknown panel 'pie'; accepted: scatter, bars"):
         plot_results(df, tmp_path / "f.png", panels=("pie",))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_documented_latex_example_is_what_the_command_prints(cli) -> None:
+    """docs/report.md shows the LaTeX of its example command on tests/data/results_small."""
+    doc = (Path(__file__).parents[1] / "docs" / "report.md").read_text()
+    shown = doc.split("```latex\n", 1)[1].split("```", 1)[0]
+    r = cli("report", DATA, "--format", "latex", "--rows", "full,block 1,last layer", "--label", "tab:ood",
+            "--caption", "ID and OOD accuracy of surgical fine-tuning on digits.")
+    assert r.code == 0 and r.out == shown
