@@ -349,6 +349,8 @@ def _report(
     baseline: Optional[Path] = None, tolerance: Optional[str] = None, summary: Optional[Path] = None,
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
     two_sided: bool = False, show_selected: bool = False, compare_methods: Optional[tuple[str, str]] = None,
+    rows: Optional[str] = None, label: Optional[str] = None, caption: Optional[str] = None,
+    panels: Optional[str] = None, plot_title: Optional[str] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
@@ -384,6 +386,44 @@ def _report(
             if given:
                 raise UsageError(f"{flag} applies to the tables, which --compare replaces by the comparison with "
                                  "published numbers (printed as terminal text or --format markdown); give one of them")
+    # Paper-ready output: each option where it has an effect, refused elsewhere.
+    row_names = None if rows is None else [r.strip() for r in rows.split(",")]
+    if row_names is not None:
+        if compare is not None or compare_methods is not None:
+            raise UsageError("--rows chooses the rows of the tables, which --compare/--compare-methods replace; "
+                             "leave one of them out")
+        if not all(row_names):
+            raise UsageError(f"--rows expects comma-separated row names (as the table prints them, e.g. "
+                             f"'full,lp-ft,block 1'), got {rows!r}")
+    for value, flag in ((label, "--label"), (caption, "--caption")):
+        if value is not None and (fmt != "latex" or compare is not None or compare_methods is not None):
+            raise UsageError(f"{flag} applies to --format latex tables only (got --format {fmt}"
+                             + (", --compare" if compare is not None else "")
+                             + (", --compare-methods" if compare_methods is not None else "") + ")")
+    import re
+
+    if label is not None and not re.fullmatch(r"[A-Za-z0-9:._/+-]+", label):
+        raise UsageError(f"--label {label!r}: a LaTeX label of letters, digits and : . _ / + - (e.g. tab:ood); "
+                         "no spaces or braces")
+    if caption is not None and not caption.strip():
+        raise UsageError("--caption is empty; give the caption text or leave --caption out (the table's title)")
+    from ftbench.report import PANELS
+
+    panel_names = None if panels is None else [x.strip() for x in panels.split(",")]
+    if panel_names is not None:
+        if plot is None:
+            raise UsageError("--panels chooses the panels of the figure; it needs --plot FILE")
+        bad = [x for x in panel_names if x not in PANELS]
+        if bad or not panel_names:
+            raise unknown("panel", bad[0] if bad else panels, PANELS)
+        if len(set(panel_names)) != len(panel_names):
+            raise UsageError(f"--panels: a panel given twice in {panels!r}; accepted: {', '.join(PANELS)}")
+    if plot_title is not None and plot is None and (fmt == "csv" or compare is not None or compare_methods is not None):
+        raise UsageError("--title names the tables and the figure; here there is neither a titled table "
+                         f"(--format {fmt}" + (", --compare" if compare is not None else "")
+                         + (", --compare-methods" if compare_methods is not None else "") + ") nor --plot")
+    if plot_title is not None and "\n" in plot_title:
+        raise UsageError("--title is one line; it holds a line break")
     if trend != "full" and table != "robustness" and plot is None:
         raise UsageError(f"--trend {trend} applies to --table robustness and --plot (the ID-OOD trend line); give one "
                          "of them or leave --trend out")
@@ -436,6 +476,10 @@ def _report(
         from ftbench.report.table import check_metric
 
         check_metric(df, metric)
+    if row_names is not None:  # an unknown row is the only line said, before any note
+        from ftbench.report.table import check_rows
+
+        check_rows(df, table, row_names)
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
@@ -473,8 +517,15 @@ def _report(
         # then --plot and the gate, as with the tables
     else:
         parts = split_groups(df, group_by)
-        grids = [build(part, table, selection, metric, title=" — ".join(x for x in (title, group) if x),
+        table_title = title if plot_title is None else plot_title
+        grids = [build(part, table, selection, metric, title=" — ".join(x for x in (table_title, group) if x),
                        checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
+        from ftbench.report.table import select_rows
+
+        for g in grids:
+            if row_names is not None:
+                select_rows(g, row_names)
+            g.label, g.short_caption = label or "", caption or ""
         if fmt == "terminal" and output is None:
             for g in grids:
                 out.print(render_rich(g))
@@ -495,7 +546,8 @@ def _report(
     if plot is not None:
         from ftbench.report.plots import plot_results
 
-        plot_results(df, plot, selection, metric, trend=trend_methods)
+        plot_results(df, plot, selection, metric, trend=trend_methods,
+                     panels=tuple(panel_names) if panel_names else PANELS, title=plot_title)
         print(f"plot written to {plot}", file=sys.stderr)
     if baseline is not None:
         from ftbench.report.regress import compare, render_summary, render_text
@@ -544,12 +596,27 @@ def report(
                                                               "difference A - B per column with a 95% t interval over "
                                                               "seeds and a plain verdict (row names as the tables print "
                                                               "them: lp-ft, full, 'block 1')", rich_help_panel="Table"),
+    rows: Optional[str] = typer.Option(None, "--rows", metavar="ROW,ROW", help="only these table rows, in this "
+                                       "order (as the table names them, or their display names: 'full,lp-ft,block 1')",
+                                       rich_help_panel="Paper output"),
+    label: Optional[str] = typer.Option(None, "--label", help="--format latex: \\label{} of the table (e.g. tab:ood)",
+                                        rich_help_panel="Paper output"),
+    caption: Optional[str] = typer.Option(None, "--caption", help="--format latex: the caption (default: the "
+                                          "table's title; the protocol details go in a note under the table)",
+                                          rich_help_panel="Paper output"),
+    panels: Optional[str] = typer.Option(None, "--panels", metavar="PANEL,PANEL", help="with --plot: scatter "
+                                         "(ID vs OOD), bars (OOD by tuned block) or scatter,bars [default: both]",
+                                         rich_help_panel="Paper output"),
+    plot_title: Optional[str] = typer.Option(None, "--title", help="one-line title of the tables and of the --plot "
+                                             "figure ('' for none: the figure then has no title and no protocol "
+                                             "lines; put them in the paper's caption)", rich_help_panel="Paper output"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
                    allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
-                   two_sided=two_sided, show_selected=show_selected, compare_methods=compare_methods)
+                   two_sided=two_sided, show_selected=show_selected, compare_methods=compare_methods,
+                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title)
     if code:
         raise typer.Exit(code)
 

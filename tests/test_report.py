@@ -44,7 +44,7 @@ def test_formats_are_well_formed() -> None:
     ET.fromstring((GOLDEN / "shifts.html").read_text())  # parses as XML: tags balanced
     tex = (GOLDEN / "shifts.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\textbf{73.0 $\pm$ 4.2}" in tex
-    assert "gaussian\\_noise" in tex and "±" not in tex
+    assert "Gaussian noise s5" in tex and "±" not in tex  # display names (ftbench.report.names)
 
 
 def test_corruption_mean_is_per_seed_then_over_seeds() -> None:

@@ -4,3 +4,5 @@
 # importing pandas (ftbench/report/table.py uses these).
 FORMATS = ("terminal", "markdown", "latex", "html", "csv", "json")
 TABLES = ("shifts", "blocks", "methods", "corruptions", "robustness")
+# The panels of a --plot figure (--panels): ID-vs-OOD scatter per shift column, and bars by tuned block.
+PANELS = ("scatter", "bars")

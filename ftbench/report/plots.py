@@ -28,6 +28,7 @@ from matplotlib.patches import Patch
 
 from ftbench.errors import UsageError, unknown
 from ftbench.outfile import write_output
+from ftbench.report import PANELS
 from ftbench.report.table import (DEFAULT_SELECTION, DEFAULT_TREND, SELECTIONS, Trend, fit_trend, label_columns,
                                   protocols_of, select, trend_points)
 
@@ -55,13 +56,24 @@ PANELS_PER_ROW = 4  # wrap wider sweeps (e.g. 7 corruptions) so panels stay legi
 # tab10 without its grey (too close to the black of "no fine-tuning"); markers keep labels apart in
 # greyscale print, where colours alone do not.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "d", "H", "8"]
+
+
+def _marker(i: int) -> str | tuple[int, int, int]:
+    """The ``i``-th row's marker: one of MARKERS, then stars and asterisks of 4, 6, 7, ... points
+    (matplotlib's (sides, style, angle) markers), so no two rows of a figure share one (the 5-point
+    star ``*`` stays reserved for ``none``)."""
+    if i < len(MARKERS):
+        return MARKERS[i]
+    k = i - len(MARKERS)
+    sides = [4, 6, 7, 8, 9, 10, 11, 12][(k // 2) % 8] + 8 * (k // 16)
+    return (sides, 1 + k % 2, 0)
 
 
 @dataclass(frozen=True)
 class _Style:
     color: str
-    marker: str
+    marker: str | tuple[int, int, int]
 
 
 def _check_suffix(path: Path) -> str:
@@ -141,7 +153,7 @@ def _styles(labels: list[str]) -> dict[str, _Style]:
         if label == "none":
             styles[label] = _Style("black", "*")
         else:
-            styles[label] = _Style(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)])
+            styles[label] = _Style(PALETTE[i % len(PALETTE)], _marker(i))
             i += 1
     return styles
 
@@ -159,7 +171,7 @@ def _draw_points(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[st
         curve, single = p[p["curve"]].sort_values("alpha"), p[~p["curve"]]
         if not curve.empty:
             line = ax.errorbar(curve["x_mean"], curve["y_mean"], xerr=_nan0(curve["x_std"]),
-                               yerr=_nan0(curve["y_std"]), fmt="-" + st.marker, markersize=6, linewidth=1.6,
+                               yerr=_nan0(curve["y_std"]), fmt="-", marker=st.marker, markersize=6, linewidth=1.6,
                                color=st.color, ecolor=st.color, elinewidth=1.0, capsize=2.5, zorder=4)
             line.lines[0].set_gid(f"curve:{label}")
             # A hollow marker at the smallest alpha shows the curve's direction; text labels at the
@@ -172,7 +184,7 @@ def _draw_points(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[st
         if label == "none":
             kw = dict(fmt="*", markersize=15, markeredgecolor="white", markeredgewidth=0.6, zorder=5)
         else:
-            kw = dict(fmt=st.marker, markersize=7, zorder=3)
+            kw = dict(marker=st.marker, linestyle="none", markersize=7, zorder=3)
         point = ax.errorbar(single["x_mean"], single["y_mean"], xerr=_nan0(single["x_std"]),
                             yerr=_nan0(single["y_std"]), color=st.color, ecolor=st.color, elinewidth=1.0,
                             capsize=2.5, **kw)
@@ -287,14 +299,22 @@ def _draw_bars(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str,
 
 
 def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: str = "ood_acc",
-                 trend: tuple[str, ...] = DEFAULT_TREND) -> Figure:
+                 trend: tuple[str, ...] = DEFAULT_TREND, panels: tuple[str, ...] = PANELS,
+                 title: str | None = None) -> Figure:
     """Build (without saving) the results figure; see :func:`plot_results` for what it shows.
+
+    ``panels``: which rows of panels (``scatter``, ``bars``, in that order on the figure). ``title``:
+    None for the default title (what is plotted, the selection and the protocol details, wrapped);
+    ``""`` for none; any other text is the one-line title.
 
     Scatter axes carry the gid ``"scatter:<column>"`` and bar axes ``"bars:<column>"``, so callers
     and tests can find panels without relying on their position.
     """
     if selection not in SELECTIONS:
         raise unknown("selection", selection, list(SELECTIONS))
+    bad = [p for p in panels if p not in PANELS]
+    if bad or not panels:
+        raise unknown("panel", bad[0] if bad else "", PANELS)
     _check_metric(df, metric)
     chosen = _chosen(df, selection)
     if chosen.empty:
@@ -308,23 +328,25 @@ def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: s
     benches = {col: sorted(set(labelled.loc[labelled["column"] == col, "benchmark"].astype(str))) for col in columns}
     ncols = min(len(columns), PANELS_PER_ROW)
     nrows = math.ceil(len(columns) / ncols)
-    fig = Figure(figsize=(max(3.7 * ncols, 7.5), 3.5 * 2 * nrows + 1.4), layout="constrained")
-    grid = fig.add_gridspec(2 * nrows, ncols)
+    kinds = [p for p in PANELS if p in panels]  # scatter above bars, whatever order they were named in
+    head = 1.4 if title is None else (0.3 if title == "" else 0.7)
+    fig = Figure(figsize=(max(3.7 * ncols, 7.5), 3.5 * len(kinds) * nrows + head), layout="constrained")
+    grid = fig.add_gridspec(len(kinds) * nrows, ncols)
     ylabel = _metric_label(metric)
     for i, col in enumerate(columns):
         r, c = divmod(i, ncols)
         # The benchmark in every title (the table's column label names it only when benchmarks vary).
         named = col if any(col.startswith(f"{b}/") for b in benches[col]) else f"{'+'.join(benches[col])}/{col}"
-        title = textwrap.fill(named, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
-        sc = fig.add_subplot(grid[r, c], gid=f"scatter:{col}")
-        _draw_scatter(sc, pts[pts["column"] == col], labels, styles, fits[col])
-        sc.set_title(title, fontsize=10)
-        bar = fig.add_subplot(grid[nrows + r, c], gid=f"bars:{col}")
-        _draw_bars(bar, pts[pts["column"] == col], labels, styles)
-        bar.set_title(title, fontsize=10)
-        if c == 0:  # same quantity in every panel of a row: label it once, at the left
-            sc.set_ylabel(ylabel)
-            bar.set_ylabel(ylabel)
+        panel_title = textwrap.fill(named, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
+        for k, kind in enumerate(kinds):
+            ax = fig.add_subplot(grid[k * nrows + r, c], gid=f"{kind}:{col}")
+            if kind == "scatter":
+                _draw_scatter(ax, pts[pts["column"] == col], labels, styles, fits[col])
+            else:
+                _draw_bars(ax, pts[pts["column"] == col], labels, styles)
+            ax.set_title(panel_title, fontsize=10)
+            if c == 0:  # same quantity in every panel of a row: label it once, at the left
+                ax.set_ylabel(ylabel)
 
     ns = sorted(set(pts["n"]))
     n_text = f"n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds"
@@ -335,13 +357,18 @@ def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: s
                       for p in protocols_of(df))
     line = (f" Dotted: the ID-OOD trend of every run of {', '.join(trend)} (logit-space linear fit)."
             if any(fits.values()) else "")
-    details = (f"{roles}; mean over seeds ± sample std (ddof=1), {n_text}.{line} "
-               f"Top: one point per tuned row. Bottom: {ylabel.removesuffix(' (%)')} by tuned block, "
-               f"best bar outlined.")
-    # Wrapped to the figure width (~12 characters per inch at 10 pt) so it is never clipped.
-    fig.suptitle(textwrap.fill(f"{what} — {_selection_title(selection, protocols_of(df))}", int(fig.get_figwidth() * 11)) + "\n" + textwrap.fill(details, int(fig.get_figwidth() * 12)),
-                 fontsize=10)
-    handles = _legend_handles(pts, labels, styles)
+    where = {"scatter": "one point per tuned row",
+             "bars": f"{ylabel.removesuffix(' (%)')} by tuned block, best bar outlined"}
+    layout = (f"Top: {where['scatter']}. Bottom: {where['bars']}." if len(kinds) == 2
+              else f"{where[kinds[0]][0].upper()}{where[kinds[0]][1:]}.")
+    details = f"{roles}; mean over seeds ± sample std (ddof=1), {n_text}.{line if 'scatter' in kinds else ''} {layout}"
+    if title is None:
+        # Wrapped to the figure width (~12 characters per inch at 10 pt) so it is never clipped.
+        fig.suptitle(textwrap.fill(f"{what} — {_selection_title(selection, protocols_of(df))}", int(fig.get_figwidth() * 11)) + "\n" + textwrap.fill(details, int(fig.get_figwidth() * 12)),
+                     fontsize=10)
+    elif title:
+        fig.suptitle(title, fontsize=11)
+    handles = _legend_handles(pts, labels, styles, bars="bars" in kinds)
     ncols = max(1, min(len(handles), int(fig.get_figwidth() / 1.75)))
     fig.legend(handles=_row_major(handles, ncols), loc="outside lower center", ncols=ncols, frameon=False,
                fontsize=9)
@@ -355,7 +382,8 @@ def _row_major(items: list[Artist], ncols: int) -> list[Artist]:
     return [items[r * ncols + c] for c in range(ncols) for r in range(nrows) if r * ncols + c < len(items)]
 
 
-def _legend_handles(pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style]) -> list[Artist]:
+def _legend_handles(pts: pd.DataFrame, labels: list[str], styles: dict[str, _Style],
+                    bars: bool = True) -> list[Artist]:
     handles: list[Artist] = []
     for label in labels:
         st = styles[label]
@@ -370,19 +398,22 @@ def _legend_handles(pts: pd.DataFrame, labels: list[str], styles: dict[str, _Sty
         else:
             handles.append(Line2D([], [], color=st.color, marker=st.marker, linestyle="none", markersize=7,
                                   label=label))
-    handles.append(Patch(facecolor="white", edgecolor="black", linewidth=2.0, label="best bar"))
+    if bars:
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=2.0, label="best bar"))
     return handles
 
 
 def plot_results(df: pd.DataFrame, path: Path, selection: str = DEFAULT_SELECTION, metric: str = "ood_acc",
-                 trend: tuple[str, ...] = DEFAULT_TREND) -> Path:
+                 trend: tuple[str, ...] = DEFAULT_TREND, panels: tuple[str, ...] = PANELS,
+                 title: str | None = None) -> Path:
     """Write the results figure of ``df`` (as from ``read_results``) to ``path``; return ``path``.
 
     Top row: per shift column, ID accuracy (x) vs ``metric`` (y), one point per tuned row (mean over
     seeds, error bars = sample std over seeds in both directions); ``none`` is a black star; WiSE-FT
     rows with an ``alpha`` column are joined by a line in alpha order; the dotted line is the ID-OOD
     trend fit to every run of the ``trend`` methods (as ``report --table robustness``). Bottom row: ``metric`` per
-    surgically tuned block, then ``full``, best bar outlined, ``none`` as a dashed line.
+    surgically tuned block, then ``full``, best bar outlined, ``none`` as a dashed line. ``panels``
+    and ``title``: as :func:`build_figure`.
 
     The format comes from the suffix (.png, .svg, .pdf; anything else is a :class:`UsageError`
     before any work). The file is written to a hidden temporary name in the same folder and
@@ -391,7 +422,7 @@ def plot_results(df: pd.DataFrame, path: Path, selection: str = DEFAULT_SELECTIO
     """
     path = Path(path)
     suffix = _check_suffix(path)
-    fig = build_figure(df, selection, metric, trend)  # validates everything before the disk is touched
+    fig = build_figure(df, selection, metric, trend, panels, title)  # validates everything before the disk is touched
     # Text stays text in SVG/PDF (searchable, editable in papers); no dates, so reruns are identical.
     rc = {"svg.fonttype": "none", "pdf.fonttype": 42, "svg.hashsalt": "ftbench"}
     metadata = {".png": {}, ".svg": {"Date": None}, ".pdf": {"CreationDate": None}}[suffix]

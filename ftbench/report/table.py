@@ -78,6 +78,11 @@ class Grid:
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (row, group, sub)
     # The run (and checkpoint or WiSE-FT alpha) chosen per cell and seed: :func:`selected_records`.
     selected: list[dict] = field(default_factory=list)
+    # Row and column labels -> display names (ftbench.report.names), for --format latex.
+    display: dict[str, str] = field(default_factory=dict)
+    # LaTeX only: \label{} and a caption replacing the title (--label, --caption).
+    label: str = ""
+    short_caption: str = ""
 
     def n_values(self) -> set[int]:
         return {c.n for c in self.cells.values()}
@@ -462,12 +467,82 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = DEFAULT_SELE
         builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
         grid = builder(chosen, selection, metric, title)
     grid.selected = selected_records(chosen)
+    grid.display = display_names(chosen)
     if with_ckpt:  # say so: the numbers include early stopping or WiSE-FT's choice of alpha
         extra = df[(df["status"] == "ok") & ~is_final(df)]
         alpha = extra["alpha"] if "alpha" in extra.columns else pd.Series(float("nan"), index=extra.index)
         is_alpha = alpha.notna() & (alpha != 1)
         over = ["checkpoints (--checkpoints)"] * bool((~is_alpha).any()) + ["WiSE-FT alpha"] * bool(is_alpha.any())
         grid.caption = grid.caption.replace(" accuracy;", f" accuracy, over lr, wd, steps and {' and '.join(over)};", 1)
+    return grid
+
+
+def display_names(chosen: pd.DataFrame) -> dict[str, str]:
+    """Display names (ftbench.report.names) of the row and column labels of ``chosen``; a WiSE-FT row
+    whose every cell and seed chose one alpha is named with it (``WiSE-FT (α = 0.5)``)."""
+    from ftbench.report.names import column_name, row_name
+
+    names = {c: column_name(c) for c in chosen["column"].unique()}
+    alpha = (pd.to_numeric(chosen["alpha"], errors="coerce").fillna(1.0) if "alpha" in chosen.columns
+             else pd.Series(1.0, index=chosen.index))
+    for (label, method, blocks, variant), part in chosen.groupby(["row", "method", "blocks", "variant"], sort=False):
+        names[label] = row_name(method, blocks, variant, set(alpha[part.index]))
+    return names
+
+
+def _match_rows(labels: list[str], display: dict[str, str], wanted: list[str]) -> list[str]:
+    """The labels ``wanted`` names (by label or display name, in any case), in that order."""
+    by_name: dict[str, str] = {}
+    for r in labels:
+        by_name.setdefault(r.casefold(), r)
+        by_name.setdefault(display.get(r, r).casefold(), r)
+    rows: list[str] = []
+    for w in wanted:
+        r = by_name.get(w.strip().casefold())
+        if r is None:
+            raise UsageError(f"--rows: no row {w.strip()!r} in the table; accepted: "
+                             + ", ".join(repr(x) for x in labels))
+        if r in rows:
+            raise UsageError(f"--rows: row {r!r} given twice")
+        rows.append(r)
+    return rows
+
+
+def check_rows(df: pd.DataFrame, table: str, wanted: list[str]) -> None:
+    """Refuse a ``--rows`` name that no row of ``table`` over the ok runs of ``df`` has, before the
+    report prints anything (the table's own rows are checked again by :func:`select_rows`)."""
+    ok = _prepare(df[df["status"] == "ok"])
+    if ok.empty:
+        return
+    chosen = label_columns(ok)
+    key, sort = ("column", "_csort") if table == "blocks" else ("row", "_rsort")
+    _match_rows(_ordered(chosen, key, sort), display_names(chosen), wanted)
+
+
+def select_rows(grid: Grid, wanted: list[str]) -> Grid:
+    """``grid`` with only the rows ``wanted``, in that order (``--rows``). A row is named by its label
+    as the tables print it (``lp-ft``, ``block 1``) or its display name (``LP-FT``), in any case.
+    Best marks are recomputed among the rows shown (per column; per-row marks stay as they are)."""
+    rows = _match_rows(grid.rows, grid.display, wanted)
+    if grid.row_header != "shift":  # best marked per column (the blocks table marks per row)
+        marked = {s for (_, _, s), c in grid.cells.items() if c.best}
+        for g, subs in grid.groups:
+            for s in subs:
+                if s not in marked:
+                    continue
+                cells = [grid.cells[(r, g, s)] for r in grid.rows if (r, g, s) in grid.cells]
+                shown = [grid.cells[(r, g, s)] for r in rows if (r, g, s) in grid.cells
+                         and grid.cells[(r, g, s)].mean == grid.cells[(r, g, s)].mean]
+                for c in cells:
+                    c.best = False
+                if shown:
+                    top = max(c.mean for c in shown)
+                    for c in shown:
+                        c.best = c.mean >= top - 1e-9
+    grid.cells = {k: c for k, c in grid.cells.items() if k[0] in rows}
+    grid.rows = rows
+    key = "column" if grid.row_header == "shift" else "row"  # the blocks table's rows are the shifts
+    grid.selected = [s for s in grid.selected if s[key] in rows]
     return grid
 
 
@@ -696,7 +771,7 @@ def render_markdown(grid: Grid) -> str:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--"}
+        "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--", "α": r"$\alpha$"}
 _TEX_SPECIAL = re.compile("|".join(re.escape(k) for k in _TEX))
 
 
@@ -706,19 +781,29 @@ def _tex(s: str) -> str:
 
 
 def render_latex(grid: Grid) -> str:
-    """A booktabs table: grouped header with cmidrules, bold best, ± std, n in the caption or cells."""
+    """A booktabs table in display names (ftbench.report.names): a short caption (the title, or
+    ``--caption``) and ``\\label`` (``--label``) above the table, grouped header with cmidrules, best
+    per column (or per row, in the blocks table) in bold, mean $\\pm$ std; the protocol details in a
+    footnote-size note under the table; n in the note or in the cells."""
+    from ftbench.report.names import column_name
+
+    def name(label: str) -> str:
+        return _tex(grid.display.get(label) or column_name(label))
+
     show_n = len(grid.n_values()) > 1
     cols = _flat(grid)
+    caption = grid.short_caption or grid.title
     lines = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{_tex(caption)}}}" + (rf"\label{{{grid.label}}}" if grid.label else ""), r"\smallskip",
              r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule"]
     top, rules, i = [""], [], 2
     for g, subs in grid.groups:
-        top.append(rf"\multicolumn{{{len(subs)}}}{{c}}{{{_tex(g)}}}")
+        top.append(rf"\multicolumn{{{len(subs)}}}{{c}}{{{name(g)}}}")
         rules.append(rf"\cmidrule(lr){{{i}-{i + len(subs) - 1}}}")
         i += len(subs)
     lines.append(" & ".join(top) + r" \\")
     lines.append(" ".join(rules))
-    lines.append(" & ".join([_tex(grid.row_header)] + [_tex(s) for _, s in cols]) + r" \\")
+    lines.append(" & ".join([_tex(grid.row_header)] + [name(s) for _, s in cols]) + r" \\")
     lines.append(r"\midrule")
     for r in grid.rows:
         vals = []
@@ -726,8 +811,9 @@ def render_latex(grid: Grid) -> str:
             c = grid.cells.get((r, g, s))
             t = _fmt(c, show_n, pm=r"$\pm$").replace("–", "--")
             vals.append(rf"\textbf{{{t}}}" if c is not None and c.best else t)
-        lines.append(" & ".join([_tex(r)] + vals) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(grid.title)}. {_tex(grid.caption)} Best in bold.}}",
+        lines.append(" & ".join([name(r)] + vals) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\par\smallskip\begin{minipage}{\linewidth}\footnotesize " + _tex(grid.caption) + r" Best in bold.\end{minipage}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 
