@@ -495,10 +495,7 @@ def check_suite_size(name: str, suites: dict, text: str, path: Path) -> None:
     def count(n: str, stack: tuple[str, ...]) -> tuple[int, int, int]:
         if n in memo:
             return memo[n]
-        if n not in suites:
-            raise unknown(f"suite in {path}:", n, sorted(suites))
-        if n in stack:
-            raise UsageError(f"{path}: suite {n!r} includes itself via {' -> '.join(stack + (n,))}")
+        _check_included(n, suites, path, stack)
         if len(stack) > MAX_INCLUDE_DEPTH:  # n is included at level len(stack)
             raise _too_deep(stack + (n,), text, path)
         table = suites[n]
@@ -602,15 +599,20 @@ def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     return specs
 
 
+def _check_included(name: str, suites: dict, path: Path, stack: tuple[str, ...]) -> None:
+    """Suite ``name``, reached through the includes ``stack``, exists and does not include itself."""
+    if name not in suites:
+        raise unknown(f"suite in {path}:", name, sorted(suites))
+    if name in stack:
+        raise UsageError(f"{path}: suite {name!r} includes itself via {' -> '.join(stack + (name,))}")
+
+
 def _expand(name: str, suites: dict, text: str, path: Path, stack: tuple[str, ...],
             memo: dict[str, list[RunSpec]] | None = None) -> list[RunSpec]:
     memo = {} if memo is None else memo  # a suite included along several paths is expanded once
     if name in memo:
         return memo[name]
-    if name not in suites:
-        raise unknown(f"suite in {path}:", name, sorted(suites))
-    if name in stack:
-        raise UsageError(f"{path}: suite {name!r} includes itself via {' -> '.join(stack + (name,))}")
+    _check_included(name, suites, path, stack)
     table = suites[name]
     if not isinstance(table, dict):
         raise UsageError(f"{path}:{_line_of(text, name)}: suites.{name} must be a table")
