@@ -724,7 +724,8 @@ def _resolve_in_suite(spec: RunSpec) -> RunSpec:
         spec = dataclasses.replace(spec, blocks=())
     spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options if k in method.options))
     # ... and the options that have no effect under its other options' values (suite_notes says so)
-    opts = {k: o.default for k, o in method.options.items()} | dict(spec.options)
+    opts = {k: o.default for k, o in method.options.items()} | {k: method.options[k].parse(k, v, method.name)
+                                                                 for k, v in spec.options}  # checked first
     spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options
                                                    if method.inapplicable(k, opts) is None))
     from ftbench.protocols.base import get_protocol
@@ -767,9 +768,9 @@ def suite_notes(name: str, suites: dict[str, Any]) -> list[str]:
                 problem = method.unused_problem(SUITE_KEYS[key], opts)
                 if problem is not None:
                     cond = method.inapplicable(SUITE_KEYS[key], opts)
-                    why = (f"uses {key} only with {cond[0]} (here {cond[1]})" if cond is not None
-                           else f"does not use {key}")
-                    notes.append(f"suite {n!r}: method {m!r} {why} ({_values(value)}); its runs ignore that "
+                    why = f" only with {cond[0]} (here {cond[1]})" if cond is not None else ""
+                    notes.append(f"suite {n!r}: method {m!r} {'uses' if why else 'does not use'} {key} "
+                                 f"({_values(value)}){why}; its runs ignore that "
                                  f"{'axis' if isinstance(value, list) else 'setting'}")
             for key, value in options.items():
                 if key not in method.options:

@@ -376,7 +376,7 @@ def test_gradual_cli_first_to_last(cli, tmp_path) -> None:
      "unknown value for option direction of method 'gradual-unfreeze': 'sideways'"),
     (["--method", "gradual-unfreeze", "--block", "1"], "method 'gradual-unfreeze' takes no --block"),
     (["--method", "auto-snr", "--set", "threshold=1.5"], "option threshold=1.5 of method 'auto-snr' must be in [0, 1]"),
-    (["--method", "auto-snr", "--set", "fraction=0"], "option fraction=0.0 of method 'auto-snr' must be in (0, 1]"),
+    (["--method", "auto-snr", "--set", "rule=top", "--set", "fraction=0"], "option fraction=0.0 of method 'auto-snr' must be in (0, 1]"),
     (["--method", "auto-snr", "--set", "rule=bottom"], "unknown value for option rule of method 'auto-snr': 'bottom'"),
     (["--method", "auto-snr", "--set", "examples=1"], "option examples=1 of method 'auto-snr' must be"),
 ])
