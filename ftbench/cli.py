@@ -189,12 +189,16 @@ def run(
 
 
 def settings_line(spec: Any) -> str:
-    """What a run was trained with: every hyperparameter and method option, defaults included."""
+    """What a run was trained with: every hyperparameter and method option that applies, defaults included."""
     from ftbench.spec import HYPERPARAMETERS
 
     parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "train_precision",
                            "eval_precision", "augment", "shots", "checkpoints", "seed", "weights"))
-    opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
+    from ftbench.methods.base import get_method
+
+    method = get_method(spec.method)  # options that do not apply under the others' values are not shown
+    opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options
+                    if k not in method.options or method.inapplicable(k, spec.options_dict) is None)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 
 

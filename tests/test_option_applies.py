@@ -53,6 +53,8 @@ def test_default_hyperparameters_are_not_refused_and_the_fixed_probe_option_chan
     assert base.code == 0 and l2.code == 0, base.err + l2.err
     first = [line.split()[1] for line in (base.out.splitlines()[0], l2.out.splitlines()[0])]
     assert first[0] != first[1] and "lp_l2=0.01" in l2.out
+    # the echoed settings show what the run used: not the sweep's C grid, which lp_select=fixed ignores
+    assert "lp_c_max" not in base.out and "lp_l2=0.001" in base.out
 
 
 def test_a_recipe_value_that_does_not_apply_is_not_the_users(cli, tmp_path: Path) -> None:
