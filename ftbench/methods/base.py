@@ -221,7 +221,8 @@ class Method:
 
     @classmethod
     def inapplicable_message(cls, key: str, cond: tuple[str, str], kind: str = "option") -> str:
-        """The refusal of ``key`` (an option, or a ``--flag``) given where :meth:`inapplicable` says it has no effect."""
+        """The refusal of ``key`` (an option, or a ``--flag``) given where :meth:`inapplicable` says it has
+        no effect."""
         needed, given = cond
         what = f"option {key}" if kind == "option" else f"--{key.replace('_', '-')}"
         return (f"{what} of method {cls.name!r} applies only with {needed} (given: {given}); "
@@ -258,7 +259,8 @@ class Method:
         used = [f"--{h.replace('_', '-')}" + (f" (with {'/'.join(f'{k}={v[0]}' for k, v in cls.uses_when[h].items())})"
                                               if h in cls.uses_when else "")
                 for h in HYPERPARAMETERS if h in cls.uses or h in cls.uses_when]
-        uses = f"uses only {', '.join(used)}" if used else "uses none of --lr/--wd/--steps/--epochs/--batch-size/--optimizer"
+        uses = (f"uses only {', '.join(used)}" if used
+                else "uses none of --lr/--wd/--steps/--epochs/--batch-size/--optimizer")
         return (f"{flag} has no effect with method {cls.name!r}, which {uses} ({cls.help}); drop {flag} "
                 f"(ftbench list methods {cls.name})")
 
