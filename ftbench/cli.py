@@ -265,13 +265,13 @@ def sweep(
         notes = [n.replace(f"suite {GRID_SUITE!r}: ", "--grid: ", 1)
                  for n in suite_notes(GRID_SUITE, {GRID_SUITE: grid_suite(grid, fixed)})]
     else:
-        from ftbench.spec import load_suites, suite_notes
+        from ftbench.spec import suite_notes_cached
 
         path, hides = (suites, False) if suites is not None else suites_file_for(suite)
         if hides:
             print(f"note: suite {suite!r} of {path} hides the bundled suite of that name", file=sys.stderr)
         specs = expand_suite_cached(suite, path)
-        notes = suite_notes(suite, load_suites(path)[0])
+        notes = suite_notes_cached(suite, path)
     for note in notes:  # grid values some of its methods ignore: said once each, not dropped in silence
         print(clean(f"note: {note}"), file=sys.stderr)
     _check_format(report_format)

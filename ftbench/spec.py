@@ -787,6 +787,19 @@ def suite_notes(name: str, suites: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(notes))
 
 
+def suite_notes_cached(name: str, path: Path) -> list[str]:
+    """:func:`suite_notes` of suite ``name`` of the suites file ``path``, from the catalog cache as
+    :func:`expand_suite_cached` (no method imports on a hit)."""
+    from ftbench.catalog import cached
+
+    key = suites_file_key(path)
+    compute = lambda: suite_notes(name, load_suites(path)[0])  # noqa: E731
+    if key is None:
+        return compute()
+    return cached(("suite-notes", name, *key), compute,
+                  lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v))
+
+
 def _values(value: Any) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in _as_list(value))
 
