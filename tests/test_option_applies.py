@@ -116,3 +116,23 @@ def test_the_bundled_suites_still_expand_with_notes_not_errors() -> None:
     suites, _ = load_suites(bundled_suites_file())
     assert expand_suite("default", bundled_suites_file())
     assert any("method 'linear-probe' does not use lr" in n for n in suite_notes("default", suites))
+
+
+def test_a_cached_dry_run_notes_the_same_without_importing_torch(tmp_path: Path) -> None:
+    """The notes come from the catalog cache as the expanded runs do: a second `sweep --dry-run` in a fresh
+    process says the same and imports no method module (nor torch)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "b.toml").write_text(SUITE)
+    argv = ["sweep", "s", "--suites", str(tmp_path / "b.toml"), "--dry-run", "--out", str(tmp_path / "r")]
+    code = (f"import sys; from ftbench.cli import main; rc = main({argv!r}); "
+            "print(rc, 'torch' in sys.modules, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "FTBENCH_NO_CATALOG"}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                           env={**env, "FTBENCH_CACHE": str(tmp_path / "cache")}) for _ in range(2)]
+    notes = [[line for line in r.stderr.splitlines() if line.startswith("note:")] for r in runs]
+    assert notes[0] == notes[1] == ["note: suite 's': method 'linear-probe' does not use lr (0.001, 0.01); its runs "
+                                    "ignore that axis"], [r.stderr for r in runs]
+    assert [r.stderr.strip().splitlines()[-1] for r in runs] == ["0 True", "0 False"]
