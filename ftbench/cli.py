@@ -151,6 +151,13 @@ def run(
         given = {f for f in FIELDS if ctx.get_parameter_source(f).name != "DEFAULT"}
         fields = apply_recipe(get_recipe(recipe), fields, given)
     spec = resolve(RunSpec(**fields))
+    from ftbench.methods.base import get_method
+    from ftbench.spec import HYPERPARAMETERS
+
+    # what the command line gives and the run would ignore is refused, not dropped (a recipe's values are not given)
+    get_method(spec.method).check_given(spec, [k for k, _ in _parse_sets(set_)],
+                                        [f for f in (*HYPERPARAMETERS, "checkpoints")
+                                         if ctx.get_parameter_source(f).name != "DEFAULT"])
     check_settings({"threads": threads})
     check_output_dir(out_dir, "--out")
     pick_device(device)  # validate before any work
@@ -182,12 +189,16 @@ def run(
 
 
 def settings_line(spec: Any) -> str:
-    """What a run was trained with: every hyperparameter and method option, defaults included."""
+    """What a run was trained with: every hyperparameter and method option that applies, defaults included."""
     from ftbench.spec import HYPERPARAMETERS
 
     parts = spec.settings((*HYPERPARAMETERS, "schedule", "warmup", "clip_grad", "head_init", "train_precision",
                            "eval_precision", "augment", "shots", "checkpoints", "seed", "weights"))
-    opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options)
+    from ftbench.methods.base import get_method
+
+    method = get_method(spec.method)  # options that do not apply under the others' values are not shown
+    opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.options
+                    if k not in method.options or method.inapplicable(k, spec.options_dict) is None)
     return "settings " + " ".join(parts) + (f"; options {opts}" if opts else "")
 
 
@@ -248,12 +259,21 @@ def sweep(
             raise UsageError("--grid is a suite of its own: give --grid or a suite name (and --suites), not both")
         from ftbench.spec import GRID_SUITE, expand_grid
 
+        from ftbench.spec import grid_suite, suite_notes
+
         specs, suite, path = expand_grid(grid, fixed), GRID_SUITE, Path("--grid")
+        notes = [n.replace(f"suite {GRID_SUITE!r}: ", "--grid: ", 1)
+                 for n in suite_notes(GRID_SUITE, {GRID_SUITE: grid_suite(grid, fixed)})]
     else:
+        from ftbench.spec import suite_notes_cached
+
         path, hides = (suites, False) if suites is not None else suites_file_for(suite)
         if hides:
             print(f"note: suite {suite!r} of {path} hides the bundled suite of that name", file=sys.stderr)
         specs = expand_suite_cached(suite, path)
+        notes = suite_notes_cached(suite, path)
+    for note in notes:  # grid values some of its methods ignore: said once each, not dropped in silence
+        print(clean(f"note: {note}"), file=sys.stderr)
     _check_format(report_format)
     from ftbench.report import TABLES
 

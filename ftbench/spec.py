@@ -725,11 +725,85 @@ def _resolve_in_suite(spec: RunSpec) -> RunSpec:
     if not method.takes_blocks:
         spec = dataclasses.replace(spec, blocks=())
     spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options if k in method.options))
+    # ... and the options that have no effect under its other options' values (suite_notes says so)
+    opts = {k: o.default for k, o in method.options.items()} | {k: method.options[k].parse(k, v, method.name)
+                                                                 for k, v in spec.options}  # checked first
+    spec = dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options
+                                                   if method.inapplicable(k, opts) is None))
     from ftbench.protocols.base import get_protocol
 
     if spec.shift not in (None, "corruption") or not get_protocol(spec.protocol).shift_params:
         spec = dataclasses.replace(spec, corruption=None, severity=None)
     return resolve(spec)
+
+
+# Suite keys a method may ignore: its hyperparameters and --checkpoints (suite_notes).
+_IGNORABLE = (*HYPERPARAMETERS, "checkpoints")
+
+
+def suite_notes(name: str, suites: dict[str, Any]) -> list[str]:
+    """One line per (suite, method, key) where suite ``name`` (or a suite it includes) crosses a method with a
+    hyperparameter, ``checkpoints`` or an option it ignores (values the suite gives, not its recipe's): the
+    runs of that method are the same whatever that value, which a reader of the suite would not guess.
+    Call after the suite expanded (its keys and values are checked)."""
+    from ftbench.methods.base import get_method
+
+    notes: list[str] = []
+    seen: set[str] = set()
+
+    def visit(n: str) -> None:
+        if n in seen or not isinstance(suites.get(n), dict):
+            return
+        seen.add(n)
+        table = suites[n]
+        for inc in _as_list(table.get("include", [])):
+            visit(str(inc))
+        if not any(k in SUITE_KEYS for k in table):
+            return
+        options = table.get("options", {}) if isinstance(table.get("options", {}), dict) else {}
+        given = {k: v for k, v in table.items() if k in SUITE_KEYS and SUITE_KEYS[k] in _IGNORABLE}
+        for m in dict.fromkeys(str(x) for x in _as_list(table.get("method", RunSpec.method))):
+            method = get_method(m)
+            opts = {k: o.default for k, o in method.options.items()} | {k: v for k, v in options.items()
+                                                                         if k in method.options}
+            for key, value in given.items():
+                problem = method.unused_problem(SUITE_KEYS[key], opts)
+                if problem is not None:
+                    cond = method.inapplicable(SUITE_KEYS[key], opts)
+                    why = f" only with {cond[0]} (here {cond[1]})" if cond is not None else ""
+                    notes.append(f"suite {n!r}: method {m!r} {'uses' if why else 'does not use'} {key} "
+                                 f"({_values(value)}){why}; its runs ignore that "
+                                 f"{'axis' if isinstance(value, list) else 'setting'}")
+            for key, value in options.items():
+                if key not in method.options:
+                    if len(_as_list(table.get("method", RunSpec.method))) > 1:  # crossed with methods that take it
+                        notes.append(f"suite {n!r}: method {m!r} has no option {key} ({_values(value)}); its runs "
+                                     "ignore it")
+                    continue
+                cond = method.inapplicable(key, opts)
+                if cond is not None:
+                    notes.append(f"suite {n!r}: option {key} of method {m!r} applies only with {cond[0]} (here "
+                                 f"{cond[1]}; {key}={_values(value)}); its runs ignore it")
+
+    visit(name)
+    return list(dict.fromkeys(notes))
+
+
+def suite_notes_cached(name: str, path: Path) -> list[str]:
+    """:func:`suite_notes` of suite ``name`` of the suites file ``path``, from the catalog cache as
+    :func:`expand_suite_cached` (no method imports on a hit)."""
+    from ftbench.catalog import cached
+
+    key = suites_file_key(path)
+    compute = lambda: suite_notes(name, load_suites(path)[0])  # noqa: E731
+    if key is None:
+        return compute()
+    return cached(("suite-notes", name, *key), compute,
+                  lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v))
+
+
+def _values(value: Any) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in _as_list(value))
 
 
 def _guess_key(message: str, keys: list[str]) -> str | None:

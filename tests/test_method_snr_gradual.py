@@ -252,10 +252,18 @@ def test_auto_snr_cli_run_columns_and_listing(cli, tmp_path) -> None:
 
 
 def test_auto_snr_unused_option_does_not_change_the_run_id() -> None:
+    """The option the rule does not use is refused when given (issue 25 §1), and in a suite, which crosses
+    it with both rules, dropped: it changes neither result nor run id."""
+    from ftbench.errors import UsageError
+    from ftbench.spec import _resolve_in_suite
+
     base = resolve(RunSpec(method="auto-snr"))
-    assert resolve(RunSpec(method="auto-snr", options=(("fraction", 0.5),))).run_id == base.run_id
+    with pytest.raises(UsageError, match="option fraction of method 'auto-snr' applies only with rule=top"):
+        resolve(RunSpec(method="auto-snr", options=(("fraction", 0.5),)))
+    assert _resolve_in_suite(RunSpec(method="auto-snr", options=(("fraction", 0.5),))).run_id == base.run_id
     top = resolve(RunSpec(method="auto-snr", options=(("rule", "top"),)))
-    assert resolve(RunSpec(method="auto-snr", options=(("rule", "top"), ("threshold", 0.2)))).run_id == top.run_id
+    assert _resolve_in_suite(RunSpec(method="auto-snr", options=(("rule", "top"), ("threshold", 0.2)))).run_id \
+        == top.run_id
     assert top.run_id != base.run_id
 
 
@@ -376,7 +384,7 @@ def test_gradual_cli_first_to_last(cli, tmp_path) -> None:
      "unknown value for option direction of method 'gradual-unfreeze': 'sideways'"),
     (["--method", "gradual-unfreeze", "--block", "1"], "method 'gradual-unfreeze' takes no --block"),
     (["--method", "auto-snr", "--set", "threshold=1.5"], "option threshold=1.5 of method 'auto-snr' must be in [0, 1]"),
-    (["--method", "auto-snr", "--set", "fraction=0"], "option fraction=0.0 of method 'auto-snr' must be in (0, 1]"),
+    (["--method", "auto-snr", "--set", "rule=top", "--set", "fraction=0"], "option fraction=0.0 of method 'auto-snr' must be in (0, 1]"),
     (["--method", "auto-snr", "--set", "rule=bottom"], "unknown value for option rule of method 'auto-snr': 'bottom'"),
     (["--method", "auto-snr", "--set", "examples=1"], "option examples=1 of method 'auto-snr' must be"),
 ])

@@ -205,7 +205,7 @@ def test_an_unusable_columns_is_treated_as_unset(results: Path, columns: str) ->
 
 
 def test_run_prints_its_result_with_columns_zero(tmp_path: Path) -> None:
-    r = _ftbench(["run", "--method", "none", "--steps", "1", "--out", str(tmp_path / "o")], tmp_path, COLUMNS="0")
+    r = _ftbench(["run", "--method", "none", "--out", str(tmp_path / "o")], tmp_path, COLUMNS="0")
     assert r.returncode == 0, r.stderr
     assert b"ID acc" in r.stdout and b"OOD acc" in r.stdout
 

@@ -448,6 +448,7 @@ class AutoFT(Method):
     # lr and wd are searched; the spec's steps/epochs, batch size and optimizer apply (the inner
     # runs use inner_steps steps instead of the spec's).
     uses = frozenset({"steps", "epochs", "batch_size", "optimizer"})
+    uses_when = {"lr": {"lr_mode": ("fixed",)}}  # --lr trains only with lr_mode=fixed (else the searched lr)
     options = {
         # limits (docs/methods.md#limits): 20x the release's 500 trials (--hopt_evals), 1,000x its 100
         # inner steps (imagenet.sh)

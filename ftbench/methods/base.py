@@ -39,6 +39,10 @@ class Option:
     # Counts (widths, ranks, trials, ...): ftbench's limit against runaway work, far above the papers'
     # largest setting (docs/methods.md#limits); a larger value is refused with the accepted range.
     maximum: float | None = None
+    # The option has an effect only when other options have one of these values, e.g.
+    # ``{"lp_select": ("fixed",)}``; otherwise it is reset to its default (it changes neither result nor
+    # run id), and a value given for it is refused (``ftbench run``) or noted (suites): Method.inapplicable.
+    applies_when: dict[str, tuple[Any, ...]] | None = dataclasses.field(default=None, compare=False, hash=False)
 
     def requirement(self) -> str:
         """What a valid value is, in words (for error messages)."""
@@ -150,6 +154,9 @@ class Method:
     # The method makes the classifier it starts from itself (a probe, the zero-shot head), whatever
     # the head was before it runs: --head-init has no effect on it and is refused.
     builds_head: ClassVar[bool] = False
+    # Hyperparameters of ``uses`` that have an effect only under some option values (as Option.applies_when),
+    # e.g. linear-probe's --wd (its L2 strength) only with select=fixed.
+    uses_when: ClassVar[dict[str, dict[str, tuple[Any, ...]]]] = {}
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -168,6 +175,12 @@ class Method:
                 accepted = ", ".join(cls.options) or "none"
                 raise UsageError(f"method {cls.name!r} has no option {key!r}; accepted: {accepted}")
         opts = {k: o.parse(k, given.get(k, o.default), cls.name) for k, o in cls.options.items()}
+        for key in cls.options:  # options without effect under the others' values: refused if set, else reset
+            cond = cls.inapplicable(key, opts)
+            if cond is not None:
+                if key in given and opts[key] != cls.options[key].default:
+                    raise UsageError(cls.inapplicable_message(key, cond, "option"))
+                opts[key] = cls.options[key].default
         changes: dict[str, Any] = {"blocks": blocks, "options": tuple(sorted(opts.items()))}
         if spec.steps is not None and spec.epochs is not None:
             raise UsageError("give --steps or --epochs, not both")
@@ -194,6 +207,62 @@ class Method:
             if h not in cls.uses:
                 changes[h] = None
         return dataclasses.replace(spec, **changes)
+
+    @classmethod
+    def inapplicable(cls, key: str, opts: dict[str, Any]) -> tuple[str, str] | None:
+        """Why option or hyperparameter ``key`` has no effect under options ``opts`` (the others' values,
+        defaults filled): ``(needed, given)`` as ``("lp_select=fixed", "lp_select=val")``; None when it applies."""
+        cond = cls.options[key].applies_when if key in cls.options else cls.uses_when.get(key)
+        for name, accepted in (cond or {}).items():
+            value = opts.get(name, cls.options[name].default)
+            if value not in accepted:
+                return f"{name}={'|'.join(map(str, accepted))}", f"{name}={value}"
+        return None
+
+    @classmethod
+    def inapplicable_message(cls, key: str, cond: tuple[str, str], kind: str = "option") -> str:
+        """The refusal of ``key`` (an option, or a ``--flag``) given where :meth:`inapplicable` says it has
+        no effect."""
+        needed, given = cond
+        what = f"option {key}" if kind == "option" else f"--{key.replace('_', '-')}"
+        return (f"{what} of method {cls.name!r} applies only with {needed} (given: {given}); "
+                f"set --set {needed.split('|')[0]} or drop it")
+
+    @classmethod
+    def check_given(cls, spec: RunSpec, options: Any = (), flags: Any = ()) -> None:
+        """Refuse (one UsageError) what the user gave explicitly that has no effect on resolved ``spec``:
+        ``options`` (names given with --set) that do not apply under the other options' values, and
+        ``flags`` (hyperparameter names, or ``checkpoints``) this method does not use."""
+        opts = spec.options_dict
+        for key in options:
+            cond = cls.inapplicable(key, opts) if key in cls.options else None
+            if cond is not None:
+                raise UsageError(cls.inapplicable_message(key, cond, "option"))
+        for key in flags:
+            problem = cls.unused_problem(key, opts)
+            if problem:
+                raise UsageError(problem)
+
+    @classmethod
+    def unused_problem(cls, key: str, opts: dict[str, Any]) -> str | None:
+        """Why hyperparameter ``key`` (or ``checkpoints``) has no effect with this method under ``opts``, as
+        one line; None when it has one."""
+        flag = f"--{key.replace('_', '-')}"
+        if key == "checkpoints":
+            if "steps" in cls.uses:
+                return None
+            return (f"--checkpoints has no effect with method {cls.name!r}, which trains no optimizer loop to "
+                    "checkpoint; drop it")
+        if key in cls.uses or key in cls.uses_when:
+            cond = cls.inapplicable(key, opts)
+            return None if cond is None else cls.inapplicable_message(key, cond, "flag")
+        used = [f"--{h.replace('_', '-')}" + (f" (with {'/'.join(f'{k}={v[0]}' for k, v in cls.uses_when[h].items())})"
+                                              if h in cls.uses_when else "")
+                for h in HYPERPARAMETERS if h in cls.uses or h in cls.uses_when]
+        uses = (f"uses only {', '.join(used)}" if used
+                else "uses none of --lr/--wd/--steps/--epochs/--batch-size/--optimizer")
+        return (f"{flag} has no effect with method {cls.name!r}, which {uses} ({cls.help}); drop {flag} "
+                f"(ftbench list methods {cls.name})")
 
     @classmethod
     def check_protocol(cls, protocol: Any) -> None:

@@ -134,14 +134,10 @@ SELECT_HELP = ("'val' = sweep C over a log grid on standardised features and kee
                "accuracy, as the released code; 'fixed' = one L2 strength (ftbench's former default)")
 
 
-def _reset_unused(spec: RunSpec, select: str, fixed_keys: tuple[str, ...], sweep_keys: tuple[str, ...],
-                  options: dict[str, Option]) -> RunSpec:
-    """Options of the mode not selected go back to their defaults, so they change neither result nor id."""
-    o = spec.options_dict
-    unused = sweep_keys if o[select] == "fixed" else fixed_keys
-    for k in unused:
-        o[k] = options[k].default
-    return dataclasses.replace(spec, options=tuple(sorted(o.items())))
+# Options of the mode not selected have no effect: Method.resolve resets them to their defaults (so they
+# change neither result nor id) and refuses a value given for them (Option.applies_when).
+SWEEP = {"select": ("val",)}
+LP_SWEEP = {"lp_select": ("val",)}
 
 
 def _check_grid(spec: RunSpec, lo: str, hi: str, method: str) -> None:
@@ -165,11 +161,13 @@ class LinearProbe(Method):
     paper = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features"
     order = 30
     uses = frozenset({"wd"})
+    uses_when = {"wd": {"select": ("fixed",)}}  # the L2 strength of select=fixed; select=val sweeps C instead
     options = {
         "select": Option("val", SELECT_HELP, ("val", "fixed")),
-        "c_min": Option(C_MIN, "smallest C of the sweep (log grid)", minimum=0),
-        "c_max": Option(C_MAX, "largest C of the sweep", minimum=0),
-        "c_steps": Option(C_STEPS, "number of C values of the sweep", minimum=1, maximum=MAX_C_STEPS),
+        "c_min": Option(C_MIN, "smallest C of the sweep (log grid; select=val)", minimum=0, applies_when=SWEEP),
+        "c_max": Option(C_MAX, "largest C of the sweep (select=val)", minimum=0, applies_when=SWEEP),
+        "c_steps": Option(C_STEPS, "number of C values of the sweep (select=val)", minimum=1, maximum=MAX_C_STEPS,
+                          applies_when=SWEEP),
         "max_iter": Option(200, "L-BFGS iterations per solve (the problem is convex)", minimum=1, maximum=MAX_ITER),
     }
 
@@ -178,7 +176,6 @@ class LinearProbe(Method):
         if spec.wd is None and dict(spec.options).get("select", "val") != "fixed":
             spec = dataclasses.replace(spec, wd=0.0)  # a resolved sweep spec (wd unused, None) resolves again
         spec = super().resolve(spec, block_names)
-        spec = _reset_unused(spec, "select", (), ("c_min", "c_max", "c_steps"), cls.options)
         if spec.options_dict["select"] == "val":
             _check_grid(spec, "c_min", "c_max", cls.name)
             spec = dataclasses.replace(spec, wd=None)  # the sweep chooses the strength: --wd is unused
@@ -207,10 +204,13 @@ class LPFT(Method):
     order = 50
     options = {
         "lp_select": Option("val", SELECT_HELP, ("val", "fixed")),
-        "lp_c_min": Option(C_MIN, "smallest C of the probe's sweep (log grid)", minimum=0),
-        "lp_c_max": Option(C_MAX, "largest C of the probe's sweep", minimum=0),
-        "lp_c_steps": Option(C_STEPS, "number of C values of the probe's sweep", minimum=1, maximum=MAX_C_STEPS),
-        "lp_l2": Option(1e-3, "L2 strength of the linear-probe stage with lp_select=fixed", minimum=0),
+        "lp_c_min": Option(C_MIN, "smallest C of the probe's sweep (log grid; lp_select=val)", minimum=0,
+                           applies_when=LP_SWEEP),
+        "lp_c_max": Option(C_MAX, "largest C of the probe's sweep (lp_select=val)", minimum=0, applies_when=LP_SWEEP),
+        "lp_c_steps": Option(C_STEPS, "number of C values of the probe's sweep (lp_select=val)", minimum=1,
+                             maximum=MAX_C_STEPS, applies_when=LP_SWEEP),
+        "lp_l2": Option(1e-3, "L2 strength of the linear-probe stage with lp_select=fixed", minimum=0,
+                        applies_when={"lp_select": ("fixed",)}),
         "lp_max_iter": Option(200, "L-BFGS iterations of the linear-probe stage (per solve)", minimum=1,
                               maximum=MAX_ITER),
         "bn": BN_OPTION,
@@ -219,7 +219,6 @@ class LPFT(Method):
     @classmethod
     def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
         spec = super().resolve(spec, block_names)
-        spec = _reset_unused(spec, "lp_select", ("lp_l2",), ("lp_c_min", "lp_c_max", "lp_c_steps"), cls.options)
         if spec.options_dict["lp_select"] == "val":
             _check_grid(spec, "lp_c_min", "lp_c_max", cls.name)
         return spec

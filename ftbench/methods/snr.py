@@ -256,8 +256,10 @@ class AutoSNR(Method):
     options = {
         "rule": Option("threshold", "which tensors train: 'threshold' = normalised SNR >= threshold; "
                        "'top' = the top fraction of tensors by SNR", RULES),
-        "threshold": Option(0.95, "rule=threshold: smallest normalised SNR (in [0, 1]) that trains", minimum=0),
-        "fraction": Option(0.25, "rule=top: share of the tensors that train (in (0, 1], at least one)", minimum=0),
+        "threshold": Option(0.95, "rule=threshold: smallest normalised SNR (in [0, 1]) that trains", minimum=0,
+                            applies_when={"rule": ("threshold",)}),
+        "fraction": Option(0.25, "rule=top: share of the tensors that train (in (0, 1], at least one)", minimum=0,
+                           applies_when={"rule": ("top",)}),
         "examples": Option(256, "target train examples the SNR is computed over (all if fewer)", minimum=2,
                            maximum=10_000_000),  # more than any split has (ImageNet train: 1.28M)
         "every": Option(0, "0 = select once before training; k = recompute the selection every k steps", minimum=0,

@@ -116,6 +116,12 @@ def apply_recipe(recipe: Recipe, fields: dict[str, Any], given: set[str]) -> dic
     for k, v in recipe.options_for(method.name, method.options, benchmark, _has_text_tower(out, benchmark)
                                    if recipe.text_tower else False).items():
         opts.setdefault(k, v)
+    # the recipe's values for options that do not apply under the run's (e.g. its C grid with the user's
+    # lp_select=fixed) are left out: they are not the user's, and Method.resolve refuses such values
+    filled = {k: o.default for k, o in method.options.items()} | {k: v for k, v in opts.items() if k in method.options}
+    given_opts = dict(fields.get("options") or ())
+    opts = {k: v for k, v in opts.items()
+            if k in given_opts or k not in method.options or method.inapplicable(k, filled) is None}
     out["options"] = tuple(sorted(opts.items()))
     return out
 
