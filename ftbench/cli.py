@@ -257,13 +257,9 @@ def sweep(
     if grid is not None:
         if ctx.get_parameter_source("suite").name != "DEFAULT" or suites is not None:
             raise UsageError("--grid is a suite of its own: give --grid or a suite name (and --suites), not both")
-        from ftbench.spec import GRID_SUITE, expand_grid
+        from ftbench.spec import GRID_SUITE, grid_runs
 
-        from ftbench.spec import grid_suite, suite_notes
-
-        specs, suite, path = expand_grid(grid, fixed), GRID_SUITE, Path("--grid")
-        notes = [n.replace(f"suite {GRID_SUITE!r}: ", "--grid: ", 1)
-                 for n in suite_notes(GRID_SUITE, {GRID_SUITE: grid_suite(grid, fixed)})]
+        (specs, notes), suite, path = grid_runs(grid, fixed), GRID_SUITE, Path("--grid")
     else:
         from ftbench.spec import suite_notes_cached
 
@@ -786,11 +782,12 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
         if local is not None:
             listed.append((local, f" [{local}]"))
         shadowed = set(suite_descriptions(local)) if local is not None else set()
+        bundled = set(suite_descriptions(bundled_suites_file())) if local is not None else set()
         for path, where in listed:
             for sname, about in suite_descriptions(path).items():
                 if not where and sname in shadowed:
                     continue  # listed with the local file, which sweep runs
-                hides = " (hides the bundled one)" if where and sname in suite_descriptions(bundled_suites_file()) else ""
+                hides = " (hides the bundled one)" if where and sname in bundled else ""
                 lines.append(f"[bold]{escape(clean(sname, newlines=False))}[/]{escape(clean(where, newlines=False))}"
                              f"{hides} ({len(expand_suite(sname, path))} runs): {escape(clean(about, newlines=False))}")
     return lines

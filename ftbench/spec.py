@@ -402,8 +402,9 @@ def _block_sets(v: Any) -> list[tuple[str, ...]]:
 
 
 def expand_suite(name: str, path: Path | None = None) -> list[RunSpec]:
-    """Expand suite ``name`` into resolved, deduplicated RunSpecs (in a stable order)."""
-    path = path or default_suites_file()
+    """Expand suite ``name`` into resolved, deduplicated RunSpecs (in a stable order); without ``path``,
+    from the file :func:`suites_file_for` names, as ``ftbench sweep NAME`` does."""
+    path = path or suites_file_for(name)[0]
     suites, text = load_suites(path)
     check_suite_size(name, suites, text, path)
     return _expand(name, suites, text, path, stack=())
@@ -473,16 +474,23 @@ def grid_suite(grid: str, fixed: dict[str, Any] | None = None) -> dict[str, Any]
     return table
 
 
-def expand_grid(grid: str, fixed: dict[str, Any] | None = None) -> list[RunSpec]:
+def grid_runs(grid: str, fixed: dict[str, Any] | None = None) -> tuple[list[RunSpec], list[str]]:
     """``ftbench sweep --grid``: the runs of :func:`grid_suite`'s suite, expanded, checked and limited
-    exactly as a suites file's suite (same run ids); errors name ``--grid``."""
+    exactly as a suites file's suite (same run ids), and its :func:`suite_notes`; errors and notes
+    name ``--grid``, not the suite it stands for."""
     suites = {GRID_SUITE: grid_suite(grid, fixed)}
     path = Path("--grid")
     try:
         check_suite_size(GRID_SUITE, suites, "", path)
-        return _expand(GRID_SUITE, suites, "", path, stack=())
+        specs = _expand(GRID_SUITE, suites, "", path, stack=())
     except UsageError as e:  # "--grid:None: suite 'grid': <problem>" -> "--grid: <problem>"
         raise UsageError(re.sub(r"^--grid:(None|\d+): suite 'grid': ", "--grid: ", str(e))) from None
+    return specs, [n.replace(f"suite {GRID_SUITE!r}: ", "--grid: ", 1) for n in suite_notes(GRID_SUITE, suites)]
+
+
+def expand_grid(grid: str, fixed: dict[str, Any] | None = None) -> list[RunSpec]:
+    """The runs of :func:`grid_runs`."""
+    return grid_runs(grid, fixed)[0]
 
 
 def check_suite_size(name: str, suites: dict, text: str, path: Path) -> None:
@@ -588,7 +596,7 @@ def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     whose weights file is gone is expanded again, which says so."""
     from ftbench.catalog import cached
 
-    path = Path(path or default_suites_file())
+    path = Path(path or suites_file_for(name)[0])
     key = suites_file_key(path)
     if key is None:
         return expand_suite(name, path)
