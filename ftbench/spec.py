@@ -592,8 +592,9 @@ def _spec_dicts(value: Any) -> bool:
 
 def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     """:func:`expand_suite`, from the catalog cache in a fresh process (ftbench/catalog.py): spares
-    ``sweep --dry-run`` the imports of every registry. Keyed by :func:`suites_file_key`; a cached spec
-    whose weights file is gone is expanded again, which says so."""
+    ``sweep --dry-run`` the imports of every registry. Keyed by :func:`suites_file_key`; an entry whose
+    weights files changed or are gone is a miss (the catalog checks the files ``resolve_weights``
+    recorded with :func:`ftbench.catalog.depends_on`), so it is expanded again, which says so."""
     from ftbench.catalog import cached
 
     path = Path(path or suites_file_for(name)[0])
@@ -601,10 +602,7 @@ def expand_suite_cached(name: str, path: Path | None = None) -> list[RunSpec]:
     if key is None:
         return expand_suite(name, path)
     dicts = cached(("suite", name, *key), lambda: [s.to_dict() for s in expand_suite(name, path)], _spec_dicts)
-    specs = [RunSpec.from_dict(d) for d in dicts]
-    if any(s.weights not in (None, "scratch") and not Path(s.weights).is_file() for s in specs):
-        return expand_suite(name, path)
-    return specs
+    return [RunSpec.from_dict(d) for d in dicts]
 
 
 def _check_included(name: str, suites: dict, path: Path, stack: tuple[str, ...]) -> None:

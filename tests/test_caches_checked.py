@@ -414,3 +414,22 @@ def test_the_catalog_schema_knows_every_runspec_field() -> None:
     from ftbench.spec import _FIELD_TYPES, RunSpec
 
     assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(RunSpec)}
+
+
+def test_a_cached_suite_whose_weights_file_is_gone_is_expanded_again(cli, catalog_on: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog holds the expansion of a suite with ``weights = "w.pt"``; once w.pt is gone the entry
+    is a miss (the file's identity changed), so the sweep expands again and says the file is missing."""
+    import torch
+
+    from ftbench.models.base import get_model_entry
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(get_model_entry("digits-resnet").build(1, 10).state_dict(), tmp_path / "w.pt")
+    suites = tmp_path / "suites.toml"
+    suites.write_text('[suites.w]\nmethod = "surgical"\nsteps = 2\nweights = "w.pt"\n')
+    args = ("sweep", "w", "--suites", suites, "--dry-run", "--out", tmp_path / "out")
+    assert cli(*args).code == 0
+    (tmp_path / "w.pt").unlink()
+    gone = cli(*args)
+    assert gone.code == 2 and "weights file" in gone.err and "not found" in gone.err, gone.err

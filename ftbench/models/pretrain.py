@@ -53,7 +53,11 @@ def cache_key(model: str, source: SourceTask, device: torch.device, weights: str
 
 
 def cache_path(model: str, source: SourceTask, device: torch.device, weights: str | None = None) -> Path:
-    key = cache_key(model, source, device, weights)
+    return _path_for(model, cache_key(model, source, device, weights))
+
+
+def _path_for(model: str, key: dict[str, Any]) -> Path:
+    """The cache file of a source model of ``model`` with :func:`cache_key` ``key``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{model.replace('/', '_').replace(':', '_')}-{digest}.pt"
 
@@ -118,7 +122,7 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
         return net
     net = given.model if given is not None else entry.build(source.train.channels, source.num_classes)
     key = cache_key(model, source, device, given.key() if given is not None else None)
-    path = cache_path(model, source, device, given.key() if given is not None else None)
+    path = _path_for(model, key)
     clean_tmp(path.parent)
     if path.is_file():
         # Believed only when it holds the very bytes written for this key (ftbench/integrity.py):

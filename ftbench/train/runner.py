@@ -191,7 +191,7 @@ def fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) 
 
 
 def _fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None) -> Trained:
-    """Resolve ``spec``, load its data and pretrained model onto the device, and train.
+    """Load resolved ``spec``'s data and pretrained model onto the device, and train.
 
     ``workdir`` is the run's scratch folder (see :func:`work_dir`), passed to the method as
     ``ctx.workdir``; it is created on demand by whoever writes there.
