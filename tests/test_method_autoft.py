@@ -193,28 +193,35 @@ def test_best_trial_is_the_highest_value_later_on_ties() -> None:
 FAST = {"trials": 3, "inner_steps": 4}
 
 
-def test_inner_and_final_runs_use_the_sampled_lr_and_wd_at_every_step(monkeypatch) -> None:
-    """The released code's scheduler overwrote the sampled lr every step; here each trial's optimizer
-    keeps the trial's lr and wd for all its steps, and the final one the best trial's."""
-    spec = RunSpec(method="autoft", steps=6, options=_opts(**FAST, decay="coupled"))
-    _pretrained_state(spec)
-    seen: list[list[tuple[float, float]]] = []
+def _optimizer_steps(monkeypatch, read) -> list[list]:  # noqa: ANN001
+    """Per optimizer the loop makes (each trial's, then the final run's), ``read(group)`` of each of its
+    param groups at each step, read inside ``opt.step`` (the values the step takes)."""
+    seen: list[list] = []
     original = loop.make_optimizer
 
     def recording(*args: object, **kwargs: object) -> torch.optim.Optimizer:
         opt = original(*args, **kwargs)
-        steps: list[tuple[float, float]] = []
-        seen.append(steps)
+        values: list = []
+        seen.append(values)
         step = opt.step
 
         def spy(*a: object, **k: object) -> object:
-            steps.extend((g["lr"], g["weight_decay"]) for g in opt.param_groups)
+            values.extend(read(g) for g in opt.param_groups)
             return step(*a, **k)
 
         opt.step = spy  # type: ignore[method-assign]
         return opt
 
     monkeypatch.setattr(loop, "make_optimizer", recording)
+    return seen
+
+
+def test_inner_and_final_runs_use_the_sampled_lr_and_wd_at_every_step(monkeypatch) -> None:
+    """The released code's scheduler overwrote the sampled lr every step; here each trial's optimizer
+    keeps the trial's lr and wd for all its steps, and the final one the best trial's."""
+    spec = RunSpec(method="autoft", steps=6, options=_opts(**FAST, decay="coupled"))
+    _pretrained_state(spec)
+    seen = _optimizer_steps(monkeypatch, lambda g: (g["lr"], g["weight_decay"]))
     (row,) = execute(spec, "cpu")
     trials = json.loads(row["autoft_trials_json"])
     assert len(seen) == 3 + 1 and [len(s) for s in seen] == [4, 4, 4, 6]
@@ -541,25 +548,10 @@ def test_lr_mode_fixed_trains_every_step_at_lr_whatever_was_sampled(monkeypatch)
     recorded), as the release's TPE samples it."""
     spec = RunSpec(method="autoft", steps=5, lr=2e-3, options=_opts(**FAST, lr_mode="fixed"))
     _pretrained_state(spec)
-    seen: list[set[float]] = []
-    original = loop.make_optimizer
-
-    def recording(*args: object, **kwargs: object) -> torch.optim.Optimizer:
-        opt = original(*args, **kwargs)
-        lrs: set[float] = set()
-        seen.append(lrs)
-        step = opt.step
-
-        def spy(*a: object, **k: object) -> object:
-            lrs.update(g["lr"] for g in opt.param_groups)
-            return step(*a, **k)
-
-        opt.step = spy  # type: ignore[method-assign]
-        return opt
-
-    monkeypatch.setattr(loop, "make_optimizer", recording)
+    steps = _optimizer_steps(monkeypatch, lambda g: g["lr"])
     (row,) = execute(spec, "cpu")
     trials = json.loads(row["autoft_trials_json"])
+    seen = [set(lrs) for lrs in steps]  # the rates each optimizer stepped with
     assert len(seen) == 4 and all(s == {2e-3} for s in seen)
     assert len({t["lr"] for t in trials}) == 3 and 2e-3 not in {t["lr"] for t in trials}
     assert row["lr"] == 2e-3  # the rate it trained at is the row's lr
