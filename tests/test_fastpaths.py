@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from ftbench.spec import RunSpec, resolve
 from ftbench.train import fused, prefix
 from ftbench.train.context import TrainContext
 from ftbench.train.runner import execute, fine_tune, result_rows
+from scripts import load_script
 
 STEPS = 15
 ACCS = ("id_acc", "source_val_acc", "val_acc", "ood_acc")
@@ -392,13 +391,7 @@ def test_run_all_gives_every_runs_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _perf_module():  # noqa: ANN202
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "perf.py"
-    spec = importlib.util.spec_from_file_location("ftbench_perf", path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ftbench_perf"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/perf.py", "ftbench_perf")
 
 
 def test_perf_script_prints_the_table_and_a_speedup_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,9 @@ device decoding), so their plumbing is tested here and on the GPU only the GPU c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,13 +153,7 @@ def test_cuda_device_decode_falls_back_for_a_png_named_jpeg(gpu: str, tmp_path: 
 
 
 def _gpu_check():  # noqa: ANN202
-    path = REPO / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("ftbench_gpu_check", path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ftbench_gpu_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/gpu_check.py", "ftbench_gpu_check")
 
 
 def test_dry_run_on_the_cpu_runs_every_stage_and_writes_the_table(tmp_path: Path, capsys, monkeypatch) -> None:

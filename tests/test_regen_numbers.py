@@ -3,23 +3,18 @@ suite (the suites run in .ci/run): its regions, its comparison, and the README's
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tool():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("regen_numbers", ROOT / "tools" / "regen_numbers.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["regen_numbers"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/regen_numbers.py", "regen_numbers")
 
 
 def _table_cells(markdown: str) -> str:
