@@ -793,29 +793,35 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
     return lines
 
 
-def refuse_repeated_options(command: Any, argv: list[str]) -> None:
-    """A single-valued option given twice is an error, not "the last one wins": ``run --seed 0 --seed 1``
-    would silently run seed 1 only. Options meant to repeat (``--block``, ``--set``) and flags pass."""
+def _given_options(command: Any, argv: list[str], keep: Any) -> tuple[Optional[str], list[tuple[str, Any, Optional[str]]]]:
+    """The subcommand of ``argv``, and each option of it given in ``argv`` whose click parameter ``keep``
+    accepts: (the option as typed, its parameter, its value: after ``=`` or the next word; None at the end)."""
     sub = next((a for a in argv if not a.startswith("-")), None)
     cmd = getattr(command, "commands", {}).get(sub)
     if cmd is None:
-        return
-    single = {}
-    for p in cmd.params:
-        if getattr(p, "param_type_name", "") == "option" and not p.multiple and not p.is_flag:
-            for o in (*p.opts, *p.secondary_opts):
-                single[o] = p
-    seen: dict[Any, list[str]] = {}
-    names: dict[Any, str] = {}
+        return sub, []
+    params = {o: p for p in cmd.params if getattr(p, "param_type_name", "") == "option" and keep(p)
+              for o in (*p.opts, *p.secondary_opts)}
     rest = argv[argv.index(sub) + 1:]
+    given = []
     for i, a in enumerate(rest):
         if a == "--":
             break
         opt, eq, value = a.partition("=")
-        if opt in single:
-            p = single[opt]
-            names.setdefault(p, opt)
-            seen.setdefault(p, []).append(value if eq else (rest[i + 1] if i + 1 < len(rest) else ""))
+        if opt in params:
+            given.append((opt, params[opt], value if eq else (rest[i + 1] if i + 1 < len(rest) else None)))
+    return sub, given
+
+
+def refuse_repeated_options(command: Any, argv: list[str]) -> None:
+    """A single-valued option given twice is an error, not "the last one wins": ``run --seed 0 --seed 1``
+    would silently run seed 1 only. Options meant to repeat (``--block``, ``--set``) and flags pass."""
+    sub, given = _given_options(command, argv, lambda p: not p.multiple and not p.is_flag)
+    seen: dict[Any, list[str]] = {}
+    names: dict[Any, str] = {}
+    for opt, p, value in given:
+        names.setdefault(p, opt)
+        seen.setdefault(p, []).append("" if value is None else value)
     for p, values in seen.items():
         if len(values) > 1:
             grid = (" for a grid of runs, write a suite and use `ftbench sweep` (docs/sweeps.md)"
@@ -832,29 +838,13 @@ def refuse_non_integers(command: Any, argv: list[str]) -> None:
     ``steps = 5.0`` is (ftbench/validate.py), with the same words, instead of being read as 5."""
     import re
 
-    sub = next((a for a in argv if not a.startswith("-")), None)
-    cmd = getattr(command, "commands", {}).get(sub)
-    if cmd is None:
-        return
-    integer = {}
-    for p in cmd.params:
-        if getattr(p, "param_type_name", "") == "option" and not p.is_flag \
-                and getattr(getattr(p, "type_descriptor", None), "annotation", None) is int:
-            for o in (*p.opts, *p.secondary_opts):
-                integer[o] = p
-    rest = argv[argv.index(sub) + 1:]
-    for i, a in enumerate(rest):
-        if a == "--":
-            break
-        opt, eq, value = a.partition("=")
-        if opt not in integer or (not eq and i + 1 >= len(rest)):
-            continue
-        value = value if eq else rest[i + 1]
-        if not re.fullmatch(INTEGER_TEXT, value):
+    _, given = _given_options(command, argv, lambda p: not p.is_flag and getattr(
+        getattr(p, "type_descriptor", None), "annotation", None) is int)
+    for opt, p, value in given:
+        if value is not None and not re.fullmatch(INTEGER_TEXT, value):
             from ftbench.validate import RUN_NUMBERS, SETTING_NUMBERS
 
-            name = integer[opt].name
-            rule = RUN_NUMBERS.get(name) or SETTING_NUMBERS.get(name) or SETTING_NUMBERS.get(opt.lstrip("-"))
+            rule = RUN_NUMBERS.get(p.name) or SETTING_NUMBERS.get(p.name) or SETTING_NUMBERS.get(opt.lstrip("-"))
             words = rule.words() if rule is not None else "an integer"
             raise UsageError(f"{opt} must be {words}, got {value!r} (not an integer)")
 
