@@ -36,13 +36,13 @@ SCHEMA = pa.schema(
         ("weights", pa.string()),  # --weights: a state-dict file, "scratch", or null (the model's default)
         ("protocol", pa.string()),  # few-shot | id-ood (ftbench/protocols); absent in older files = few-shot
         ("data_version", pa.int64()),  # the benchmark's revision of the shift's data; null = the first
-        ("head_init", pa.string()),
+        ("head_init", pa.string()),  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
         ("schedule", pa.string()),  # the loop's lr schedule: cosine, or null = constant
         ("warmup", pa.int64()),  # linear lr warm-up in optimizer steps; null = none
         ("clip_grad", pa.float64()),  # gradient clipping by global norm; null = none
         ("train_precision", pa.string()),  # --train-precision fp32|bf16; null = the device's default
         ("eval_precision", pa.string()),  # --eval-precision fp32|bf16; null = the device's default
-        ("augment", pa.string()),  # --augment crop|crop-flip; null = none  # id-ood: zero-shot / fresh as the classifier started; null = the method's default
+        ("augment", pa.string()),  # --augment crop|crop-flip; null = none
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),
@@ -200,7 +200,7 @@ def _load(f: Path, in_folder: bool) -> tuple[pd.DataFrame | None, str | None]:
     try:
         table = pq.read_table(f)
     except Exception as e:  # corrupt, truncated, not parquet
-        return None, f"unreadable parquet ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+        return None, _unreadable(e)
     reason = _problem(table.schema, table.num_rows)
     if reason is None and in_folder:
         reason = _ids_problem(table.column("run_id").to_pylist(), f)
@@ -209,7 +209,11 @@ def _load(f: Path, in_folder: bool) -> tuple[pd.DataFrame | None, str | None]:
     try:
         return table.to_pandas(), None
     except Exception as e:  # e.g. malformed pandas metadata in the file's schema
-        return None, f"unreadable parquet ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+        return None, _unreadable(e)
+
+
+def _unreadable(e: Exception) -> str:
+    return f"unreadable parquet ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
 
 
 def _clean_strings(df: pd.DataFrame) -> pd.DataFrame:
