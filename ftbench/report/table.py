@@ -203,10 +203,7 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
         raise unknown("selection", selection, list(SELECTIONS))
     if checkpoint not in CHECKPOINTS:
         raise unknown("checkpoint", checkpoint, CHECKPOINTS)
-    df = df[df["status"] == "ok"]
-    if checkpoint == "final":
-        df = df[is_final(df)]
-    df = _prepare(df)
+    df = _candidates(df, checkpoint)
     if df.empty:
         return df
     score = _scores(df, selection, metric)
@@ -217,6 +214,14 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
     df = df.sort_values(["_score", "run_id"], ascending=[False, True], kind="mergesort")
     keys = ROW_KEY + COL_KEY + ["seed"]
     return df.groupby(keys, dropna=False, sort=False).head(1).drop(columns="_score")
+
+
+def _candidates(df: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
+    """The rows :func:`select` chooses among: ok runs, end-of-training rows only with ``final``, prepared."""
+    df = df[df["status"] == "ok"]
+    if checkpoint == "final":
+        df = df[is_final(df)]
+    return _prepare(df)
 
 
 def _scores(df: pd.DataFrame, selection: str, metric: str) -> pd.Series:
@@ -248,10 +253,7 @@ def unselectable_rows(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, chec
     (a NaN ``val_acc`` in one run, while the benchmark's other runs have it)."""
     if selection == "oracle":
         return 0
-    df = df[df["status"] == "ok"]
-    if checkpoint == "final":
-        df = df[is_final(df)]
-    df = _prepare(df)
+    df = _candidates(df, checkpoint)
     return 0 if df.empty else int(_scores(df, selection, metric).isna().sum())
 
 
