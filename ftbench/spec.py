@@ -488,10 +488,6 @@ def grid_runs(grid: str, fixed: dict[str, Any] | None = None) -> tuple[list[RunS
     return specs, [n.replace(f"suite {GRID_SUITE!r}: ", "--grid: ", 1) for n in suite_notes(GRID_SUITE, suites)]
 
 
-def expand_grid(grid: str, fixed: dict[str, Any] | None = None) -> list[RunSpec]:
-    """The runs of :func:`grid_runs`."""
-    return grid_runs(grid, fixed)[0]
-
 
 def check_suite_size(name: str, suites: dict, text: str, path: Path) -> None:
     """Refuse (one UsageError) suite ``name`` if its expansion would pass the limits: more than

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftbench.errors import UsageError
-from ftbench.spec import expand_grid, expand_suite, grid_suite
+from ftbench.spec import expand_suite, grid_runs, grid_suite
 
 SUITE = """
 [suites.g]
@@ -26,8 +26,8 @@ def test_a_grid_is_the_suite_it_spells_with_the_same_run_ids(tmp_path: Path) -> 
     path = tmp_path / "s.toml"
     path.write_text(SUITE)
     from_file = expand_suite("g", path)
-    grid = expand_grid("method=surgical block=1,2,3,last lr=1e-3,1e-2 seed=0,1,2",
-                       {"shift": "corruption", "corruption": "contrast", "severity": 3})
+    grid, _ = grid_runs("method=surgical block=1,2,3,last lr=1e-3,1e-2 seed=0,1,2",
+                        {"shift": "corruption", "corruption": "contrast", "severity": 3})
     assert [s.run_id for s in grid] == [s.run_id for s in from_file] and len(grid) == 24
 
 
@@ -35,7 +35,7 @@ def test_grid_values_block_sets_and_options() -> None:
     table = grid_suite("method=lp-ft block=1+2,last lr=1e-3 options.lp_select=fixed steps=5")
     assert table == {"method": "lp-ft", "block": [[1, 2], ["last"]], "lr": 1e-3, "steps": 5,
                      "options": {"lp_select": "fixed"}}
-    specs = expand_grid("method=surgical block=1+2,last steps=3")
+    specs, _ = grid_runs("method=surgical block=1+2,last steps=3")
     assert sorted(s.blocks for s in specs) == [("1", "2"), ("last",)]
 
 
@@ -51,7 +51,7 @@ def test_grid_values_block_sets_and_options() -> None:
 ])
 def test_a_bad_grid_is_one_error_naming_it(grid: str, message: str) -> None:
     with pytest.raises(UsageError) as e:
-        expand_grid(grid)
+        grid_runs(grid)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
