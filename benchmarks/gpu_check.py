@@ -13,7 +13,7 @@ runs out of time is a row of the table, and the next stage starts. Stages, in or
                 the worker pool sharing the GPU, nvJPEG's fallback for a PNG named .JPEG). On a
                 CPU they are skipped; ``--dry-run`` runs them on the CPU with the same code paths
                 forced (``FTBENCH_GPU_CHECK_DEVICE=cpu``).
-``fused``       fused-vs-separate training (``ftbench/train/fused.py``) on the device, three groups
+``fused``       fused-vs-separate training (``ftbench/execution/fused.py``) on the device, three groups
                 of three runs as tests/test_fastpaths.py: in float32 (autocast and TF32 off) within
                 the CPU tests' bound, and in the default bf16 within bf16's.
 ``bf16``        bf16 autocast against float32 (TF32 off) for a short run: the logits of one forward
@@ -159,7 +159,7 @@ def precision(mode: str, dev: Any) -> Iterator[None]:
 
     from ftbench.train import loop
 
-    for name in ("ftbench.train.fused", "ftbench.train.prefix", "ftbench.train.runner", "ftbench.models.weights"):
+    for name in ("ftbench.train.stacked", "ftbench.train.prefix", "ftbench.execution.runner", "ftbench.train.pretrain"):
         importlib.import_module(name)
     original = loop.autocast
     if mode == "default":
@@ -228,10 +228,11 @@ def _fused_groups(dry: bool) -> dict[str, dict[str, Any]]:
 
 def stage_fused(dev: Any, dry: bool, work: Path) -> Outcome:
     from ftbench.data.base import get_benchmark
-    from ftbench.models.pretrain import pretrained
-    from ftbench.spec import RunSpec, resolve
-    from ftbench.train import fused
-    from ftbench.train.runner import fine_tune, result_rows
+    from ftbench.train.pretrain import pretrained
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
+    from ftbench.execution import fused
+    from ftbench.execution.runner import fine_tune, result_rows
 
     triple = [(1e-3, 1e-4, 0), (1e-2, 0.0, 1), (3e-3, 1e-3, 0)][: 2 if dry else 3]  # (lr, wd, seed)
     figures: dict[str, Any] = {}
@@ -330,9 +331,10 @@ def _gradient(model: Any, x: Any, y: Any, mode: str, dev: Any) -> Any:
 
 def stage_bf16(dev: Any, dry: bool, work: Path) -> Outcome:
     from ftbench.data.base import get_benchmark
-    from ftbench.models.pretrain import pretrained
-    from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import fine_tune, result_rows
+    from ftbench.train.pretrain import pretrained
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
+    from ftbench.execution.runner import fine_tune, result_rows
 
     if dry:
         spec = resolve(RunSpec(benchmark="digits", method="full", steps=3, batch_size=32, optimizer="sgd", lr=1e-2, seed=0))
@@ -453,7 +455,7 @@ def stage_paper(dev: Any, dry: bool, work: Path) -> Outcome:
 
     from ftbench.cli import main as ftbench_main
     from ftbench.data import cifar
-    from ftbench.spec import expand_suite, load_suites
+    from ftbench.plan.suites import expand_suite, load_suites
 
     make_cifar_root = _tests("test_cifar").make_cifar_root
     root = work / "data"
@@ -498,7 +500,7 @@ def stage_cifar_grid(dev: Any, dry: bool, work: Path) -> Outcome:
     perf = _perf()
     lrs = [1e-3] if dry else [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
     if dry:  # a source model of two epochs: the plumbing, not the accuracy
-        from ftbench.models import pretrain
+        from ftbench.train import pretrain
 
         pretrain.RECIPE = {**pretrain.RECIPE, "epochs": 2}
     # The dry run: the tiny grid with digits-resnet (it takes the 3×32×32 images too), one lr.

@@ -53,11 +53,14 @@ from ftbench.data.base import BENCHMARKS, Benchmark, ShiftInfo, SourceTask, Spli
 from ftbench.errors import UsageError
 from ftbench.methods.base import get_method
 from ftbench.models.base import BlockModel
-from ftbench.models.pretrain import pretrained
-from ftbench.spec import RunSpec, expand_suite, resolve
-from ftbench.train import fused, prefix
+from ftbench.train.pretrain import pretrained
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
+from ftbench.plan.resolve import resolve
+from ftbench.execution import fused
+from ftbench.train import prefix
 from ftbench.train.loop import batch_indices, steps_for
-from ftbench.train.runner import execute, pick_device
+from ftbench.execution.runner import execute, pick_device
 
 WORKLOADS = ("embedded", "cifar-grid", "stream")
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; first matching name wins.

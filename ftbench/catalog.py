@@ -71,7 +71,7 @@ def usable() -> bool:
 
 
 def _path(key: tuple[Any, ...]) -> Path:
-    from ftbench.data.fetch import cache_dir
+    from ftbench.environment import cache_dir
 
     digest = hashlib.sha256(json.dumps([code_fingerprint(), *key], default=str).encode()).hexdigest()[:24]
     return cache_dir() / "catalog" / f"{digest}.json"

@@ -134,8 +134,9 @@ def run(
     """Fine-tune once and write one parquet row; prints the run's ID and OOD accuracy."""
     from ftbench.results.store import write_result
     from ftbench.sweep.task import set_threads
-    from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import discard_work, execute, pick_device, work_dir
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
+    from ftbench.execution.runner import discard_work, execute, pick_device, work_dir
     from ftbench.validate import check_output_dir, check_settings
 
     fields: dict[str, Any] = dict(
@@ -244,10 +245,10 @@ def sweep(
 ) -> None:
     """Expand a suite into runs, run those without results, then print the report table."""
     from ftbench.results.store import completed_ids
-    from ftbench.spec import expand_suite_cached, suite_descriptions, suites_file_for
+    from ftbench.plan.suites import expand_suite_cached, suite_descriptions, suites_file_for
     from ftbench.sweep.executors import EXECUTORS, prepare, suite_settings
     from ftbench.sweep.executors import run as run_executor
-    from ftbench.sweep.local import describe_all
+    from ftbench.sweep.describe import describe_all
     from ftbench.validate import DEVICES, check_output_dir
 
     fixed = {k: v for k, v in (("benchmark", benchmark), ("shift", shift), ("corruption", corruption),
@@ -257,11 +258,11 @@ def sweep(
     if grid is not None:
         if ctx.get_parameter_source("suite").name != "DEFAULT" or suites is not None:
             raise UsageError("--grid is a suite of its own: give --grid or a suite name (and --suites), not both")
-        from ftbench.spec import GRID_SUITE, grid_runs
+        from ftbench.plan.suites import GRID_SUITE, grid_runs
 
         (specs, notes), suite, path = grid_runs(grid, fixed), GRID_SUITE, Path("--grid")
     else:
-        from ftbench.spec import suite_notes_cached
+        from ftbench.plan.suites import suite_notes_cached
 
         path, hides = (suites, False) if suites is not None else suites_file_for(suite)
         if hides:
@@ -291,7 +292,7 @@ def sweep(
         check_result_slots(out_dir, [s.run_id for s in specs])
     check_output_dir(out_dir, "--out", writable=not dry_run)  # a dry run only reads it
     if executor == "local" and (device == "cuda" or not dry_run):
-        from ftbench.train.runner import pick_device
+        from ftbench.execution.runner import pick_device
 
         pick_device(device)  # Slurm and Ray runs find their GPUs on the nodes, not here
     if executor == "ray" and not dry_run and settings.get("address"):
@@ -692,7 +693,7 @@ def list_(
         key: tuple[Any, ...] = ("list", what, name)
         path = None
         if what == "suites":
-            from ftbench.spec import bundled_suites_file, local_suites_file, suites_file_key
+            from ftbench.plan.suites import bundled_suites_file, local_suites_file, suites_file_key
 
             path = suites
             files = [suites] if suites is not None else [bundled_suites_file(), local_suites_file()]
@@ -773,7 +774,7 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
             lines.append(f"[bold]{escape(rname)}[/] (--recipe {escape(rname)}; suite key recipe = \"{escape(rname)}\")")
             lines.extend(escape(f"    {line}") for line in describe(r))
     elif what == "suites":
-        from ftbench.spec import bundled_suites_file, expand_suite, local_suites_file, suite_descriptions
+        from ftbench.plan.suites import bundled_suites_file, expand_suite, local_suites_file, suite_descriptions
 
         # Without --suites: the bundled suites, then ./benchmarks.toml's, which add to them (a name in
         # both: the local one is what `sweep NAME` runs).

@@ -141,3 +141,15 @@ def check_environment() -> None:
     folder("FTBENCH_DATA", expand=True)
     progress()
     device_decode()
+
+
+def user_cache() -> Path:
+    """The user's cache folder: ``$XDG_CACHE_HOME`` (XDG base directories), else ``~/.cache``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
+
+
+def cache_dir() -> Path:
+    """ftbench's cache (source models, generated data, the catalog): ``$FTBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/ftbench`` (``~/.cache/ftbench``)."""
+    return Path(os.environ.get("FTBENCH_CACHE") or user_cache() / "ftbench")

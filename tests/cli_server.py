@@ -83,9 +83,11 @@ def main() -> None:
     import ftbench.results.store
     import ftbench.sweep.executors
     import ftbench.sweep.pool
-    import ftbench.train.runner  # noqa: F401
+    import ftbench.execution.runner  # noqa: F401
     from ftbench.methods.base import all_methods
-    from ftbench.spec import RunSpec, expand_suite, resolve
+    from ftbench.spec import RunSpec
+    from ftbench.plan.suites import expand_suite
+    from ftbench.plan.resolve import resolve
 
     all_methods()
     resolve(RunSpec())  # imports the benchmark's data and model code (sklearn, timm): no training

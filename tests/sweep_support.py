@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ftbench.results.store import read_results
-from ftbench.spec import expand_suite
+from ftbench.plan.suites import expand_suite
 from ftbench.sweep.local import run_sweep
 
 COLUMNS = ["run_id", "step", "final", "status", "id_acc", "ood_acc", "val_acc", "source_val_acc"]

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from ftbench.errors import UsageError
-from ftbench.spec import RunSpec, expand_suite, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
+from ftbench.plan.resolve import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -496,7 +496,7 @@ def _make(name: str, base: Path, case_text: str | None) -> str:
         pq.write_table(pa.Table.from_pylist([row], schema=t.schema), base / "failed" / f"{row['run_id']}.parquet")
         return "failed"
     if name == "SLOT":
-        from ftbench.spec import expand_suite
+        from ftbench.plan.suites import expand_suite
 
         first = expand_suite("smoke", REPO / "ftbench" / "benchmarks.toml")[0].run_id  # the CLI's default suites
         (base / "slot" / f"{first}.parquet").mkdir(parents=True)

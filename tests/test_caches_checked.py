@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 # --- run identity: -0.0 is 0.0 --------------------------------------------------------------------
 
@@ -43,7 +44,7 @@ def _source(monkeypatch: pytest.MonkeyPatch, cache: Path):
     import torch
 
     from ftbench.data.base import get_benchmark
-    from ftbench.models import pretrain
+    from ftbench.train import pretrain
 
     monkeypatch.setenv("FTBENCH_CACHE", str(cache))
     spec = resolve(RunSpec())
@@ -109,7 +110,7 @@ class Killed(BaseException):
 
 def _interrupted_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A checkpointed run killed right after its second resume state (step 10 of 20) was written."""
-    from ftbench.train import runner
+    from ftbench.execution import runner
     from ftbench.train.resume import Resume
 
     spec = resolve(RunSpec(method="surgical", blocks=("1",), steps=20, lr=1e-2, checkpoints=4))
@@ -158,7 +159,7 @@ def test_resume_state_outlives_training_until_the_row_is_written(tmp_path: Path,
     """A kill after training, before the result is written (here: the write itself dies), leaves the
     resume state: the next sweep resumes at the last checkpoint instead of training from step 0."""
     from ftbench.sweep import task
-    from ftbench.train import runner
+    from ftbench.execution import runner
     from ftbench.train.resume import STATE_FILE
 
     spec = resolve(RunSpec(method="wise-ft", steps=20, lr=1e-2, checkpoints=4,
@@ -190,7 +191,7 @@ def test_resume_state_outlives_training_until_the_row_is_written(tmp_path: Path,
 def test_a_failed_runs_state_is_kept_for_retry_and_a_finished_runs_is_removed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ftbench.sweep import task
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     spec = resolve(RunSpec(method="surgical", blocks=("1",), steps=20, lr=1e-2, checkpoints=4))
     out = tmp_path / "out"
@@ -262,7 +263,7 @@ def test_a_forged_autoft_trial_is_not_believed(tmp_path: Path, monkeypatch: pyte
 
 def test_a_finished_autoft_runs_journal_is_removed(tmp_path: Path) -> None:
     from ftbench.sweep import task
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     spec = resolve(RunSpec(method="autoft", steps=3, options=(("trials", 2), ("inner_steps", 2))))
     out = tmp_path / "out"
@@ -399,7 +400,7 @@ def test_a_re_pointed_weights_symlink_is_a_catalog_miss(cli, catalog_on: Path, t
     assert on_b.code == 0, on_b.err
     monkeypatch.setenv("FTBENCH_NO_CATALOG", "1")
     assert on_b.out == cli(*args).out != on_a.out
-    from ftbench.spec import expand_suite_cached
+    from ftbench.plan.suites import expand_suite_cached
 
     monkeypatch.delenv("FTBENCH_NO_CATALOG")
     (spec,) = expand_suite_cached("w", suites)
@@ -411,7 +412,8 @@ def test_the_catalog_schema_knows_every_runspec_field() -> None:
     look malformed: recomputed, with a notice, on every command."""
     import dataclasses
 
-    from ftbench.spec import _FIELD_TYPES, RunSpec
+    from ftbench.plan.suites import _FIELD_TYPES
+    from ftbench.spec import RunSpec
 
     assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(RunSpec)}
 

@@ -50,12 +50,8 @@ def test_a_changed_suites_file_is_a_miss(tmp_path: Path) -> None:
 def test_expanded_suites_survive_the_cache_exactly() -> None:
     """A cached suite is RunSpec.to_dict through JSON and back: every bundled suite's specs, and so
     their run ids, must come back equal."""
-    from ftbench.spec import (
-        RunSpec,
-        default_suites_file,
-        expand_suite,
-        suite_descriptions,
-    )
+    from ftbench.spec import RunSpec
+    from ftbench.plan.suites import default_suites_file, expand_suite, suite_descriptions
 
     path = default_suites_file()
     for name in suite_descriptions(path):

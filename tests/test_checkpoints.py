@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from ftbench.report.table import build, select
-from ftbench.spec import RunSpec, resolve
-from ftbench.train.runner import execute
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution.runner import execute
 
 BASE = RunSpec(shift="corruption", method="surgical", blocks=("1",), steps=20, lr=1e-2)
 

@@ -22,8 +22,9 @@ from ftbench.data import cifar, corruptions
 from ftbench.data.base import get_benchmark
 from ftbench.data.fetch import CIFAR10_C_FILES, MARKER
 from ftbench.errors import UsageError
-from ftbench.models import pretrain
-from ftbench.spec import RunSpec, resolve
+from ftbench.train import pretrain
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 30, 20
 N_TRAIN, N_TEST = 10 * TRAIN_PER_CLASS, 10 * TEST_PER_CLASS

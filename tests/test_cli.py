@@ -45,7 +45,8 @@ def test_same_command_twice_gives_same_accuracies(cli, tmp_path: Path) -> None:
 
 def test_seed_changes_the_few_shot_draw(cli, tmp_path: Path) -> None:
     from ftbench.data.base import get_benchmark
-    from ftbench.spec import RunSpec, resolve
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
 
     bench = get_benchmark("digits")
     t0 = bench.target(resolve(RunSpec(seed=0)))

@@ -175,7 +175,7 @@ def test_hub_and_file_weights_build_the_same_quick_gelu_network(tmp_path: Path, 
 @pytest.mark.parametrize("method, extra", [("zero-shot", ()), ("flyp", ()),
                                            ("autoft", (("terms", "ce,flyp"),))])
 def test_methods_of_the_text_tower_refuse_models_without_one(method: str, extra: tuple) -> None:
-    from ftbench.spec import resolve
+    from ftbench.plan.resolve import resolve
 
     with pytest.raises(UsageError, match="needs a model with a text tower.*digits-clip"):
         resolve(RunSpec(model="digits-resnet", method=method, protocol="id-ood", options=extra))
@@ -196,7 +196,7 @@ def _accs(row: dict) -> dict[str, float]:
 
 
 def test_zero_shot_trains_nothing_and_its_head_is_the_text_towers(weights: str) -> None:
-    from ftbench.train.runner import fine_tune
+    from ftbench.execution.runner import fine_tune
 
     before = torch.load(weights, weights_only=True)
     tr = fine_tune(dataclasses.replace(SPEC, method="zero-shot", weights=weights), "cpu")
@@ -209,7 +209,7 @@ def test_zero_shot_trains_nothing_and_its_head_is_the_text_towers(weights: str) 
 
 
 def test_flyp_trains_both_towers_and_rebuilds_the_head(weights: str) -> None:
-    from ftbench.train.runner import fine_tune
+    from ftbench.execution.runner import fine_tune
 
     before = torch.load(weights, weights_only=True)
     tr = fine_tune(dataclasses.replace(SPEC, method="flyp", weights=weights), "cpu")
@@ -228,7 +228,7 @@ def test_flyp_trains_both_towers_and_rebuilds_the_head(weights: str) -> None:
 
 
 def test_autoft_with_the_flyp_term_trains_the_text_tower(weights: str) -> None:
-    from ftbench.train.runner import fine_tune
+    from ftbench.execution.runner import fine_tune
 
     before = torch.load(weights, weights_only=True)
     spec = dataclasses.replace(SPEC, method="autoft", weights=weights,
@@ -245,7 +245,7 @@ def test_autoft_with_the_flyp_term_trains_the_text_tower(weights: str) -> None:
 
 
 def test_wise_ft_interpolates_from_the_zero_shot_model(weights: str) -> None:
-    from ftbench.train.runner import execute
+    from ftbench.execution.runner import execute
 
     rows = execute(dataclasses.replace(SPEC, method="wise-ft", weights=weights), "cpu")
     zero = execute(dataclasses.replace(SPEC, method="zero-shot", weights=weights), "cpu")[-1]
@@ -258,9 +258,9 @@ def test_head_init_chooses_how_a_method_that_trains_the_classifier_starts(weight
     """``--head-init zero-shot`` makes full fine-tuning start from the zero-shot head (WiSE-FT's, FLYP's and
     AutoFT's "standard fine-tuning"); by default it starts fresh (LP-FT's baseline). Asking for a
     method's own default gives the same run id as not asking."""
-    from ftbench.spec import resolve
+    from ftbench.plan.resolve import resolve
     from ftbench.train import context
-    from ftbench.train.runner import fine_tune
+    from ftbench.execution.runner import fine_tune
 
     seen: list[torch.Tensor] = []
     real = context.TrainContext.fit
@@ -346,7 +346,7 @@ def _flyp_on_a_tiny_resnet(options: tuple = ()) -> tuple[dict[str, torch.Tensor]
     from ftbench.data.base import Split
     from ftbench.methods.flyp import Flyp
     from ftbench.protocols.base import Task
-    from ftbench.spec import resolve
+    from ftbench.plan.resolve import resolve
     from ftbench.train.context import TrainContext
 
     model = from_open_clip(_tiny("rn"), 3, 10, "digits-clip")
@@ -365,7 +365,7 @@ def test_flyp_trains_batchnorm_as_the_releases_model_train() -> None:
     """locuslab/FLYP src/models/flyp_loss.py:57, 80: model.train() — a ResNet tower (clip-rn50) normalises
     with batch statistics and updates its running statistics; --set bn=frozen keeps them (and the run ids
     of flyp runs made before the option, which ran so)."""
-    from ftbench.spec import resolve
+    from ftbench.plan.resolve import resolve
 
     bn, model = _flyp_on_a_tiny_resnet()
     after = model.visual.state_dict()

@@ -21,7 +21,8 @@ from sweep_support import write_suite
 
 from ftbench.errors import UsageError
 from ftbench.results.store import read_results
-from ftbench.spec import RunSpec, expand_suite
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = """
@@ -63,7 +64,7 @@ def test_a_full_or_read_only_disk_stops_a_sweep_at_once(cli, suite_file: Path, t
                                                         code: int, words: str) -> None:
     import pyarrow.parquet as pq
 
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     monkeypatch.setattr(runner, "execute", fake_rows)
     real, writes = pq.write_table, []
@@ -94,7 +95,7 @@ def test_a_read_only_results_folder_mid_sweep_names_the_lock_file(cli, suite_fil
                                                                   monkeypatch) -> None:
     """The first write of a run is its lock file: that one fails when the folder turns read-only."""
     from ftbench.sweep import task
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     monkeypatch.setattr(runner, "execute", fake_rows)
     real_open, opened = os.open, []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftbench.report.table import build, render
 from ftbench.results.store import SCHEMA, read_results
-from ftbench.spec import default_suites_file, expand_suite, suite_descriptions
+from ftbench.plan.suites import default_suites_file, expand_suite, suite_descriptions
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SMALL = Path(__file__).parent / "data" / "results_small"
@@ -57,11 +57,12 @@ def test_the_extending_guide_runs(tmp_path: Path) -> None:
 
     api, method = _python_blocks(DOCS / "extending.md")[:2]
     check = '''
-from ftbench.spec import RunSpec, resolve
-from ftbench.train.runner import fine_tune
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution.runner import fine_tune
 import torch
 from ftbench.data.base import get_benchmark
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 spec = resolve(RunSpec(method="top-two", steps=2, lr=1e-2))
 before = pretrained(spec.model, get_benchmark("digits").source(spec), torch.device("cpu"))
 tr = fine_tune(spec, "cpu")

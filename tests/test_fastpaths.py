@@ -1,5 +1,5 @@
 """The runner's fast paths give the plain path's results: frozen-prefix caching (ftbench/train/prefix.py)
-and fused multi-run training (ftbench/train/fused.py); each is taken exactly when its conditions hold."""
+and fused multi-run training (ftbench/execution/fused.py); each is taken exactly when its conditions hold."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ import torch
 from torch import nn
 
 from ftbench.data.base import get_benchmark
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 from ftbench.models.small import SmallResNet
-from ftbench.spec import RunSpec, resolve
-from ftbench.train import fused, prefix
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution import fused
+from ftbench.train import stacked
+from ftbench.train import prefix
 from ftbench.train.context import TrainContext
-from ftbench.train.runner import execute, fine_tune, result_rows
+from ftbench.execution.runner import execute, fine_tune, result_rows
 from scripts import load_script
 
 STEPS = 15
@@ -246,7 +249,7 @@ def test_stacked_optimizer_is_torch_optims_arithmetic_per_run() -> None:
         flat = torch.cat([t.flatten() for t in init])
         grad = torch.zeros_like(flat)
         run_of = torch.cat([torch.arange(len(lrs)).repeat_interleave(n) for n in sizes])
-        opt = fused.StackedOptimizer(flat, grad, run_of, name, lrs, wds)
+        opt = stacked.StackedOptimizer(flat, grad, run_of, name, lrs, wds)
         ref = [[nn.Parameter(t[r].clone()) for t in init] for r in range(len(lrs))]
         ref_opts = [torch.optim.Adam(ps, lr=lr, weight_decay=wd) if name == "adam"
                     else torch.optim.SGD(ps, lr=lr, weight_decay=wd, momentum=0.9)

@@ -37,7 +37,7 @@ def gpu(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _device_name(dev: str) -> str:
-    from ftbench.train.runner import _device_name
+    from ftbench.execution.runner import _device_name
 
     return _device_name(torch.device(dev))
 
@@ -70,16 +70,16 @@ def test_cuda_run_writes_a_row_made_on_the_gpu(cli, gpu: str, tmp_path: Path) ->
     assert all(0 <= row[k] <= 100 for k in ("id_acc", "val_acc", "ood_acc"))
     assert row.ood_acc > 20  # 10 classes: a broken device path (NaN weights, wrong data) gives chance or less
     if gpu == "cuda":
-        from ftbench.train.runner import pick_device
+        from ftbench.execution.runner import pick_device
 
         assert pick_device("auto").type == "cuda" and row.threads == 0
 
 
 def test_cuda_sweep_trains_fusable_runs_together_each_once(cli, gpu: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CUDA a sequential sweep fuses runs differing in lr and seed (ftbench/train/fused.py). A fused
+    """On CUDA a sequential sweep fuses runs differing in lr and seed (ftbench/execution/fused.py). A fused
     group that raises falls back run by run with a warning: this test fails on that warning too."""
-    from ftbench.train import fused
+    from ftbench.execution import fused
 
     calls: list[tuple[int, str]] = []
     real = fused.run_fused

@@ -26,7 +26,8 @@ from ftbench.data.fetch import IMAGENET_C
 from ftbench.data.stream import StreamSplit, decode, resize_center_crop
 from ftbench.errors import UsageError
 from ftbench.protocols.base import get_protocol
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 WNIDS = [f"n{i:08d}" for i in range(1000)]  # the 1000 ImageNet class folders (sorted: label = position)
 LEAF = [WNIDS[100 + k] for k in range(28)]  # the classes that hold images (and the BREEDS leaves)

@@ -16,7 +16,9 @@ import pytest
 
 from ftbench.errors import UsageError
 from ftbench.methods.base import all_methods, get_method
-from ftbench.spec import MAX_INCLUDE_DEPTH, MAX_SUITE_RUNS, RunSpec, expand_suite, resolve
+from ftbench.plan.suites import MAX_INCLUDE_DEPTH, MAX_SUITE_RUNS, expand_suite
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.validate import RUN_NUMBERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +109,7 @@ def test_a_diamond_within_the_limit_expands_to_its_unique_runs(tmp_path: Path) -
 
 
 def test_a_grid_at_the_run_limit_is_counted_not_refused(tmp_path: Path) -> None:
-    from ftbench.spec import check_suite_size, load_suites
+    from ftbench.plan.suites import check_suite_size, load_suites
 
     seeds, lrs = MAX_SUITE_RUNS // 100, [(i + 1) * 1e-4 for i in range(100)]
     assert seeds * len(lrs) == MAX_SUITE_RUNS

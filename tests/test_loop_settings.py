@@ -14,8 +14,10 @@ from torch import nn
 from ftbench.data.base import Split
 from ftbench.errors import UsageError
 from ftbench.methods.base import DecoupledDecay
-from ftbench.spec import RunSpec, resolve
-from ftbench.train import fused, loop
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution import fused
+from ftbench.train import loop
 
 
 def _problem() -> tuple[nn.Module, Split]:
@@ -120,7 +122,7 @@ def test_the_settings_enter_the_run_id_only_when_set_and_runs_with_them_are_not_
 
 def test_a_run_with_a_schedule_records_it_and_trains_differently(tmp_path) -> None:  # noqa: ANN001
     from ftbench.results.store import read_results, write_result
-    from ftbench.train.runner import execute
+    from ftbench.execution.runner import execute
 
     spec = RunSpec(method="full", steps=8, schedule="cosine", warmup=2, clip_grad=0.5)
     rows = execute(spec, "cpu")
@@ -149,7 +151,7 @@ def test_precision_phases_default_to_the_device_s_and_follow_the_run_s_settings(
 def test_a_run_s_precisions_are_recorded_and_its_source_model_loads_as_every_run_s(monkeypatch) -> None:  # noqa: ANN001
     """--train-precision bf16 trains (and --eval-precision bf16 evaluates) under bf16 autocast, the row says
     which ran; loading or pretraining the source model is outside that setting (it is shared by runs)."""
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     seen: list[str] = []
     real = runner.load
@@ -213,7 +215,7 @@ def test_a_box_is_cropped_and_resized_as_interpolate_would_and_flipped() -> None
 def test_augmented_runs_draw_per_step_skip_the_prefix_cache_and_are_refused_without_a_loop(monkeypatch) -> None:  # noqa: ANN001
     from ftbench.train import prefix
     from ftbench.train.augment import Augment
-    from ftbench.train.runner import execute
+    from ftbench.execution.runner import execute
 
     x = torch.randn(5, 1, 8, 8)
     a, b = Augment("crop-flip", 3), Augment("crop-flip", 3)

@@ -23,10 +23,11 @@ import ftbench.methods.autoft as autoft
 from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.methods.autoft import TERMS, AutoFT, AutoFTLoss, Space, best_of, loss_terms, run_search
-from ftbench.models.pretrain import pretrained
-from ftbench.spec import RunSpec, resolve
+from ftbench.train.pretrain import pretrained
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train import loop
-from ftbench.train.runner import execute, fine_tune
+from ftbench.execution.runner import execute, fine_tune
 
 # Tolerances: the hand-worked cases compare float32 losses of a few operations (log-softmax of 2-5
 # logits: <= ~10 roundings of u = 2^-24 on values <= 2, ~1e-6) with exact values; abs/rel 1e-6 and
@@ -291,7 +292,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, model_cache: Path) -> Non
         from pathlib import Path
         from ftbench.spec import RunSpec
         from ftbench.train import loop
-        from ftbench.train.runner import fine_tune
+        from ftbench.execution.runner import fine_tune
         calls = [0]
         evaluate = loop.evaluate
         def killing(model, data, metrics=None):

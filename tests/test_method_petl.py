@@ -11,11 +11,12 @@ from torch import nn
 
 from ftbench.data.base import get_benchmark
 from ftbench.methods.petl import LORA_TARGETS, inject_lora, lora_target_names
-from ftbench.models import pretrain
+from ftbench.train import pretrain
 from ftbench.models.base import get_model_entry
-from ftbench.models.pretrain import pretrained
-from ftbench.spec import RunSpec, resolve
-from ftbench.train.runner import fine_tune
+from ftbench.train.pretrain import pretrained
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution.runner import fine_tune
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -25,11 +25,12 @@ from ftbench.methods.petl_modules import (
     merge_ssf,
 )
 from ftbench.models.base import get_model_entry
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 from ftbench.models.small import SmallResNet
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train import loop
-from ftbench.train.runner import fine_tune
+from ftbench.execution.runner import fine_tune
 
 DEPTH, DIM, PATCHES = 6, 64, 16
 

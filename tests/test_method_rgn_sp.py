@@ -15,11 +15,12 @@ from ftbench.data.base import Split, get_benchmark
 from ftbench.methods.regularizers import L1SP, L2SP, SPPenalty
 from ftbench.methods.rgn import RGNSchedule, is_batchnorm, relative_gradient_norms
 from ftbench.models.base import BlockModel
-from ftbench.models.pretrain import pretrained
-from ftbench.spec import RunSpec, resolve
+from ftbench.train.pretrain import pretrained
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train import loop
 from ftbench.train.context import TrainContext
-from ftbench.train.runner import execute, fine_tune
+from ftbench.execution.runner import execute, fine_tune
 
 # Tolerances: relative gradient norms, learning rates and penalties here are a few float operations
 # on small exact numbers (0.6, 0.8, 0.1, ...): pytest.approx's default (1e-6 relative) and allclose's

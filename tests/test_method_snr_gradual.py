@@ -23,11 +23,12 @@ from ftbench.methods.snr import (
     tensor_snr,
 )
 from ftbench.models.base import BlockModel
-from ftbench.models.pretrain import pretrained
-from ftbench.spec import RunSpec, resolve
+from ftbench.train.pretrain import pretrained
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train import loop
 from ftbench.train.context import TrainContext
-from ftbench.train.runner import execute, fine_tune
+from ftbench.execution.runner import execute, fine_tune
 
 # Tolerances: the hand-worked gradient moments are a few float32 operations on exact values (0.5,
 # 1/12, ...): pytest.approx's default (1e-6 relative) and allclose's (rtol 1e-5) hold; vectorised
@@ -255,7 +256,7 @@ def test_auto_snr_unused_option_does_not_change_the_run_id() -> None:
     """The option the rule does not use is refused when given (issue 25 §1), and in a suite, which crosses
     it with both rules, dropped: it changes neither result nor run id."""
     from ftbench.errors import UsageError
-    from ftbench.spec import _resolve_in_suite
+    from ftbench.plan.suites import _resolve_in_suite
 
     base = resolve(RunSpec(method="auto-snr"))
     with pytest.raises(UsageError, match="option fraction of method 'auto-snr' applies only with rule=top"):

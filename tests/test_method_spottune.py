@@ -17,11 +17,12 @@ from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.methods import spottune as st
 from ftbench.models.base import BlockModel
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 from ftbench.models.small import SmallResNet
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train import loop
-from ftbench.train.runner import fine_tune
+from ftbench.execution.runner import fine_tune
 
 # Tolerances: routing losses and frequencies are a few float operations on exact values (1/4, log 2):
 # pytest.approx's default (1e-6 relative); the straight-through gradient is the same formula computed
@@ -285,8 +286,9 @@ def test_the_router_learns_at_the_defaults() -> None:
     """Issue 14: at the former policy_lr_mult=0.1 the router stayed at coin flips after 50 steps (routing
     entropy 0.94-0.95 bits on the three digits shifts, measured). At the defaults its decisions must be
     far from coin flips; 0.8 bits sits between that and the 0.26-0.66 measured at the defaults."""
-    from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import execute
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
+    from ftbench.execution.runner import execute
 
     spec = resolve(RunSpec(method="spottune", shift="label-flip"))
     assert spec.options_dict["policy_lr_mult"] == 10.0 and spec.steps == 50

@@ -13,8 +13,9 @@ from torch import nn
 from ftbench.errors import UsageError
 from ftbench.methods.base import Method
 from ftbench.methods.wiseft import interpolate, parse_alphas, snapshot
-from ftbench.spec import RunSpec, resolve
-from ftbench.train.runner import _evaluate, execute, fine_tune
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution.runner import _evaluate, execute, fine_tune
 
 ACCS = ("id_acc", "source_val_acc", "val_acc", "ood_acc")
 SPEC = RunSpec(shift="corruption", method="wise-ft", steps=3, lr=1e-2, seed=1)

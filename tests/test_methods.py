@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 from ftbench.data.base import get_benchmark
-from ftbench.spec import RunSpec, resolve
-from ftbench.train.runner import fine_tune
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution.runner import fine_tune
 
 BLOCKS = ["1", "2", "3", "last"]
 

@@ -48,8 +48,9 @@ def test_size_check_is_skipped_only_for_a_cached_scratch_source_model(tmp_path, 
     import torch
 
     from ftbench.data.base import get_benchmark
-    from ftbench.models.pretrain import cache_path, trained_here
-    from ftbench.spec import RunSpec, resolve
+    from ftbench.train.pretrain import cache_path, trained_here
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
 
     monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path))
     source = get_benchmark("digits").source(resolve(RunSpec()))

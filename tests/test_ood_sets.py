@@ -22,7 +22,8 @@ from ftbench.data.base import Split, get_benchmark
 from ftbench.data.fetch import DATASETS, MARKER
 from ftbench.errors import UsageError
 from ftbench.protocols.base import get_protocol
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train.loop import evaluate
 from test_cifar import make_cifar_root
 from test_fetch import Server

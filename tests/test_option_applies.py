@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 
 @pytest.mark.parametrize("args, message", [
@@ -111,7 +112,7 @@ def test_a_grid_notes_what_its_methods_ignore(cli, tmp_path: Path) -> None:
 def test_the_bundled_suites_still_expand_with_notes_not_errors() -> None:
     """Every bundled suite expands (the refusals apply to what a user gives, never to a suite's grid),
     and the default suite's linear-probe rows ignoring its lr axis is said."""
-    from ftbench.spec import bundled_suites_file, expand_suite, load_suites, suite_notes
+    from ftbench.plan.suites import bundled_suites_file, expand_suite, load_suites, suite_notes
 
     suites, _ = load_suites(bundled_suites_file())
     assert expand_suite("default", bundled_suites_file())

@@ -11,7 +11,9 @@ import pytest
 from ftbench.errors import UsageError
 from ftbench.methods.base import get_method
 from ftbench.papers.recipes import FIELDS, apply_recipe, get_recipe, recipes
-from ftbench.spec import RunSpec, expand_suite, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
+from ftbench.plan.resolve import resolve
 
 SMALL = Path(__file__).parent / "data" / "results_small"
 
@@ -153,7 +155,7 @@ def test_compare_with_the_shipped_numbers_and_bad_files(cli, tmp_path) -> None:
 
 
 def test_reproduction_suites_expand_with_their_recipes_and_dry_run_estimates(cli) -> None:
-    from ftbench.spec import default_suites_file, suite_descriptions
+    from ftbench.plan.suites import default_suites_file, suite_descriptions
 
     names = [n for n in suite_descriptions(default_suites_file()) if n.startswith("paper-")]
     assert {"paper-surgical-cifar10c", "paper-surgical-imagenetc", "paper-lpft", "paper-autoft"} <= set(names)

@@ -15,8 +15,9 @@ from ftbench.data.base import Split
 from ftbench.data.digits import Digits, styles
 from ftbench.errors import UsageError
 from ftbench.methods.base import all_methods
-from ftbench.spec import SPEC_VERSION, RunSpec, resolve
-from ftbench.train.runner import execute, fine_tune
+from ftbench.spec import SPEC_VERSION, RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution.runner import execute, fine_tune
 from ftbench.train.loop import accuracy
 
 ID_OOD = RunSpec(protocol="id-ood", steps=6)

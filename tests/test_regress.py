@@ -173,8 +173,9 @@ def test_every_result_row_records_the_environment() -> None:
     import numpy
     import torch
 
-    from ftbench.spec import RunSpec, resolve
-    from ftbench.train.runner import execute
+    from ftbench.spec import RunSpec
+    from ftbench.plan.resolve import resolve
+    from ftbench.execution.runner import execute
 
     [row] = execute(resolve(RunSpec(method="none")), "cpu")
     assert (row["torch_version"], row["numpy_version"]) == (torch.__version__, numpy.__version__)
@@ -376,7 +377,7 @@ def test_cli_gate_exit_codes_and_summary(cli, tmp_path: Path) -> None:
 
 def test_committed_smoke_baseline_matches_the_smoke_suite() -> None:
     """The CI gate compares `ftbench sweep smoke` with tests/data/baseline_smoke: same runs, all ok."""
-    from ftbench.spec import expand_suite
+    from ftbench.plan.suites import expand_suite
 
     df = load_baseline(BASELINE_SMOKE)
     assert set(df["run_id"]) == {s.run_id for s in expand_suite("smoke")}, (

@@ -221,7 +221,7 @@ def test_a_nan_val_row_is_left_out_of_the_selection_not_the_whole_report(cli, re
 
 
 def test_a_sweep_whose_runs_all_failed_says_so_in_one_line(cli, tmp_path: Path, monkeypatch) -> None:
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     def fail(spec, device, workdir):  # noqa: ANN001, ANN202
         raise RuntimeError(f"boom {OSC52}")  # an error quoting a file's text
@@ -250,7 +250,7 @@ def _corrupt_column(path: Path, column: str) -> None:
 @pytest.mark.parametrize("damage", ["data page", "pandas metadata"])
 def test_a_corrupt_result_file_is_not_done_and_the_sweep_replaces_it(cli, tmp_path: Path, monkeypatch,
                                                                      damage: str) -> None:
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     monkeypatch.setattr(runner, "execute", _fake_rows)
     out = tmp_path / "o"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def test_the_planted_pickle_does_run_when_fully_unpickled(tmp_path: Path) -> Non
 
 def test_a_planted_resume_state_is_not_executed_and_the_run_starts_over(cli, tmp_path: Path) -> None:
     from ftbench.train.resume import STATE_FILE, VERSION
-    from ftbench.train.runner import work_dir
+    from ftbench.execution.runner import work_dir
 
     spec = resolve(RunSpec(steps=20, checkpoints=4))
     out, marker = tmp_path / "out", tmp_path / "pwned"
@@ -61,7 +62,7 @@ def test_a_planted_resume_state_is_not_executed_and_the_run_starts_over(cli, tmp
 
 def test_a_planted_model_cache_file_is_not_executed_and_is_rebuilt(tmp_path: Path, monkeypatch, capsys) -> None:
     from ftbench.data.base import get_benchmark
-    from ftbench.models import pretrain
+    from ftbench.train import pretrain
 
     monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pretrain, "_train", lambda net, source, device, name="": net)  # the rebuild itself is not the point
@@ -99,7 +100,7 @@ def test_every_torch_load_in_the_code_is_weights_only() -> None:
     """The audit, kept: a new ``torch.load`` without ``weights_only=True`` fails here (and each
     existing one has its planted-pickle case above: resume.py, pretrain.py, weights.py)."""
     calls = _torch_load_calls()
-    assert {f for f, _, _ in calls} == {"ftbench/train/resume.py", "ftbench/models/pretrain.py",
+    assert {f for f, _, _ in calls} == {"ftbench/train/resume.py", "ftbench/train/pretrain.py",
                                         "ftbench/models/weights.py"}
     for f, line, call in calls:
         kw = {k.arg: k.value for k in call.keywords}
@@ -111,7 +112,7 @@ def test_resume_state_is_plain_data(tmp_path: Path, monkeypatch, numpy_metrics: 
     """What Resume.save writes loads with weights_only=True (also WILDS-style numpy metric values)."""
     import numpy as np
 
-    from ftbench.train import runner
+    from ftbench.execution import runner
     from ftbench.train.resume import STATE_FILE, Resume
 
     class Stop(BaseException):

@@ -11,8 +11,9 @@ import torch
 from ftbench import status
 from ftbench.data.base import get_benchmark
 from ftbench.models.base import get_model_entry
-from ftbench.models.pretrain import _train_recipe
-from ftbench.spec import RunSpec, resolve
+from ftbench.train.pretrain import _train_recipe
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.sweep.progress import Progress
 
 
@@ -81,7 +82,7 @@ def test_pool_workers_send_their_progress_to_the_sweep(tmp_path, monkeypatch: py
 
 def test_caches_follow_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from ftbench.data.fetch import data_root
-    from ftbench.models.pretrain import cache_dir
+    from ftbench.environment import cache_dir
 
     monkeypatch.delenv("FTBENCH_CACHE", raising=False)
     monkeypatch.delenv("FTBENCH_DATA", raising=False)

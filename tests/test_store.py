@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from ftbench.data.base import get_benchmark
-from ftbench.models import pretrain
+from ftbench.train import pretrain
 from ftbench.results.store import completed_ids, read_results, write_result
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 
 def test_write_is_atomic_and_overwrites_in_place(tmp_path: Path, monkeypatch) -> None:
@@ -126,7 +127,7 @@ def test_sweep_reruns_a_run_whose_file_is_not_an_ftbench_row(tmp_path: Path, mon
     import pyarrow.parquet as pq
 
     from ftbench.sweep.local import run_sweep
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     spec = resolve(RunSpec(steps=5))
     ran = []

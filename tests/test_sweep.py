@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from ftbench.results.store import read_results
-from ftbench.spec import RunSpec, expand_suite, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
+from ftbench.plan.resolve import resolve
 from ftbench.sweep.local import run_sweep
 
 SUITE = """
@@ -69,7 +71,7 @@ def test_a_corrupt_result_is_redone(tmp_path: Path, suite_file: Path) -> None:
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, suite_file: Path, monkeypatch) -> None:
     specs = expand_suite("tiny", suite_file)[:3]
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     real = runner.execute
 
@@ -104,7 +106,7 @@ def test_diverging_run_is_marked(tmp_path: Path) -> None:
 
 
 def test_retry_failed_reruns_only_failed_runs(tmp_path: Path, suite_file: Path, monkeypatch) -> None:
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     specs = expand_suite("tiny", suite_file)[:2]
     real = runner.execute

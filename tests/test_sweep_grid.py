@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftbench.errors import UsageError
-from ftbench.spec import expand_suite, grid_runs, grid_suite
+from ftbench.plan.suites import expand_suite, grid_runs, grid_suite
 
 SUITE = """
 [suites.g]

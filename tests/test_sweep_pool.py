@@ -18,7 +18,8 @@ import pytest
 from sweep_support import result_set, write_suite
 
 from ftbench.results.store import read_results
-from ftbench.spec import RunSpec, expand_suite
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
 from ftbench.sweep.local import run_sweep
 from ftbench.sweep.pool import run_pool, worker_slots
 from ftbench.sweep.task import claim
@@ -86,7 +87,7 @@ def test_two_workers_give_exactly_the_results_of_one(cli, suite_file: Path, refe
 def _misbehave(plan: dict, marker_dir: str, spec: RunSpec, device: str, workdir):
     """Per run id: "die-once" (SIGKILL itself the first time, as the OOM killer would), "die"
     (every time), or an exception to raise; other runs run normally."""
-    from ftbench.train.runner import execute
+    from ftbench.execution.runner import execute
 
     what = plan.get(spec.run_id)
     marker = Path(marker_dir) / spec.run_id
@@ -106,7 +107,7 @@ def test_dead_workers_failures_and_held_runs(suite_file: Path, reference: pd.Dat
     import torch
 
     from ftbench.results.store import write_result
-    from ftbench.sweep.local import failed_row
+    from ftbench.sweep.task import failed_row
 
     specs = expand_suite("tiny", suite_file)
     held, once, always, mem, cuda_oom, raises, normal = specs[:7]

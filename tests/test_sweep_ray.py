@@ -13,7 +13,8 @@ import pytest
 from sweep_support import reference_results, result_set, write_suite
 
 from ftbench.results.store import read_results
-from ftbench.spec import RunSpec, expand_suite
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
 
 SUITE = """
 [suites.tiny]
@@ -61,7 +62,7 @@ def test_ray_sweep_end_to_end(cli, ray_cluster, suite_file: Path, reference: pd.
 
 
 def _misbehave(plan: dict, marker_dir: str, spec: RunSpec, device: str, workdir):
-    from ftbench.train.runner import execute
+    from ftbench.execution.runner import execute
 
     what = plan.get(spec.run_id)
     marker = Path(marker_dir) / spec.run_id

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ftbench.spec import RunSpec, resolve
-from ftbench.train import runner
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
+from ftbench.execution import runner
 from ftbench.train.resume import STATE_FILE, Resume
 
 ACCS = ("id_acc", "ood_acc", "val_acc", "source_val_acc")

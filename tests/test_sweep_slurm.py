@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from sweep_support import reference_results, result_set, write_suite
 
-from ftbench.spec import expand_suite
+from ftbench.plan.suites import expand_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "services" / "slurm.sh"
@@ -126,7 +126,7 @@ def test_what_a_run_raises_during_a_preemption_is_not_its_failure(case: str, sui
     from ftbench.results.store import result_path
     from ftbench.sweep import slurm as slurm_module
     from ftbench.sweep.slurm import SlurmChunk
-    from ftbench.train import runner
+    from ftbench.execution import runner
 
     spec = expand_suite("tiny", suite_file)[0]
     usr2 = _requeue_killed if case == "requeue killed" else _requeued
@@ -178,7 +178,7 @@ SLOW_REQUEUE = """#!/bin/sh
 if [ "$1" = requeue ]; then exec sleep 300; fi
 """
 FIRST_RUN_UNTIL_PREEMPTED = """import os, time
-from ftbench.train import runner
+from ftbench.execution import runner
 _execute = runner.execute
 def execute(*args, **kwargs):
     if not os.path.exists({marker!r}):  # the first run of the job's first start

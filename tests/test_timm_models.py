@@ -13,13 +13,15 @@ import torch
 
 from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
-from ftbench.models import pretrain
+from ftbench.train import pretrain
 from ftbench.models import base as models_base
 from ftbench.models import cifar as cifar_nets
 from ftbench.models import timm_models as tm
 from ftbench.models import weights as weights_mod
 from ftbench.models.base import get_model_entry
-from ftbench.spec import RunSpec, expand_suite, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import expand_suite
+from ftbench.plan.resolve import resolve
 from ftbench.train import prefix
 
 TINY = {  # small variants of each family, fast on a CPU at 32 px
@@ -267,7 +269,7 @@ def test_pretrained_from_weights(tmp_path: Path, monkeypatch) -> None:
     cached = list((tmp_path / "cache" / "models").glob("*.pt"))
     assert [p.name[:14] for p in cached] == ["timm_resnet18-"]
     calls: list[int] = []
-    monkeypatch.setattr(weights_mod, "fit_head", lambda *a: calls.append(1))
+    monkeypatch.setattr(pretrain, "fit_head", lambda *a: calls.append(1))
     again = pretrain.pretrained("timm/resnet18", source, torch.device("cpu"), str(tmp_path / "imnet.pt"))
     assert calls == [] and torch.equal(again.head.weight, got.head.weight)
 
@@ -315,7 +317,7 @@ def test_cli_run_timm_resnet_on_digits(cli, tmp_path: Path) -> None:
     assert row["model"] == "timm/resnet18" and row["weights"] == str(ckpt.resolve()) and row["status"] == "ok"
     assert row["n_trainable"] == 525_568 and row["n_params"] == 11_175_370  # layer2 of a 1-channel, 10-class resnet18
     # Only block 2 changed; every other parameter is bit-identical to the checkpoint.
-    from ftbench.train.runner import fine_tune
+    from ftbench.execution.runner import fine_tune
 
     spec = resolve(RunSpec(model="timm/resnet18", weights=str(ckpt), blocks=("2",), steps=2))
     tuned = fine_tune(spec, "cpu").model

@@ -10,13 +10,14 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ftbench.data.base import get_benchmark
-from ftbench.models import pretrain
+from ftbench.train import pretrain
 from ftbench.models.base import get_model_entry
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 from ftbench.models.vit import DigitsViT
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train.loop import accuracy
-from ftbench.train.runner import fine_tune
+from ftbench.execution.runner import fine_tune
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from ftbench.data.base import Split, get_benchmark
 from ftbench.data.stream import StreamSplit, decode
 from ftbench.errors import UsageError
 from ftbench.protocols.base import get_protocol
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 NAMES = ("waterbirds", "celeba", "camelyon17", "fmow", "iwildcam")
 SIZE = 16  # the image side in these tests (real: 96-448 px)

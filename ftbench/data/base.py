@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Union
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from ftbench.registry import Registry
 
 if TYPE_CHECKING:
     from ftbench.data.prompts import Prompts
-    from ftbench.data.stream import StreamSplit
     from ftbench.spec import RunSpec
 
 
@@ -75,8 +74,28 @@ class Split:
         return Split(self.x[t], self.y[t], None if self.meta is None else self.meta[t])
 
 
+class StreamedSplit(Protocol):
+    """What a split streamed from disk offers (:class:`ftbench.data.stream.StreamSplit`, which this
+    module does not import: stream.py builds on :class:`Split`), as :class:`Split` offers it."""
+
+    y: torch.Tensor
+    meta: torch.Tensor | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+
+    def to(self, device: torch.device | str) -> StreamedSplit: ...
+
+    def batches(self, batch_size: int = 4096) -> Iterator[torch.Tensor]: ...
+
+
 # A split of either kind; the runner evaluates both, training takes in-memory Splits.
-AnySplit = Union[Split, "StreamSplit"]
+AnySplit = Union[Split, StreamedSplit]
 # Extra metrics of a benchmark: (predicted labels, the split) -> {name: value}, e.g. worst-group
 # accuracy. Each becomes a result column, prefixed by the split's role (docs/results.md).
 Metrics = Callable[[torch.Tensor, "AnySplit"], dict[str, float]]
@@ -91,7 +110,7 @@ class SourceTask:
     train: AnySplit
     val: AnySplit
     test: AnySplit
-    recipe: dict[str, Any] | None = None  # how to pretrain on it (ftbench.models.pretrain); None: RECIPE
+    recipe: dict[str, Any] | None = None  # how to pretrain on it (ftbench.train.pretrain); None: RECIPE
     metrics: Metrics | None = None  # extra metrics of source_test, as id_<name> columns
     prompts: Prompts | None = None  # class names and templates: zero-shot heads, CLIP pretraining
 

@@ -64,7 +64,7 @@ CIFAR10_C = tuple(f.removesuffix(".npy") for f in CIFAR10_C_FILES if f != "label
 GEN_CHUNK = 1000  # cifar10-c-gen corrupts the test set in chunks of this many images, one seed each
 GEN_VERSION = 1
 
-# How the shared CIFAR-10 source model is pretrained (ftbench.models.pretrain; part of its cache
+# How the shared CIFAR-10 source model is pretrained (ftbench.train.pretrain; part of its cache
 # key): the standard CIFAR ResNet recipe — SGD with momentum 0.9, lr 0.1 with cosine decay to 0,
 # batch 128, weight decay 5e-4, random 4-px crop + horizontal flip — for 30 epochs.
 PRETRAIN_RECIPE: dict[str, Any] = {"optimizer": "sgd", "lr": 0.1, "wd": 5e-4, "epochs": 30, "batch_size": 128,
@@ -167,7 +167,7 @@ def _gen_cache_key(clean: np.ndarray, name: str, severity: int) -> dict[str, Any
 
 
 def _gen_cache_path(clean: np.ndarray, name: str, severity: int, key: dict[str, Any] | None = None) -> Path:
-    from ftbench.data.fetch import cache_dir
+    from ftbench.environment import cache_dir
 
     key = key or _gen_cache_key(clean, name, severity)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

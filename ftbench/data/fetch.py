@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from ftbench.environment import cache_dir, user_cache  # noqa: F401 - cache_dir is part of this module's API
 from ftbench.errors import DiskError, UsageError, disk_error
 from ftbench.registry import Registry
 from ftbench.validate import check_output_dir
@@ -287,18 +288,6 @@ for _name, _folder, _bundle, _size, _human, _help, _licence in _WILDS:
 
 
 # --- status -----------------------------------------------------------------------------------
-
-def user_cache() -> Path:
-    """The user's cache folder: ``$XDG_CACHE_HOME`` (XDG base directories), else ``~/.cache``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
-
-
-def cache_dir() -> Path:
-    """ftbench's cache (source models, generated data, the catalog): ``$FTBENCH_CACHE``, else
-    ``$XDG_CACHE_HOME/ftbench`` (``~/.cache/ftbench``)."""
-    return Path(os.environ.get("FTBENCH_CACHE") or user_cache() / "ftbench")
-
 
 def status(ds: Dataset, root: Path) -> str:
     """One word or phrase: ready, partial download, not downloaded, missing (manual data)."""

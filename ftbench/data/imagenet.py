@@ -104,7 +104,7 @@ BREEDS_SEED = 2
 # or a model without hub weights): the common ImageNet ResNet recipe — SGD with momentum 0.9, lr
 # 0.1 with cosine decay, batch 256, weight decay 1e-4, 90 epochs — with ftbench's only on-device
 # augmentation (random 4-px-padded crop + horizontal flip) instead of random-resized crops. With
-# the default resnet50 and its hub weights only the classifier is fit (ftbench.models.pretrain).
+# the default resnet50 and its hub weights only the classifier is fit (ftbench.train.pretrain).
 PRETRAIN_RECIPE: dict[str, Any] = {"optimizer": "sgd", "lr": 0.1, "wd": 1e-4, "epochs": 90, "batch_size": 256,
                                    "seed": 0, "augment": "crop-flip", "schedule": "cosine"}
 

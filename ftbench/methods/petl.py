@@ -18,6 +18,7 @@ runner's per-block count: these methods train parts of blocks) and ``trainable_f
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -218,11 +219,22 @@ class LoRA(_PETLMethod):
         return out
 
 
+@functools.lru_cache(maxsize=64)
+def meta_model(name: str, channels: int) -> nn.Module | None:
+    """Model ``name`` for ``channels`` inputs and 2 classes on the meta device, shared: do not modify."""
+    from ftbench.models.base import get_model_entry
+
+    entry = get_model_entry(name)  # an unknown name is a UsageError (not cached)
+    try:
+        with torch.device("meta"):
+            return entry.build(channels, 2)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked at run time
+        return None
+
+
 def _meta_model(spec: RunSpec) -> nn.Module | None:
     """The spec's model built on the meta device (no memory, no pretraining), to check its layer
     names before any run; None when it cannot be built so (then the check happens at run time)."""
     if not spec.model:
         return None
-    from ftbench.methods.petl_modules import meta_model
-
     return meta_model(spec.model, 1)  # one build per model name (read only)

@@ -38,7 +38,7 @@ from torch import nn
 
 from ftbench.errors import UsageError
 from ftbench.methods.base import METHODS, Option
-from ftbench.methods.petl import _PETLMethod
+from ftbench.methods.petl import _PETLMethod, meta_model
 from ftbench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -401,19 +401,6 @@ def _probe_model(spec: RunSpec) -> nn.Module | None:
     if not spec.model:
         return None
     return meta_model(spec.model, 3)
-
-
-@functools.lru_cache(maxsize=64)
-def meta_model(name: str, channels: int) -> nn.Module | None:
-    """Model ``name`` for ``channels`` inputs and 2 classes on the meta device, shared: do not modify."""
-    from ftbench.models.base import get_model_entry
-
-    entry = get_model_entry(name)  # an unknown name is a UsageError (not cached)
-    try:
-        with torch.device("meta"):
-            return entry.build(channels, 2)
-    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked at run time
-        return None
 
 
 class _InsertedModules(_PETLMethod):

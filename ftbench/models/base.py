@@ -110,7 +110,7 @@ class ModelEntry:
     help: str
     # Its own pretrained weights (timm's, from the hub), if any: (in_channels, num_classes) -> (model
     # with them, their identity, whether its classifier came with them). None: trained on the source
-    # split (ftbench/models/pretrain.py).
+    # split (ftbench/train/pretrain.py).
     weights: Callable[[int, int], tuple[BlockModel, str, bool]] | None = None
     native: tuple[int, int] = (1, 10)  # (in_channels, num_classes) it is made for; `ftbench list models` counts
     # It has a text tower and so a zero-shot head for a task's class prompts (CLIP: ftbench/models/clip.py).
@@ -141,10 +141,7 @@ def get_model_entry(name: str) -> ModelEntry:
     if name in MODELS:
         return MODELS.get(name)
     register_builtin_models()
-    # Any timm model as timm/NAME, or the error that names every model.
-    from ftbench.models.timm_models import lookup
-
-    return lookup(name)
+    return MODELS.lookup(name)  # any timm model as timm/NAME (a family timm_models adds), or the error naming all
 
 
 def block_parameter_counts(entry: ModelEntry) -> dict[str, int]:

@@ -51,7 +51,7 @@ CLIP_MODELS = {
 }
 # The embedded benchmark's CLIP: an open_clip CLIP for 8×8 digits (ViT tower, 2×2 patches, 3 layers;
 # a 2-layer text transformer over open_clip's own BPE vocabulary), trained contrastively from scratch
-# on digits' source pool with its class prompts (ftbench/models/pretrain.py).
+# on digits' source pool with its class prompts (ftbench/train/pretrain.py).
 DIGITS_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 8, "patch_size": 2, "width": 64, "layers": 3, "head_width": 32, "mlp_ratio": 2.0},

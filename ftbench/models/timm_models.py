@@ -27,7 +27,7 @@ Weights (docs/models.md): a timm model with weights on the Hugging Face hub star
 (``pretrained=True``); ``--weights PATH`` (alias ``--checkpoint``) loads a local state dict instead
 (``torch.load(weights_only=True)``, :mod:`ftbench.models.weights`); ``--weights scratch`` trains it from random initialisation on
 the benchmark's source split, which is what models without hub weights (the CIFAR ones, digits) do
-by default. See :func:`ftbench.models.pretrain.pretrained` for what becomes the source model.
+by default. See :func:`ftbench.train.pretrain.pretrained` for what becomes the source model.
 """
 
 from __future__ import annotations
@@ -522,14 +522,7 @@ def timm_entry(name: str) -> ModelEntry:
     return _entry(arch, kwargs, f"timm {arch} ({kind} partition)", probe.block_names())
 
 
-def lookup(name: str) -> ModelEntry:
-    """A registered model, or any timm model as ``timm/NAME`` (see :func:`timm_entry`)."""
-    if name in MODELS or not name.startswith(PREFIX):
-        try:
-            return MODELS.get(name)
-        except UsageError as e:
-            raise UsageError(f"{e}; or {PREFIX}NAME for any timm model (e.g. {PREFIX}resnet18)") from None
-    return timm_entry(name)
+MODELS.add_family(PREFIX, lambda name: timm_entry(name), f"or {PREFIX}NAME for any timm model (e.g. {PREFIX}resnet18)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,12 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ftbench.data.base import SourceTask
 from ftbench.errors import UsageError
 from ftbench.models.base import BlockModel, ModelEntry
-from ftbench.train.loop import autocast
 
 SCRATCH = "scratch"  # --weights scratch: random initialisation, trained on the source split
 
@@ -180,31 +177,3 @@ def given_weights(entry: ModelEntry, name: str, in_channels: int, num_classes: i
 def _file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-
-
-def fit_head(model: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
-    """Fit only the classifier on the source split, on the frozen backbone's features (eval mode):
-    L2-regularised logistic regression by full-batch L-BFGS from zero (``HEAD_RECIPE``), as the
-    linear probe fits it (``TrainContext.linear_probe``)."""
-    model = model.to(device).eval()
-    dev = torch.device(device)
-    with torch.no_grad(), autocast(dev):  # streamed splits (ImageNet-size sources) are decoded batch by batch
-        feats = torch.cat([model.features(xb).float() for xb in source.train.to(dev).batches(256)])
-    y = source.train.y.to(dev)
-    head = model.head
-    w = torch.zeros(head.weight.shape, device=dev, requires_grad=True)
-    b = torch.zeros(head.bias.shape, device=dev, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=HEAD_RECIPE["max_iter"], tolerance_grad=1e-7,
-                            tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(feats @ w.T + b, y) + 0.5 * HEAD_RECIPE["l2"] * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        head.weight.copy_(w)
-        head.bias.copy_(b)
-    return model

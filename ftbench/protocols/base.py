@@ -108,15 +108,14 @@ class Protocol:
         """Refuse (UsageError) a model/weights choice the protocol cannot pretrain; default: any."""
 
 
-PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
+# The built-in protocols and the module registering each (imported by name: they import this one).
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", "ftbench.protocols", {"few-shot": "few_shot", "id-ood": "id_ood"})
 DEFAULT_PROTOCOL = "few-shot"
 
 
 def get_protocol(name: str) -> Protocol:
     """The protocol registered as ``name`` (UsageError listing the names if unknown)."""
-    import ftbench.protocols.few_shot  # noqa: F401 (registers)
-    import ftbench.protocols.id_ood  # noqa: F401
-
+    PROTOCOLS.import_builtins()
     return PROTOCOLS.get(name)()
 
 

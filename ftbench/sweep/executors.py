@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ftbench.errors import DiskError, UsageError, unknown
-from ftbench.spec import RunSpec, load_suites
+from ftbench.spec import RunSpec
+from ftbench.plan.suites import load_suites
 from ftbench.sweep.local import SweepSummary, run_sweep
 from ftbench.sweep.task import stopped_by_disk
 from ftbench.validate import SETTING_NUMBERS, check_settings

@@ -1,6 +1,7 @@
 """Sequential local execution of a list of runs, skipping those already in the results folder.
 
-Shared pieces of every executor live here too: the summary, the failed row and run descriptions.
+The summary every executor returns lives here too; the failed row is in ``task.py``, run descriptions in
+``describe.py``.
 
 Executors know nothing of training beyond ``execute``; the runner knows nothing of sweeps.
 """
@@ -49,23 +50,6 @@ class SweepSummary:
             self.failures.append(f"{spec.run_id}: {outcome.error or outcome.status}")
 
 
-def failed_row(spec: RunSpec, error: BaseException) -> dict[str, Any]:
-    """A result row recording a run that raised, so the sweep goes on and the failure is visible."""
-    import datetime as dt
-
-    import ftbench
-
-    # MemoryError usually has no message; say what it means.
-    message = str(error) or ("out of memory" if isinstance(error, MemoryError) else "")
-    return {
-        **spec.columns(), "variant": "", "shift_level": "",
-        "status": "failed", "error": f"{type(error).__name__}: {message}"[:2000],
-        "id_acc": float("nan"), "ood_acc": float("nan"), "val_acc": float("nan"),
-        "source_val_acc": float("nan"), "ftbench_version": ftbench.__version__,
-        "timestamp": dt.datetime.now(dt.timezone.utc),
-    }
-
-
 def run_sweep(
     specs: list[RunSpec],
     out_dir: Path,
@@ -103,9 +87,9 @@ def _run_sweep(specs: list[RunSpec], out_dir: Path, device: str,
         while pending:
             held = []
             # Runs that differ only in lr, wd or seed train together where fused training is on
-            # (on CUDA by default; ftbench/train/fused.py); every other group is one run.
+            # (on CUDA by default; ftbench/execution/fused.py); every other group is one run.
             # torch comes with it: imported only when there is work (not for --dry-run).
-            from ftbench.train.fused import fusable_groups
+            from ftbench.execution.fused import fusable_groups
 
             for group in fusable_groups(pending, device):
                 bar.running(len(group))
@@ -139,30 +123,3 @@ def _restore_threads(previous: int | None) -> Iterator[None]:
     finally:
         if previous is not None:
             set_threads(previous)
-
-
-def describe_all(specs: list[RunSpec]) -> list[str]:
-    """:func:`describe` of each spec; in a fresh process from the catalog cache (ftbench/catalog.py),
-    keyed by the run ids, which determine the specs."""
-    import hashlib
-
-    from ftbench.catalog import cached, markup_lines
-
-    ids = hashlib.sha256(" ".join(s.run_id for s in specs).encode()).hexdigest()
-    return cached(("describe", ids), lambda: [describe(s) for s in specs], lambda v: markup_lines(v, len(specs)))
-
-
-def describe(spec: RunSpec) -> str:
-    """One-line description of a run, naming every field set (so distinct runs read differently)."""
-    from ftbench.methods.base import get_method
-
-    shift = spec.shift + (f":{spec.corruption}-{spec.severity}" if spec.corruption else "")
-    parts = [f"{spec.benchmark}/{shift}", spec.method + (f" block {spec.blocks_label()}" if spec.blocks else "")]
-    variant = get_method(spec.method)(spec).variant()
-    if variant:
-        parts.append(variant)
-    parts += spec.settings()
-    parts.append(f"seed={spec.seed}")
-    if spec.protocol != type(spec).protocol:  # the default (few-shot) is not spelled out
-        parts.append(f"protocol={spec.protocol}")
-    return " ".join(parts)

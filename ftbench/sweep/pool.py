@@ -145,7 +145,7 @@ def run_pool(
 ) -> SweepSummary:
     """Run every spec without a result in ``out_dir`` on a pool of worker processes.
 
-    ``execute`` replaces :func:`ftbench.train.runner.execute` in the workers (a picklable,
+    ``execute`` replaces :func:`ftbench.execution.runner.execute` in the workers (a picklable,
     importable function; tests use it to kill workers). A full or read-only disk (in any worker,
     or here) stops the sweep at once: the running workers are stopped, none is respawned, and a
     UsageError says which path and what was kept.

@@ -77,7 +77,7 @@ class Progress:
 
     def advance(self, spec: RunSpec, outcome: Outcome) -> None:
         """Count one finished run and show its result."""
-        from ftbench.sweep.local import describe
+        from ftbench.sweep.describe import describe
 
         self.count += 1
         if outcome.status == "ok":

@@ -20,10 +20,10 @@ from typing import Any
 from ftbench.errors import DiskError, UsageError
 from ftbench.results.store import completed_ids, write_result
 from ftbench.spec import RunSpec
-from ftbench.sweep.local import SweepSummary, failed_row
+from ftbench.sweep.local import SweepSummary
 from ftbench.sweep.progress import Progress
 from ftbench.sweep.task import (BUSY_RETRY_S, Execute, Outcome, RunQueue, WorkerDied, claim, clean_tmp, execute_rows,
-                                has_result, read_outcome)
+                                failed_row, has_result, read_outcome)
 
 # How long the driver waits for a cluster's address to accept a connection (a host that drops packets
 # answers nothing: Ray itself would retry for minutes).
@@ -104,13 +104,13 @@ def run_ray(
 ) -> SweepSummary:
     """Run every spec without a result in ``out_dir`` as Ray tasks; results are written here.
 
-    ``execute`` replaces :func:`ftbench.train.runner.execute` in the tasks (tests use it).
+    ``execute`` replaces :func:`ftbench.execution.runner.execute` in the tasks (tests use it).
     """
     try:
         import ray
     except ImportError:
         raise UsageError("--executor ray needs ray: pip install 'ftbench[ray]'") from None
-    from ftbench.train.runner import work_dir
+    from ftbench.execution.runner import work_dir
 
     opts = opts or RayOptions()
     opts.check()
@@ -160,7 +160,7 @@ def run_ray(
 def _drive(ray: Any, task: Any, todo: list[RunSpec], out_dir: Path, device: str, threads: int,
            retry_failed: bool, progress: bool | None, window: int, summary: SweepSummary, work_dir: Any,
            execute: Execute | None) -> None:
-    from ftbench.train.runner import discard_work
+    from ftbench.execution.runner import discard_work
 
     runs = RunQueue(todo)
     inflight: dict[Any, tuple[RunSpec, ExitStack]] = {}

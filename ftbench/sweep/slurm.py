@@ -98,7 +98,7 @@ try:  # submitit is an optional extra: the class below exists only where it is i
 
         def _run(self, specs: list[RunSpec], out_dir: str, device: str, threads: int,
                  retry_failed: bool) -> list[Outcome]:
-            from ftbench.train.fused import fusable_groups
+            from ftbench.execution.fused import fusable_groups
 
             set_threads(threads)
             outcomes = []

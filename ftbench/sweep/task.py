@@ -261,10 +261,8 @@ def execute_rows(spec: RunSpec, device: str, workdir: Path | None, execute: Exec
     A :class:`UsageError` (e.g. a benchmark's data not fetched) is raised: it would fail every run.
     Anything raised after a stop signal (:func:`watch_stop_signals`) is raised as :class:`Preempted`.
     """
-    from ftbench.sweep.local import failed_row
-
     if execute is None:
-        from ftbench.train import runner
+        from ftbench.execution import runner
 
         execute = runner.execute  # looked up at call time (tests patch it)
     try:
@@ -298,7 +296,7 @@ def _free_memory() -> None:
 def run_task(spec: RunSpec, out_dir: Path | str, device: str = "auto", retry_failed: bool = False,
              execute: Execute | None = None) -> Outcome:
     """Claim, run and record one run of a sweep; the run's result file is written atomically."""
-    from ftbench.train.runner import discard_work, work_dir
+    from ftbench.execution.runner import discard_work, work_dir
 
     out_dir = Path(out_dir)
     with claim(out_dir, spec.run_id) as mine:
@@ -314,7 +312,7 @@ def run_task(spec: RunSpec, out_dir: Path | str, device: str = "auto", retry_fai
 
 def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", retry_failed: bool = False,
               execute: Execute | None = None) -> list[Outcome]:
-    """:func:`run_task` for a group of runs that train together (``ftbench.train.fused``): each run
+    """:func:`run_task` for a group of runs that train together (``ftbench.execution.fused``): each run
     is claimed and re-checked as :func:`run_task` does; those claimed and not done train fused (one
     of them alone trains as usual) and each gets its own result file. One outcome per spec, in order.
 
@@ -323,8 +321,8 @@ def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", r
     """
     from contextlib import ExitStack
 
-    from ftbench.train import fused
-    from ftbench.train.runner import discard_work, work_dir
+    from ftbench.execution import fused
+    from ftbench.execution.runner import discard_work, work_dir
 
     out_dir = Path(out_dir)
     outcomes: dict[str, Outcome] = {}
@@ -357,13 +355,28 @@ def run_group(specs: list[RunSpec], out_dir: Path | str, device: str = "auto", r
     return [outcomes[s.run_id] for s in specs]
 
 
+def failed_row(spec: RunSpec, error: BaseException) -> dict[str, Any]:
+    """A result row recording a run that raised, so the sweep goes on and the failure is visible."""
+    import datetime as dt
+
+    import ftbench
+
+    # MemoryError usually has no message; say what it means.
+    message = str(error) or ("out of memory" if isinstance(error, MemoryError) else "")
+    return {
+        **spec.columns(), "variant": "", "shift_level": "",
+        "status": "failed", "error": f"{type(error).__name__}: {message}"[:2000],
+        "id_acc": float("nan"), "ood_acc": float("nan"), "val_acc": float("nan"),
+        "source_val_acc": float("nan"), "ftbench_version": ftbench.__version__,
+        "timestamp": dt.datetime.now(dt.timezone.utc),
+    }
+
+
 def record_failure(spec: RunSpec, out_dir: Path | str, error: BaseException | str,
                    retry_failed: bool = False) -> Outcome | None:
     """Write a ``failed`` row for a run whose worker or job died (``error`` as a message or an
     exception); None if another process holds the run. If the run has a result after all (its
     worker wrote it just before dying), that result's outcome is returned and nothing is written."""
-    from ftbench.sweep.local import failed_row
-
     with claim(out_dir, spec.run_id) as mine:
         if not mine:
             return None

@@ -15,7 +15,7 @@ bytes are not those recorded when it was written for this run id (``resume.pt.sh
 ftbench/integrity.py: an edited or swapped state, or one from an older ftbench): it is never believed.
 
 The state outlives the training: it is removed only once the run's result row is written
-(:func:`ftbench.train.runner.discard_work`, called by whoever writes the row), so a process killed
+(:func:`ftbench.execution.runner.discard_work`, called by whoever writes the row), so a process killed
 between the end of training and the write (WiSE-FT's evaluation of its α grid, say) resumes at
 the last checkpoint instead of training again from step 0.
 

@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from ftbench.results.store import write_result
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 
 OUT = Path(__file__).with_name("results_small")
 
@@ -62,7 +63,7 @@ def main() -> None:
         write_result(OUT, row)
     # A failed run: recorded, never reported.
     spec = resolve(RunSpec(shift="corruption", method="surgical", blocks=("2",), seed=0))
-    from ftbench.sweep.local import failed_row
+    from ftbench.sweep.task import failed_row
 
     row = failed_row(spec, RuntimeError("out of memory"))
     row["timestamp"] = dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc)

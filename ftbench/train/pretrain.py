@@ -27,10 +27,11 @@ from torch import nn
 
 from ftbench import integrity
 from ftbench.data.base import SourceTask
-from ftbench.data.fetch import cache_dir
+from ftbench.environment import cache_dir
 from ftbench.errors import disk_error
 from ftbench.models.base import BlockModel, get_model_entry
-from ftbench.train.loop import fit
+from ftbench.models.weights import HEAD_RECIPE
+from ftbench.train.loop import autocast, fit
 
 # 2: CPU pretraining runs on one torch thread (CPU results depend on the thread count; version 1
 # used torch's default), and digits-vit's architecture changed during development.
@@ -95,7 +96,7 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
     weights pretrained on other statistics (OpenAI's CLIP towers) are adapted to before anything
     is fit or evaluated.
     """
-    from ftbench.models.weights import fit_head, given_weights
+    from ftbench.models.weights import given_weights
 
     entry = get_model_entry(model)
 
@@ -316,3 +317,31 @@ class ClassPromptLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.logit_scale() * self.net.features(x) @ self.net.class_embeddings(self.prompts).T
+
+
+def fit_head(model: BlockModel, source: SourceTask, device: torch.device) -> BlockModel:
+    """Fit only the classifier on the source split, on the frozen backbone's features (eval mode):
+    L2-regularised logistic regression by full-batch L-BFGS from zero (``HEAD_RECIPE``), as the
+    linear probe fits it (``TrainContext.linear_probe``)."""
+    model = model.to(device).eval()
+    dev = torch.device(device)
+    with torch.no_grad(), autocast(dev):  # streamed splits (ImageNet-size sources) are decoded batch by batch
+        feats = torch.cat([model.features(xb).float() for xb in source.train.to(dev).batches(256)])
+    y = source.train.y.to(dev)
+    head = model.head
+    w = torch.zeros(head.weight.shape, device=dev, requires_grad=True)
+    b = torch.zeros(head.bias.shape, device=dev, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=HEAD_RECIPE["max_iter"], tolerance_grad=1e-7,
+                            tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(feats @ w.T + b, y) + 0.5 * HEAD_RECIPE["l2"] * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(b)
+    return model

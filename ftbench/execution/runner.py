@@ -21,9 +21,10 @@ from ftbench.data.base import get_benchmark
 from ftbench.errors import UsageError
 from ftbench.methods.base import Method, get_method
 from ftbench.models.base import BlockModel
-from ftbench.models.pretrain import pretrained
+from ftbench.train.pretrain import pretrained
 from ftbench.protocols.base import Task, get_protocol
-from ftbench.spec import RunSpec, resolve
+from ftbench.spec import RunSpec
+from ftbench.plan.resolve import resolve
 from ftbench.train.context import TrainContext
 from ftbench.train.loop import effective_precision, evaluate, precision
 from ftbench.validate import DEVICES
@@ -128,7 +129,7 @@ def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
     bench = get_benchmark(spec.benchmark)
     task = get_protocol(spec.protocol).task(bench, spec).to(dev)
     from ftbench.models.base import check_input_fits
-    from ftbench.models.pretrain import trained_here
+    from ftbench.train.pretrain import trained_here
 
     if not trained_here(spec.model, task.pretraining, dev, spec.weights, task.train):
         check_input_fits(spec.model, task.train.channels, task.train.image_size, spec.benchmark)

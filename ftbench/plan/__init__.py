@@ -1,0 +1,1 @@
+"""The plan floor: a RunSpec's defaults filled in (``resolve``) and suites expanded (``suites``)."""
