@@ -512,6 +512,10 @@ def _report(
 
         if compare_methods is None:  # the tables: one per protocol and model, each with a selection that applies
             parts, notice = select_parts(split_groups(df, group_by), selection, checkpoint, metric)
+            if notice and (plot is not None or baseline is not None):  # these use one selection for every run
+                raise UsageError(f"{notice.split(';')[0]}; {'--plot' if plot is not None else '--baseline'} uses one "
+                                 "selection for every run: choose the runs it applies to with --filter (e.g. "
+                                 "--filter protocol=...) or leave --select out")
             if notice:
                 print(f"note: {notice}", file=sys.stderr)
             unscored = sum(unselectable_rows(part, sel, checkpoint, metric) for _, part, sel in parts)
@@ -547,14 +551,29 @@ def _report(
         # then --plot and the gate, as with the tables
     else:
         table_title = title if plot_title is None else plot_title
-        grids = [build(part, table, sel, metric, title=" — ".join(x for x in (table_title, group) if x),
-                       checkpoint=checkpoint, trend=trend_methods) for group, part, sel in parts]
-        from ftbench.report.table import select_rows
+        built, skipped = [], []
+        for group, part, sel in parts:
+            try:
+                built.append(((group, part, sel), build(part, table, sel, metric, checkpoint=checkpoint,
+                                                        title=" — ".join(x for x in (table_title, group) if x),
+                                                        trend=trend_methods)))
+            except UsageError as e:  # of several tables, one this kind cannot be made of is said and left out
+                if len(parts) == 1:
+                    raise
+                skipped.append((group, e))
+        if not built:
+            raise skipped[0][1]
+        for group, e in skipped:
+            print(clean(f"note: no --table {table} for {group}: {e}"), file=sys.stderr)
+        parts, grids = [x for x, _ in built], [g for _, g in built]
+        from ftbench.report.table import rows_in, select_rows
 
         for g in grids:
-            if row_names is not None:
-                select_rows(g, row_names)
+            if row_names is not None:  # with one table per protocol and model: the rows each one has
+                select_rows(g, row_names if len(grids) == 1 else rows_in(g, row_names))
             g.label, g.short_caption = label or "", caption or ""
+        if row_names is not None and len(grids) > 1:  # a table none of whose rows --rows names is left out
+            parts, grids = [p for p, g in zip(parts, grids) if g.rows], [g for g in grids if g.rows]
         if fmt == "terminal" and output is None:
             for g in grids:
                 for part in rich_tables(g, out.width):  # split to fit the terminal, never cut

@@ -66,6 +66,11 @@ def test_one_table_per_protocol_and_model_never_averaged_across_them(cli, mixed:
     assert "| block 1 | 95.0 ± 0.0 | **65.0 ± 1.4** |" in vit  # 20 points below resnet's 85.0, not their mean 75.0
     assert "[model=" not in out and "[protocol=" not in out and "average" not in idood
     assert "protocol id-ood" in idood and "protocol few-shot" not in idood
+    # A table kind or --rows that fits some of the tables only: those, and a note for the others.
+    r = cli("report", mixed, "--table", "corruptions", "--format", "markdown")
+    assert _out(r).count("### ") == 2 and "note: no --table corruptions for protocol=id-ood, model=digits-resnet" in r.err
+    only = _out(cli("report", mixed, "--rows", "lp-ft", "--format", "markdown"))
+    assert only.startswith("### protocol=id-ood, model=digits-resnet\n") and only.count("### ") == 1
     # A folder of one experiment prints as before (no heading).
     assert "###" not in _out(cli("report", SMALL, "--format", "markdown"))
 
@@ -86,6 +91,11 @@ def test_a_selection_that_applies_to_some_runs_applies_to_those_with_a_notice(cl
     idood = _out(cli("report", mixed, "--select", "ood-val", "--format", "markdown",
                      "--filter", "protocol=id-ood"))
     assert "| lp-ft | **87.2 ± 0.4** | **94.0 ± 0.0** |" in idood
+    # --plot and --baseline use one selection for all runs: refused before anything is drawn.
+    r = cli("report", mixed, "--select", "ood-val", "--plot", mixed.parent / "fig.png")
+    assert r.code == 2 and r.err.strip().splitlines()[-1].startswith("error: --select ood-val applies to some runs "
+                                                                      "only; --plot uses one selection")
+    assert not (mixed.parent / "fig.png").exists()
     # Where it applies to no run at all, it is refused as before.
     r = cli("report", SMALL, "--select", "ood-val")
     assert r.code == 2 and "does not apply to runs of protocol 'few-shot'" in r.err

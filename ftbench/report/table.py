@@ -521,6 +521,18 @@ def check_rows(df: pd.DataFrame, table: str, wanted: list[str]) -> None:
     _match_rows(_ordered(chosen, key, sort), display_names(chosen), wanted)
 
 
+def rows_in(grid: Grid, wanted: list[str]) -> list[str]:
+    """The names of ``wanted`` that name a row of ``grid`` (as :func:`select_rows` matches them)."""
+    have = []
+    for w in wanted:
+        try:
+            _match_rows(grid.rows, grid.display, [w])
+        except UsageError:
+            continue
+        have.append(w)
+    return have
+
+
 def select_rows(grid: Grid, wanted: list[str]) -> Grid:
     """``grid`` with only the rows ``wanted``, in that order (``--rows``). A row is named by its label
     as the tables print it (``lp-ft``, ``block 1``) or its display name (``LP-FT``), in any case.
