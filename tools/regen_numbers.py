@@ -574,8 +574,8 @@ def check_docs() -> int:
 
 EXAMPLE_DOCS = (ROOT / "docs" / "cli.md", ROOT / "docs" / "report.md")
 EXAMPLE_COLUMNS = "100"
-_REGION = re.compile(r"<!-- example: (ftbench .*?) -->\n(.*?)(?=<!-- example end -->)", re.S)
-_TRANSCRIPT = re.compile(r"^( *)```[a-z]*\n(\1\$ ftbench .*?)(?=^\1```$)", re.S | re.M)
+_REGION = re.compile(r"<!-- example: (ftbench .*?) -->\n(.*?)(?=<!-- example end -->)", re.DOTALL)
+_TRANSCRIPT = re.compile(r"^( *)```[a-z]*\n(\1\$ ftbench .*?)(?=^\1```$)", re.DOTALL | re.MULTILINE)
 
 
 def doc_examples(text: str) -> list[tuple[int, int, str, list[str]]]:

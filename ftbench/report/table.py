@@ -893,8 +893,8 @@ def render_rich(grid: Grid):  # noqa: ANN201 - rich.table.Table
     from rich.table import Table as RichTable
 
     show_n = len(grid.n_values()) > 1
-    table = RichTable(title=escape(grid.title), caption=escape(grid.caption + " Best in bold green with *.") if grid.caption else None,
-                      caption_justify="left")
+    caption = escape(grid.caption + " Best in bold green with *.") if grid.caption else None  # a split table's parts: none
+    table = RichTable(title=escape(grid.title), caption=caption, caption_justify="left")
     table.add_column(escape(grid.row_header), style="bold")
     for g, subs in grid.groups:
         for j, s in enumerate(subs):
@@ -1011,6 +1011,14 @@ def _filter_values(col: pd.Series, limit: int = 20) -> str:
     return ", ".join(vals[:limit]) + (f", ... ({len(vals)} values)" if len(vals) > limit else "") or "no values"
 
 
+def _equals(col: pd.Series, value: str) -> pd.Series:
+    """Where ``col`` is ``value``: as text, or as a number when ``value`` is one (``20`` matches 20.0)."""
+    try:
+        return (pd.to_numeric(col, errors="coerce") == float(value)) | (col.astype(str) == value)
+    except ValueError:
+        return col.astype(str) == value
+
+
 def apply_filters(df: pd.DataFrame, filters: list[str], refuse_empty: bool = True) -> pd.DataFrame:
     """Keep rows where each ``key=value`` holds (string comparison; numbers compared as numbers).
     ``key=a,b`` keeps rows whose ``key`` is ``a`` or ``b`` (OR within a key; the filters together are
@@ -1026,19 +1034,11 @@ def apply_filters(df: pd.DataFrame, filters: list[str], refuse_empty: bool = Tru
         if key not in df.columns:
             raise unknown("filter column", key, sorted(df.columns))
         col = df[key]
-        num = pd.to_numeric(col, errors="coerce")
-
-        def equals(v: str) -> pd.Series:
-            try:
-                return (num == float(v)) | (col.astype(str) == v)
-            except ValueError:
-                return col.astype(str) == v
-
-        mask = equals(value)
+        mask = _equals(col, value)
         if not mask.any() and "," in value:  # OR within the key: method=full,lp-ft
             mask = pd.Series(False, index=df.index)
             for v in value.split(","):
-                mask |= equals(v.strip())
+                mask |= _equals(col, v.strip())
         if refuse_empty and not df.empty and not mask.any():
             before = f" (after --filter {' --filter '.join(given)})" if given else ""
             raise UsageError(f"--filter {key}={value} matches no run{before}; {key} has: {_filter_values(col)}")
