@@ -31,13 +31,21 @@ app = typer.Typer(
 )
 
 
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty() and os.get_terminal_size(sys.stdout.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _terminal_width(default: int = 160) -> int:
-    """The width tables are fit to: ``$COLUMNS`` when it is a positive number, else ``default``.
+    """The width tables are fit to: ``$COLUMNS`` when it is a positive number, else the terminal's
+    width when stdout is one, else ``default``.
     An unusable ``COLUMNS`` (``0``, ``abc``) is treated as unset, as most programs do, and removed
     from the environment so rich (the progress bars) and the worker processes do not read it."""
     value = os.environ.get("COLUMNS")
-    if value is None:
-        return default
+    if value is None:  # a shell does not export COLUMNS: on a terminal, its own width
+        return os.get_terminal_size(sys.stdout.fileno()).columns if _stdout_is_terminal() else default
     try:
         width = int(value.strip())
     except ValueError:
@@ -371,7 +379,7 @@ def _report(
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
-                                      render_rich, render_selected, split_groups)
+                                      render_selected, rich_tables, split_groups)
     from ftbench.results.store import read_results
 
     # Validate every option before reading or writing anything.
@@ -501,9 +509,19 @@ def _report(
     if failed:
         print(f"note: {failed} run(s) not ok (failed or diverged) are left out of the table", file=sys.stderr)
     if compare is None:
-        from ftbench.report.table import unselectable_rows
+        from ftbench.report.table import select_parts, unselectable_rows
 
-        unscored = unselectable_rows(df, selection, checkpoint, metric)
+        if compare_methods is None:  # the tables: one per protocol and model, each with a selection that applies
+            parts, notice = select_parts(split_groups(df, group_by), selection, checkpoint, metric)
+            if notice and (plot is not None or baseline is not None):  # these use one selection for every run
+                raise UsageError(f"{notice.split(';')[0]}; {'--plot' if plot is not None else '--baseline'} uses one "
+                                 "selection for every run: choose the runs it applies to with --filter (e.g. "
+                                 "--filter protocol=...) or leave --select out")
+            if notice:
+                print(f"note: {notice}", file=sys.stderr)
+            unscored = sum(unselectable_rows(part, sel, checkpoint, metric) for _, part, sel in parts)
+        else:
+            unscored = unselectable_rows(df, selection, checkpoint, metric)
         if unscored:
             print(f"note: {unscored} row(s) have no value of the --select {selection} split (NaN) and are left out of "
                   "the selection", file=sys.stderr)
@@ -533,25 +551,40 @@ def _report(
             _write_atomic(output, text)
         # then --plot and the gate, as with the tables
     else:
-        parts = split_groups(df, group_by)
         table_title = title if plot_title is None else plot_title
-        grids = [build(part, table, selection, metric, title=" — ".join(x for x in (table_title, group) if x),
-                       checkpoint=checkpoint, trend=trend_methods) for group, part in parts]
-        from ftbench.report.table import select_rows
+        built, skipped = [], []
+        for group, part, sel in parts:
+            try:
+                built.append(((group, part, sel), build(part, table, sel, metric, checkpoint=checkpoint,
+                                                        title=" — ".join(x for x in (table_title, group) if x),
+                                                        trend=trend_methods)))
+            except UsageError as e:  # of several tables, one this kind cannot be made of is said and left out
+                if len(parts) == 1:
+                    raise
+                skipped.append((group, e))
+        if not built:
+            raise skipped[0][1]
+        for group, e in skipped:
+            print(clean(f"note: no --table {table} for {group}: {e}"), file=sys.stderr)
+        parts, grids = [x for x, _ in built], [g for _, g in built]
+        from ftbench.report.table import rows_in, select_rows
 
         for g in grids:
-            if row_names is not None:
-                select_rows(g, row_names)
+            if row_names is not None:  # with one table per protocol and model: the rows each one has
+                select_rows(g, row_names if len(grids) == 1 else rows_in(g, row_names))
             g.label, g.short_caption = label or "", caption or ""
+        if row_names is not None and len(grids) > 1:  # a table none of whose rows --rows names is left out
+            parts, grids = [p for p, g in zip(parts, grids) if g.rows], [g for g in grids if g.rows]
         if fmt == "terminal" and output is None:
             for g in grids:
-                out.print(render_rich(g))
+                for part in rich_tables(g, out.width):  # split to fit the terminal, never cut
+                    out.print(part, soft_wrap=False)  # the caption and note of a split table wrap
                 if show_selected:
                     out.print(escape(render_selected(g, fmt)))
         else:
             texts = [render(g, fmt, show_selected) for g in grids]
-            if fmt == "markdown" and group_by:
-                texts = [f"### {group}\n\n{t}" for (group, _), t in zip(parts, texts)]
+            if fmt == "markdown" and any(group for group, _, _ in parts):
+                texts = [f"### {group}\n\n{t}" for (group, _, _), t in zip(parts, texts)]
             if fmt == "json" and len(texts) > 1:
                 text = "[\n" + ",\n".join(t.strip() for t in texts) + "\n]\n"
             else:
@@ -570,7 +603,7 @@ def _report(
         from ftbench.report.regress import compare, render_summary, render_text
 
         # The same filters on both sides, so filtered-out cells do not count as vanished.
-        comparison = compare(df, apply_filters(base_df, list(filters)), tol, selection, two_sided=two_sided)
+        comparison = compare(df, apply_filters(base_df, list(filters), refuse_empty=False), tol, selection, two_sided=two_sided)
         # On stderr: stdout may carry a table in a machine format (markdown, csv, json, ...).
         print(render_text(comparison, allow_missing).rstrip("\n"), file=sys.stderr)
         if summary is not None:

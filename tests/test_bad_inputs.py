@@ -222,6 +222,8 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("report {R} --compare paper --group-by model", "--group-by applies to the tables", None),
     ("report {R} --compare paper --show-selected", "--show-selected applies to the tables", None),
     ("report {R} --compare paper --metric id_acc", "--metric id_acc applies to the tables", None),
+    ("report {R} --filter method=ful,lp-ft -o {OUT}/t.md", "--filter method=ful,lp-ft matches no run; method has: full, surgical", None),
+    ("report {R} --filter seed=1 --filter lr=0.1", "--filter lr=0.1 matches no run (after --filter seed=1); lr has: 0.001, 0.01", None),
     # --- report: paper-ready output options, each where it has an effect ---------------------------
     ("report {R} --label tab:ood", "--label applies to --format latex tables only (got --format terminal)", None),
     ("report {R} --format markdown --caption 'My table'", "--caption applies to --format latex tables only", None),

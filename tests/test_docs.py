@@ -76,3 +76,17 @@ for b in tr.model.block_names():  # digits-resnet: 1, 2, 3, last; the top two tr
                            timeout=600, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "my-results").is_dir() and len(list((tmp_path / "smoke-results").glob("*.parquet"))) == 4
+
+
+def test_every_example_of_the_docs_is_what_its_command_prints() -> None:
+    """Each ``$ ftbench ...`` transcript and ``<!-- example: ftbench ... -->`` region of docs/cli.md and
+    docs/report.md is run (tools/regen_numbers.py: in an empty folder, COLUMNS=100) and its output
+    compared with what the docs show; `python tools/regen_numbers.py refresh --only examples` rewrites them."""
+    from scripts import load_script
+
+    tool = load_script("tools/regen_numbers.py", "regen_numbers")
+    for path in tool.EXAMPLE_DOCS:  # the docs have examples of both kinds
+        kinds = {fence[:1] == "$" for _, _, fence, _ in tool.doc_examples(path.read_text())}
+        assert kinds == {True, False}, path
+    stale = tool.stale_examples()
+    assert not stale, "".join(stale) + "\nrun `python tools/regen_numbers.py refresh --only examples`"

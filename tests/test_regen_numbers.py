@@ -108,3 +108,22 @@ def test_the_gate_is_exact_on_every_machine(tmp_path: Path, monkeypatch: pytest.
     assert tool.fingerprint_id(here) == tool.fingerprint_id(dict(here, torch="another"))  # one file per CPU
     for key in ("model", "flags_sha1", "cache size"):
         assert tool.fingerprint_id(here) != tool.fingerprint_id(dict(here, **{key: "elsewhere"}))
+
+
+def test_doc_examples_are_transcripts_and_output_regions() -> None:
+    """What tools/regen_numbers.py runs in a doc: `$ ftbench` lines of a fenced block (also indented in
+    a list item), and the command of an example region; other fenced blocks are left alone."""
+    tool = _tool()
+    text = ("```bash\nftbench run\n```\n"
+            "```\n$ ftbench list protocols\nold output\n$ ftbench run --lr inf\nerror: old\n```\n"
+            "* item\n\n  ```\n  $ ftbench sweep smoke --dry-run\n  old\n  ```\n"
+            "<!-- example: ftbench report tests/data/results_small --format markdown -->\n| old |\n\n"
+            "<!-- example end -->\n")
+    found = tool.doc_examples(text)
+    assert [(fence, cmds) for _, _, fence, cmds in found] == [
+        ("$", ["ftbench list protocols", "ftbench run --lr inf"]),
+        ("$  ", ["ftbench sweep smoke --dry-run"]),
+        ("", ["ftbench report tests/data/results_small --format markdown"])]
+    assert [text[i:j] for i, j, _, _ in found] == [
+        "$ ftbench list protocols\nold output\n$ ftbench run --lr inf\nerror: old\n",
+        "  $ ftbench sweep smoke --dry-run\n  old\n", "| old |\n\n"]

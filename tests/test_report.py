@@ -73,7 +73,7 @@ def test_filter_group_by_and_metric(cli) -> None:
                       (["--metric", "nope"], "unknown metric 'nope'"),
                       (["--table", "nope"], "unknown table 'nope'; accepted: shifts, blocks, methods, corruptions"),
                       (["--select", "best"], "unknown selection 'best'"),
-                      (["--filter", "shift=weather"], "no readable ftbench results"),
+                      (["--filter", "shift=weather"], "--filter shift=weather matches no run; shift has: corruption, label-flip"),
                       (["--summary", "x.md"], "--summary needs --baseline"),
                       (["--plot", "x.gif"], "unsupported plot format '.gif'")]:
         r = cli("report", DATA, *args)

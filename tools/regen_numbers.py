@@ -3,7 +3,8 @@
 
     python tools/regen_numbers.py refresh      # after a change meant to move numbers (or a merge): rewrite them all
     python tools/regen_numbers.py gate         # CI: the smoke suite against tests/data/baseline_smoke, two-sided
-    python tools/regen_numbers.py check-docs   # CI: the README's table and docs/cli.md's example are what the code prints
+    python tools/regen_numbers.py check-docs   # CI: the README's table and the docs' examples are what the code prints
+    python tools/regen_numbers.py refresh --only examples   # the docs' fast examples only (seconds; no training)
     python tools/regen_numbers.py spread       # measure how far the smoke numbers move with the CPU's kernels
     python tools/regen_numbers.py portable     # on a CPU not yet in tests/data/portable/: add its proof
 
@@ -12,6 +13,8 @@ What it makes (``refresh``; ``--only baseline`` or ``--only docs`` for one of th
 * ``tests/data/baseline_smoke/``: the ``smoke`` suite's result files, the regression gate's baseline;
 * the README's default-suite table and docs/cli.md's ``ftbench run`` example, each between
   ``<!-- numbers:NAME begin ... -->`` and ``<!-- numbers:NAME end -->`` markers;
+* every other example of docs/cli.md and docs/report.md: ``$ ftbench ...`` transcripts and
+  ``<!-- example: ftbench ... -->`` output regions (see "The docs' examples" below);
 * ``tests/data/baseline_smoke.spread.json`` (``spread``): the measured spread and, derived from it,
   the gate's tolerance;
 * ``tests/data/portable/<CPU>.json`` (``refresh`` and ``portable``): this CPU's smoke results in
@@ -543,12 +546,105 @@ def check_docs() -> int:
                 rel = str(path.relative_to(ROOT))
                 sys.stderr.writelines(difflib.unified_diff(have.splitlines(True), want.splitlines(True),
                                                            f"{rel} ({name}, committed)", f"{rel} ({name}, code now)"))
-    if stale:
-        say(f"FAIL: {stale} generated region(s) differ from what the code prints; run `{REFRESH} --only docs` "
-            "and commit the result with the change")
+    examples = stale_examples()
+    for d in examples:
+        sys.stderr.write(d)
+    if stale or examples:
+        say(f"FAIL: {stale} generated region(s) and the examples of {len(examples)} doc(s) differ from what the "
+            f"code prints; run `{REFRESH} --only docs` (or `--only examples`) and commit the result with the change")
         return 1
-    say("PASS: the README's table and docs/cli.md's example are what the code prints")
+    say("PASS: the README's table, docs/cli.md's example and every example of docs/cli.md and docs/report.md "
+        "are what the code prints")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The docs' examples: every shown command whose output is deterministic is run, and its output is
+# what the docs show. Two kinds, in docs/cli.md and docs/report.md (EXAMPLE_DOCS):
+#
+# * a transcript: a fenced block whose first line is ``$ ftbench ...``; each ``$ ftbench ...`` line is
+#   run and the lines up to the next one are its output (stdout and stderr, as a terminal shows them);
+# * an output region: ``<!-- example: ftbench ARGS -->`` ... ``<!-- example end -->`` holds what the
+#   command prints on stdout (a markdown table shown as a table; inside a fence if it was fenced).
+#
+# The commands run in an empty folder holding a link to this checkout's tests/ (so
+# ``tests/data/results_small`` is there), COLUMNS=100, with the pins of every other number. They must
+# be fast (a report, a refused input, a dry run): a training run's output is a numbers region
+# (docs_numbers). Paths of this checkout and of that folder are shown relative to them.
+
+EXAMPLE_DOCS = (ROOT / "docs" / "cli.md", ROOT / "docs" / "report.md")
+EXAMPLE_COLUMNS = "100"
+_REGION = re.compile(r"<!-- example: (ftbench .*?) -->\n(.*?)(?=<!-- example end -->)", re.DOTALL)
+_TRANSCRIPT = re.compile(r"^( *)```[a-z]*\n(\1\$ ftbench .*?)(?=^\1```$)", re.DOTALL | re.MULTILINE)
+
+
+def doc_examples(text: str) -> list[tuple[int, int, str, list[str]]]:
+    """The examples of a doc: (start, end, fence, commands) of each stretch of ``text`` that is made
+    by running commands; ``fence`` is "$" and the block's indent for a transcript (a fenced block in
+    a list item is indented), else the region's opening fence or ""."""
+    found = []
+    for m in _REGION.finditer(text):
+        body = m.group(2)
+        fence = body.split("\n", 1)[0] + "\n" if body.startswith("```") else ""
+        found.append((m.start(2), m.end(2), fence, [m.group(1)]))
+    for m in _TRANSCRIPT.finditer(text):
+        indent = m.group(1)
+        commands = [ln[len(indent) + 2:] for ln in m.group(2).splitlines() if ln.startswith(f"{indent}$ ftbench ")]
+        found.append((m.start(2), m.end(2), "$" + indent, commands))
+    return sorted(found)
+
+
+def _example_output(command: str, env: dict[str, str], cwd: Path, both: bool) -> str:
+    import shlex
+
+    args = shlex.split(command)[1:]
+    r = subprocess.run([sys.executable, "-m", "ftbench.cli", *args], env=env, cwd=cwd, check=False, text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT if both else subprocess.DEVNULL)
+    text = r.stdout
+    for folder in (cwd, ROOT):  # shown relative: the same text in every checkout
+        text = text.replace(str(folder) + os.sep, "").replace(str(folder.resolve()) + os.sep, "")
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()) + "\n" if text.strip() else ""
+
+
+def examples_now(path: Path) -> str:
+    """``path``'s text with every example's output as the code prints it now."""
+    text = path.read_text()
+    with workspace() as tmp:
+        env = child_env(tmp / "cache", {"COLUMNS": EXAMPLE_COLUMNS, "PYTHONUNBUFFERED": "1"})
+        cwd = tmp / "examples"
+        cwd.mkdir()
+        (cwd / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
+        pieces, at = [], 0
+        for start, end, fence, commands in doc_examples(text):
+            if fence.startswith("$"):
+                indent = fence[1:]
+                body = "".join(f"{indent}$ {c}\n" + "".join(f"{indent}{ln}".rstrip() + "\n" for ln in
+                                                          _example_output(c, env, cwd, both=True).splitlines())
+                               for c in commands)
+            else:
+                out = _example_output(commands[0], env, cwd, both=False)
+                body = f"{fence}{out}```\n" if fence else out + "\n"
+            pieces += [text[at:start], body]
+            at = end
+    return "".join(pieces) + text[at:]
+
+
+def stale_examples() -> list[str]:
+    """A diff per doc whose examples differ from what the code prints now (normalised as check-docs does)."""
+    diffs = []
+    for path in EXAMPLE_DOCS:
+        have, want = path.read_text(), examples_now(path)
+        if normalise(have) != normalise(want):
+            rel = str(path.relative_to(ROOT))
+            diffs.append("".join(difflib.unified_diff(have.splitlines(True), want.splitlines(True),
+                                                      f"{rel} (committed)", f"{rel} (code now)")))
+    return diffs
+
+
+def refresh_examples() -> None:
+    for path in EXAMPLE_DOCS:
+        write_atomic(path, examples_now(path))
+        say(f"rewrote the examples of {path.relative_to(ROOT)} ({len(doc_examples(path.read_text()))})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/regen_numbers.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("refresh", help="rewrite the smoke baseline and the generated docs numbers")
-    r.add_argument("--only", choices=("baseline", "docs"), help="rewrite only one of them")
+    r.add_argument("--only", choices=("baseline", "docs", "examples"),
+                   help="rewrite only one of them (docs includes examples: the docs' fast command examples)")
     g = sub.add_parser("gate", help="the smoke suite against the committed baseline, two-sided (exit 1 on a change)")
     g.add_argument("--summary", type=Path, help="also write the gate's Markdown summary to this file")
     g.add_argument("--keep", type=Path, help="copy the smoke results to this folder (to inspect or refresh from)")
@@ -665,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
             refresh_baseline()
         if a.only in (None, "docs"):
             refresh_docs()
+        if a.only in (None, "docs", "examples"):
+            refresh_examples()
+        if a.only == "examples":  # no training: the committed numbers are untouched
+            return 0
         write_machine()  # what made the numbers just written
         say(f"wrote {MACHINE.relative_to(ROOT)}; commit it with them")
         return 0

@@ -521,6 +521,18 @@ def check_rows(df: pd.DataFrame, table: str, wanted: list[str]) -> None:
     _match_rows(_ordered(chosen, key, sort), display_names(chosen), wanted)
 
 
+def rows_in(grid: Grid, wanted: list[str]) -> list[str]:
+    """The names of ``wanted`` that name a row of ``grid`` (as :func:`select_rows` matches them)."""
+    have = []
+    for w in wanted:
+        try:
+            _match_rows(grid.rows, grid.display, [w])
+        except UsageError:
+            continue
+        have.append(w)
+    return have
+
+
 def select_rows(grid: Grid, wanted: list[str]) -> Grid:
     """``grid`` with only the rows ``wanted``, in that order (``--rows``). A row is named by its label
     as the tables print it (``lp-ft``, ``block 1``) or its display name (``LP-FT``), in any case.
@@ -881,8 +893,8 @@ def render_rich(grid: Grid):  # noqa: ANN201 - rich.table.Table
     from rich.table import Table as RichTable
 
     show_n = len(grid.n_values()) > 1
-    table = RichTable(title=escape(grid.title), caption=escape(grid.caption + " Best in bold green with *."),
-                      caption_justify="left")
+    caption = escape(grid.caption + " Best in bold green with *.") if grid.caption else None  # a split table's parts: none
+    table = RichTable(title=escape(grid.title), caption=caption, caption_justify="left")
     table.add_column(escape(grid.row_header), style="bold")
     for g, subs in grid.groups:
         for j, s in enumerate(subs):
@@ -898,6 +910,85 @@ def render_rich(grid: Grid):  # noqa: ANN201 - rich.table.Table
     return table
 
 
+def _with_groups(grid: Grid, groups: list[tuple[str, list[str]]], title: str, caption: str) -> Grid:
+    """``grid`` showing only ``groups`` (the same cells), titled and captioned anew."""
+    return Grid(title, caption, grid.row_header, grid.rows, groups, grid.cells, grid.selected, grid.display,
+                grid.label, grid.short_caption)
+
+
+def fit_width(grid: Grid, width: int) -> list[Grid]:
+    """``grid`` as one or more tables whose terminal rendering is at most ``width`` characters wide:
+    the column groups in order, as many to a table as fit (a group wider than ``width`` by itself is
+    split between its sub-columns). Every part repeats the row labels; none has the caption
+    (:func:`rich_tables` prints it under the last, as wide as the terminal).
+    Nothing is cut: a header rich would shorten to ``corrupt…`` moves to the next part instead."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=width, file=io.StringIO())
+    wide = console.options.update(max_width=1_000_000)
+
+    def fits(groups: list[tuple[str, list[str]]]) -> bool:
+        table = render_rich(_with_groups(grid, groups, grid.title, ""))
+        return Measurement.get(console, wide, table).maximum <= width
+
+    if fits(grid.groups):
+        return [grid]
+    parts: list[list[tuple[str, list[str]]]] = []
+    cur: list[tuple[str, list[str]]] = []
+    for g, subs in grid.groups:
+        if fits(cur + [(g, subs)]):
+            cur.append((g, subs))
+            continue
+        if cur:
+            parts.append(cur)
+        cur = [(g, subs)]
+        if not fits(cur):  # one group too wide by itself: its sub-columns in pieces
+            chunk: list[str] = []
+            for sub in subs:
+                if chunk and not fits([(g, chunk + [sub])]):
+                    parts.append([(g, chunk)])
+                    chunk = []
+                chunk.append(sub)
+            cur = [(g, chunk)]
+    parts.append(cur)
+    n = len(parts)
+    return [_with_groups(grid, groups, f"{grid.title} (part {i + 1} of {n})", "") for i, groups in enumerate(parts)]
+
+
+def split_note(parts: list[Grid], width: int) -> str:
+    """The line under a table that :func:`fit_width` split: what happened and how to see it whole."""
+    if len(parts) < 2:
+        return ""
+    return (f"(the table is split into {len(parts)} parts to fit {width} columns; every column is shown. "
+            "--format markdown, html or csv print it in one piece, COLUMNS=N sets the width, "
+            "--filter and --rows show less of it)")
+
+
+def rich_tables(grid: Grid, width: int) -> list:  # noqa: ANN201 - rich renderables
+    """What the terminal shows of ``grid`` at ``width`` columns: its parts (:func:`fit_width`) and,
+    when it is split, the note that says so."""
+    from rich.markup import escape
+    from rich.text import Text
+
+    parts = fit_width(grid, width)
+    if len(parts) == 1:
+        return [render_rich(grid)]
+    caption = Text(escape(grid.caption + " Best in bold green with *.")) if grid.caption else None
+    return [render_rich(p) for p in parts] + [x for x in (caption, Text(escape(split_note(parts, width)), style="dim"))
+                                              if x is not None]
+
+
+def render_terminal(grid: Grid, width: int) -> str:
+    """The terminal table(s) of ``grid`` as plain text, fit to ``width`` columns."""
+    from rich.console import Console
+
+    console = Console(record=True, width=width, file=io.StringIO())
+    for r in rich_tables(grid, width):
+        console.print(r)
+    return console.export_text()
+
+
 def render(grid: Grid, fmt: str, show_selected: bool = False) -> str:
     """Text of ``grid`` in ``fmt`` (terminal = the rich table as plain text). ``show_selected``: with
     markdown and terminal, the table of what each cell chose after it; with csv, a ``selected``
@@ -905,11 +996,7 @@ def render(grid: Grid, fmt: str, show_selected: bool = False) -> str:
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     if fmt == "terminal":
-        from rich.console import Console
-
-        console = Console(record=True, width=200, file=io.StringIO())
-        console.print(render_rich(grid))
-        text = console.export_text()
+        text = render_terminal(grid, 200)
     elif fmt == "csv":
         return render_csv(grid, show_selected)
     else:
@@ -917,8 +1004,28 @@ def render(grid: Grid, fmt: str, show_selected: bool = False) -> str:
     return text + (render_selected(grid, fmt) if show_selected and fmt in ("markdown", "terminal") else "")
 
 
-def apply_filters(df: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
-    """Keep rows where each ``key=value`` holds (string comparison; numbers compared as numbers)."""
+def _filter_values(col: pd.Series, limit: int = 20) -> str:
+    """The distinct values of a results column as ``--filter`` takes them (``0.001``, ``20``), sorted."""
+    vals = sorted({_show(v.item() if hasattr(v, "item") else v) for v in col.dropna()},
+                  key=lambda v: (_num(v), v))
+    return ", ".join(vals[:limit]) + (f", ... ({len(vals)} values)" if len(vals) > limit else "") or "no values"
+
+
+def _equals(col: pd.Series, value: str) -> pd.Series:
+    """Where ``col`` is ``value``: as text, or as a number when ``value`` is one (``20`` matches 20.0)."""
+    try:
+        return (pd.to_numeric(col, errors="coerce") == float(value)) | (col.astype(str) == value)
+    except ValueError:
+        return col.astype(str) == value
+
+
+def apply_filters(df: pd.DataFrame, filters: list[str], refuse_empty: bool = True) -> pd.DataFrame:
+    """Keep rows where each ``key=value`` holds (string comparison; numbers compared as numbers).
+    ``key=a,b`` keeps rows whose ``key`` is ``a`` or ``b`` (OR within a key; the filters together are
+    an AND); a value that some row holds whole (``blocks=1,2``) is that one value. With
+    ``refuse_empty``, a filter that leaves no row of a non-empty ``df`` is a UsageError naming it and
+    the values its column has among the rows it was given."""
+    given = []
     for f in filters:
         key, eq, value = f.partition("=")
         key = key.strip()
@@ -927,20 +1034,88 @@ def apply_filters(df: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
         if key not in df.columns:
             raise unknown("filter column", key, sorted(df.columns))
         col = df[key]
-        num = pd.to_numeric(col, errors="coerce")
-        try:
-            target = float(value)
-            mask = (num == target) | (col.astype(str) == value)
-        except ValueError:
-            mask = col.astype(str) == value
+        mask = _equals(col, value)
+        if not mask.any() and "," in value:  # OR within the key: method=full,lp-ft
+            mask = pd.Series(False, index=df.index)
+            for v in value.split(","):
+                mask |= _equals(col, v.strip())
+        if refuse_empty and not df.empty and not mask.any():
+            before = f" (after --filter {' --filter '.join(given)})" if given else ""
+            raise UsageError(f"--filter {key}={value} matches no run{before}; {key} has: {_filter_values(col)}")
+        given.append(f"{key}={value}")
         df = df[mask]
     return df
 
 
+# Column keys whose values are different experiments, never averaged together nor put side by side in
+# one table: a results folder that holds runs of several protocols or models (every command writes to
+# ftbench-results/ by default) gets one table per combination (docs/report.md, "Folders that hold
+# more than one experiment").
+SEPARATE = ("protocol", "model")
+
+
 def split_groups(df: pd.DataFrame, group_by: str | None) -> list[tuple[str, pd.DataFrame]]:
-    """``[("", df)]``, or one part per value of column ``group_by``."""
-    if not group_by:
-        return [("", df)]
-    if group_by not in df.columns:
+    """One part per combination of the values of :data:`SEPARATE` that vary among ``df``'s ok runs
+    (and of column ``group_by``), labelled ``protocol=id-ood, model=digits-clip``; ``[("", df)]`` when
+    nothing varies. Parts come in table column order: the default protocol first, then by name."""
+    if group_by and group_by not in df.columns:
         raise unknown("group-by column", group_by, sorted(df.columns))
-    return [(f"{group_by}={v}", part) for v, part in df.groupby(df[group_by].astype(str), sort=True)]
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    keys = [k for k in SEPARATE if k in df.columns and k != group_by
+            and ok[k].fillna(DEFAULT_PROTOCOL if k == "protocol" else "").astype(str).nunique() > 1]
+    keys = ([group_by] if group_by else []) + keys
+    if not keys:
+        return [("", df)]
+    values = pd.DataFrame({k: df[k].fillna(DEFAULT_PROTOCOL if k == "protocol" else "").astype(str) for k in keys},
+                          index=df.index)
+    parts = [(", ".join(f"{k}={v}" for k, v in zip(keys, vals if isinstance(vals, tuple) else (vals,))), df.loc[part.index])
+             for vals, part in values.groupby(keys if len(keys) > 1 else keys[0], sort=True)]
+    if "protocol" in keys:  # the default protocol first, as in the tables' column order
+        parts.sort(key=lambda p: f"protocol={DEFAULT_PROTOCOL}" not in p[0].split(", "))
+    return parts
+
+
+def select_parts(parts: list[tuple[str, pd.DataFrame]], selection: str, checkpoint: str = "best",
+                 metric: str = "ood_acc") -> tuple[list[tuple[str, pd.DataFrame, str]], str]:
+    """Each part of :func:`split_groups` with the selection its table uses, and a notice.
+
+    ``selection`` applies where the rows' protocol has it and their benchmark has the split
+    (``ood-val``: id-ood runs on a benchmark with an OOD val set); the rest select on
+    :data:`DEFAULT_SELECTION` (each protocol's own validation split) in a part of their own, and the
+    notice names them. A selection that applies to no row at all stays a UsageError."""
+    out: list[tuple[str, pd.DataFrame, str]] = []
+    left: dict[str, int] = {}  # what the selection does not apply to -> in how many tables
+    first: UsageError | None = None
+    for label, part in parts:
+        ok = part[part["status"] == "ok"] if "status" in part.columns else part
+        fits, misfits = [], []
+        proto = (ok["protocol"].fillna(DEFAULT_PROTOCOL).astype(str) if "protocol" in ok.columns
+                 else pd.Series(DEFAULT_PROTOCOL, index=ok.index))
+        for (name, bench), rows in ok.groupby([proto, ok["benchmark"].astype(str)], sort=True):
+            try:
+                unselectable_rows(rows, selection, checkpoint, metric)
+                fits.append(rows.index)
+            except UsageError as e:
+                first = first or e
+                misfits.append((f"{name} runs on {bench}", rows.index))
+        if not misfits or selection == DEFAULT_SELECTION:
+            out.append((label, part, selection))
+            continue
+        keep = part.index.difference(pd.Index([i for _, idx in misfits for i in idx]))
+        if fits:
+            out.append((", ".join(x for x in (label, f"--select {selection}") if x), part.loc[keep], selection))
+        rest = part.drop(index=keep)
+        out.append((", ".join(x for x in (label, f"--select {DEFAULT_SELECTION}") if x) if fits else label, rest,
+                    DEFAULT_SELECTION))
+        for name in dict.fromkeys(n for n, _ in misfits):
+            left[name] = left.get(name, 0) + 1
+    if first is not None and all(s != selection for _, _, s in out):
+        raise first  # applies nowhere: what is accepted, as before
+    notice = ""
+    if left:
+        tables = sum(left.values())
+        notice = (f"--select {selection} applies to some runs only; not to the "
+                  + ", ".join(f"{name}" for name in left)
+                  + f", whose table{'s' if tables > 1 else ''} ({tables}) select{'' if tables > 1 else 's'} on "
+                  f"{DEFAULT_SELECTION}, the protocol's own validation split")
+    return out, notice
