@@ -133,16 +133,17 @@ def test_points_and_bars_are_selected_mean_and_sample_std(fig: Figure) -> None:
     assert b1.get_xdata()[0] == pytest.approx(94.5) and b1.get_ydata()[0] == pytest.approx(73.0)
     bars = _axes(fig, "bars")[NOISE]
     heights = {t.get_text(): p.get_height() for t, p in zip(bars.get_xticklabels(), bars.patches)}
-    assert list(heights) == ["block 1", "last layer", "full"]  # surgical blocks in order, then full
-    assert heights["block 1"] == pytest.approx(73.0)
-    assert [t.get_text() for t in bars.get_xticklabels() if t.get_fontweight() == "bold"] == ["block 1"]
+    # Surgical blocks in order, then full; named as the LaTeX table names them (ftbench.report.names).
+    assert list(heights) == ["Block 1", "Last layer", "FT"]
+    assert heights["Block 1"] == pytest.approx(73.0)
+    assert [t.get_text() for t in bars.get_xticklabels() if t.get_fontweight() == "bold"] == ["Block 1"]
 
 
 def test_colours_are_consistent_across_panels(fig: Figure) -> None:
     for label in ("block 1", "last layer", "full"):
         colours = {to_hex(_line(ax, f"point:{label}").get_color()) for ax in _axes(fig, "scatter").values()}
         assert len(colours) == 1, label
-    assert _legend(fig)[:4] == ["no fine-tuning (none)", "block 1", "last layer", "full"]  # table order
+    assert _legend(fig)[:4] == ["No fine-tuning", "Block 1", "Last layer", "FT"]  # table order, display names
 
 
 def test_no_fine_tuning_is_a_star_and_a_reference_line(fig: Figure) -> None:
@@ -150,7 +151,7 @@ def test_no_fine_tuning_is_a_star_and_a_reference_line(fig: Figure) -> None:
     assert star.get_marker() == "*" and star.get_color() == "black"
     bars = _axes(fig, "bars")[NOISE]
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 0.0 for line in bars.get_lines())
-    assert "no fine-tuning (none)" in _legend(fig)
+    assert "No fine-tuning" in _legend(fig)
 
 
 def test_wiseft_rows_are_a_curve_sorted_by_alpha(fig: Figure) -> None:
@@ -160,8 +161,8 @@ def test_wiseft_rows_are_a_curve_sorted_by_alpha(fig: Figure) -> None:
         assert list(curve.get_ydata()) == pytest.approx([65.0, 70.0, 75.0]), column
         assert curve.get_linestyle() == "-"
     bars = _axes(fig, "bars")["label-flip"]
-    assert "wise-ft" not in [t.get_text() for t in bars.get_xticklabels()]  # bars: surgical + full only
-    assert "wise-ft curve (α 0→1, hollow: α 0)" in _legend(fig)
+    assert "WiSE-FT" not in [t.get_text() for t in bars.get_xticklabels()]  # bars: surgical + full only
+    assert "WiSE-FT curve (α 0→1, hollow: α 0)" in _legend(fig)
 
 
 def test_points_squeezed_by_a_distant_baseline_get_a_zoomed_inset(fig: Figure) -> None:
@@ -180,7 +181,7 @@ def test_panel_titles_name_the_benchmark(fig: Figure) -> None:
     when the table's column labels leave it out because every run is on one benchmark."""
     for kind in ("scatter", "bars"):
         titles = {col: ax.get_title().replace("\n", " ") for col, ax in _axes(fig, kind).items()}
-        assert titles[NOISE] == f"digits/{NOISE}" and titles["label-flip"] == "digits/label-flip"
+        assert titles[NOISE] == "digits/Gaussian noise s5" and titles["label-flip"] == "digits/label flip"
 
 
 def test_a_column_of_methods_only_says_so_in_its_bar_panel(df: pd.DataFrame) -> None:

@@ -29,6 +29,7 @@ from matplotlib.patches import Patch
 from ftbench.errors import UsageError, unknown
 from ftbench.outfile import write_output
 from ftbench.report import PANELS
+from ftbench.report.names import column_name, row_name
 from ftbench.report.table import (DEFAULT_SELECTION, DEFAULT_TREND, SELECTIONS, Trend, fit_trend, label_columns,
                                   protocols_of, select, trend_points)
 
@@ -74,6 +75,7 @@ def _marker(i: int) -> str | tuple[int, int, int]:
 class _Style:
     color: str
     marker: str | tuple[int, int, int]
+    name: str  # the row's display name (ftbench.report.names), as the LaTeX table prints it
 
 
 def _check_suffix(path: Path) -> str:
@@ -137,7 +139,7 @@ def _points(chosen: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str],
         _y=pd.to_numeric(chosen[metric], errors="coerce"),
     )
     pts = chosen.groupby(["label", "column", "_alpha"], sort=False).agg(
-        method=("method", "first"), blocks=("blocks", "first"), curve=("_curve", "first"),
+        method=("method", "first"), blocks=("blocks", "first"), variant=("variant", "first"), curve=("_curve", "first"),
         x_mean=("_x", "mean"), x_std=("_x", "std"), y_mean=("_y", "mean"), y_std=("_y", "std"),
         n=("seed", "nunique"),
     ).reset_index().rename(columns={"_alpha": "alpha"})
@@ -146,14 +148,16 @@ def _points(chosen: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str],
     return pts, labels, columns
 
 
-def _styles(labels: list[str]) -> dict[str, _Style]:
-    # Assigned once for the whole figure so a label has the same colour and marker in every panel.
+def _styles(labels: list[str], pts: pd.DataFrame) -> dict[str, _Style]:
+    # Assigned once for the whole figure so a label has the same colour, marker and name in every panel.
+    first = pts.drop_duplicates("label").set_index("label")
     styles, i = {}, 0
     for label in labels:
+        name = row_name(first.loc[label, "method"], first.loc[label, "blocks"], first.loc[label, "variant"])
         if label == "none":
-            styles[label] = _Style("black", "*")
+            styles[label] = _Style("black", "*", name)
         else:
-            styles[label] = _Style(PALETTE[i % len(PALETTE)], _marker(i))
+            styles[label] = _Style(PALETTE[i % len(PALETTE)], _marker(i), name)
             i += 1
     return styles
 
@@ -290,7 +294,7 @@ def _draw_bars(ax: Axes, pts: pd.DataFrame, labels: list[str], styles: dict[str,
     span = max(hi - lo, 5.0)
     bottom = max(0.0, math.floor((lo - 0.25 * span) / 5) * 5)
     ax.set_ylim(bottom, hi + 0.22 * (hi - bottom))
-    ax.set_xticks(x, bar_labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=8.5)
+    ax.set_xticks(x, [styles[lb].name for lb in bar_labels], rotation=30, ha="right", rotation_mode="anchor", fontsize=8.5)
     for tick, b in zip(ax.get_xticklabels(), best):
         if b:
             tick.set_fontweight("bold")
@@ -320,7 +324,7 @@ def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: s
     if chosen.empty:
         raise UsageError("no successful runs to plot (status == 'ok')")
     pts, labels, columns = _points(chosen, metric)
-    styles = _styles(labels)
+    styles = _styles(labels, pts)
     points = trend_points(df, label_columns(chosen), trend)
     fits = {col: fit_trend(points[points["column"] == col], metric) for col in columns}
 
@@ -337,7 +341,7 @@ def build_figure(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, metric: s
         r, c = divmod(i, ncols)
         # The benchmark in every title (the table's column label names it only when benchmarks vary).
         named = col if any(col.startswith(f"{b}/") for b in benches[col]) else f"{'+'.join(benches[col])}/{col}"
-        panel_title = textwrap.fill(named, 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
+        panel_title = textwrap.fill(column_name(named), 36)  # long labels ([model=..., shots=...]) wrap instead of colliding
         for k, kind in enumerate(kinds):
             ax = fig.add_subplot(grid[k * nrows + r, c], gid=f"{kind}:{col}")
             if kind == "scatter":
@@ -390,14 +394,14 @@ def _legend_handles(pts: pd.DataFrame, labels: list[str], styles: dict[str, _Sty
         if label == "none":
             # The same handle explains the star (scatter) and the dashed reference line (bars).
             handles.append(Line2D([], [], color="black", marker="*", markersize=12, linestyle="--",
-                                  label="no fine-tuning (none)"))
+                                  label=st.name))
         elif pts.loc[pts["label"] == label, "curve"].any():
             a = pts.loc[(pts["label"] == label) & pts["curve"], "alpha"]
             handles.append(Line2D([], [], color=st.color, marker=st.marker, linestyle="-",
-                                  label=f"{label} curve (α {a.min():g}→{a.max():g}, hollow: α {a.min():g})"))
+                                  label=f"{st.name} curve (α {a.min():g}→{a.max():g}, hollow: α {a.min():g})"))
         else:
             handles.append(Line2D([], [], color=st.color, marker=st.marker, linestyle="none", markersize=7,
-                                  label=label))
+                                  label=st.name))
     if bars:
         handles.append(Patch(facecolor="white", edgecolor="black", linewidth=2.0, label="best bar"))
     return handles
