@@ -174,6 +174,11 @@ def run(
     from ftbench.protocols.base import get_protocol
 
     proto = get_protocol(spec.protocol)
+    curve: list[str] = []
+    if len(rows) > 1:  # WiSE-FT's alphas, --checkpoints: the headline is the row `report` selects on this run
+        from ftbench.report.table import run_curve
+
+        row, curve = run_curve(path, proto.selections["val"][1])
     out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
               f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}"
               f"  (protocol {spec.protocol})")
@@ -185,6 +190,8 @@ def run(
     extra = f"   OOD val acc {row['ood_val_acc']:.2f}%" if "ood_val_acc" in row else ""
     out.print(f"  val acc {row['val_acc']:6.2f}%   ({proto.selections['val'][1]}){extra}   status {row['status']}   "
               f"{row['n_trainable']:,}/{row['n_params']:,} params trained   {row['train_seconds']:.2f} s on {row['device']}")
+    for line in curve:
+        out.print(escape(f"  {line}"))
     out.print(f"  -> {path}")
 
 
