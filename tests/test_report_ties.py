@@ -69,7 +69,7 @@ def test_an_equal_loss_falls_back_to_the_smaller_learning_rate(tmp_path: Path) -
     assert _chosen_lr(tmp_path) == 1e-3
 
 
-def _table(folder: Path, fmt: str, *extra: str, cli) -> str:  # noqa: ANN001
+def _table(folder: Path, fmt: str, *extra: str, cli) -> str:
     r = cli("report", folder, "--format", fmt, *extra)
     assert r.code == 0, r.err
     return r.out

@@ -206,6 +206,8 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
     df = _candidates(df, checkpoint)
     if df.empty:
         return df
+    if not df.index.is_unique:  # the tie rule marks the chosen rows by index (frames concatenated by a caller)
+        df = df.reset_index(drop=True)
     score = _scores(df, selection, metric)
     if selection != "oracle":  # a row without the selection value cannot be chosen (unselectable_rows)
         df, score = df[score.notna()], score[score.notna()]
@@ -457,7 +459,6 @@ def run_curve(path: object, split: str) -> tuple[dict, list[str]]:
     pick = chosen.iloc[0]
     sets = [c for c in df.columns if c.startswith("ood.") and c.endswith("_acc") and "_" not in c[4:-4]]
     alphas = "alpha" in df.columns and pd.to_numeric(df["alpha"], errors="coerce").notna().any()
-
     last = pd.to_numeric(df["step"], errors="coerce").max()
 
     def name(r: pd.Series) -> str:  # the alpha, and the step of a checkpoint before the end of training
@@ -467,14 +468,16 @@ def run_curve(path: object, split: str) -> tuple[dict, list[str]]:
     how = f"the best {split} accuracy"
     if pick.get("_tie"):
         how += f" (a tie of {int(pick['_tied'])}, broken by {TIE_WORDS.get(pick['_tie'], pick['_tie'])})"
-    what = "alpha" if alphas else "checkpoint"
+    what = "alpha" if alphas and not (pd.to_numeric(df["step"], errors="coerce") < last).any() else \
+        "checkpoint" if not alphas else "row"
+    width = max(12, *(len(name(r)) + 2 for _, r in df.iterrows()))
     lines = [f"headline numbers above: {name(pick)}, the {what} with {how}, as `ftbench report` selects",
-             f"{'':14s}{'val acc':>9s}{'ID acc':>9s}{'OOD acc':>9s}" + "".join(f"{c[4:-4]:>9s}" for c in sets)]
+             f"{'':{width + 2}s}{'val acc':>9s}{'ID acc':>9s}{'OOD acc':>9s}" + "".join(f"{c[4:-4]:>9s}" for c in sets)]
     order = df.assign(_a=pd.to_numeric(df["alpha"], errors="coerce") if alphas else 0.0,
                       _s=pd.to_numeric(df["step"], errors="coerce"))
     for i, r in order.sort_values(["_a", "_s"], kind="mergesort").iterrows():
         vals = "".join(f"{float(r[c]):8.2f}%" for c in ["val_acc", "id_acc", "ood_acc", *sets])
-        lines.append(f"  {name(r):12s}{vals}" + ("  <- headline" if i == pick.name else ""))
+        lines.append(f"  {name(r):{width}s}{vals}" + ("  <- headline" if i == pick.name else ""))
     return pick.to_dict(), lines
 
 
