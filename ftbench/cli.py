@@ -613,7 +613,8 @@ def report(
                                    "(a deterministic baseline must be refreshed in the commit that moves the numbers)", rich_help_panel="Regression gate"),
     show_selected: bool = typer.Option(False, "--show-selected", help="also print which run (and checkpoint or "
                                        "WiSE-FT alpha) each cell chose per seed, with its hyperparameters "
-                                       "(json output always carries them)", rich_help_panel="Table"),
+                                       "and, for a tie, what broke it (json output always carries them)",
+                                       rich_help_panel="Table"),
     compare_methods: Optional[tuple[str, str]] = typer.Option(None, "--compare-methods", metavar="A B",
                                                               help="does row A beat row B? the paired per-seed "
                                                               "difference A - B per column with a 95% t interval over "
