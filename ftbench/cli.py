@@ -183,6 +183,11 @@ def run(
     from ftbench.protocols.base import get_protocol
 
     proto = get_protocol(spec.protocol)
+    curve: list[str] = []
+    if len(rows) > 1:  # WiSE-FT's alphas, --checkpoints: the headline is the row `report` selects on this run
+        from ftbench.report.table import run_curve
+
+        row, curve = run_curve(path, proto.selections["val"][1])
     out.print(f"run {row['run_id']}  {spec.benchmark}/{spec.shift}"
               f"{'/' + spec.corruption + '-' + str(spec.severity) if spec.corruption else ''}  {spec.method}{blocks}"
               f"  (protocol {spec.protocol})")
@@ -194,6 +199,8 @@ def run(
     extra = f"   OOD val acc {row['ood_val_acc']:.2f}%" if "ood_val_acc" in row else ""
     out.print(f"  val acc {row['val_acc']:6.2f}%   ({proto.selections['val'][1]}){extra}   status {row['status']}   "
               f"{row['n_trainable']:,}/{row['n_params']:,} params trained   {row['train_seconds']:.2f} s on {row['device']}")
+    for line in curve:
+        out.print(escape(f"  {line}"))
     out.print(f"  -> {path}")
 
 
@@ -640,7 +647,8 @@ def report(
                                    "(a deterministic baseline must be refreshed in the commit that moves the numbers)", rich_help_panel="Regression gate"),
     show_selected: bool = typer.Option(False, "--show-selected", help="also print which run (and checkpoint or "
                                        "WiSE-FT alpha) each cell chose per seed, with its hyperparameters "
-                                       "(json output always carries them)", rich_help_panel="Table"),
+                                       "and, for a tie, what broke it (json output always carries them)",
+                                       rich_help_panel="Table"),
     compare_methods: Optional[tuple[str, str]] = typer.Option(None, "--compare-methods", metavar="A B",
                                                               help="does row A beat row B? the paired per-seed "
                                                               "difference A - B per column with a 95% t interval over "

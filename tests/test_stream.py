@@ -152,6 +152,10 @@ def test_evaluation_streams_and_computes_the_benchmark_metrics_from_the_same_pre
     assert acc_s == acc_m and extra_s == extra_m and set(extra_s) == {"worst_group_acc"}
     assert torch.equal(seen["pred"], loop.predictions(model, mem))
     assert acc_s == pytest.approx(float((seen["pred"] == mem.y).float().mean()) * 100)
+    # The selection split's loss streams too (batches of 256 against the labels in order): the same
+    # cross-entropy, up to the logits' rounding (~1e-6 relative) summed over 40 images.
+    loss_s = loop.evaluate(model, stream, loss=True)[1]["loss"]
+    assert loss_s == pytest.approx(loop.evaluate(model, mem, loss=True)[1]["loss"], rel=1e-5)
 
 
 # --- JPEGs decoded on the device (nvJPEG on CUDA; FTBENCH_DEVICE_DECODE=1 takes that path on a CPU) ---

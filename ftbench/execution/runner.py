@@ -103,14 +103,19 @@ class Trained:
         return self.task
 
 
+SELECTION_ROLES = ("val", "ood-val", "source-val")  # the splits report --select chooses on
+
+
 def _evaluate(model: BlockModel, task: Task) -> dict[str, float]:
     """The accuracies (and benchmark metrics) of a result row, one per scored split of the task
     (``<prefix>_acc``, ``<prefix>_<metric>``); with several OOD test sets (``ood.<set>_*``), ``ood_acc``
-    and each ``ood_<metric>`` all sets have are their means. Restores the modules' modes afterwards."""
+    and each ``ood_<metric>`` all sets have are their means; the selection splits also get their mean
+    cross-entropy (``val_loss``, ``ood_val_loss``, ``source_val_loss``). Restores the modules' modes afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     out: dict[str, float] = {}
     for sc in task.scored:
-        out[f"{sc.prefix}_acc"], extra = evaluate(model, sc.split, sc.metrics, sc.classes)
+        loss = sc.role in SELECTION_ROLES  # <prefix>_loss: the report breaks ties on accuracy by it
+        out[f"{sc.prefix}_acc"], extra = evaluate(model, sc.split, sc.metrics, sc.classes, loss=loss)
         out.update({f"{sc.prefix}_{k}": v for k, v in extra.items()})
     sets = [p for p in task.ood_prefixes if p != "ood"]
     if sets:  # the headline OOD number: the mean over the OOD test sets, as the papers average them

@@ -206,14 +206,75 @@ def select(df: pd.DataFrame, selection: str = DEFAULT_SELECTION, checkpoint: str
     df = _candidates(df, checkpoint)
     if df.empty:
         return df
+    if not df.index.is_unique:  # the tie rule marks the chosen rows by index (frames concatenated by a caller)
+        df = df.reset_index(drop=True)
     score = _scores(df, selection, metric)
     if selection != "oracle":  # a row without the selection value cannot be chosen (unselectable_rows)
         df, score = df[score.notna()], score[score.notna()]
-    df = df.assign(_score=score.fillna(-math.inf))
-    # Deterministic tie-break: run id order (never the test metric).
-    df = df.sort_values(["_score", "run_id"], ascending=[False, True], kind="mergesort")
+    df = df.assign(_score=score.fillna(-math.inf), _loss=_losses(df, selection))
     keys = ROW_KEY + COL_KEY + ["seed"]
-    return df.groupby(keys, dropna=False, sort=False).head(1).drop(columns="_score")
+    # The tie rule (TIE_PREFERENCE): the loss breaks a tie only where every tied candidate has one.
+    top = df["_score"] == df.groupby(keys, dropna=False, sort=False)["_score"].transform("max")
+    has_loss = (df["_loss"].notna() | ~top).groupby([df[k] for k in keys], dropna=False, sort=False).transform("all")
+    df = df.assign(_loss=df["_loss"].where(has_loss))
+    prefs = [c for c in TIE_PREFERENCE if c in df.columns]
+    df = df.sort_values(["_score", "_loss", *prefs, "run_id"], ascending=[False] + [True] * (len(prefs) + 2),
+                        na_position="last", kind="mergesort")
+    chosen = df.groupby(keys, dropna=False, sort=False).head(1)
+    return _mark_ties(df, chosen, keys, prefs).drop(columns=["_score", "_loss"])
+
+
+# The tie rule (docs/report.md#ties). Candidates of one cell and seed with the same selection value go to
+# the lower loss on the selection split (val_loss, ood_val_loss, source_val_loss: mean cross-entropy;
+# rows written before ftbench recorded it have none), then to the setting closest to the pretrained model:
+# the smaller learning rate, the smaller WiSE-FT alpha, the earlier checkpoint, fewer steps or epochs;
+# then the smaller wd and batch size, and the optimizer and options by name (a fixed order, never a
+# test metric). Only identical settings are left to the run id.
+TIE_PREFERENCE = ("lr", "alpha", "step", "steps", "epochs", "wd", "batch_size", "optimizer", "options")
+TIE_WORDS = {"loss": "the lower loss on the selection split", "lr": "the smaller learning rate",
+             "alpha": "the smaller WiSE-FT alpha", "step": "the earlier checkpoint", "steps": "fewer steps",
+             "epochs": "fewer epochs", "wd": "the smaller weight decay", "batch_size": "the smaller batch size",
+             "optimizer": "the optimizer's name", "options": "the method options' text", "run_id": "the run id"}
+
+
+def _losses(df: pd.DataFrame, selection: str) -> pd.Series:
+    """The loss on each row's selection split (``val_acc`` -> ``val_loss``, ...), NaN where a row has none
+    (older results; ``--select oracle``, whose split is the test split)."""
+    loss = pd.Series(float("nan"), index=df.index)
+    if selection == "oracle":
+        return loss
+    for name in protocols_of(df):
+        col = selection_column(selection, "ood_acc", name).removesuffix("_acc") + "_loss"
+        if col in df.columns:
+            rows = df["protocol"] == name
+            loss.loc[rows] = pd.to_numeric(df.loc[rows, col], errors="coerce").to_numpy()
+    return loss
+
+
+def _mark_ties(ranked: pd.DataFrame, chosen: pd.DataFrame, keys: list[str], prefs: list[str]) -> pd.DataFrame:
+    """``chosen`` with ``_tied`` (how many distinct candidates shared the best selection value: a run,
+    checkpoint step and alpha each) and ``_tie`` (what decided among them: ``loss``, a TIE_PREFERENCE
+    column or ``run_id``; "" without a tie). ``ranked``: the candidates in the order of the tie rule."""
+    ident = ["run_id", *(c for c in ("step", "alpha") if c in ranked.columns)]
+    best = ranked.groupby(keys, dropna=False, sort=False)["_score"].transform("first")
+    top = ranked[ranked["_score"] == best].drop_duplicates([*keys, *ident])
+    tied = top.groupby(keys, dropna=False, sort=False)["run_id"].transform("size")
+    tie = pd.Series("", index=chosen.index, dtype=object)
+    n = pd.Series(1, index=chosen.index)
+    for _, part in top[tied > 1].groupby(keys, dropna=False, sort=False):
+        first, second = part.iloc[0], part.iloc[1]
+        decided = "run_id"
+        if first["_loss"] == first["_loss"] and first["_loss"] < second["_loss"]:
+            decided = "loss"
+        else:
+            for c in prefs:
+                a, b = first[c], second[c]
+                if not ((a is None or a != a) and (b is None or b != b)) and a != b:
+                    decided = c
+                    break
+        tie[first.name] = decided
+        n[first.name] = len(part)
+    return chosen.assign(_tie=tie, _tied=n)
 
 
 def _candidates(df: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
@@ -349,13 +410,75 @@ def selected_records(chosen: pd.DataFrame) -> list[dict]:
             if v is not None and v == v and not (k == "alpha" and v == 1):
                 v = v.item() if hasattr(v, "item") else v
                 rec[k] = int(v) if k in ("steps", "epochs", "step") else v
+        if r.get("_tie"):  # several candidates had the best selection value: the tie rule decided
+            rec["tie"], rec["tied"] = str(r["_tie"]), int(r["_tied"])
         recs.append(rec)
     return recs
 
 
 def _chosen(record: dict) -> str:
-    """What one selected record chose, as ``lr=0.001 wd=0.0001 steps=50 ...``."""
-    return " ".join(f"{k}={_show(record[k])}" for k in SELECTED_FIELDS if k in record)
+    """What one selected record chose, as ``lr=0.001 wd=0.0001 steps=50 ...``, and how a tie was broken."""
+    text = " ".join(f"{k}={_show(record[k])}" for k in SELECTED_FIELDS if k in record)
+    if record.get("tie"):
+        text += f" (tie of {record['tied']}, broken by {TIE_WORDS.get(record['tie'], record['tie'])})"
+    return text
+
+
+def tie_counts(grid: Grid) -> dict[str, int]:
+    """How many of ``grid``'s per-seed selections the tie rule decided, in all and by each criterion
+    (``loss``, ``lr``, ...), and how many selections there are (``of``)."""
+    by: dict[str, int] = {}
+    for s in grid.selected:
+        if s.get("tie"):
+            by[s["tie"]] = by.get(s["tie"], 0) + 1
+    order = ["loss", *TIE_PREFERENCE, "run_id"]
+    by = dict(sorted(by.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return {"decided": sum(by.values()), "of": len(grid.selected), **by}
+
+
+def tie_note(grid: Grid) -> str:
+    """The footnote of a table some of whose cells the tie rule decided ("" if none)."""
+    counts = tie_counts(grid)
+    if not counts["decided"]:
+        return ""
+    how = [f"{n} by {TIE_WORDS.get(k, k)}" for k, n in counts.items() if k not in ("decided", "of")]
+    return (f"Ties: {counts['decided']} of {counts['of']} cells (per seed) decided by the tie rule, several "
+            f"candidates having the best selection value: {', '.join(how)} (--show-selected names them).")
+
+
+def run_curve(path: object, split: str) -> tuple[dict, list[str]]:
+    """What ``ftbench run`` prints for one run of several result rows (WiSE-FT's alphas, ``--checkpoints``):
+    the row :func:`select` chooses when ``report`` reads the run's result file ``path`` alone (the
+    headline), and lines naming it and listing every row (``split``: the selection split's name)."""
+    from ftbench.results.store import read_results
+
+    df = read_results(path)[0]
+    chosen = select(df)
+    if chosen.empty:  # not ok: the end of training, as written
+        return df.iloc[-1].to_dict(), []
+    pick = chosen.iloc[0]
+    sets = [c for c in df.columns if c.startswith("ood.") and c.endswith("_acc") and "_" not in c[4:-4]]
+    alphas = "alpha" in df.columns and pd.to_numeric(df["alpha"], errors="coerce").notna().any()
+    last = pd.to_numeric(df["step"], errors="coerce").max()
+
+    def name(r: pd.Series) -> str:  # the alpha, and the step of a checkpoint before the end of training
+        parts = [f"alpha={_show(float(r['alpha']))}"] if alphas else []
+        return " ".join(parts + ([f"step={int(r['step'])}"] if r["step"] < last else [])) or f"step={int(last)}"
+
+    how = f"the best {split} accuracy"
+    if pick.get("_tie"):
+        how += f" (a tie of {int(pick['_tied'])}, broken by {TIE_WORDS.get(pick['_tie'], pick['_tie'])})"
+    what = "alpha" if alphas and not (pd.to_numeric(df["step"], errors="coerce") < last).any() else \
+        "checkpoint" if not alphas else "row"
+    width = max(12, *(len(name(r)) + 2 for _, r in df.iterrows()))
+    lines = [f"headline numbers above: {name(pick)}, the {what} with {how}, as `ftbench report` selects",
+             f"{'':{width + 2}s}{'val acc':>9s}{'ID acc':>9s}{'OOD acc':>9s}" + "".join(f"{c[4:-4]:>9s}" for c in sets)]
+    order = df.assign(_a=pd.to_numeric(df["alpha"], errors="coerce") if alphas else 0.0,
+                      _s=pd.to_numeric(df["step"], errors="coerce"))
+    for i, r in order.sort_values(["_a", "_s"], kind="mergesort").iterrows():
+        vals = "".join(f"{float(r[c]):8.2f}%" for c in ["val_acc", "id_acc", "ood_acc", *sets])
+        lines.append(f"  {name(r):{width}s}{vals}" + ("  <- headline" if i == pick.name else ""))
+    return pick.to_dict(), lines
 
 
 def render_selected(grid: Grid, fmt: str) -> str:
@@ -781,6 +904,8 @@ def render_markdown(grid: Grid) -> str:
             vals.append(f"**{t}**" if c is not None and c.best else t)
         out.append(f"| {r} | " + " | ".join(vals) + " |")
     out += ["", f"*{grid.caption} Best in bold.*"]
+    if tie_note(grid):
+        out += ["", f"*{tie_note(grid)}*"]
     return "\n".join(out) + "\n"
 
 
@@ -826,8 +951,10 @@ def render_latex(grid: Grid) -> str:
             t = _fmt(c, show_n, pm=r"$\pm$").replace("–", "--")
             vals.append(rf"\textbf{{{t}}}" if c is not None and c.best else t)
         lines.append(" & ".join([name(r)] + vals) + r" \\")
+    ties = (" " + _tex(tie_note(grid))) if tie_note(grid) else ""
     lines += [r"\bottomrule", r"\end{tabular}",
-              r"\par\smallskip\begin{minipage}{\linewidth}\footnotesize " + _tex(grid.caption) + r" Best in bold.\end{minipage}",
+              r"\par\smallskip\begin{minipage}{\linewidth}\footnotesize " + _tex(grid.caption) + r" Best in bold."
+              + ties + r"\end{minipage}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -835,7 +962,8 @@ def render_latex(grid: Grid) -> str:
 def render_html(grid: Grid) -> str:
     show_n = len(grid.n_values()) > 1
     e = html.escape
-    out = ["<table class=\"ftbench\">", f"<caption>{e(grid.title)}. {e(grid.caption)} Best in bold.</caption>",
+    ties = f" {e(tie_note(grid))}" if tie_note(grid) else ""
+    out = ["<table class=\"ftbench\">", f"<caption>{e(grid.title)}. {e(grid.caption)} Best in bold.{ties}</caption>",
            "<thead>", "<tr><th rowspan=\"2\">" + e(grid.row_header) + "</th>" +
            "".join(f"<th colspan=\"{len(s)}\">{e(g)}</th>" for g, s in grid.groups) + "</tr>",
            "<tr>" + "".join(f"<th>{e(s)}</th>" for _, s in _flat(grid)) + "</tr>", "</thead>", "<tbody>"]
@@ -863,8 +991,8 @@ def _records(grid: Grid) -> list[dict]:
 
 def render_csv(grid: Grid, show_selected: bool = False) -> str:
     buf = io.StringIO()
-    columns = ["row", "column", "metric", "mean", "std", "n", "best"]
-    recs = _records(grid)
+    columns = ["row", "column", "metric", "mean", "std", "n", "best", "ties"]
+    recs = [{**rec, "ties": tie_counts(grid)["decided"]} for rec in _records(grid)]  # the table's, as its footnote
     if show_selected:  # per seed, what the cell's row and column chose (column labels as the table's)
         columns.append("selected")
         chosen: dict[tuple[str, str], list[str]] = {}
@@ -884,7 +1012,7 @@ def render_json(grid: Grid) -> str:
     doc = {"title": grid.title, "caption": grid.caption, "row_header": grid.row_header, "rows": grid.rows,
            "columns": [{"label": g, "metrics": s} for g, s in grid.groups],
            "cells": [{k: clean(v) for k, v in rec.items()} for rec in _records(grid)],
-           "selected": [{k: clean(v) for k, v in rec.items()} for rec in grid.selected]}
+           "selected": [{k: clean(v) for k, v in rec.items()} for rec in grid.selected], "ties": tie_counts(grid)}
     return json.dumps(doc, indent=2) + "\n"
 
 
@@ -893,7 +1021,9 @@ def render_rich(grid: Grid):  # noqa: ANN201 - rich.table.Table
     from rich.table import Table as RichTable
 
     show_n = len(grid.n_values()) > 1
-    caption = escape(grid.caption + " Best in bold green with *.") if grid.caption else None  # a split table's parts: none
+    note = f"\n{tie_note(grid)}" if tie_note(grid) else ""
+    # A split table's parts have no caption: the whole table's caption and tie note follow the last part.
+    caption = escape(grid.caption + " Best in bold green with *." + note) if grid.caption else None
     table = RichTable(title=escape(grid.title), caption=caption, caption_justify="left")
     table.add_column(escape(grid.row_header), style="bold")
     for g, subs in grid.groups:
@@ -974,7 +1104,8 @@ def rich_tables(grid: Grid, width: int) -> list:  # noqa: ANN201 - rich renderab
     parts = fit_width(grid, width)
     if len(parts) == 1:
         return [render_rich(grid)]
-    caption = Text(escape(grid.caption + " Best in bold green with *.")) if grid.caption else None
+    note = f"\n{tie_note(grid)}" if tie_note(grid) else ""
+    caption = Text(escape(grid.caption + " Best in bold green with *." + note)) if grid.caption else None
     return [render_rich(p) for p in parts] + [x for x in (caption, Text(escape(split_note(parts, width)), style="dim"))
                                               if x is not None]
 

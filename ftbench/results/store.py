@@ -60,6 +60,8 @@ SCHEMA = pa.schema(
         ("ood_acc", pa.float64()),
         ("val_acc", pa.float64()),
         ("source_val_acc", pa.float64()),
+        ("val_loss", pa.float64()),  # mean cross-entropy on val (selection's tie-break); absent in older files
+        ("source_val_loss", pa.float64()),  # ... on source val (few-shot)
         ("step", pa.int64()),  # optimizer steps done when evaluated
         ("final", pa.bool_()),  # False for checkpoint rows (--checkpoints), True for the end of training
         ("checkpoints", pa.int64()),

@@ -219,14 +219,28 @@ def predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None,
     In-memory splits go in batches of 4096; streamed ones (:class:`ftbench.data.stream.StreamSplit`)
     in the decoder pool's batches of 256, each moved to the device as it is decoded.
     """
+    return _predictions(model, data, batch_size, classes)[0]
+
+
+def _predictions(model: nn.Module, data: AnySplit, batch_size: int | None = None,
+                 classes: Sequence[int] | None = None, loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`predictions`, and with ``loss`` the summed cross-entropy of the logits (in float32) at
+    the labels, from the same forward passes (None without ``loss``)."""
     out = []
+    total = torch.zeros((), dtype=torch.float64, device=data.device) if loss else None
     bs = batch_size or (4096 if isinstance(data, Split) else 256)
     sub = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=data.device)
+    start = 0
     for xb in data.batches(bs):
         with autocast(xb.device, "eval"):
             logits = model(xb)
             out.append(logits.argmax(dim=1) if sub is None else sub[logits[:, sub].argmax(dim=1)])
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=data.device)
+        if total is not None:
+            yb = data.y[start : start + xb.shape[0]].to(logits.device)
+            total += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+        start += xb.shape[0]
+    preds = torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=data.device)
+    return preds, total
 
 
 def accuracy(model: nn.Module, data: AnySplit) -> float:
@@ -236,12 +250,18 @@ def accuracy(model: nn.Module, data: AnySplit) -> float:
 
 def evaluate(model: nn.Module, data: AnySplit,
              metrics: Callable[[torch.Tensor, AnySplit], dict[str, float]] | None = None,
-             classes: Sequence[int] | None = None) -> tuple[float, dict[str, float]]:
+             classes: Sequence[int] | None = None, loss: bool = False) -> tuple[float, dict[str, float]]:
     """Top-1 accuracy in % of ``model`` (put in eval mode here) on ``data``, and the benchmark's
-    extra ``metrics`` of the same predictions (one pass over the data); ``classes``: see predictions."""
+    extra ``metrics`` of the same predictions (one pass over the data); ``classes``: see predictions.
+    With ``loss`` the extras also hold ``"loss"``: the mean cross-entropy over ``data`` (what selection
+    breaks ties on, docs/report.md#ties); not with ``classes``, whose labels index a subset of logits."""
     model.eval()
     if len(data) == 0:
-        return float("nan"), {}
-    pred = predictions(model, data, classes=classes)
+        return float("nan"), ({"loss": float("nan")} if loss else {})
+    with torch.inference_mode():
+        pred, total = _predictions(model, data, classes=classes, loss=loss and classes is None)
     acc = float((pred == data.y.to(pred.device)).float().mean()) * 100.0
-    return acc, (metrics(pred, data) if metrics is not None else {})
+    extra = metrics(pred, data) if metrics is not None else {}
+    if total is not None:
+        extra = {**extra, "loss": float(total) / len(data)}
+    return acc, extra
