@@ -81,7 +81,7 @@ def test_a_selection_that_applies_to_some_runs_applies_to_those_with_a_notice(cl
         notes = [ln for ln in r.err.splitlines() if f"--select {select}" in ln]
         assert len(notes) == 1 and notes[0].startswith("note:") and f"{rest} runs on digits" in notes[0], r.err
         for part in out.split("### ")[1:]:
-            caption = [ln for ln in part.strip().splitlines() if not ln.startswith("*Ties:")][-1]  # the tie footnote follows
+            caption = [ln for ln in part.strip().splitlines() if ln and not ln.startswith("*Ties:")][-1]  # the tie footnote follows
             if f"protocol={applies}" in part:
                 assert {"ood-val": "OOD validation", "source-val": "source validation"}[select] in caption
             else:
