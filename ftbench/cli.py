@@ -382,7 +382,7 @@ def _report(
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
     two_sided: bool = False, show_selected: bool = False, compare_methods: Optional[tuple[str, str]] = None,
     rows: Optional[str] = None, label: Optional[str] = None, caption: Optional[str] = None,
-    panels: Optional[str] = None, plot_title: Optional[str] = None,
+    panels: Optional[str] = None, plot_title: Optional[str] = None, mark_vs: Optional[str] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
@@ -471,6 +471,15 @@ def _report(
         if target is not None:
             check_output_file(target, flag)  # before any work: a table is not computed to be lost
 
+    if mark_vs is not None:
+        if compare is not None or compare_methods is not None:
+            raise UsageError("--mark-vs marks cells of the tables, which --compare/--compare-methods replace; give "
+                             "it without them")
+        if table == "blocks":
+            raise UsageError("--mark-vs marks cells against a row of methods or tuned blocks; --table blocks has "
+                             "shifts as rows: use it with --table shifts, methods, corruptions or robustness")
+        if not mark_vs.strip():
+            raise UsageError("--mark-vs expects a row name as the table prints it (e.g. full, lp-ft, 'block 1')")
     if compare_methods is not None:
         clash = [flag for flag, given in (("--baseline", baseline is not None), ("--compare", compare is not None),
                                           ("--plot", plot is not None), ("--show-selected", show_selected),
@@ -576,6 +585,16 @@ def _report(
         parts, grids = [x for x, _ in built], [g for _, g in built]
         from ftbench.report.table import rows_in, select_rows
 
+        if mark_vs is not None:  # significance marks against a named row, in each table that has it
+            from ftbench.report.paired import mark_against
+
+            having = [g for g in grids if rows_in(g, [mark_vs])]
+            for g in having or grids[:1]:  # no table has it: the first one's error names its rows
+                mark_against(g, mark_vs)
+            for (group, _, _), g in zip(parts, grids):
+                if having and all(g is not h for h in having):
+                    print(clean(f"note: --mark-vs {mark_vs}: no such row in the table for {group}; it is not marked"),
+                          file=sys.stderr)
         for g in grids:
             if row_names is not None:  # with one table per protocol and model: the rows each one has
                 select_rows(g, row_names if len(grids) == 1 else rows_in(g, row_names))
@@ -668,13 +687,16 @@ def report(
     plot_title: Optional[str] = typer.Option(None, "--title", help="one-line title of the tables and of the --plot "
                                              "figure ('' for none: the figure then has no title and no protocol "
                                              "lines; put them in the paper's caption)", rich_help_panel="Paper output"),
+    mark_vs: Optional[str] = typer.Option(None, "--mark-vs", metavar="ROW", help="mark each cell ahead of (↑) or "
+                                          "behind (↓) this row in its column: the paired per-seed difference's 95% t "
+                                          "interval excludes 0, as --compare-methods computes it", rich_help_panel="Table"),
 ) -> None:
     """Print the paper-style tables of a results folder; plot; gate against a baseline (exit 1 on regression)."""
     code = _report(results, fmt, select, output, table=table, metric=metric, filters=tuple(filter_),
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
                    allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
                    two_sided=two_sided, show_selected=show_selected, compare_methods=compare_methods,
-                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title)
+                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title, mark_vs=mark_vs)
     if code:
         raise typer.Exit(code)
 

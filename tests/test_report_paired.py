@@ -48,3 +48,41 @@ def test_the_cli_prints_the_table_and_refuses_what_it_cannot_do(cli, tmp_path: P
     assert {p["measure"] for p in json.loads(r.out)} >= {"ID", "OOD"}
     r = cli("report", str(SMALL), "--compare-methods", "block 9", "last layer")
     assert r.code == 2 and "no row 'block 9'" in r.err and "accepted:" in r.err
+
+
+def test_tables_mark_cells_ahead_of_or_behind_a_named_row(cli) -> None:
+    """``--mark-vs full``: a cell is marked exactly where ``--compare-methods ROW full`` resolves the
+    paired difference on that column and measure, ↑ ahead and ↓ behind; the caption says so."""
+    from ftbench.report.paired import mark_against
+    from ftbench.report.table import build
+    from ftbench.results.store import read_results
+
+    df, _ = read_results(SMALL)
+    grid = build(df, "shifts", "val")
+    marked = mark_against(grid, "FT")  # a display name names the row too
+    expected = {}
+    for row in ("block 1", "last layer"):
+        for p in compare_methods(df, row, "full", "val"):
+            if p.measure in ("OOD", "ID"):
+                expected[(row, p.column, p.measure)] = ("up" if p.mean > 0 else "down") if p.resolved else ""
+    got = {(r, g, s): c.mark for (r, g, s), c in grid.cells.items() if r != "full"}
+    assert got == expected and marked == sum(1 for m in expected.values() if m) > 0
+    assert not any(c.mark for (r, _, _), c in grid.cells.items() if r == "full")
+    assert "↑/↓: ahead of / behind FT in the same column" in grid.caption
+    md = cli("report", SMALL, "--format", "markdown", "--mark-vs", "full").out
+    assert "↑" in md and "↓" in md and f"{marked} cell(s) marked" in md
+    tex = cli("report", SMALL, "--format", "latex", "--mark-vs", "full").out
+    assert r"$^{\uparrow}$" in tex and "↑" not in tex and "↓" not in tex  # pdflatex takes it as it is
+    records = json.loads(cli("report", SMALL, "--format", "json", "--mark-vs", "full").out)["cells"]
+    assert sum(1 for r in records if r.get("mark")) == marked
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--mark-vs", "nope"), "error: --mark-vs: no row 'nope' in the table; accepted: 'block 1', 'last layer', 'full'"),
+    (("--mark-vs", "full", "--table", "blocks"), "error: --mark-vs marks cells against a row of methods"),
+    (("--mark-vs", "full", "--compare-methods", "full", "block 1"), "error: --mark-vs marks cells of the tables"),
+    (("--mark-vs", " "), "error: --mark-vs expects a row name"),
+])
+def test_mark_vs_refuses_what_it_cannot_mark(cli, args: tuple[str, ...], message: str) -> None:
+    r = cli("report", SMALL, *args)
+    assert r.code == 2 and r.err.strip().splitlines()[-1].startswith(message), r.err

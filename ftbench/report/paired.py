@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from ftbench.errors import UsageError
-from ftbench.report.table import METRIC_NAMES, _per_seed, label_columns, ood_sets, select
+from ftbench.report.table import METRIC_NAMES, Grid, _match_rows, _per_seed, label_columns, ood_sets, select
 
 CONFIDENCE = 0.95
 MAX_SEEDS_SUGGESTED = 1000
@@ -135,3 +135,27 @@ def render(pairs: list[Paired], a: str, b: str, fmt: str) -> str:
         sd = f"{p.sd:.1f}" if p.n > 1 else "—"
         head.append(f"| {p.column} | {p.measure} | {p.n} | {p.mean:+.1f} | {sd} | {ci} | {verdict} |")
     return "\n".join(head + [""] + [sentence(p, a, b) for p in pairs]) + "\n"
+
+
+def mark_against(grid: Grid, baseline: str) -> int:
+    """Mark the cells of ``grid`` whose paired per-seed difference from row ``baseline`` (the same
+    column and measure, the seeds both have) is resolved: a 95 % t interval above 0 (``up``, ↑) or
+    below it (``down``, ↓), as :func:`difference` computes it for ``--compare-methods``. Cells of one
+    seed are never marked. ``baseline`` is a row label or its display name; the caption says what the
+    marks mean. Returns the number of cells marked."""
+    (row,) = _match_rows(grid.rows, grid.display, [baseline], "--mark-vs")
+    marked = 0
+    for (r, group, sub), cell in grid.cells.items():
+        base = grid.cells.get((row, group, sub))
+        cell.mark = ""
+        if r == row or base is None or not cell.seeds or not base.seeds:
+            continue
+        p = difference(pd.Series(cell.seeds), pd.Series(base.seeds), group, sub)
+        if p.resolved:
+            cell.mark = "up" if p.mean > 0 else "down"
+            marked += 1
+    name = grid.display.get(row, row)
+    grid.caption += (f" ↑/↓: ahead of / behind {name} in the same column, the paired per-seed difference's "
+                     f"{CONFIDENCE:.0%} t interval (over the seeds both have) excluding 0; {marked} cell(s) marked."
+                     ).replace("%", " %")
+    return marked

@@ -64,6 +64,9 @@ class Cell:
     std: float
     n: int
     best: bool = False
+    # The per-seed values (seed -> value) the mean is over, for paired comparisons (--mark-vs).
+    seeds: dict = field(default_factory=dict, repr=False, compare=False)
+    mark: str = ""  # "up" / "down": ahead of / behind the --mark-vs row, resolved at 95 % (report/paired.py)
 
 
 @dataclass
@@ -524,15 +527,19 @@ def _ordered(chosen: pd.DataFrame, label: str, key: str) -> list[str]:
 
 
 def _stats(values: pd.Series) -> Cell:
-    v = values.dropna().astype(float)
+    v = values.dropna().astype(float)  # indexed by seed (_per_seed)
     if v.empty:
         return Cell(float("nan"), float("nan"), 0)
-    return Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), int(len(v)))
+    return Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), int(len(v)),
+                seeds={int(k): float(x) for k, x in v.items()})
 
 
 def _per_seed(chosen: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """metric per (by..., seed), averaging duplicate runs of one cell and seed (e.g. from union folders)."""
-    return chosen.groupby(by + ["seed"], sort=False)[metric].mean().reset_index()
+    """metric per (by..., seed), averaging duplicate runs of one cell and seed (e.g. from union folders);
+    the index is the seed too, so a column taken from it keeps which seed each value is."""
+    out = chosen.groupby(by + ["seed"], sort=False)[metric].mean().reset_index()
+    out.index = pd.Index(out["seed"].to_numpy())
+    return out
 
 
 def _mark_best(grid: Grid, along: str, sub: str) -> None:
@@ -615,7 +622,7 @@ def display_names(chosen: pd.DataFrame) -> dict[str, str]:
     return names
 
 
-def _match_rows(labels: list[str], display: dict[str, str], wanted: list[str]) -> list[str]:
+def _match_rows(labels: list[str], display: dict[str, str], wanted: list[str], flag: str = "--rows") -> list[str]:
     """The labels ``wanted`` names (by label or display name, in any case), in that order."""
     by_name: dict[str, str] = {}
     for r in labels:
@@ -625,10 +632,10 @@ def _match_rows(labels: list[str], display: dict[str, str], wanted: list[str]) -
     for w in wanted:
         r = by_name.get(w.strip().casefold())
         if r is None:
-            raise UsageError(f"--rows: no row {w.strip()!r} in the table; accepted: "
+            raise UsageError(f"{flag}: no row {w.strip()!r} in the table; accepted: "
                              + ", ".join(repr(x) for x in labels))
         if r in rows:
-            raise UsageError(f"--rows: row {r!r} given twice")
+            raise UsageError(f"{flag}: row {r!r} given twice")
         rows.append(r)
     return rows
 
@@ -880,11 +887,15 @@ def _corruptions(chosen: pd.DataFrame, selection: str, metric: str, title: str) 
 # Rendering
 
 
-def _fmt(c: Cell | None, show_n: bool, pm: str = "±") -> str:
+MARKS = {"up": "↑", "down": "↓"}  # --mark-vs (report/paired.py); LaTeX: LATEX_MARKS
+LATEX_MARKS = {"up": r"$^{\uparrow}$", "down": r"$^{\downarrow}$"}
+
+
+def _fmt(c: Cell | None, show_n: bool, pm: str = "±", marks: dict[str, str] = MARKS) -> str:
     if c is None or c.mean != c.mean:
         return "–"
     s = f"{c.mean:.1f}" + (f" {pm} {c.std:.1f}" if c.std == c.std else "")
-    return s + (f" (n={c.n})" if show_n else "")
+    return s + marks.get(c.mark, "") + (f" (n={c.n})" if show_n else "")
 
 
 def _flat(grid: Grid) -> list[tuple[str, str]]:
@@ -910,7 +921,8 @@ def render_markdown(grid: Grid) -> str:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--", "α": r"$\alpha$"}
+        "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--", "α": r"$\alpha$",
+        "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
 _TEX_SPECIAL = re.compile("|".join(re.escape(k) for k in _TEX))
 
 
@@ -948,7 +960,7 @@ def render_latex(grid: Grid) -> str:
         vals = []
         for g, s in cols:
             c = grid.cells.get((r, g, s))
-            t = _fmt(c, show_n, pm=r"$\pm$").replace("–", "--")
+            t = _fmt(c, show_n, pm=r"$\pm$", marks=LATEX_MARKS).replace("–", "--")
             vals.append(rf"\textbf{{{t}}}" if c is not None and c.best else t)
         lines.append(" & ".join([name(r)] + vals) + r" \\")
     ties = (" " + _tex(tie_note(grid))) if tie_note(grid) else ""
@@ -985,7 +997,8 @@ def _records(grid: Grid) -> list[dict]:
             c = grid.cells.get((r, g, s))
             if c is not None:
                 recs.append({"row": r, "column": g, "metric": s, "mean": c.mean,
-                             "std": c.std if c.std == c.std else None, "n": c.n, "best": c.best})
+                             "std": c.std if c.std == c.std else None, "n": c.n, "best": c.best,
+                             **({"mark": c.mark} if c.mark else {})})
     return recs
 
 
