@@ -377,3 +377,31 @@ def test_flyp_trains_batchnorm_as_the_releases_model_train() -> None:
     flyp = dataclasses.replace(SPEC, method="flyp", steps=None, batch_size=64)
     default, frozen = resolve(flyp), resolve(dataclasses.replace(flyp, options=(("bn", "frozen"),)))
     assert default.options_dict["bn"] == "train" and frozen.run_id == "7df00b5d5119219d" != default.run_id
+
+
+def test_features_raw_probes_encode_image_s_raw_output(weights: str) -> None:
+    """``--set features=raw`` (LP-FT's clip_model.py): the probe is fitted on the image tower's raw
+    output, not on unit vectors; the default stays unit-normalised, with the run id it had; the row
+    says which (its options); and it is refused where it cannot mean that."""
+    from ftbench.spec import resolve
+    from ftbench.train.runner import execute, fine_tune
+
+    probe = dataclasses.replace(SPEC, method="linear-probe", weights=weights, options=(("c_steps", 2),))
+    raw = dataclasses.replace(probe, options=(("c_steps", 2), ("features", "raw")))
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        unit = fine_tune(probe, "cpu").model.eval()
+        norms = unit.features(x).norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones(4))
+        m = fine_tune(raw, "cpu").model.eval()
+        f = m.features(x)
+        torch.testing.assert_close(f, m.visual(x))
+        assert not torch.allclose(f.norm(dim=-1), torch.ones(4), atol=1e-3)
+    assert resolve(dataclasses.replace(probe, options=(("c_steps", 2), ("features", "unit")))).run_id \
+        == resolve(probe).run_id != resolve(raw).run_id
+    assert dict(execute(raw, "cpu")[-1]["options"])["features"] == "raw"
+    for bad in (dataclasses.replace(raw, protocol="few-shot"), dataclasses.replace(raw, model="digits-resnet"),
+                dataclasses.replace(SPEC, method="full", weights=weights, head_init="zero-shot",
+                                    options=(("features", "raw"),))):
+        with pytest.raises(UsageError, match="features=raw"):
+            resolve(bad)

@@ -84,6 +84,9 @@ class ClipClassifier(BlockModel):
         self.head = nn.Linear(embed_dim, num_classes)
         object.__setattr__(self, "_text", text)  # not a submodule: see the module docstring
         self.arch = arch
+        # features() as unit-length embeddings (open_clip's zero-shot evaluation) or, False, encode_image's
+        # raw output (LP-FT's clip_model.py; a method's --set features=raw). Not saved: set per run.
+        self.unit_features = True
         # The input statistics the tower was pretrained with (OpenAI's, for the clip-* towers; None:
         # the benchmark's own, as digits-clip is trained on them). set_input_stats maps a benchmark's
         # normalised images to them: one per-channel affine map, not a parameter, not saved.
@@ -204,7 +207,8 @@ class ClipClassifier(BlockModel):
             # 96 px) are resized to it, bicubic as CLIP's preprocessing (antialiased when shrinking).
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False,
                               antialias=bool(x.shape[-1] > size[1] or x.shape[-2] > size[0]))
-        return F.normalize(self.visual(x), dim=-1)
+        f = self.visual(x)
+        return F.normalize(f, dim=-1) if self.unit_features else f
 
     def blocks(self) -> OrderedDict[str, list[nn.Module]]:
         v = self.visual

@@ -228,6 +228,8 @@ def _fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None)
     # that train_seconds measures training whether or not this is the process's first run.
     importlib.import_module("torch._dynamo")
 
+    if spec.options_dict.get("features") == "raw":  # --set features=raw (resolve checked: a CLIP model)
+        model.unit_features = False
     _sync(dev)
     t0 = time.perf_counter()
     prepare_head(method, ctx)
