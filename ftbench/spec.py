@@ -37,7 +37,7 @@ OPTIMIZERS = ("adam", "sgd")
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
 LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None,
                 "schedule": None, "warmup": None, "clip_grad": None, "train_precision": None, "eval_precision": None,
-                "augment": None}
+                "augment": None, "input_transform": None}
 # How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
 HEAD_INITS = ("fresh", "zero-shot")
 # Method options added after runs of their method were made, with the value that means what those runs
@@ -93,6 +93,10 @@ class RunSpec:
     eval_precision: str | None = None
     # Training augmentation on the device (ftbench/train/augment.py): "crop" or "crop-flip"; None: none.
     augment: str | None = None
+    # Set by resolution, never by the user: the model's own input transform (InputTransform.key(),
+    # ftbench/data/preprocess.py) where the run starts from the weights it belongs to; None: the
+    # benchmark's transform. In the run id only when set, so runs of models without one keep their ids.
+    input_transform: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -196,6 +200,10 @@ def resolve(spec: RunSpec) -> RunSpec:
 
         spec = dataclasses.replace(spec, weights=resolve_weights(spec.weights, entry))
     protocol.check_weights(bench, spec, entry.weights is not None)
+    from ftbench.models.base import applied_transform
+
+    transform = applied_transform(entry, spec.weights)
+    spec = dataclasses.replace(spec, input_transform=None if transform is None else transform.key())
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
@@ -583,7 +591,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "checkpoints": (int, type(None)), "weights": (str, type(None)), "protocol": (str,),
     "data_version": (int, type(None)), "head_init": (str, type(None)), "schedule": (str, type(None)),
     "warmup": (int, type(None)), "clip_grad": (float, type(None)), "train_precision": (str, type(None)),
-    "eval_precision": (str, type(None)), "augment": (str, type(None)),
+    "eval_precision": (str, type(None)), "augment": (str, type(None)), "input_transform": (str, type(None)),
 }
 
 

@@ -49,6 +49,7 @@ import torch
 from ftbench.data import corruptions
 from ftbench.data.base import BENCHMARKS, FetchedBenchmark, IdOodSplits, ShiftInfo, SourceTask, TargetTask
 from ftbench.data.fetch import DATASETS, IMAGENET_C, data_root
+from ftbench.data.preprocess import photo_transform
 from ftbench.data.stream import ImageFiles, StreamSplit, Transform, resize_center_crop
 from ftbench.errors import UsageError
 
@@ -163,7 +164,9 @@ def _stream(paths: Sequence[str], y: np.ndarray, transform: Transform) -> Stream
 
 
 def _imagenet_transform() -> Transform:
-    return resize_center_crop(IMAGE_SIZE, RESIZE)
+    """The resize and crop of ImageNet's photographs (and its OOD sets'): the run's model's input
+    transform where it has one (ftbench/data/preprocess.py), else the usual evaluation transform."""
+    return photo_transform(resize_center_crop(IMAGE_SIZE, RESIZE))
 
 
 # --- fixed partitions and few-shot draws ------------------------------------------------------
@@ -518,7 +521,8 @@ class ImageNetCGen(_ImageNetSource):
         paths, y = _listing(str(root / DATASETS.get("imagenet").folder / "val"), wnids)
         if not paths:
             raise UsageError(f"no images (*.JPEG) in the class folders of {root / 'imagenet' / 'val'}")
-        files = CorruptedFiles(paths, _imagenet_transform(), spec.corruption, spec.severity)
+        # The corruptions are defined on the 224 px crops make_imagenet_c.py makes: the benchmark's transform.
+        files = CorruptedFiles(paths, resize_center_crop(IMAGE_SIZE, RESIZE), spec.corruption, spec.severity)
         return StreamSplit(files, torch.from_numpy(y.copy()), MEAN, STD)
 
 
