@@ -327,8 +327,9 @@ def test_a_benchmark_s_normalisation_is_mapped_to_the_one_openai_s_towers_expect
 
 
 def test_openai_towers_resize_other_image_sizes_to_their_own() -> None:
-    """A clip-* tower (pretrained at one size) takes CIFAR's 32 px as CLIP's preprocessing would give
-    them to it: resized (bicubic) to its size; digits-clip, built for 8 px digits, is left alone."""
+    """A clip-* tower (pretrained at one size) takes images of another size resized to its own; without
+    a benchmark's statistics to undo (no set_input_stats) bicubically as they are (with them: as PIL
+    resizes the uint8 pixels, tests/test_preprocess.py); digits-clip, built for 8 px digits, is left alone."""
     m = from_open_clip(_tiny("vit"), 3, 10, "ViT-B-16").eval()  # pretrained size 16
     small = torch.rand(2, 3, 8, 8)
     big = F.interpolate(small, size=(16, 16), mode="bicubic", align_corners=False)

@@ -190,3 +190,18 @@ def test_list_models_name_shows_the_input_transform(cli) -> None:
     assert "crop_pct: 0.875" in r.out and "interpolation: bilinear" in r.out
     r = cli("list", "models", "digits-resnet")
     assert r.code == 0 and "input transform: none" in r.out
+
+
+def test_a_timm_model_with_a_transform_resizes_in_every_forward_path() -> None:
+    """The frozen-prefix fast path (forward_to/forward_from) runs the transform too: the same logits."""
+    from ftbench.models.timm_models import create
+
+    m = create("resnet18", 3, 10).eval()
+    m.input_transform = InputTransform((16, 16), 0.875, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    m.set_input_stats(*CIFAR)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(m.forward_from("2", m.forward_to("2", x)), m(x))
+        resized = m(x)
+        m.input_transform = None
+        assert m(x).shape == resized.shape and not torch.allclose(m(x), resized)  # 8 px as they are: other logits
