@@ -820,6 +820,16 @@ def _listing(what: str, name: Optional[str], suites: Optional[Path]) -> list[str
             lines.append(escape(f"    parameters ({e.native[0]}-channel input, {e.native[1]} classes): "
                                 + ", ".join(f"{b} {c:,}" for b, c in counts.items())
                                 + f"; total {sum(counts.values()):,}; weights: {weights}"))
+            if name is not None:  # the input transform its pretraining defines (ftbench/data/preprocess.py)
+                t = e.transform
+                if t is None:
+                    lines.append(escape("    input transform: none; it takes the benchmark's images as the benchmark "
+                                        "resizes and normalises them"))
+                else:
+                    when = ("its hub weights or --weights FILE (an open_clip state dict)" if e.zero_shot
+                            else "its hub weights (not --weights FILE or scratch)")
+                    lines += [escape("    " + ln) for ln in t.describe()]
+                    lines.append(escape(f"    applied to the benchmark's images with {when}; column input_transform"))
         if name is None:
             lines.append("[bold]timm/NAME[/]" + escape("[:key=value,...]: any timm model (e.g. timm/resnet18, "
                          "timm/efficientnet_b0); blocks by family (resnet, vit, convnext) or derived from its stages"))

@@ -24,7 +24,7 @@ OPTIMIZERS = ("adam", "sgd")
 # else, so the ids of runs made before them stay valid (their result folders are read as done).
 LATER_FIELDS = {"checkpoints": None, "weights": None, "protocol": "few-shot", "data_version": None, "head_init": None,
                 "schedule": None, "warmup": None, "clip_grad": None, "train_precision": None, "eval_precision": None,
-                "augment": None}
+                "augment": None, "input_transform": None}
 # How the ID task's new classifier starts under a protocol that gives one (--head-init; None: the method's own).
 HEAD_INITS = ("fresh", "zero-shot")
 # Method options added after runs of their method were made, with the value that means what those runs
@@ -33,6 +33,7 @@ HEAD_INITS = ("fresh", "zero-shot")
 LATER_OPTIONS: dict[tuple[str, str], Any] = {
     ("autoft", "dcm"): "uniform", ("autoft", "search_size"): 0, ("autoft", "lr_mode"): "sampled",
     ("flyp", "bn"): "frozen",
+    ("full", "features"): "unit", ("linear-probe", "features"): "unit", ("lp-ft", "features"): "unit",
 }
 
 
@@ -79,6 +80,10 @@ class RunSpec:
     eval_precision: str | None = None
     # Training augmentation on the device (ftbench/train/augment.py): "crop" or "crop-flip"; None: none.
     augment: str | None = None
+    # Set by resolution, never by the user: the model's own input transform (InputTransform.key(),
+    # ftbench/data/preprocess.py) where the run starts from the weights it belongs to; None: the
+    # benchmark's transform. In the run id only when set, so runs of models without one keep their ids.
+    input_transform: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -121,6 +121,13 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("run --protocol id-ood --method lp-ft --head-init fresh --out {OUT}", "--head-init has no effect with method 'lp-ft'", None),
     ("run --protocol id-ood --method full --head-init zero-shot --out {OUT}", "--head-init zero-shot needs a model with a text tower", None),
     ("run --protocol id-ood --method full --head-init probe --out {OUT}", "unknown --head-init 'probe'; accepted: fresh, zero-shot", None),
+    # --- --set features=raw: a CLIP model's raw features, under id-ood only ---------------------------
+    ("run --protocol id-ood --method full --set features=raw --out {OUT}",
+     "--set features=raw applies to CLIP models (clip-*, digits-clip); model 'digits-resnet' is not one", None),
+    ("run --model digits-clip --method full --set features=raw --out {OUT}",
+     "--set features=raw applies only under --protocol id-ood", None),
+    ("run --model digits-clip --protocol id-ood --method full --set features=normalised --out {OUT}",
+     "features", None),
     # --- a model that cannot take the benchmark's image size: before any training -----------------
     ("run --model timm/vit_tiny_patch16_224 --weights scratch --out {OUT}",
      "cannot take the digits benchmark's 1x8x8 images (Input height (8) doesn't match model (224).); build the ViT "

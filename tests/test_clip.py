@@ -327,8 +327,9 @@ def test_a_benchmark_s_normalisation_is_mapped_to_the_one_openai_s_towers_expect
 
 
 def test_openai_towers_resize_other_image_sizes_to_their_own() -> None:
-    """A clip-* tower (pretrained at one size) takes CIFAR's 32 px as CLIP's preprocessing would give
-    them to it: resized (bicubic) to its size; digits-clip, built for 8 px digits, is left alone."""
+    """A clip-* tower (pretrained at one size) takes images of another size resized to its own; without
+    a benchmark's statistics to undo (no set_input_stats) bicubically as they are (with them: as PIL
+    resizes the uint8 pixels, tests/test_preprocess.py); digits-clip, built for 8 px digits, is left alone."""
     m = from_open_clip(_tiny("vit"), 3, 10, "ViT-B-16").eval()  # pretrained size 16
     small = torch.rand(2, 3, 8, 8)
     big = F.interpolate(small, size=(16, 16), mode="bicubic", align_corners=False)
@@ -376,4 +377,32 @@ def test_flyp_trains_batchnorm_as_the_releases_model_train() -> None:
     assert all(torch.equal(after[k], v) for k, v in bn.items())
     flyp = dataclasses.replace(SPEC, method="flyp", steps=None, batch_size=64)
     default, frozen = resolve(flyp), resolve(dataclasses.replace(flyp, options=(("bn", "frozen"),)))
-    assert default.options_dict["bn"] == "train" and frozen.run_id == "7df00b5d5119219d" != default.run_id
+    assert default.options_dict["bn"] == "train" and frozen.run_id == "ea9e60d2b363dfb1" != default.run_id  # digits id-ood data version 2
+
+
+def test_features_raw_probes_encode_image_s_raw_output(weights: str) -> None:
+    """``--set features=raw`` (LP-FT's clip_model.py): the probe is fitted on the image tower's raw
+    output, not on unit vectors; the default stays unit-normalised, with the run id it had; the row
+    says which (its options); and it is refused where it cannot mean that."""
+    from ftbench.plan.resolve import resolve
+    from ftbench.execution.runner import execute, fine_tune
+
+    probe = dataclasses.replace(SPEC, method="linear-probe", weights=weights, options=(("c_steps", 2),))
+    raw = dataclasses.replace(probe, options=(("c_steps", 2), ("features", "raw")))
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        unit = fine_tune(probe, "cpu").model.eval()
+        norms = unit.features(x).norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones(4))
+        m = fine_tune(raw, "cpu").model.eval()
+        f = m.features(x)
+        torch.testing.assert_close(f, m.visual(x))
+        assert not torch.allclose(f.norm(dim=-1), torch.ones(4), atol=1e-3)
+    assert resolve(dataclasses.replace(probe, options=(("c_steps", 2), ("features", "unit")))).run_id \
+        == resolve(probe).run_id != resolve(raw).run_id
+    assert dict(execute(raw, "cpu")[-1]["options"])["features"] == "raw"
+    for bad in (dataclasses.replace(raw, protocol="few-shot"), dataclasses.replace(raw, model="digits-resnet"),
+                dataclasses.replace(SPEC, method="full", weights=weights, head_init="zero-shot",
+                                    options=(("features", "raw"),))):
+        with pytest.raises(UsageError, match="features=raw"):
+            resolve(bad)

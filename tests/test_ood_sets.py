@@ -187,8 +187,9 @@ def test_imagenet_ood_sets_labels_and_200_class_scoring(imagenet_data, weights: 
                            method="linear-probe"))
     t = get_protocol("id-ood").task(get_benchmark("imagenet"), spec)
     roles = {s.prefix: s for s in t.scored}
-    assert list(roles)[2:] == [f"ood.{n}" for n in ("imagenet-v2", "imagenet-r", "imagenet-sketch", "imagenet-a")]
-    assert t.num_classes == 1000 and t.search is None
+    assert list(roles)[2:] == ["ood_val"] + [f"ood.{n}" for n in ("imagenet-v2", "imagenet-r", "imagenet-sketch",
+                                                                  "imagenet-a")]
+    assert t.num_classes == 1000 and t.search is roles["ood_val"].split
     by_id = {i: p for p, i in imagenet_data.items()}
     for prefix, s in roles.items():
         if not prefix.startswith("ood."):
@@ -205,6 +206,31 @@ def test_imagenet_ood_sets_labels_and_200_class_scoring(imagenet_data, weights: 
     assert roles["ood.imagenet-r"].classes[:4] == (1, 2, 4, 6) and len(roles["ood.imagenet-r"].classes) == 200
     assert roles["ood.imagenet-a"].classes[:4] == (6, 11, 13, 15) and len(roles["ood.imagenet-a"].classes) == 200
     assert roles["ood.imagenet-v2"].classes is None and roles["ood.imagenet-sketch"].classes is None
+
+
+def test_imagenet_ood_val_is_autoft_s_draw_of_imagenet_c_and_autoft_searches_on_it(cli, imagenet_data, weights: Path,
+                                                                                     tmp_path: Path, monkeypatch) -> None:
+    """``imagenet``'s OOD val set is AutoFT's ImageNet search set: a fixed draw of ImageNet-C's 15 corruptions
+    at severity 5 (here 12 of the fabricated copy's 30 such images), labelled by their class folder;
+    it is the protocol's search split, so ``autoft`` runs on ``imagenet`` instead of refusing it."""
+    monkeypatch.setattr(imagenet, "OOD_VAL_SIZE", 12)
+    spec = resolve(RunSpec(benchmark="imagenet", protocol="id-ood", model="resnet26-cifar", weights=str(weights),
+                           method="linear-probe"))
+    t = get_protocol("id-ood").task(get_benchmark("imagenet"), spec)
+    assert t.search is not None and len(t.search) == 12
+    assert [s.prefix for s in t.scored if s.role == "ood-val"] == ["ood_val"]
+    by_id = {i: p for p, i in imagenet_data.items()}
+    paths = [by_id[i] for i in image_ids(torch.cat(list(t.search.batches(64))))]
+    assert all(any(f"/imagenet-c/{c}/5/" in p for c in imagenet.IMAGENET_C) for p in paths)
+    assert t.search.y.tolist() == [WNIDS.index(Path(p).parent.name) for p in paths]
+    again = get_protocol("id-ood").task(get_benchmark("imagenet"), dataclasses.replace(spec, seed=1)).search
+    assert again.images.paths == t.search.images.paths  # drawn once, not per run
+    r = cli("run", "--protocol", "id-ood", "--benchmark", "imagenet", "--model", "resnet26-cifar", "--weights",
+            weights, "--method", "autoft", "--set", "trials=2", "--set", "inner_steps=2", "--steps", "2",
+            "--device", "cpu", "--out", tmp_path)
+    assert r.code == 0, r.err
+    row = pd.read_parquet(next(tmp_path.glob("*.parquet"))).iloc[-1]
+    assert row.autoft_search_examples == 12 and 0 <= row.ood_val_acc <= 100
 
 
 def test_scoring_on_a_class_subset_takes_the_best_of_those_logits() -> None:

@@ -15,22 +15,25 @@ from ftbench.data.base import Split
 from ftbench.data.digits import Digits, styles
 from ftbench.errors import UsageError
 from ftbench.methods.base import all_methods
-from ftbench.spec import SPEC_VERSION, RunSpec
-from ftbench.plan.resolve import resolve
 from ftbench.execution.runner import execute, fine_tune
+from ftbench.plan.resolve import resolve
+from ftbench.spec import LATER_OPTIONS, SPEC_VERSION, RunSpec
 from ftbench.train.loop import accuracy
 
 ID_OOD = RunSpec(protocol="id-ood", steps=6)
 
 
 # RunSpec fields added after protocols: None by default, and then not in the run id.
-LATER_SINCE_PROTOCOLS = ("head_init", "schedule", "warmup", "clip_grad", "train_precision", "eval_precision", "augment")
+LATER_SINCE_PROTOCOLS = ("head_init", "schedule", "warmup", "clip_grad", "train_precision", "eval_precision", "augment",
+                         "input_transform")
 
 
 def _old_run_id(spec: RunSpec) -> str:
     """The run id as ftbench computed it before protocols (and head_init) existed (checkpoints/weights only when set)."""
     d = {k: v for k, v in spec.to_dict().items()
          if k not in ("protocol", "data_version", *LATER_SINCE_PROTOCOLS) and not (k in ("checkpoints", "weights") and v is None)}
+    # Method options added later (features: full, lp-ft), at the value that means what earlier runs did.
+    d["options"] = {k: v for k, v in d["options"].items() if LATER_OPTIONS.get((spec.method, k), object()) != v}
     return hashlib.sha256(json.dumps({"v": SPEC_VERSION, **d}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

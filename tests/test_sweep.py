@@ -129,7 +129,7 @@ def test_suite_options_apply_to_the_methods_that_take_them(tmp_path: Path) -> No
     specs = {s.method: s for s in expand_suite("s", f)}
     assert specs["surgical"].options_dict == {"bn": "train"}
     assert specs["none"].options == () and specs["linear-probe"].options_dict == {
-        "c_max": 100.0, "c_min": 1e-07, "c_steps": 50, "max_iter": 200, "select": "val"}
+        "c_max": 100.0, "c_min": 1e-07, "c_steps": 50, "max_iter": 200, "select": "val", "features": "unit"}
     from ftbench.errors import UsageError
 
     with pytest.raises(UsageError, match="option 'bn' is taken by none of its methods"):

@@ -175,6 +175,9 @@ class Benchmark:
     id_ood_sets: ClassVar[dict[str, str]] = {}
     id_ood_has_val: ClassVar[bool] = False
     id_ood_pretrains: ClassVar[bool] = False
+    # Whether a timm model's own input transform (its pretrained_cfg) replaces this benchmark's: only for
+    # ImageNet-style photographs (ftbench.models.base.applied_transform); a CLIP model's always does.
+    timm_transform: ClassVar[bool] = False
     # The per-channel mean and std the benchmark normalises its images with (None: not given); a model
     # pretrained on other statistics (OpenAI's CLIP) maps them to its own (ClipClassifier.set_input_stats).
     input_stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None

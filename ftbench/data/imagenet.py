@@ -49,6 +49,7 @@ import torch
 from ftbench.data import corruptions
 from ftbench.data.base import BENCHMARKS, FetchedBenchmark, IdOodSplits, ShiftInfo, SourceTask, TargetTask
 from ftbench.data.fetch import DATASETS, IMAGENET_C, data_root
+from ftbench.data.preprocess import photo_transform
 from ftbench.data.stream import ImageFiles, StreamSplit, Transform, resize_center_crop
 from ftbench.errors import UsageError
 
@@ -163,7 +164,9 @@ def _stream(paths: Sequence[str], y: np.ndarray, transform: Transform) -> Stream
 
 
 def _imagenet_transform() -> Transform:
-    return resize_center_crop(IMAGE_SIZE, RESIZE)
+    """The resize and crop of ImageNet's photographs (and its OOD sets'): the run's model's input
+    transform where it has one (ftbench/data/preprocess.py), else the usual evaluation transform."""
+    return photo_transform(resize_center_crop(IMAGE_SIZE, RESIZE))
 
 
 # --- fixed partitions and few-shot draws ------------------------------------------------------
@@ -372,6 +375,7 @@ class _ImageNetBenchmark(FetchedBenchmark):
 
     default_model = "resnet50"
     input_stats = (MEAN, STD)
+    timm_transform = True  # photographs: a timm model's pretrained_cfg resizes and crops them (models.base)
     default_corruption = DEFAULT_CORRUPTION
     default_severity = DEFAULT_SEVERITY
 
@@ -518,7 +522,8 @@ class ImageNetCGen(_ImageNetSource):
         paths, y = _listing(str(root / DATASETS.get("imagenet").folder / "val"), wnids)
         if not paths:
             raise UsageError(f"no images (*.JPEG) in the class folders of {root / 'imagenet' / 'val'}")
-        files = CorruptedFiles(paths, _imagenet_transform(), spec.corruption, spec.severity)
+        # The corruptions are defined on the 224 px crops make_imagenet_c.py makes: the benchmark's transform.
+        files = CorruptedFiles(paths, resize_center_crop(IMAGE_SIZE, RESIZE), spec.corruption, spec.severity)
         return StreamSplit(files, torch.from_numpy(y.copy()), MEAN, STD)
 
 
@@ -655,14 +660,25 @@ IMAGENET_A_CLASSES = (
 )
 
 
+# The OOD val set of `imagenet` (id-ood): AutoFT's ImageNet search set (cchoi1/auto-ft @ 594e6a2): the 15
+# ImageNet-C corruptions (src/datasets/imagenet_c.py:10-12) at severity 5 (its default, imagenet_c.py:22;
+# args.py:21), concatenated (imagenet_c.py:52-56; get_data.py:56 does not pass --use_class_balanced_ood on,
+# so this branch runs), a random 15,000 of them (imagenet_c.py:57-59 with scripts/imagenet.sh's
+# --num_ood_hp_examples 15000). The release draws them anew in each run (an unseeded torch.randperm);
+# here they are drawn once, from DATA_SEED, so every row's ood_val_acc is on the same images.
+OOD_VAL_SEVERITY = 5
+OOD_VAL_SIZE = 15_000
+
+
 @BENCHMARKS.register("imagenet")
 class ImageNetOod(_ImageNetSource):
     """ID: ImageNet (train less 10 per class held out as ID val; ID test: ImageNet val). OOD test sets:
     ImageNet-V2 MatchedFrequency, -R, -Sketch, -A, every image through the same evaluation transform as
     ImageNet val. R and A hold 200 of the 1000 classes and are scored on those classes' logits (the
     classes of their folders; on the real data these are wise-ft's and hendrycks' ``CLASS_SUBLIST`` /
-    ``indices_in_1k``), V2 and Sketch on all 1000. No OOD val set: AutoFT's ImageNet search set
-    (ImageNet-C) is a benchmark of its own here."""
+    ``indices_in_1k``), V2 and Sketch on all 1000. OOD val set (where the ImageNet-C copy is in place):
+    AutoFT's, a fixed 15,000 of ImageNet-C's 15 corruptions at severity 5 (:data:`OOD_VAL_SIZE`); the
+    search split of ``autoft``."""
 
     name = "imagenet"
     help = ("ImageNet -> ImageNet-V2 / -R / -Sketch / -A (ID→OOD protocol only; user-supplied ImageNet, "
@@ -672,11 +688,40 @@ class ImageNetOod(_ImageNetSource):
     id_ood_shift = ShiftInfo(
         "natural", "natural",
         "ID: ImageNet (train less 10 per class as ID val; ID test: ImageNet val); OOD: ImageNet-V2 matched "
-        "frequency, -R and -A (scored on their 200 classes' logits), -Sketch")
+        "frequency, -R and -A (scored on their 200 classes' logits), -Sketch; OOD val (AutoFT's search set, with "
+        "imagenet-c): 15,000 images of ImageNet-C's 15 corruptions at severity 5")
     shifts = {"natural": id_ood_shift}
     id_ood_sets: ClassVar[dict[str, str]] = {n: "natural" for n in IMAGENET_OOD}
-    id_ood_has_val = False
+    id_ood_has_val = True  # where the ImageNet-C copy is in place (_ood_val)
     id_ood_pretrains = False
+
+    def _ood_val(self, root: Path, wnids: tuple[str, ...]) -> StreamSplit | None:
+        """The OOD val set (see :data:`OOD_VAL_SIZE`): ImageNet-C's 15 corruptions at severity
+        :data:`OOD_VAL_SEVERITY`, a fixed draw of at most OOD_VAL_SIZE of them (sorted, in listing
+        order: corruption, class, file); None without an ImageNet-C copy."""
+        ds = DATASETS.get("imagenet-c")
+        if ds.problems(root):
+            return None
+        paths: list[str] = []
+        labels: list[np.ndarray] = []
+        for c in IMAGENET_C:
+            folder = root / ds.folder / c / str(OOD_VAL_SEVERITY)
+            stray = sorted(set(_class_folders(folder)) - set(wnids))
+            if stray:
+                raise UsageError(f"{folder / stray[0]} is not an ImageNet class (not a folder of "
+                                 f"{root / 'imagenet' / 'val'}); is this ImageNet-C?")
+            p, y = _listing(str(folder), wnids)
+            paths += p
+            labels.append(y)
+        if not paths:
+            raise UsageError(f"no images in the class folders of {root / ds.folder}/<corruption>/{OOD_VAL_SEVERITY}; "
+                             "the ImageNet-C copy is incomplete (imagenet's OOD val set is its 15 corruptions at "
+                             f"severity {OOD_VAL_SEVERITY}; expected {ds.layout})")
+        y = np.concatenate(labels)
+        rng = np.random.default_rng([DATA_SEED, zlib.crc32(b"imagenet/ood-val")])
+        idx = np.sort(rng.choice(len(paths), size=min(OOD_VAL_SIZE, len(paths)), replace=False))
+        # ImageNet-C images are already 224 px centre crops: the transform only resizes another size.
+        return _stream([paths[i] for i in idx], y[idx], resize_center_crop(IMAGE_SIZE))
 
     def _ood(self, root: Path, wnids: tuple[str, ...], name: str) -> tuple[StreamSplit, tuple[int, ...] | None]:
         """OOD test set ``name``: its images, labelled with ID labels, and the labels it is scored on."""
@@ -718,4 +763,5 @@ class ImageNetOod(_ImageNetSource):
             tests[name], sub = self._ood(root, wnids, name)
             if sub is not None:
                 classes[name] = sub
-        return IdOodSplits(s.num_classes, s.train, s.val, s.test, tests, ood_classes=classes)
+        return IdOodSplits(s.num_classes, s.train, s.val, s.test, tests, ood_val=self._ood_val(root, wnids),
+                           ood_classes=classes)

@@ -406,10 +406,13 @@ class _Wilds(FetchedBenchmark):
 
     def images(self, d: WildsData) -> StreamSplit:
         """Every example of the dataset as one streamed split (subsets share its file list)."""
+        from ftbench.data.preprocess import photo_transform
         from ftbench.data.stream import ImageFiles, StreamSplit
 
-        return StreamSplit(ImageFiles(d.paths, WildsTransform(self.transform_kind, self.image_size())), d.y,
-                           MEAN, STD, meta=d.meta)
+        # WILDS' evaluation transform, or the run's model's own where it has one (iWildCam's photos then
+        # keep their aspect ratio: shorter side resized, centre crop; ftbench/data/preprocess.py).
+        tf = photo_transform(WildsTransform(self.transform_kind, self.image_size()))
+        return StreamSplit(ImageFiles(d.paths, tf), d.y, MEAN, STD, meta=d.meta)
 
     # --- per benchmark ---
 

@@ -131,15 +131,21 @@ def _evaluate(model: BlockModel, task: Task) -> dict[str, float]:
 
 def load(spec: RunSpec, dev: torch.device) -> tuple[BlockModel, Task]:
     """The pretrained model and the task (splits by role) of resolved ``spec``, on ``dev``."""
-    bench = get_benchmark(spec.benchmark)
-    task = get_protocol(spec.protocol).task(bench, spec).to(dev)
-    from ftbench.models.base import check_input_fits
+    from ftbench.data.preprocess import model_transform
+    from ftbench.models.base import applied_transform, check_input_fits, get_model_entry
     from ftbench.train.pretrain import trained_here
 
+    bench = get_benchmark(spec.benchmark)
+    # The model's own input transform, where resolve found one (spec.input_transform): the benchmark's
+    # photographs are resized and cropped by it as they are decoded (ftbench/data/preprocess.py).
+    transform = applied_transform(get_model_entry(spec.model), spec.weights, bench) if spec.input_transform else None
+    with model_transform(transform):
+        task = get_protocol(spec.protocol).task(bench, spec).to(dev)
     if not trained_here(spec.model, task.pretraining, dev, spec.weights, task.train):
-        check_input_fits(spec.model, task.train.channels, task.train.image_size, spec.benchmark)
-    model = pretrained(spec.model, task.pretraining, dev, spec.weights,
-                       channels=task.train.channels, num_classes=task.num_classes, input_stats=bench.input_stats)
+        size = task.train.image_size if transform is None else transform.size  # the model resizes to its own
+        check_input_fits(spec.model, task.train.channels, size, spec.benchmark)
+    model = pretrained(spec.model, task.pretraining, dev, spec.weights, channels=task.train.channels,
+                       num_classes=task.num_classes, input_stats=bench.input_stats, transform=transform)
     return model, task
 
 
@@ -234,6 +240,8 @@ def _fine_tune(spec: RunSpec, device: str = "auto", workdir: Path | None = None)
     # that train_seconds measures training whether or not this is the process's first run.
     importlib.import_module("torch._dynamo")
 
+    if spec.options_dict.get("features") == "raw":  # --set features=raw (resolve checked: a CLIP model)
+        model.unit_features = False
     _sync(dev)
     t0 = time.perf_counter()
     prepare_head(method, ctx)

@@ -94,6 +94,17 @@ BN_OPTION = Option(
 )
 # SpotTune's release trains with net.train() (main.py:74), so its fine-tuned copies update their statistics.
 BN_OPTION_TRAIN = dataclasses.replace(BN_OPTION, default="train")
+# A CLIP model's features for the probe and the fine-tuning after it (issue 22 §3): open_clip's image
+# embedding normalised to unit length as its zero-shot evaluation does ("unit"), or the raw
+# ``encode_image`` output, as LP-FT's release feeds its probe and fine-tuning (clip_model.py).
+# Under --protocol id-ood on a model with a text tower only (ftbench.spec.resolve checks it).
+FEATURES_OPTION = Option(
+    "unit",
+    "a CLIP model's image features: 'unit' = normalised to unit length (open_clip's zero-shot evaluation); "
+    "'raw' = encode_image's output as LP-FT's release probes and fine-tunes it (clip-* and digits-clip, "
+    "--protocol id-ood)",
+    ("unit", "raw"),
+)
 
 
 class DecoupledDecay:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ftbench.methods.base import BN_OPTION, METHODS, Method, Option
+from ftbench.methods.base import BN_OPTION, FEATURES_OPTION, METHODS, Method, Option
 from ftbench.spec import RunSpec
 from ftbench.train.loop import FitStats
 
@@ -169,6 +169,7 @@ class LinearProbe(Method):
         "c_steps": Option(C_STEPS, "number of C values of the sweep (select=val)", minimum=1, maximum=MAX_C_STEPS,
                           applies_when=SWEEP),
         "max_iter": Option(200, "L-BFGS iterations per solve (the problem is convex)", minimum=1, maximum=MAX_ITER),
+        "features": FEATURES_OPTION,
     }
 
     @classmethod
@@ -214,6 +215,7 @@ class LPFT(Method):
         "lp_max_iter": Option(200, "L-BFGS iterations of the linear-probe stage (per solve)", minimum=1,
                               maximum=MAX_ITER),
         "bn": BN_OPTION,
+        "features": FEATURES_OPTION,
     }
 
     @classmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, METHODS, Method
+from ftbench.methods.base import BN_OPTION, FEATURES_OPTION, METHODS, Method
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
 
@@ -40,7 +40,7 @@ class Full(Method):
     help = "all blocks"
     paper = "baseline in every paper"
     order = 40
-    options = {"bn": BN_OPTION}
+    options = {"bn": BN_OPTION, "features": FEATURES_OPTION}
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)

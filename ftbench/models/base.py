@@ -7,12 +7,13 @@ for the classifier layer, as the surgical fine-tuning paper numbers them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from ftbench.data.preprocess import InputTransform
 from ftbench.registry import Registry
 
 
@@ -116,6 +117,62 @@ class ModelEntry:
     # It has a text tower and so a zero-shot head for a task's class prompts (CLIP: ftbench/models/clip.py).
     zero_shot: bool = False
     recipe: dict[str, Any] | None = None  # keys of the source split's pretraining recipe this model overrides
+    # The input transform its pretraining defines (open_clip's preprocess config, timm's pretrained_cfg:
+    # ftbench/data/preprocess.py), applied to a benchmark's images where a run starts from those
+    # weights (applied_transform); None: the benchmark's own transform.
+    transform: InputTransform | None = None
+
+
+def applied_transform(entry: ModelEntry, weights: str | None, bench: Any = None) -> InputTransform | None:
+    """The input transform a run of ``entry`` with resolved ``weights`` on benchmark ``bench`` gives its
+    images: the entry's, where the run starts from the weights it describes — a CLIP tower with its hub
+    weights or an open_clip state dict of them (``--weights FILE``), a timm model with its hub weights —
+    else None (the benchmark's own: ``--weights scratch``, or a timm state dict of unknown pretraining).
+
+    A CLIP model's transform applies on every benchmark (the CLIP papers feed CLIP's preprocessing to
+    every dataset, WILDS and CIFAR included). A timm model's applies only where ``bench.timm_transform``
+    says the benchmark's images are ImageNet-style photographs (ImageNet, its OOD sets, BREEDS); on WILDS
+    and CIFAR the benchmark's own transform is the published protocol for ImageNet-pretrained networks
+    (WILDS' 448 px iWildCam, 96 px Camelyon17 patches, 224 px FMoW; CIFAR upsampled whole, never
+    centre-cropped), so it stays."""
+    if entry.transform is None or weights == "scratch" or (weights is not None and not entry.zero_shot):
+        return None
+    if not entry.zero_shot and not getattr(bench, "timm_transform", False):
+        return None
+    return entry.transform
+
+
+def set_input_stats(model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """The benchmark normalises images with ``mean``/``std``: keep them for :func:`model_input`, and the
+    per-channel affine map to the model transform's statistics, x' = (x·std + mean − m) / s, as the
+    non-persistent buffers ``in_scale``/``in_shift`` (None: the same statistics, no transform, either
+    missing, or other channel counts: a grey benchmark on a tower adapted to one channel)."""
+    t = getattr(model, "input_transform", None)
+    model.input_stats = None if mean is None or std is None else (tuple(mean), tuple(std))
+    model.in_scale = model.in_shift = None
+    if t is None or mean is None or std is None or len(mean) != len(t.mean):
+        return
+    import torch
+
+    m, s = torch.tensor(t.mean, dtype=torch.float32), torch.tensor(t.std, dtype=torch.float32)
+    bm, bs = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    if torch.equal(bm, m) and torch.equal(bs, s):
+        return
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.in_scale = (bs / s).view(1, -1, 1, 1).to(dev)
+    model.in_shift = ((bm - m) / s).view(1, -1, 1, 1).to(dev)
+
+
+def model_input(model: nn.Module, x):
+    """A benchmark's batch ``x`` as ``model.input_transform`` gives it to the model (ftbench/data/preprocess.py
+    :func:`~ftbench.data.preprocess.adapt`); ``x`` itself when the model has no transform."""
+    t = getattr(model, "input_transform", None)
+    if t is None:
+        return x
+    from ftbench.data.preprocess import adapt
+
+    mean, std = model.input_stats if getattr(model, "input_stats", None) is not None else (None, None)
+    return adapt(x, t, mean, std, model.in_scale, model.in_shift)
 
 
 # The module of ftbench.models that registers each built-in model, so that a run imports only its

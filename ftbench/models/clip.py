@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftbench.data.preprocess import InputTransform
 from ftbench.errors import UsageError
-from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, ParamView
+from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, ParamView, model_input, set_input_stats
 
 if TYPE_CHECKING:
     from ftbench.data.prompts import Prompts
@@ -84,27 +85,26 @@ class ClipClassifier(BlockModel):
         self.head = nn.Linear(embed_dim, num_classes)
         object.__setattr__(self, "_text", text)  # not a submodule: see the module docstring
         self.arch = arch
-        # The input statistics the tower was pretrained with (OpenAI's, for the clip-* towers; None:
-        # the benchmark's own, as digits-clip is trained on them). set_input_stats maps a benchmark's
-        # normalised images to them: one per-channel affine map, not a parameter, not saved.
-        self.expects: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        # features() as unit-length embeddings (open_clip's zero-shot evaluation) or, False, encode_image's
+        # raw output (LP-FT's clip_model.py; a method's --set features=raw). Not saved: set per run.
+        self.unit_features = True
+        # The input transform the tower was pretrained with (open_clip's preprocess config of OpenAI's
+        # weights, for the clip-* towers: ftbench/data/preprocess.py; None: the benchmark's own, as
+        # digits-clip is trained on it). Images of its size are only re-normalised (set_input_stats:
+        # one per-channel affine map, not a parameter, not saved); others are resized to it first.
+        self.input_transform: InputTransform | None = None
+        self.input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self.register_buffer("in_scale", None, persistent=False)
         self.register_buffer("in_shift", None, persistent=False)
 
+    @property
+    def expects(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The per-channel mean and std the tower was pretrained with (None: the benchmark's own)."""
+        t = self.input_transform
+        return None if t is None else (t.mean, t.std)
+
     def set_input_stats(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-        """The benchmark normalises images with ``mean``/``std``; re-normalise them to :attr:`expects`
-        before the tower: x' = (x·std + mean − m) / s. Identity when either is None or the channel
-        counts differ (a grey benchmark on a tower adapted to one channel)."""
-        self.in_scale = self.in_shift = None
-        if self.expects is None or mean is None or std is None or len(mean) != len(self.expects[0]):
-            return
-        m, s = (torch.tensor(v, dtype=torch.float32) for v in self.expects)
-        bm, bs = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-        if torch.equal(bm, m) and torch.equal(bs, s):
-            return
-        dev = self.head.weight.device
-        self.in_scale = (bs / s).view(1, -1, 1, 1).to(dev)
-        self.in_shift = ((bm - m) / s).view(1, -1, 1, 1).to(dev)
+        set_input_stats(self, mean, std)
 
     # --- the text tower --------------------------------------------------------------------
     @property
@@ -196,15 +196,12 @@ class ClipClassifier(BlockModel):
         return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_scale is not None:
-            x = torch.addcmul(self.in_shift.to(x.dtype), x, self.in_scale.to(x.dtype))
-        size = self.native_size
-        if self.expects is not None and size is not None and tuple(x.shape[-2:]) != size:
-            # OpenAI's towers take their pretraining size: images of another size (CIFAR's 32 px, WILDS'
-            # 96 px) are resized to it, bicubic as CLIP's preprocessing (antialiased when shrinking).
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False,
-                              antialias=bool(x.shape[-1] > size[1] or x.shape[-2] > size[0]))
-        return F.normalize(self.visual(x), dim=-1)
+        if self.input_transform is not None:
+            # OpenAI's towers take their pretraining size and statistics: images of another size (CIFAR's
+            # 32 px) are resized as CLIP's preprocessing resizes them (PIL bicubic on the uint8 pixels).
+            x = model_input(self, x)
+        f = self.visual(x)
+        return F.normalize(f, dim=-1) if self.unit_features else f
 
     def blocks(self) -> OrderedDict[str, list[nn.Module]]:
         v = self.visual
@@ -251,8 +248,32 @@ def from_open_clip(clip: nn.Module, in_channels: int, num_classes: int, arch: st
     _in_channels(visual, in_channels)
     net = ClipClassifier(visual, int(visual.output_dim), num_classes, text=clip, arch=arch)
     if arch != "digits-clip":
-        net.expects = (OPENAI_MEAN, OPENAI_STD)
+        net.input_transform = clip_transform(arch, CLIP_TAG, net.native_size)
     return net
+
+
+CLIP_TAG = "openai"  # the pretrained tag of every clip-* model (CLIP_MODELS)
+
+
+def clip_transform(arch: str, tag: str = CLIP_TAG, size: tuple[int, int] | None = None) -> InputTransform:
+    """open_clip's evaluation transform of ``arch``'s ``tag`` weights (its ``PreprocessCfg``: the
+    pretrained config's mean, std, interpolation and resize mode over PreprocessCfg's defaults, the
+    architecture's image size), without weights: ``image_transform(is_train=False)`` resizes the
+    shorter side to the size (``shortest``; ``squash``: both sides) and centre-crops it. ``size``: the
+    tower's own (a test's tiny tower), else the architecture's."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    base = PreprocessCfg()
+    pre = open_clip.get_pretrained_cfg(arch, tag) if arch in open_clip.list_models() else {}
+    if size is None:
+        s = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", base.size)
+        size = (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+    mode = pre.get("resize_mode", base.resize_mode)
+    return InputTransform(size=size, crop_pct=1.0, interpolation=pre.get("interpolation", base.interpolation),
+                          mean=tuple(pre.get("mean", base.mean)), std=tuple(pre.get("std", base.std)),
+                          crop_mode="squash" if mode == "squash" else "center",
+                          source=f"open_clip {arch} {tag!r} preprocess config")
 
 
 def trained_with_quick_gelu(arch: str, tag: str) -> bool:
@@ -343,4 +364,5 @@ for _name, (_arch, _tag, _used) in CLIP_MODELS.items():
         weights=_hub_weights(_name, _arch, _tag),
         native=(3, 1000),
         zero_shot=True,
+        transform=clip_transform(_arch, _tag),
     ))

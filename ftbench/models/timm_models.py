@@ -48,8 +48,9 @@ import torch
 from timm.models import ConvNeXt, ResNet, VisionTransformer
 from torch import nn
 
+from ftbench.data.preprocess import INTERPOLATIONS, InputTransform
 from ftbench.errors import UsageError
-from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, PiecewiseForward
+from ftbench.models.base import BUILD_SEED, MODELS, BlockModel, ModelEntry, PiecewiseForward, model_input, set_input_stats
 from ftbench.models.base import ParamView as _ParamView
 
 PREFIX = "timm/"
@@ -295,6 +296,15 @@ class TimmBlockModel(BlockModel):
         self.classifier_path = classifier_path  # where the head sits in timm's own state dict (``fc``, ``head.fc``)
         self.head_loaded = head_loaded  # built with hub weights whose classifier fits num_classes
         self.partition = partition
+        # The hub weights' input transform (timm's pretrained_cfg), set by the runner for a run that
+        # starts from them (ftbench/models/base.py applied_transform); None: the benchmark's images as they are.
+        self.input_transform: InputTransform | None = None
+        self.input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self.register_buffer("in_scale", None, persistent=False)
+        self.register_buffer("in_shift", None, persistent=False)
+
+    def set_input_stats(self, mean, std) -> None:  # noqa: ANN001
+        set_input_stats(self, mean, std)
 
     @property
     def kind(self) -> str:
@@ -306,7 +316,7 @@ class TimmBlockModel(BlockModel):
         return out
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        return self.net.forward_head(self.net.forward_features(model_input(self, x)), pre_logits=True)
 
     def residual_units(self) -> list[tuple[str, str]]:
         net, kind = self.net, self.kind
@@ -358,7 +368,7 @@ class _CuttableTimm(PiecewiseForward, TimmBlockModel):
         head = [("last", lambda h: self.head(h))]
         if self.kind == "resnet":
             return [
-                ("1", lambda x: net.layer1(net.maxpool(net.act1(net.bn1(net.conv1(x)))))),
+                ("1", lambda x: net.layer1(net.maxpool(net.act1(net.bn1(net.conv1(model_input(self, x))))))),
                 ("2", lambda h: net.layer2(h)),
                 ("3", lambda h: net.layer3(h)),
                 ("4", lambda h: net.forward_head(net.layer4(h), pre_logits=True)),
@@ -367,13 +377,14 @@ class _CuttableTimm(PiecewiseForward, TimmBlockModel):
             depth = len(net.blocks)
             cut = [next(i for i in range(depth) if 1 + i * 3 // depth == b) for b in (1, 2, 3)] + [depth]
             return [
-                ("1", lambda x: net.blocks[cut[0]:cut[1]](net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x)))))),
+                ("1", lambda x: net.blocks[cut[0]:cut[1]](net.norm_pre(net.patch_drop(net._pos_embed(
+                    net.patch_embed(model_input(self, x))))))),
                 ("2", lambda h: net.blocks[cut[1]:cut[2]](h)),
                 ("3", lambda h: net.forward_head(net.norm(net.blocks[cut[2]:cut[3]](h)), pre_logits=True)),
             ] + head
         # convnext
         k = len(net.stages)
-        pieces = [("1", lambda x: net.stages[0](net.stem(x)))]
+        pieces = [("1", lambda x: net.stages[0](net.stem(model_input(self, x))))]
         pieces += [(str(i + 1), functools.partial(lambda i, h: net.stages[i](h), i)) for i in range(1, k - 1)]
         pieces += [(str(k), lambda h: net.forward_head(net.norm_pre(net.stages[k - 1](h)), pre_logits=True))]
         return pieces + head
@@ -504,7 +515,31 @@ def _entry(arch: str, kwargs: dict[str, Any], help: str, block_names: tuple[str,
         help=help,
         weights=_hub_weights(arch, kwargs) if hub else None,
         native=native,
+        transform=timm_transform(arch, kwargs) if hub else None,
     )
+
+
+def timm_transform(arch: str, kwargs: dict[str, Any] | None = None) -> InputTransform | None:
+    """The evaluation transform of ``arch``'s hub weights, from timm's ``pretrained_cfg`` (read without
+    the weights; the default tag's, as ``create_model(pretrained=True)`` loads): ``input_size``,
+    ``crop_pct``, ``interpolation``, ``crop_mode``, ``mean``, ``std`` — what
+    ``timm.data.create_transform(**resolve_data_config(model=...))`` builds for evaluation. An
+    ``img_size`` given after ``:`` is the size the model is built for, and replaces ``input_size``."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    size = tuple(int(v) for v in cfg.input_size[-2:])
+    img = (kwargs or {}).get("img_size")
+    if isinstance(img, int) and not isinstance(img, bool):
+        size = (img, img)
+    elif isinstance(img, tuple | list) and len(img) == 2:
+        size = (int(img[0]), int(img[1]))
+    interp = cfg.interpolation if cfg.interpolation in INTERPOLATIONS else "bicubic"
+    name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
+    return InputTransform(size=(size[0], size[1]), crop_pct=float(cfg.crop_pct or 0.875), interpolation=interp,
+                          mean=tuple(float(v) for v in cfg.mean), std=tuple(float(v) for v in cfg.std),
+                          crop_mode="squash" if cfg.crop_mode == "squash" else "center",
+                          source=f"timm {name} pretrained_cfg")
 
 
 @functools.lru_cache(maxsize=None)

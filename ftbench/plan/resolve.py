@@ -51,12 +51,17 @@ def resolve(spec: RunSpec) -> RunSpec:
     spec = dataclasses.replace(spec, **{f: v + 0.0 for f in ("lr", "wd") if isinstance(v := getattr(spec, f), float)})
     if spec.head_init is not None:
         spec = dataclasses.replace(spec, head_init=_head_init(spec, protocol, entry, method_cls))
+    _check_features(spec, protocol, entry)
     spec = _loop_settings(spec, method_cls)
     if spec.weights is not None:
         from ftbench.models.weights import resolve_weights
 
         spec = dataclasses.replace(spec, weights=resolve_weights(spec.weights, entry))
     protocol.check_weights(bench, spec, entry.weights is not None)
+    from ftbench.models.base import applied_transform
+
+    transform = applied_transform(entry, spec.weights, bench)
+    spec = dataclasses.replace(spec, input_transform=None if transform is None else transform.key())
     if spec.seed < 0:
         raise UsageError(f"seed must be >= 0, got {spec.seed}")
     return spec
@@ -87,6 +92,23 @@ def _loop_settings(spec: RunSpec, method_cls: Any) -> RunSpec:
         raise UsageError(f"{' / '.join(given)} has no effect with method {spec.method!r}, which trains no optimizer "
                          "loop; these apply to methods that take --steps (ftbench list methods)")
     return dataclasses.replace(spec, schedule=schedule, warmup=warmup)
+
+
+def _check_features(spec: RunSpec, protocol: Any, entry: Any) -> None:
+    """``--set features=raw`` (a CLIP model's raw ``encode_image`` output, as LP-FT's release) only where
+    it can mean that: a model with a text tower (CLIP), a new classifier (--protocol id-ood), and not
+    under a zero-shot head, which is made for unit-length features."""
+    if spec.options_dict.get("features", "unit") != "raw":
+        return
+    if not entry.zero_shot:
+        raise UsageError(f"--set features=raw applies to CLIP models (clip-*, digits-clip); model {spec.model!r} "
+                         "is not one; accepted for it: features=unit")
+    if not protocol.fresh_head:
+        raise UsageError(f"--set features=raw applies only under --protocol id-ood (a new classifier on the raw "
+                         f"features); protocol {spec.protocol!r} keeps the model's zero-shot head; accepted: features=unit")
+    if spec.head_init == "zero-shot":
+        raise UsageError("--set features=raw cannot start from --head-init zero-shot (the zero-shot head is made "
+                         "for unit-length features); accepted: --head-init fresh, or features=unit")
 
 
 def _head_init(spec: RunSpec, protocol: Any, entry: Any, method_cls: Any) -> str | None:

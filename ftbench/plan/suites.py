@@ -339,7 +339,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "checkpoints": (int, type(None)), "weights": (str, type(None)), "protocol": (str,),
     "data_version": (int, type(None)), "head_init": (str, type(None)), "schedule": (str, type(None)),
     "warmup": (int, type(None)), "clip_grad": (float, type(None)), "train_precision": (str, type(None)),
-    "eval_precision": (str, type(None)), "augment": (str, type(None)),
+    "eval_precision": (str, type(None)), "augment": (str, type(None)), "input_transform": (str, type(None)),
 }
 
 

@@ -43,6 +43,7 @@ SCHEMA = pa.schema(
         ("train_precision", pa.string()),  # --train-precision fp32|bf16; null = the device's default
         ("eval_precision", pa.string()),  # --eval-precision fp32|bf16; null = the device's default
         ("augment", pa.string()),  # --augment crop|crop-flip; null = none
+        ("input_transform", pa.string()),  # the model's own input transform (its key); null = the benchmark's
         ("method", pa.string()),
         ("blocks", pa.string()),
         ("variant", pa.string()),

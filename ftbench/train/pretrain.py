@@ -27,6 +27,7 @@ from torch import nn
 
 from ftbench import integrity
 from ftbench.data.base import SourceTask
+from ftbench.data.preprocess import InputTransform
 from ftbench.environment import cache_dir
 from ftbench.errors import disk_error
 from ftbench.models.base import BlockModel, get_model_entry
@@ -79,7 +80,7 @@ def trained_here(model: str, source: SourceTask | None, device: torch.device, we
 
 def pretrained(model: str, source: SourceTask | None, device: torch.device, weights: str | None = None, *,
                channels: int | None = None, num_classes: int | None = None,
-               input_stats: tuple[Any, Any] | None = None) -> BlockModel:
+               input_stats: tuple[Any, Any] | None = None, transform: InputTransform | None = None) -> BlockModel:
     """The source model for ``(model, source)`` on ``device``: from the cache, or trained now.
 
     ``source=None`` (a protocol without a pretraining task of the benchmark's, whose ID task gets a
@@ -95,12 +96,18 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
     ``input_stats``: the benchmark's image normalisation (``Benchmark.input_stats``), which given
     weights pretrained on other statistics (OpenAI's CLIP towers) are adapted to before anything
     is fit or evaluated.
+
+    ``transform``: the model's own input transform where the run applies it (``applied_transform``;
+    None: the benchmark's images as they are): the model resizes and re-normalises every batch of
+    another size to it, and a classifier fit on the source split is cached per transform.
     """
     from ftbench.models.weights import given_weights
 
     entry = get_model_entry(model)
 
     def adapted(net: BlockModel) -> BlockModel:
+        if hasattr(net, "input_transform") and (transform is None or net.input_transform is None):
+            net.input_transform = transform  # a CLIP tower keeps its own (the same numbers, its tower's size)
         if input_stats is not None and hasattr(net, "set_input_stats"):
             net.set_input_stats(*input_stats)
         return net
@@ -123,6 +130,8 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
         return net
     net = given.model if given is not None else entry.build(source.train.channels, source.num_classes)
     key = cache_key(model, source, device, given.key() if given is not None else None)
+    if transform is not None:  # enters the key only then (older keys stay)
+        key["input_transform"] = transform.key()
     path = _path_for(model, key)
     clean_tmp(path.parent)
     if path.is_file():
