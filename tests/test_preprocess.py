@@ -206,3 +206,23 @@ def test_a_timm_model_with_a_transform_resizes_in_every_forward_path() -> None:
         resized = m(x)
         m.input_transform = None
         assert m(x).shape == resized.shape and not torch.allclose(m(x), resized)  # 8 px as they are: other logits
+
+
+@pytest.mark.parametrize("model, bench, applies", [
+    ("resnet50", "imagenet", True), ("resnet50", "living17", True), ("resnet50", "imagenet-c", True),
+    ("resnet50", "iwildcam", False), ("resnet50", "camelyon17", False), ("resnet50", "fmow", False),
+    ("resnet50", "cifar10-c", False), ("vit-b16", "waterbirds", False),
+    ("clip-vit-b16", "iwildcam", True), ("clip-vit-b16", "cifar10-c", True), ("clip-vit-b16", "imagenet", True),
+])
+def test_a_timm_model_s_transform_replaces_only_the_imagenet_benchmarks(model: str, bench: str, applies: bool) -> None:
+    """A CLIP tower's preprocessing applies on every benchmark (the CLIP releases feed it everywhere); a
+    timm model's pretrained_cfg only on ImageNet-style photographs: on WILDS and CIFAR the benchmark's
+    transform is the published protocol for ImageNet-pretrained networks (iWildCam at 448 px, Camelyon17
+    patches at 96 px, CIFAR upsampled whole, never centre-cropped)."""
+    from ftbench.data.base import get_benchmark
+    from ftbench.models.base import applied_transform, get_model_entry
+
+    entry = get_model_entry(model)
+    got = applied_transform(entry, None, get_benchmark(bench))
+    assert (got is not None) == applies and (got is None or got == entry.transform)
+    assert applied_transform(entry, "scratch", get_benchmark(bench)) is None
