@@ -128,7 +128,8 @@ def _number(v: Any, where: str, key: str, low: float, high: float | None = None)
     except (TypeError, ValueError):
         raise UsageError(f"{where}: {key} {v!r} is not a number") from None
     if not (x >= low and (high is None or x <= high)):
-        raise UsageError(f"{where}: {key} {v!r} is outside {low:g}..{'' if high is None else f'{high:g}'}")
+        rng = f">= {low:g}" if high is None else f"in {low:g}..{high:g}"
+        raise UsageError(f"{where}: {key} {v!r} must be a number {rng}")
     return x
 
 
