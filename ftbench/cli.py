@@ -316,8 +316,11 @@ def sweep(
         out.print(escape(describe_estimate([s for s in specs if s.run_id not in done])))
         if grid is None:  # a paper suite: its setup, data, weights and the published cells it fills
             from ftbench.papers.setup import describe as describe_setup
+            from ftbench.papers.setup import setups
+            from ftbench.report.compare import load_published
 
-            for line in describe_setup(suite, specs, weights):
+            published = load_published("paper")[0] if suite in setups() else []
+            for line in describe_setup(suite, specs, published, weights):
                 out.print(escape(clean(line)))
         if report_format != "terminal" or table != "shifts":  # asked for a table: say why there is none
             print(f"note: --dry-run lists the runs and prints no table; for the table of what is done: "

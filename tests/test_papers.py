@@ -266,8 +266,8 @@ def test_every_published_cell_is_filled_by_a_paper_suite_and_every_paper_suite_f
 def test_dry_run_prints_the_setup_weights_data_and_the_cells_it_fills(cli, tmp_path) -> None:
     r = cli("sweep", "paper-lpft", "--dry-run")
     assert r.code == 0, r.err
-    for text in ["setup: protocol id-ood; model resnet50; shots all of ID train; methods linear-probe, full, lp-ft; "
-                 "seeds 0, 1, 2; 189 runs", "weights needed: the paper's MoCo-v2 ResNet-50",
+    for text in [("setup: protocol id-ood; model resnet50; shots all of ID train; methods linear-probe, full, lp-ft; "
+                  "seeds 0, 1, 2; 189 runs"), "weights needed: the paper's MoCo-v2 ResNet-50",
                  "ftbench sweep paper-lpft --weights FILE", "ftbench fetch stl10", "ftbench fetch breeds",
                  "estimated GPU-hours for the runs to do:", "published cells it fills (21):",
                  "Kumar et al. 2022, Table 2: FT / STL"]:

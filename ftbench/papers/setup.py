@@ -20,6 +20,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SETUPS_FILE = Path(__file__).with_name("setups.toml")
+# Cell values with a meaning of their own (published.toml): "" matches a column left empty (shots = "": every
+# ID training image), "*" a column set to any value (weights = "*": a --weights file).
+EMPTY, ANY = "", "*"
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,6 @@ def fills(cell: dict[str, Any], row: dict[str, Any], weights_given: bool = False
     """Whether a result row with ``row``'s columns belongs to published ``cell`` (as report --compare
     matches them: ``""`` an empty column, ``"*"`` a set one). ``weights_given``: the sweep's --weights
     will set the weights column."""
-    from ftbench.report.compare import ANY, EMPTY
-
     for k, v in cell.items():
         have = row.get(k)
         if k == "weights" and weights_given and have is None:
@@ -114,10 +115,9 @@ def _values(specs: list[Any], field: str, none: str = "") -> str:
     return ", ".join(none if v is None else str(v) for v in vals)
 
 
-def describe(suite: str, specs: list[Any], weights: str | None = None) -> list[str]:
-    """The dry run's lines about ``suite``'s setup (empty for a suite that is no paper's)."""
-    from ftbench.report.compare import load_published
-
+def describe(suite: str, specs: list[Any], published: list[Any], weights: str | None = None) -> list[str]:
+    """The dry run's lines about ``suite``'s setup (empty for a suite that is no paper's); ``published``:
+    the published entries (``ftbench.report.compare.load_published``), whose cells its runs may fill."""
     setup = setups().get(suite)
     if setup is None:
         return []
@@ -137,7 +137,6 @@ def describe(suite: str, specs: list[Any], weights: str | None = None) -> list[s
     lines += _data_lines(specs)
     lines.append(f"report: {setup.report}")
     lines.append(f"known differences from the paper's setup: docs/papers.md#{setup.differences}")
-    published, _ = load_published("paper")
     filled = cells_filled(specs, published, weights_given=bool(setup.weights))
     if filled:
         lines.append(f"published cells it fills ({len(filled)}):")

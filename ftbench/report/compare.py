@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from ftbench.errors import UsageError
+from ftbench.papers.setup import ANY, EMPTY  # cell values: "" an empty column, "*" a set one
 from ftbench.text import clean
 
 if sys.version_info >= (3, 11):
@@ -31,9 +32,6 @@ else:  # pragma: no cover
 
 PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "papers" / "published.toml"
 REQUIRED = ("paper", "table", "row", "column", "value", "protocol")
-# Cell values with a meaning of their own: "" matches a column left empty (e.g. shots = "": every ID
-# training image, no --shots), "*" a column set to any value (e.g. weights = "*": a --weights file).
-EMPTY, ANY = "", "*"
 
 
 @dataclass(frozen=True)
