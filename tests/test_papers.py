@@ -312,6 +312,7 @@ def test_compare_paper_on_a_paper_suites_fabricated_results(cli, tmp_path) -> No
     assert "49.8" in zs and "missing" in zs  # listed, not dropped
     assert "Wortsman et al. 2022, Table 7: 5 cell(s)" in r.out and "Kumar et al. 2022, Table 1: 9 cell(s)" in r.out
     assert "not comparable (131 published cells" in r.out and "ftbench has no DomainNet benchmark" in r.out
+    assert "ftbench cells without a published number" not in r.out  # the wise-ft cell is matched (empty severity)
     tex = cli("report", tmp_path, "--compare", "paper", "--format", "latex")
     assert tex.code == 0, tex.err
     assert r"\begin{tabular}" in tex.out and r"WiSE-FT ($\alpha$=0.5) & IN-V2 & 72.8 & 60.0 & 1 & -12.8" in tex.out

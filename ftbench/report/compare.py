@@ -257,18 +257,23 @@ def compare(df: pd.DataFrame, published: list[Published], selection: str = "val"
         per_seed = rows.groupby("seed")["_v"].mean()
         std = float(per_seed.std(ddof=1)) if per_seed.size > 1 else float("nan")
         out.matched.append(Matched(p, float(per_seed.mean()), std, tuple(float(v) for v in per_seed)))
-        matched_cells |= {tuple(r[k] for k in ROW_KEY + COL_KEY) for _, r in rows.iterrows()}
+        matched_cells |= {_key(r, ROW_KEY + COL_KEY) for _, r in rows.iterrows()}
     chosen = select(df, selection, checkpoint, "ood_acc")
     if not chosen.empty:
         labelled = label_columns(chosen)
         seen = set()
         for _, r in labelled.iterrows():
-            key = tuple(r[k] for k in ROW_KEY + COL_KEY)
+            key = _key(r, ROW_KEY + COL_KEY)
             label = f"{r['row']} | {r['column']}"
             if key not in matched_cells and label not in seen:
                 seen.add(label)
                 out.without_published.append(label)
     return out
+
+
+def _key(row: pd.Series, keys: list[str]) -> tuple[str, ...]:
+    """A row's cell as text: an empty severity (NaN) is one key, where NaN would differ from itself."""
+    return tuple("" if pd.isna(row[k]) else str(row[k]) for k in keys)
 
 
 HEAD = ["paper", "table", "row", "column", "metric", "paper value", "ftbench", "n", "difference", "verdict"]
