@@ -227,6 +227,9 @@ def sweep(
     device: str = typer.Option("auto", help="auto, cpu or cuda", rich_help_panel="Where"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded runs and counts, run nothing", rich_help_panel="Where"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun runs recorded as failed or diverged", rich_help_panel="Where"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="a state-dict file every run of the suite starts "
+                                          "from (e.g. paper-lpft's MoCo-v2 ResNet-50; the dry run says which a "
+                                          "paper suite needs)", rich_help_panel="Where"),
     report_format: str = typer.Option("terminal", "--format", help="format of the final table: terminal, markdown, "
                                       "latex, html, csv or json", rich_help_panel="Where"),
     table: str = typer.Option("shifts", help="kind of the final table: shifts, blocks, methods, corruptions or "
@@ -286,6 +289,8 @@ def sweep(
         notes = suite_notes_cached(suite, path)
     for note in notes:  # grid values some of its methods ignore: said once each, not dropped in silence
         print(clean(f"note: {note}"), file=sys.stderr)
+    if weights is not None:  # every run starts from this file: resolved again, so a bad file is one line now
+        specs = _with_weights(specs, weights)
     _check_format(report_format)
     from ftbench.report import TABLES
 
@@ -325,6 +330,14 @@ def sweep(
         from ftbench.papers.estimate import describe_estimate
 
         out.print(escape(describe_estimate([s for s in specs if s.run_id not in done])))
+        if grid is None:  # a paper suite: its setup, data, weights and the published cells it fills
+            from ftbench.papers.setup import describe as describe_setup
+            from ftbench.papers.setup import setups
+            from ftbench.report.compare import load_published
+
+            published = load_published("paper")[0] if suite in setups() else []
+            for line in describe_setup(suite, specs, published, weights):
+                out.print(escape(clean(line)))
         if report_format != "terminal" or table != "shifts":  # asked for a table: say why there is none
             print(f"note: --dry-run lists the runs and prints no table; for the table of what is done: "
                   f"ftbench report {out_dir} --format {report_format} --table {table}", file=sys.stderr)
@@ -343,6 +356,19 @@ def sweep(
     for f in summary.failures:
         print(clean(f"failed: {f}"), file=sys.stderr)
     _report(out_dir, report_format, run_ids={s.run_id for s in specs}, title=f"suite {suite}", table=table)
+
+
+def _with_weights(specs: list[Any], weights: str) -> list[Any]:
+    """``specs`` with every run starting from the weights file ``weights`` (resolved: its run id says so)."""
+    import dataclasses
+
+    from ftbench.plan.resolve import resolve
+
+    out: dict[str, Any] = {}
+    for s in specs:
+        r = resolve(dataclasses.replace(s, weights=weights))
+        out.setdefault(r.run_id, r)
+    return list(out.values())
 
 
 def _print_notices(specs: list[Any]) -> None:
@@ -414,10 +440,11 @@ def _report(
     if compare is not None:  # --compare prints its comparison instead of the tables: table options do not apply
         for given, flag in ((table != "shifts", f"--table {table}"), (group_by is not None, "--group-by"),
                             (show_selected, "--show-selected"), (metric != "ood_acc", f"--metric {metric}"),
-                            (fmt not in ("terminal", "markdown"), f"--format {fmt}")):
+                            (fmt not in ("terminal", "markdown", "latex"), f"--format {fmt}")):
             if given:
                 raise UsageError(f"{flag} applies to the tables, which --compare replaces by the comparison with "
-                                 "published numbers (printed as terminal text or --format markdown); give one of them")
+                                 "published numbers (printed as terminal text, --format markdown or --format latex); "
+                                 "give one of them")
     # Paper-ready output: each option where it has an effect, refused elsewhere.
     row_names = None if rows is None else [r.strip() for r in rows.split(",")]
     if row_names is not None:
@@ -560,7 +587,7 @@ def _report(
 
         comparison = compare_published(df, published[0], selection, checkpoint)
         comparison.missing_tables = published[1]
-        text = render_comparison(comparison, "markdown" if fmt == "markdown" else "terminal")
+        text = render_comparison(comparison, fmt if fmt in ("markdown", "latex") else "terminal")
         if output is None:
             sys.stdout.write(clean(text))
         else:

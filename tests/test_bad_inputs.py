@@ -264,6 +264,13 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("report {R} --compare {P}", "{P}: published entry 1: value True is not a number", "value = true"),
     ("report {R} --compare {P}", "{P}: published entry 1: cell value blocks = [1] (a list) must be a string or a number", "cell = {blocks = [1]}"),
     ("report {R} --compare {P}", "{P}: published entry 1: paper must be a string", "paper = {a = 1}"),
+    ("report {R} --compare {P}", "{P}: published entry 1 needs exactly one of a cell table (the ftbench results it "
+     "corresponds to) and not_comparable (why no ftbench result matches), got both", 'not_comparable = "a 336 px model"'),
+    ("report {R} --compare {P}", "{P}: published entry 1: cell must be a table of result columns and values, got 3 "
+     "(an integer)", "cell = 3"),
+    ("report {R} --compare {P}", "{P}: published entry 1: ci 'wide' is not a number", 'ci = "wide"'),
+    ("report {R} --compare {P}", "{P}: published entry 1: ci -0.5 must be a number >= 0", "ci = -0.5"),
+    ("report {R} --compare {P}", "{P}: published entry 1: ci_level without ci (the interval's half-width)", "ci_level = 90"),
     ("report {R} --compare {B}", "{B}: not a text (UTF-8) file: byte 0xff at offset 0", None),
     # --- report outputs that cannot be looked at ----------------------------------------------------
     ("report {R} -o {LOOP}", "--output '{LOOP}' cannot be written: Too many levels of symbolic links", None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def test_every_recipe_names_its_release_and_only_real_fields_and_options() -> No
         # every recipe resolves with every one of its methods (values of the right type and range)
         for m in r.methods:
             fields = apply_recipe(r, {"method": m, "benchmark": "digits"}, set())
-            if m in ("vpt", "lora"):
+            if m in ("vpt", "lora", "adapter"):
                 fields["model"] = "digits-vit"
+            if m == "flyp":
+                fields["model"] = "digits-clip"
             resolve(RunSpec(**fields))
 
 
@@ -133,7 +136,8 @@ def test_compare_paper_gives_both_numbers_the_difference_and_the_cells_without_o
     assert "75.0" in line and "73.0" in line and "-2.0" in line and " 2 " in line
     line = next(x for x in r.out.splitlines() if x.startswith("Fabricated et al.") and "Full" in x)
     assert "95.5" in line and "92.0" in line and "-3.5" in line  # full label-flip: 91, 93 -> 92.0
-    assert "published numbers without ftbench results (1):" in r.out and "Table 2, row 'LP-FT'" in r.out
+    assert "published tables without any ftbench result here (1 cells):" in r.out
+    assert "Fabricated et al., Table 2: 1 cell(s)" in r.out
     assert "ftbench cells without a published number" in r.out and "last layer | corruption" in r.out
     md = cli("report", results, "--compare", pub, "--format", "markdown")
     assert "| Fabricated et al. | Table 1 | Block 1 |" in md.out and "| -2.0 |" in md.out
@@ -177,3 +181,169 @@ def test_the_estimate_is_counted_flops_times_steps_at_the_assumed_rate(monkeypat
     monkeypatch.setenv("FTBENCH_GPU_TFLOPS", "2")
     hours, unknown = estimate.estimate([spec, resolve(RunSpec(method="none"))])
     assert unknown == 0 and hours == pytest.approx(3 * f * 10 * 32 / 2e12 / 3600)
+
+
+# --- the paper suites: each in its paper's setup; every published cell filled by one -----------------
+
+
+def _by(specs, **want):
+    return [s for s in specs if all(getattr(s, k) == v for k, v in want.items())]
+
+
+def test_every_paper_suite_expands_in_its_papers_setup() -> None:
+    """Protocol, model, shots, methods and the released recipe's values of each paper suite (the values and
+    their sources are in recipes.toml; the published protocol in published.toml)."""
+    lpft = expand_suite("paper-lpft")
+    assert {s.protocol for s in lpft} == {"id-ood"} and {s.model for s in lpft} == {"resnet50"}
+    assert {s.benchmark for s in lpft} == {"living17", "entity30", "cifar10"} and {s.shots for s in lpft} == {None}
+    assert {s.method for s in lpft} == {"linear-probe", "full", "lp-ft"} and {s.seed for s in lpft} == {0, 1, 2}
+    full = _by(lpft, method="full")
+    assert sorted({s.lr for s in full}) == [3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert {(s.optimizer, s.wd, s.batch_size, s.epochs, s.schedule) for s in full} == {("sgd", 0.0, 64, 20, "cosine")}
+    assert {s.options_dict["bn"] for s in full} == {"train"}
+    assert {s.options_dict["bn"] for s in _by(lpft, method="lp-ft")} == {"frozen"}
+    assert {s.augment for s in _by(lpft, method="full", benchmark="living17")} == {"crop-flip"}
+    assert {s.augment for s in _by(lpft, method="full", benchmark="cifar10")} == {None}  # Resize only
+    assert {s.options_dict["select"] for s in _by(lpft, method="linear-probe")} == {"val"}
+    assert {s.schedule for s in _by(lpft, method="linear-probe")} == {None}  # no loop: no schedule
+
+    for name, shots, lr in (("paper-wiseft-table8", None, 3e-5), ("paper-wiseft-table7", 16, 1e-5)):
+        specs = expand_suite(name)
+        assert {s.method for s in specs} == {"zero-shot", "wise-ft"}
+        assert {(s.benchmark, s.protocol, s.model) for s in specs} == {("imagenet", "id-ood", "clip-vit-b16")}
+        (ws,) = {(s.shots, s.lr, s.wd, s.batch_size, s.epochs, s.schedule, s.warmup, s.clip_grad, s.augment,
+                  s.head_init, s.options_dict["alphas"], s.options_dict["decay"]) for s in _by(specs, method="wise-ft")}
+        assert ws == (shots, lr, 0.1, 512, 10, "cosine", 500, 1.0, "crop", None,  # None: wise-ft's zero-shot head
+                      "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "decoupled")
+
+    petl = expand_suite("paper-petl-robustness")
+    assert {s.method for s in petl} == {"zero-shot", "surgical", "full", "bitfit", "ln-tune"}
+    assert {s.blocks for s in _by(petl, method="surgical")} == {("last",)}  # PETL_Vision's "linear": the head
+    trained = [s for s in petl if s.method != "zero-shot"]
+    assert {(s.benchmark, s.protocol, s.model, s.shots, s.head_init) for s in trained} == {
+        ("imagenet", "id-ood", "clip-vit-b16", 100, "zero-shot")}
+    assert {(s.lr, s.wd, s.batch_size, s.epochs, s.checkpoints, s.schedule, s.warmup) for s in trained} == {
+        (3e-5, 0.005, 256, 100, 100, "cosine", 3900)}
+
+    autoft = expand_suite("paper-autoft")
+    assert {(s.protocol, s.model) for s in autoft} == {("id-ood", "clip-vit-b16")}
+    assert {s.benchmark for s in autoft} == {"iwildcam", "fmow"}
+    assert {s.method for s in autoft} == {"zero-shot", "full", "autoft", "flyp", "wise-ft"}
+    (a,) = {(s.lr, s.batch_size, s.epochs, s.schedule, s.warmup, s.clip_grad) for s in _by(autoft, method="autoft")}
+    assert a == (1e-5, 256, 20, "cosine", 500, 1.0)
+    o = _by(autoft, method="autoft")[0].options_dict
+    assert (o["trials"], o["inner_steps"], o["lr_mode"], o["dcm"], o["search_size"]) == (500, 10, "fixed", "entropy", 1000)
+    assert "flyp" in o["terms"].split(",")
+    assert {s.head_init for s in _by(autoft, method="full")} == {"zero-shot"}
+    flyp = _by(expand_suite("paper-flyp-wilds"), method="flyp")
+    assert {(s.lr, s.wd, s.batch_size, s.epochs, s.schedule, s.warmup) for s in flyp} == {(1e-5, 0.2, 256, 20, "cosine", 500)}
+    assert {s.seed for s in flyp} == {0, 1, 2, 3, 4}  # the authors: iWildCam over 5 seeds
+
+
+def test_every_published_cell_is_filled_by_a_paper_suite_and_every_paper_suite_fills_one() -> None:
+    from ftbench.papers.setup import cells_filled, setups
+    from ftbench.report.compare import load_published
+    from ftbench.plan.suites import default_suites_file, load_suites
+
+    published, missing = load_published("paper")
+    comparable = [p for p in published if p.cell is not None]
+    assert len(published) == 197 and len(comparable) == 66
+    assert all(p.reason for p in published if p.cell is None)  # each says why no ftbench result matches
+    unreadable = {m["paper"].split(" (")[0] for m in missing}
+    suites = load_suites(default_suites_file())[0]
+    filled: set[int] = set()
+    for name, setup in setups().items():
+        if setup.paper.split(" (")[0] in unreadable and not any(p.paper in setup.paper for p in comparable):
+            continue  # no table of this paper could be read: a suite without cells, as the dry run says
+        got = cells_filled(expand_suite(name), published, weights_given=bool(setup.weights))
+        assert got, f"suite {name} fills no published cell"
+        filled |= {id(p) for p, _ in got}
+    orphans = [p.source for p in comparable if id(p) not in filled]
+    assert not orphans, orphans
+    # every paper-* suite is a paper suite with a setup, or a part of one
+    included = {str(i) for n in setups() for i in suites[n].get("include", [])}
+    assert {n for n in suites if n.startswith("paper-")} <= set(setups()) | included
+
+
+def test_dry_run_prints_the_setup_weights_data_and_the_cells_it_fills(cli, tmp_path) -> None:
+    r = cli("sweep", "paper-lpft", "--dry-run")
+    assert r.code == 0, r.err
+    for text in [("setup: protocol id-ood; model resnet50; shots all of ID train; methods linear-probe, full, lp-ft; "
+                  "seeds 0, 1, 2; 189 runs"), "weights needed: the paper's MoCo-v2 ResNet-50",
+                 "ftbench sweep paper-lpft --weights FILE", "ftbench fetch stl10", "ftbench fetch breeds",
+                 "estimated GPU-hours for the runs to do:", "published cells it fills (21):",
+                 "Kumar et al. 2022, Table 2: FT / STL"]:
+        assert text in r.out, text
+    r = cli("sweep", "paper-lpft", "--dry-run", "--weights", tmp_path / "none.pt")
+    assert r.code == 2 and r.err.count("\n") == 1 and "weights file" in r.err and "not found" in r.err
+
+
+def _fabricated(spec, seed_shift: float, alphas=True) -> list[dict]:
+    """Rows as a run of ``spec`` writes them, with made-up accuracies (ID, each OOD set; WiSE-FT per alpha)."""
+    from ftbench.data.base import get_benchmark
+
+    sets = list(get_benchmark(spec.benchmark).id_ood_sets)
+    base = {**spec.columns(), "status": "ok", "variant": "", "final": True}
+    base["options"] = dict(spec.options)
+
+    def accs(x: float) -> dict:
+        ood = {f"ood.{n}_acc": x - 10 - i for i, n in enumerate(sets)}
+        return {"id_acc": x, "val_acc": x, "ood_acc": sum(ood.values()) / len(ood), **ood}
+
+    if spec.method != "wise-ft":
+        return [{**base, **accs(70.0 + seed_shift)}]
+    rows = [{**base, **accs(60.0 + 20 * a + seed_shift), "alpha": a, "final": False} for a in (0.0, 0.5)]
+    return rows + [{**base, **accs(80.0 + seed_shift), "alpha": 1.0}]
+
+
+def test_compare_paper_on_a_paper_suites_fabricated_results(cli, tmp_path) -> None:
+    """Table 8's WiSE-FT run from the suite, its rows fabricated: each alpha row fills the cell naming it,
+    the zero-shot cells (no zero-shot run here) are listed as missing in the table, other tables summarised."""
+    from ftbench.results.store import write_result
+
+    wise = _by(expand_suite("paper-wiseft-table8"), method="wise-ft")[0]
+    write_result(tmp_path, _fabricated(wise, 0.0))
+    r = cli("report", tmp_path, "--compare", "paper")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    half = next(x for x in lines if "WiSE-FT (α=0.5)" in x and "IN-V2" in x)  # alpha 0.5: id 70, v2 = 70 - 10
+    assert "72.8" in half and "60.0" in half and "-12.8" in half and "one seed" in half
+    ft = next(x for x in lines if "Standard fine-tuning" in x and "IN (ref.)" in x)  # alpha 1: id 80
+    assert "81.3" in ft and "80.0" in ft and "-1.3" in ft
+    zs = next(x for x in lines if "CLIP ViT-B/16: Zero-shot" in x and "IN-A" in x)
+    assert "49.8" in zs and "missing" in zs  # listed, not dropped
+    assert "Wortsman et al. 2022, Table 7: 5 cell(s)" in r.out and "Kumar et al. 2022, Table 1: 9 cell(s)" in r.out
+    assert "not comparable (131 published cells" in r.out and "ftbench has no DomainNet benchmark" in r.out
+    assert "ftbench cells without a published number" not in r.out  # the wise-ft cell is matched (empty severity)
+    tex = cli("report", tmp_path, "--compare", "paper", "--format", "latex")
+    assert tex.code == 0, tex.err
+    assert r"\begin{tabular}" in tex.out and r"WiSE-FT ($\alpha$=0.5) & IN-V2 & 72.8 & 60.0 & 1 & -12.8" in tex.out
+    md = cli("report", tmp_path, "--compare", "paper", "--format", "markdown")
+    assert "| Wortsman et al. 2022 | Table 8 | CLIP ViT-B/16: Zero-shot | IN-A | ood.imagenet-a_acc | 49.8 | missing |" in md.out
+
+
+def test_compare_paper_judges_by_the_papers_interval_or_the_seed_range(cli, tmp_path) -> None:
+    """LP-FT prints 90% CIs: ftbench's mean inside or outside it; a run without --weights fills no LP-FT cell."""
+    from ftbench.results.store import write_result
+
+    specs = [s for s in expand_suite("paper-lpft") if s.lr in (3e-4, None) and s.benchmark == "cifar10"]
+    for s in specs:  # with a weights file, as `sweep paper-lpft --weights FILE` makes them
+        s = dataclasses.replace(s, weights="/weights/moco_v2_800ep.pt")
+        rows = _fabricated(s, {0: -0.4, 1: 0.0, 2: 0.4}[s.seed])
+        for r in rows:  # LP-FT's CIFAR-10 ID: 97.5 ± 0.1 -> 97.5 inside; FT 97.3 ± 0.2 -> 70 outside
+            r["id_acc"] = {"lp-ft": 97.5, "full": 70.0, "linear-probe": 91.8}[s.method] + {0: -0.4, 1: 0.0, 2: 0.4}[s.seed]
+        write_result(tmp_path, rows)
+    r = cli("report", tmp_path, "--compare", "paper")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    lpft = next(x for x in lines if x.startswith("Kumar") and "Table 1" in x and "LP-FT" in x and "CIFAR-10" in x)
+    assert "97.5 ± 0.1" in lpft and "97.5 ± 0.4" in lpft and "3" in lpft and "within the paper's 90% CI [97.4, 97.6]" in lpft
+    ft = next(x for x in lines if x.startswith("Kumar") and "Table 1" in x and " FT " in x and "CIFAR-10" in x)
+    assert "outside the paper's 90% CI [97.1, 97.5]" in ft
+    liv = next(x for x in lines if x.startswith("Kumar") and "Table 1" in x and "Liv-17" in x)
+    assert "missing" in liv
+    plain = tmp_path / "plain"
+    for s in specs[:1]:
+        write_result(plain, _fabricated(s, 0.0))  # no --weights: the supervised hub weights
+    r = cli("report", plain, "--compare", "paper")
+    assert r.code == 0 and "Kumar et al. 2022, Table 1: 9 cell(s)" in r.out

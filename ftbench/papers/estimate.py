@@ -8,7 +8,8 @@ was measured. The formula:
 * ``F`` is the forward FLOPs of one image, *counted* by ``torch.utils.flop_counter`` on the model
   built on PyTorch's meta device (no weights, no memory) at the benchmark's image size; a training
   step costs about 3 forward passes (forward + backward), the usual rule of thumb;
-* ``steps`` is the run's ``--steps``, or ``--epochs`` × ⌊n / batch size⌋ with n = shots × classes;
+* ``steps`` is the run's ``--steps``, or ``--epochs`` × ⌊n / batch size⌋ with n = shots × classes (under
+  ``--protocol id-ood`` without ``--shots``: the size of ID train, ``ID_TRAIN``);
 * ``throughput`` is an *assumed* sustained rate, ``$FTBENCH_GPU_TFLOPS`` (default 100 TFLOP/s, bf16,
   a fraction of a current data-centre GPU's peak that small fine-tuning batches typically reach).
 
@@ -29,10 +30,15 @@ DEFAULT_TFLOPS = GPU_TFLOPS_DEFAULT
 # The image size each benchmark feeds its model, and its number of classes (docs/benchmarks.md).
 IMAGE_SIZE = {"digits": 8, "cifar10-c": 32, "cifar10-c-gen": 32, "cifar10-flip": 32, "imagenet-c": 224,
               "imagenet-c-gen": 224, "living17": 224, "entity30": 224, "waterbirds": 224, "celeba": 224,
-              "camelyon17": 96, "fmow": 224, "iwildcam": 448}
+              "camelyon17": 96, "fmow": 224, "iwildcam": 448, "imagenet": 224, "cifar10": 32}
 CLASSES = {"digits": 10, "cifar10-c": 10, "cifar10-c-gen": 10, "cifar10-flip": 10, "imagenet-c": 1000,
            "imagenet-c-gen": 1000, "living17": 17, "entity30": 30, "waterbirds": 2, "celeba": 2, "camelyon17": 2,
-           "fmow": 62, "iwildcam": 182}
+           "fmow": 62, "iwildcam": 182, "imagenet": 1000, "cifar10": 10}
+# Images of ID train under --protocol id-ood without --shots (the published split sizes less ftbench's held-out
+# ID val: 10 per class or subclass for ImageNet and BREEDS, a tenth of CIFAR-10; WILDS' train splits as
+# published). Rounded: they size an estimate.
+ID_TRAIN = {"imagenet": 1_271_000, "cifar10": 45_000, "living17": 44_000, "entity30": 156_000, "iwildcam": 129_809,
+            "fmow": 76_863, "camelyon17": 302_436, "waterbirds": 4_795, "celeba": 162_770}
 
 
 @lru_cache(maxsize=64)
@@ -54,7 +60,7 @@ def _count_flops(model: str, channels: int, size: int, classes: int) -> float | 
 
     try:
         with torch.device("meta"):
-            net = get_model_entry(model).build(channels, classes)
+            net = get_model_entry(model).build(channels, classes).eval()  # one image: BatchNorm in eval mode
             x = torch.empty(1, channels, size, size)
             with FlopCounterMode(display=False) as counter:
                 net(x)
@@ -78,14 +84,21 @@ def run_flops(spec: Any) -> float | None:
     if spec.steps is not None:
         steps = spec.steps
     elif spec.epochs is not None:
-        n = (spec.shots or 1) * classes
+        n = train_images(spec, classes) or (spec.shots or 1) * classes
         steps = spec.epochs * max(1, n // min(bs, n))
     else:
         steps = 0  # a method without a loop (linear-probe)
     if spec.method == "autoft":  # its search: trials × inner_steps more steps
         o = dict(spec.options)
         steps += int(o.get("trials", 0)) * int(o.get("inner_steps", 0))
-    return 3.0 * f * steps * min(bs, (spec.shots or bs) * classes)
+    return 3.0 * f * steps * min(bs, train_images(spec, classes) or (spec.shots or bs) * classes)
+
+
+def train_images(spec: Any, classes: int) -> int | None:
+    """Images one epoch of ``spec`` trains on under id-ood without --shots (all of ID train); None otherwise."""
+    if spec.shots is None and spec.protocol == "id-ood" and spec.benchmark in ID_TRAIN:
+        return ID_TRAIN[spec.benchmark]
+    return None
 
 
 def estimate(specs: list[Any]) -> tuple[float, int]:

@@ -23,7 +23,9 @@ else:  # pragma: no cover
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 # RunSpec fields a recipe may set (the others, e.g. benchmark, shift, seed, say what is run, not how).
 FIELDS = ("lr", "wd", "steps", "epochs", "batch_size", "optimizer", "checkpoints", "shots", "schedule", "warmup",
-          "clip_grad")
+          "clip_grad", "augment")
+# Fields of the training loop: a method without one (linear-probe, zero-shot) does not take them from a recipe.
+LOOP_FIELDS = ("schedule", "warmup", "clip_grad", "augment")
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,13 @@ def apply_recipe(recipe: Recipe, fields: dict[str, Any], given: set[str]) -> dic
                          "paper's recipe (ftbench list recipes)")
     out = dict(fields)
     benchmark = str(out.get("benchmark", "digits"))
+    method = get_method(method_name)
     length_given = bool({"steps", "epochs"} & given)  # the run's length is one thing: given, or the recipe's
     for k, v in recipe.fields_for(benchmark).items():
+        if k in LOOP_FIELDS and "steps" not in method.uses:
+            continue  # the release's loop settings, for a method that trains no loop (LP-FT's probe)
         if k not in given and not (k in ("steps", "epochs") and length_given):
             out[k] = v
-    method = get_method(str(out.get("method", "surgical")))
     opts = dict(out.get("options") or ())
     for k, v in recipe.options_for(method.name, method.options, benchmark, _has_text_tower(out, benchmark)
                                    if recipe.text_tower else False).items():
