@@ -25,8 +25,8 @@ def test_a_shift_not_given_is_the_protocols_default_and_a_given_one_is_never_rep
     assert resolve(RunSpec()).run_id == "f02f83d34fa20551"
     assert resolve(RunSpec(shift="corruption")).run_id == "f02f83d34fa20551"
     assert resolve(RunSpec(protocol="id-ood")).shift == "style-noise"
-    assert resolve(RunSpec(protocol="id-ood")).run_id == "8f9d4e835508cc54"
-    assert resolve(RunSpec(protocol="id-ood", shift="style-noise")).run_id == "8f9d4e835508cc54"
+    assert resolve(RunSpec(protocol="id-ood")).run_id == "01c6e87a0717e0b1"  # data version 2 (the bigger ID val split, 2026-12-07)
+    assert resolve(RunSpec(protocol="id-ood", shift="style-noise")).run_id == "01c6e87a0717e0b1"
     # given explicitly, corruption is not style-noise (it ran style-noise silently)
     with pytest.raises(UsageError, match="in protocol id-ood: 'corruption'; accepted: style-noise"):
         resolve(RunSpec(protocol="id-ood", shift="corruption"))
