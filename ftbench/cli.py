@@ -375,7 +375,7 @@ def _report(
     allow_missing: bool = False, checkpoint: str = "best", trend: str = "full", compare: Optional[str] = None,
     two_sided: bool = False, show_selected: bool = False, compare_methods: Optional[tuple[str, str]] = None,
     rows: Optional[str] = None, label: Optional[str] = None, caption: Optional[str] = None,
-    panels: Optional[str] = None, plot_title: Optional[str] = None,
+    panels: Optional[str] = None, plot_title: Optional[str] = None, within: Optional[float] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
@@ -386,6 +386,9 @@ def _report(
     _check_format(fmt)
     if table not in TABLES:
         raise unknown("table", table, TABLES)
+    from ftbench.report.table import check_within
+
+    check_within(table, within)
     if selection not in SELECTIONS:
         raise unknown("selection", selection, list(SELECTIONS))
     if checkpoint not in CHECKPOINTS:
@@ -557,7 +560,7 @@ def _report(
             try:
                 built.append(((group, part, sel), build(part, table, sel, metric, checkpoint=checkpoint,
                                                         title=" — ".join(x for x in (table_title, group) if x),
-                                                        trend=trend_methods)))
+                                                        trend=trend_methods, within=within)))
             except UsageError as e:  # of several tables, one this kind cannot be made of is said and left out
                 if len(parts) == 1:
                     raise
@@ -616,8 +619,11 @@ def _report(
 @app.command(epilog="Examples:\n\n  ftbench report ftbench-results --table blocks --format markdown\n\n  ftbench report new-results --baseline old-results --tolerance auto")
 def report(
     results: Path = typer.Argument(DEFAULT_OUT, help="results folder (or one parquet file)"),
-    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style), corruptions "
-                              "or robustness (effective robustness, Taori et al. 2020)", rich_help_panel="Table"),
+    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style), corruptions, "
+                              "robustness (effective robustness, Taori et al. 2020) or pareto (OOD against "
+                              "trainable parameters, seconds and FLOPs, the Pareto front marked)", rich_help_panel="Table"),
+    within: Optional[float] = typer.Option(None, "--within", metavar="X", help="--table pareto: also mark the "
+                                           "cheapest row within X OOD points of the best", rich_help_panel="Table"),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json", rich_help_panel="Table"),
     select: str = typer.Option("val", help="model selection: val (the protocol's own: target val in few-shot, ID val "
                                "in id-ood), target-val, id-val, ood-val (id-ood), source-val (few-shot) or oracle", rich_help_panel="Table"),
@@ -666,7 +672,7 @@ def report(
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
                    allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
                    two_sided=two_sided, show_selected=show_selected, compare_methods=compare_methods,
-                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title)
+                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title, within=within)
     if code:
         raise typer.Exit(code)
 
