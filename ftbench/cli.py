@@ -677,6 +677,61 @@ def report(
         raise typer.Exit(code)
 
 
+@app.command(epilog="Examples:\n\n  ftbench advise --shift corruption --corruption contrast --severity 5\n\n  "
+             "ftbench advise --shift label-flip --method surgical --method full --format json")
+def advise(
+    benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)", rich_help_panel="Data"),
+    shift: Optional[str] = typer.Option(None, help="shift of the benchmark, as ftbench run's --shift", rich_help_panel="Data"),
+    corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption", rich_help_panel="Data"),
+    severity: Optional[int] = typer.Option(None, help="corruption severity 1..5", rich_help_panel="Data"),
+    shots: Optional[int] = typer.Option(None, help="labelled target examples per class", rich_help_panel="Data"),
+    protocol: str = typer.Option("few-shot", help="few-shot or id-ood (docs/protocols.md)", rich_help_panel="Data"),
+    model: Optional[str] = typer.Option(None, help="model name (default: the benchmark's)", rich_help_panel="Model and method"),
+    method: list[str] = typer.Option([], "--method", help="candidate method, repeatable (default: surgical, whose "
+                                     "candidates are the model's blocks)", rich_help_panel="Model and method"),
+    strategy: str = typer.Option("halving", help="halving (successive halving over block and lr on the selection "
+                                 "split) or rgn (Auto-RGN's relative gradient norm per block)", rich_help_panel="Advice"),
+    seed: int = typer.Option(0, help="run seed of the advisor's runs", rich_help_panel="Training"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps of a full run (default 50)", rich_help_panel="Training"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda", rich_help_panel="Where"),
+    threads: int = typer.Option(1, help="torch CPU threads (1, as run and sweep, so the rows are theirs)", rich_help_panel="Where"),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder: the advisor's runs land here as "
+                                 "ordinary rows, and runs already there are read, not rerun", rich_help_panel="Where"),
+    fmt: str = typer.Option("terminal", "--format", help="terminal or json", rich_help_panel="Advice"),
+) -> None:
+    """Which block (and method) to tune for this shift: rank the candidates with a fraction of the grid's compute."""
+    import json
+
+    from ftbench.advise.advisor import STRATEGIES, advise as run_advice, as_json, as_text
+    from ftbench.execution.runner import pick_device
+    from ftbench.methods import check_method_name
+    from ftbench.plan.resolve import resolve
+    from ftbench.spec import RunSpec
+    from ftbench.sweep.task import set_threads
+    from ftbench.validate import check_output_dir, check_settings
+
+    if fmt not in ("terminal", "json"):
+        raise unknown("--format for advise", fmt, ("terminal", "json"))
+    if strategy not in STRATEGIES:
+        raise unknown("strategy", strategy, list(STRATEGIES))
+    for m in method:
+        check_method_name(m)
+    if len(set(method)) != len(method):
+        raise UsageError(f"--method: a method given twice in {' '.join(method)}")
+    base = resolve(RunSpec(benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots,
+                           model=model, method="surgical", protocol=protocol, seed=seed, steps=steps,
+                           lr=1e-3, wd=1e-4, batch_size=64, optimizer="adam"))
+    check_settings({"threads": threads})
+    check_output_dir(out_dir, "--out")
+    pick_device(device)
+    set_threads(threads)
+    a = run_advice(base, out_dir, list(method) or None, strategy, device)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(as_json(a), indent=2) + "\n")
+    else:
+        out.print(escape(as_text(a).rstrip("\n")))
+
+
 @app.command(epilog="Examples:\n\n  ftbench fetch --list\n\n  ftbench fetch cifar10-c --mirror /data/archives")
 def fetch(
     names: list[str] = typer.Argument(None, help="datasets to fetch (default: list them)"),
