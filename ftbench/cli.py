@@ -444,6 +444,9 @@ def _report(
         bad = [x for x in panel_names if x not in PANELS]
         if bad or not panel_names:
             raise unknown("panel", bad[0] if bad else panels, PANELS)
+        if table == "pareto":
+            raise UsageError("--panels chooses the panels of the results figure; --table pareto draws one panel per "
+                             "shift (OOD against training FLOPs): leave --panels out")
         if len(set(panel_names)) != len(panel_names):
             raise UsageError(f"--panels: a panel given twice in {panels!r}; accepted: {', '.join(PANELS)}")
     if plot_title is not None and plot is None and (fmt == "csv" or compare is not None or compare_methods is not None):
@@ -596,7 +599,12 @@ def _report(
                 sys.stdout.write(clean(text))
             else:
                 _write_atomic(output, text)
-    if plot is not None:
+    if plot is not None and table == "pareto" and published is None:  # the front: OOD against FLOPs
+        from ftbench.report.plots import plot_pareto
+
+        plot_pareto(grids, plot, plot_title)
+        print(f"plot written to {plot}", file=sys.stderr)
+    elif plot is not None:
         from ftbench.report.plots import plot_results
 
         plot_results(df, plot, selection, metric, trend=trend_methods,

@@ -218,6 +218,7 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("report {R} --allow-missing", "--allow-missing needs --baseline", None),
     ("report {R} --trend full,lp-ft", "--trend full,lp-ft applies to --table robustness and --plot", None),
     ("report {R} --within 1", "--within 1 applies to --table pareto", None),
+    ("report {R} --table pareto --plot {OUT}.png --panels bars", "--table pareto draws one panel per shift", None),
     ("advise --strategy fastest", "unknown strategy 'fastest'", None),
     ("advise --format csv", "csv", None),
     ("advise --method nope", "nope", None),

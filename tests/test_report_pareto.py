@@ -73,3 +73,13 @@ def test_pareto_on_real_results_from_the_cli(tmp_path: Path):
         assert marks[("last layer", col, "within 1")]
     text = render(build(_results(), "pareto", within=1), "markdown")
     assert "| none |" in text and "**yes**" in text
+
+
+def test_plot_pareto_draws_each_row_of_each_shift(tmp_path: Path):
+    p = subprocess.run([sys.executable, "-m", "ftbench.cli", "report", str(REPO / "tests/data/baseline_smoke"),
+                        "--table", "pareto", "--format", "csv", "--plot", "front.svg"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    svg = (tmp_path / "front.svg").read_text()
+    assert svg.count("Last layer") == 2 and svg.count("Block 1") == 2  # one labelled point per row and shift
+    assert "training FLOPs" in svg
