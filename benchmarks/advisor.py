@@ -15,7 +15,8 @@ each strategy of the advisor (seed 0), then prints per shift and overall:
 
 Beside the strategies: always block 1, always the last layer, a random block (its expectation: the mean
 over blocks) and Auto-RGN's ranking (the top-RGN block, lr as the grid selects). The shift set is fixed
-here, before any measurement: every digits corruption at severities 3 and 5, subpopulation, label-flip,
+here, before any measurement: every digits corruption (all but the colour-only ones) at severities 3
+and 5, subpopulation, label-flip,
 and the ID->OOD shift (style-noise). Nothing of the advisor is fit on these shifts (docs/advisor.md).
 """
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ftbench.advise.advisor import (GRID_LRS, GRID_SEEDS, STRATEGIES, advise, candidates, grid_cost,  # noqa: E402
                                     model_blocks, run_or_read, spec_of)
-from ftbench.data.corruptions import CORRUPTIONS  # noqa: E402
+from ftbench.data.corruptions import COLOR_ONLY, CORRUPTIONS  # noqa: E402
 from ftbench.plan.resolve import resolve  # noqa: E402
 from ftbench.spec import RunSpec  # noqa: E402
 
@@ -44,6 +45,8 @@ def shifts() -> list[tuple[str, RunSpec]]:
     out = []
     for sev in (3, 5):
         for c in CORRUPTIONS:
+            if c in COLOR_ONLY:  # needs RGB images: not a digits corruption
+                continue
             out.append((f"{c} s{sev}", resolve(RunSpec(shift="corruption", corruption=c, severity=sev, **base))))
     for s in ("subpopulation", "label-flip"):
         out.append((s, resolve(RunSpec(shift=s, **base))))
