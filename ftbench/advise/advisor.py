@@ -142,48 +142,43 @@ def spec_of(base: RunSpec, c: Candidate, steps: int | None = None, seed: int | N
 def run_or_read(spec: RunSpec, out_dir: Path, device: str) -> dict[str, Any]:
     """The final result row of ``spec``: read from ``out_dir`` when a finished run is there, else run
     and written there as ``ftbench run`` writes it."""
-    from ftbench.results.store import _load, result_path, write_result
+    from ftbench.results.store import is_done, read_results, result_path, write_result
 
     path = result_path(out_dir, spec.run_id)
-    frame, _ = _load(path, in_folder=True) if path.exists() else (None, None)
-    if frame is not None and (frame["status"] == "ok").all():
-        rows = frame.to_dict("records")
+    if path.exists() and is_done(path, retry_failed=True):  # a finished ok run: read, as a sweep skips it
+        rows = read_results(path)[0].to_dict("records")
     else:
         from ftbench.execution.runner import discard_work, execute, work_dir
 
         rows = execute(spec, device, work_dir(out_dir, spec.run_id))
         write_result(out_dir, rows)
         discard_work(work_dir(out_dir, spec.run_id), rows)
-    final = [r for r in rows if r.get("final", True) is not False] or rows
+    def is_final(v: Any) -> bool:  # None or NaN: a row of a run without checkpoints
+        return v is None or v != v or bool(v)
+
+    final = [r for r in rows if is_final(r.get("final"))] or rows
     return final[-1]
 
 
-def run_flops(spec: RunSpec, row: dict[str, Any] | None = None) -> float:
-    """Training FLOPs of ``spec``: its examples (recorded in ``row``, else steps x batch) x one image's step
-    (ftbench/papers/estimate.py, backward down to the lowest tuned block)."""
+def run_flops(spec: RunSpec, n_train: int) -> float:
+    """Training FLOPs of ``spec``'s optimizer steps: steps x min(batch size, ``n_train``) images x one
+    image's step (ftbench/papers/estimate.py: forward, backward down to the lowest tuned block). The same
+    formula prices the grid (:func:`grid_cost`), so the fraction compares like with like; the L-BFGS
+    iterations of a linear-probe stage (lp-ft, linear-probe) are counted on neither side."""
     from ftbench.papers.estimate import example_flops
 
     tuned = list(spec.blocks) if spec.method == "surgical" else None
     f = example_flops(spec.model, spec.benchmark, tuned) or 0.0
-    if row is not None and row.get("examples_per_second") == row.get("examples_per_second") \
-            and row.get("train_seconds") is not None:
-        examples = round(float(row["examples_per_second"]) * float(row["train_seconds"]))
-    else:
-        n = row.get("n_target_train") if row else None
-        examples = (spec.steps or 0) * min(spec.batch_size or 64, int(n) if n else spec.batch_size or 64)
-    return f * examples
+    return f * (spec.steps or 0) * min(spec.batch_size or 64, n_train)
 
 
 def grid_cost(base: RunSpec, cands: list[Candidate], seeds: int, n_train: int) -> tuple[int, float]:
     """(optimizer steps, training FLOPs) of the full grid: every candidate at full steps, ``seeds`` seeds."""
-    from ftbench.papers.estimate import example_flops
-
-    steps = flops = 0
+    steps, flops = 0, 0.0
     for c in cands:
         s = spec_of(base, c)
         steps += (s.steps or 0) * seeds
-        tuned = list(s.blocks) if s.method == "surgical" else None
-        flops += (example_flops(s.model, s.benchmark, tuned) or 0.0) * (s.steps or 0) * min(s.batch_size or 64, n_train) * seeds
+        flops += run_flops(s, n_train) * seeds
     return steps, flops
 
 
@@ -196,11 +191,11 @@ class _Ledger:
 
     def run(self, spec: RunSpec) -> dict[str, Any]:
         row = run_or_read(spec, self.out_dir, self.device)
-        if spec.run_id not in self.runs:
-            self.runs.append(spec.run_id)
-            self.steps += int(row.get("train_steps") or spec.steps or 0)
-            self.flops += run_flops(spec, row)
         self.n_train = int(row.get("n_target_train") or 0) or self.n_train
+        if spec.run_id not in self.runs:  # requested optimizer steps, priced as the grid is (run_flops)
+            self.runs.append(spec.run_id)
+            self.steps += int(spec.steps or 0)
+            self.flops += run_flops(spec, self.n_train or spec.batch_size or 64)
         return row
 
 
