@@ -70,3 +70,13 @@ def test_advise_cli_json_names_blocks_method_confidence_and_cost(tmp_path: Path)
     assert 0 < doc["cost_fraction"] < 1
     assert rec["command"].startswith("ftbench run ") and f"--block {rec['blocks'][0]}" in rec["command"]
     assert (tmp_path / "r" / f"{rec['run_id']}.parquet").is_file()
+
+
+def test_a_method_that_ignores_lr_is_one_candidate_and_its_command_has_no_lr():
+    from ftbench.advise.advisor import candidates, run_command, spec_of
+
+    base = _base(shift="label-flip", steps=8)
+    cands = candidates(base, ["none", "linear-probe", "surgical"])
+    assert [c.label for c in cands[:2]] == ["none", "linear-probe"]  # one each, not one per lr
+    assert len(cands) == 2 + 4 * 2  # digits-resnet's 4 blocks x 2 lrs
+    assert "--lr" not in run_command(spec_of(base, cands[1])) and "--steps" not in run_command(spec_of(base, cands[1]))

@@ -30,8 +30,8 @@ STRATEGIES = {"halving": "successive halving over (block, lr) on the selection s
 DEFAULT_STRATEGY = "halving"
 GRID_LRS = (1e-3, 1e-2)  # the default suite's lr axis (ftbench/benchmarks.toml)
 GRID_SEEDS = 3  # the default suite's seeds: what the grid this replaces would run
-# Confidence from the selection-accuracy margin (points) of the pick over the runner-up, set a priori:
-# about two and a half binomial standard errors of a 200-image split at 90 % accuracy is 5 points.
+# Confidence from the selection-accuracy margin (points) of the pick over the best other (method, blocks),
+# set a priori: a binomial standard error at 90 % accuracy on a 200-image split is 2.1 points.
 CONFIDENCE = ((5.0, "high"), (1.0, "medium"), (0.0, "low"))
 
 
@@ -43,13 +43,15 @@ class Candidate:
     blocks: tuple[str, ...]
     lr: float
     evidence: list[dict[str, Any]] = field(default_factory=list)  # one per run: steps, val, ood, run id
+    uses_lr: bool = True  # False for a method whose runs ignore lr (none, linear-probe)
 
     @property
     def label(self) -> str:
         if self.method == "surgical":
             b = ",".join(self.blocks)
             return ("last layer" if b == "last" else f"block {b}") + f" (lr {self.lr:g})"
-        return f"{self.method}" + (f" [{','.join(self.blocks)}]" if self.blocks else "") + f" (lr {self.lr:g})"
+        return (f"{self.method}" + (f" [{','.join(self.blocks)}]" if self.blocks else "")
+                + (f" (lr {self.lr:g})" if self.uses_lr else ""))
 
 
 @dataclass
@@ -89,15 +91,15 @@ def _margin(pick: Candidate, ranking: list[Candidate]) -> float:
     others = [c for c in ranking if (c.method, c.blocks) != (pick.method, pick.blocks) and c.evidence]
     if not others:
         return 0.0
-    steps = _score(pick)[0]
-    same = [c for c in others if _score(c)[0] == steps]
+    rung = _score(pick)[0]
+    same = [c for c in others if _score(c)[0] == rung]
     if same:
         return _score(pick)[1] - max(_score(c)[1] for c in same)
 
     def at(c: Candidate, n: int) -> float:
-        return max((e["val_acc"] for e in c.evidence if e["steps"] == n), default=-math.inf)
+        return max((e["val_acc"] for e in c.evidence if e["rung"] == n), default=-math.inf)
 
-    short = min(e["steps"] for e in pick.evidence)
+    short = min(e["rung"] for e in pick.evidence)
     mine = max(at(c, short) for c in ranking if (c.method, c.blocks) == (pick.method, pick.blocks))
     return mine - max(at(c, short) for c in others)
 
@@ -124,7 +126,15 @@ def candidates(base: RunSpec, methods: list[str], lrs: tuple[float, ...] = GRID_
             out += [Candidate(m, (b,), lr) for b in model_blocks(base) for lr in lrs]
         else:
             out += [Candidate(m, (), lr) for lr in lrs]
-    return out
+    seen: set[str] = set()
+    unique = []
+    for c in out:  # a method that uses no lr (none, linear-probe) is one run, not one per lr
+        spec = spec_of(base, c)
+        run_id, c.uses_lr = spec.run_id, spec.lr is not None
+        if run_id not in seen:
+            seen.add(run_id)
+            unique.append(c)
+    return unique
 
 
 def spec_of(base: RunSpec, c: Candidate, steps: int | None = None, seed: int | None = None) -> RunSpec:
@@ -199,15 +209,18 @@ class _Ledger:
         return row
 
 
-def _record(c: Candidate, spec: RunSpec, row: dict[str, Any]) -> None:
-    c.evidence.append({"steps": spec.steps, "seed": spec.seed, "val_acc": float(row["val_acc"]),
+def _record(c: Candidate, spec: RunSpec, row: dict[str, Any], rung: int) -> None:
+    """Add a run to ``c``'s evidence; ``rung`` 1: the candidate's full run, 0: a shortened one."""
+    c.evidence.append({"rung": rung, "steps": spec.steps, "seed": spec.seed, "val_acc": float(row["val_acc"]),
                        "ood_acc": float(row["ood_acc"]), "id_acc": float(row["id_acc"]), "run_id": spec.run_id})
 
 
 def _score(c: Candidate) -> tuple[int, float]:
-    """Rank key: the longest run's selection accuracy (candidates that reached more steps first)."""
-    last = max(c.evidence, key=lambda e: e["steps"] or 0) if c.evidence else None
-    return (last["steps"] or 0, last["val_acc"]) if last else (-1, -math.inf)
+    """Rank key: the highest rung reached (full runs first), then that rung's selection accuracy."""
+    if not c.evidence:
+        return (-1, -math.inf)
+    rung = max(e["rung"] for e in c.evidence)
+    return (rung, max(e["val_acc"] for e in c.evidence if e["rung"] == rung))
 
 
 def advise(base: RunSpec, out_dir: Path | str, methods: list[str] | None = None, strategy: str = DEFAULT_STRATEGY,
@@ -223,18 +236,18 @@ def advise(base: RunSpec, out_dir: Path | str, methods: list[str] | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cands = candidates(base, methods, lrs)
-    full = spec_of(base, cands[0]).steps or 50
+    full = next((s.steps for s in (spec_of(base, c) for c in cands) if s.steps), 50)  # a method with steps
     short = max(1, full // 4)
     ledger = _Ledger(out_dir, device)
     signals: dict[str, float] = {}
     if strategy == "halving":
-        for c in cands:
+        for c in cands:  # rung 0: a quarter of the steps (a method without steps: its one full run)
             s = spec_of(base, c, steps=short)
-            _record(c, s, ledger.run(s))
-        ranked = sorted(cands, key=_score, reverse=True)
-        for c in ranked[:keep]:
+            _record(c, s, ledger.run(s), int(s.run_id == spec_of(base, c).run_id))
+        short_only = [c for c in cands if _score(c)[0] == 0]
+        for c in sorted(short_only, key=lambda c: c.evidence[0]["val_acc"], reverse=True)[:keep]:
             s = spec_of(base, c)
-            _record(c, s, ledger.run(s))
+            _record(c, s, ledger.run(s), 1)
     else:
         probe = resolve_rgn(base, short)
         row = ledger.run(probe)
@@ -243,7 +256,7 @@ def advise(base: RunSpec, out_dir: Path | str, methods: list[str] | None = None,
         for c in cands:
             if c.blocks == (top,):
                 s = spec_of(base, c)
-                _record(c, s, ledger.run(s))
+                _record(c, s, ledger.run(s), 1)
         order = {b: i for i, b in enumerate(sorted(signals, key=lambda b: -signals[b]))}
         cands.sort(key=lambda c: (-_score(c)[0], order.get(c.blocks[0] if c.blocks else "", 99), -_score(c)[1]))
     ranking = sorted(cands, key=_score, reverse=True) if strategy == "halving" else cands
@@ -278,25 +291,28 @@ def run_command(spec: RunSpec) -> str:
     parts += [f"--shots {spec.shots}"] if spec.shots is not None and spec.protocol == "few-shot" else []
     parts += [f"--model {spec.model}", f"--method {spec.method}"]
     parts += [f"--block {b}" for b in spec.blocks]
-    parts += [f"--lr {spec.lr:g}", f"--steps {spec.steps}", f"--seed {spec.seed}"]
+    parts += [f"--lr {spec.lr:g}"] if spec.lr is not None else []
+    parts += [f"--steps {spec.steps}"] if spec.steps is not None else []
+    parts += [f"--seed {spec.seed}"]
     return " ".join(parts)
 
 
 def as_json(a: Advice) -> dict[str, Any]:
     """``--format json``: the pick (blocks, method, lr), confidence, cost fraction, ranking and evidence."""
-    return {"recommendation": {"method": a.pick.method, "blocks": list(a.pick.blocks), "lr": a.pick.lr,
+    return {"recommendation": {"method": a.pick.method, "blocks": list(a.pick.blocks), "lr": a.pick_spec.lr,
                                "run_id": a.pick_spec.run_id, "command": run_command(a.pick_spec)},
             "confidence": a.confidence, "margin": a.margin, "strategy": a.strategy,
             "cost_fraction": a.cost_fraction, "steps_fraction": a.steps_fraction,
             "steps": a.steps, "grid_steps": a.grid_steps, "flops": a.flops, "grid_flops": a.grid_flops,
             "grid_seeds": GRID_SEEDS, "runs": a.runs, "signals": a.signals,
-            "ranking": [{"method": c.method, "blocks": list(c.blocks), "lr": c.lr, "evidence": c.evidence}
+            "ranking": [{"method": c.method, "blocks": list(c.blocks), "lr": c.lr if c.uses_lr else None,
+                         "evidence": c.evidence}
                         for c in a.ranking]}
 
 
 def as_text(a: Advice) -> str:
     """The terminal report: recommendation, confidence, evidence, cost, the command to run."""
-    why = (f"selection-accuracy margin {a.margin:.1f} points over the best other block" if a.strategy == "halving"
+    why = (f"selection-accuracy margin {a.margin:.1f} points over the best other (method, blocks)" if a.strategy == "halving"
            else f"its relative gradient norm is {a.margin:.0%} above the next block's")
     lines = [f"recommendation: {a.pick.label}  (confidence {a.confidence}: {why}; strategy {a.strategy}: "
              f"{STRATEGIES[a.strategy]})"]
@@ -306,7 +322,7 @@ def as_text(a: Advice) -> str:
     lines.append("evidence (selection split = the protocol's val; OOD shown, not used to choose):")
     for c in a.ranking:
         for e in c.evidence:
-            lines.append(f"  {c.label:28s} {e['steps']:>4} steps  val {e['val_acc']:6.2f}  OOD {e['ood_acc']:6.2f}"
+            lines.append(f"  {c.label:28s} {'–' if e['steps'] is None else e['steps']:>4} steps  val {e['val_acc']:6.2f}  OOD {e['ood_acc']:6.2f}"
                          f"  run {e['run_id']}")
     lines.append(f"compute: {a.steps} optimizer steps, {a.flops:.3g} training FLOPs = {a.steps_fraction:.0%} of the "
                  f"grid's steps and {a.cost_fraction:.0%} of its FLOPs ({len(a.ranking)} candidates x {GRID_SEEDS} "
