@@ -23,17 +23,14 @@ and the ID->OOD shift (style-noise). Nothing of the advisor is fit on these shif
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ftbench.advise.advisor import (GRID_LRS, GRID_SEEDS, STRATEGIES, advise, candidates, grid_cost,  # noqa: E402
-                                    model_blocks, run_or_read, spec_of)
+from ftbench.advise.advisor import (GRID_LRS, GRID_SEEDS, STRATEGIES, advise, candidates, model_blocks, run_or_read, spec_of)
 from ftbench.data.corruptions import COLOR_ONLY, CORRUPTIONS  # noqa: E402
 from ftbench.plan.resolve import resolve  # noqa: E402
 from ftbench.spec import RunSpec  # noqa: E402

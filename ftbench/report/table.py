@@ -823,7 +823,7 @@ def _pareto(chosen: pd.DataFrame, selection: str, metric: str, title: str, withi
             if near:
                 grid.cells[(r, c, near)] = Cell(float(i == pick), float("nan"), n, best=i == pick,
                                                 text="cheapest" if i == pick else "")
-    extra = (f"; params = trainable parameters (n_trainable); train s = training seconds; FLOPs = training FLOPs, "
+    extra = ("; params = trainable parameters (n_trainable); train s = training seconds; FLOPs = training FLOPs, "
              "the training examples processed x one image's step counted per block (forward, and backward down "
              "to the lowest tuned block; methods other than surgical count as tuning every block); Pareto = no other "
              "row has at least the OOD with at most the FLOPs and parameters (one strictly), per column, in bold"
