@@ -409,6 +409,7 @@ def _report(
     two_sided: bool = False, show_selected: bool = False, compare_methods: Optional[tuple[str, str]] = None,
     rows: Optional[str] = None, label: Optional[str] = None, caption: Optional[str] = None,
     panels: Optional[str] = None, plot_title: Optional[str] = None, mark_vs: Optional[str] = None,
+    within: Optional[float] = None,
 ) -> int:
     """Print (or write) the tables; optionally plot and gate against a baseline. Returns the exit code."""
     from ftbench.report.table import (CHECKPOINTS, SELECTIONS, TABLES, apply_filters, build, mixed_settings, render,
@@ -419,6 +420,9 @@ def _report(
     _check_format(fmt)
     if table not in TABLES:
         raise unknown("table", table, TABLES)
+    from ftbench.report.table import check_within
+
+    check_within(table, within)
     if selection not in SELECTIONS:
         raise unknown("selection", selection, list(SELECTIONS))
     if checkpoint not in CHECKPOINTS:
@@ -475,6 +479,9 @@ def _report(
         bad = [x for x in panel_names if x not in PANELS]
         if bad or not panel_names:
             raise unknown("panel", bad[0] if bad else panels, PANELS)
+        if table == "pareto":
+            raise UsageError("--panels chooses the panels of the results figure; --table pareto draws one panel per "
+                             "shift (OOD against training FLOPs): leave --panels out")
         if len(set(panel_names)) != len(panel_names):
             raise UsageError(f"--panels: a panel given twice in {panels!r}; accepted: {', '.join(PANELS)}")
     if plot_title is not None and plot is None and (fmt == "csv" or compare is not None or compare_methods is not None):
@@ -600,7 +607,7 @@ def _report(
             try:
                 built.append(((group, part, sel), build(part, table, sel, metric, checkpoint=checkpoint,
                                                         title=" — ".join(x for x in (table_title, group) if x),
-                                                        trend=trend_methods)))
+                                                        trend=trend_methods, within=within)))
             except UsageError as e:  # of several tables, one this kind cannot be made of is said and left out
                 if len(parts) == 1:
                     raise
@@ -646,7 +653,12 @@ def _report(
                 sys.stdout.write(clean(text))
             else:
                 _write_atomic(output, text)
-    if plot is not None:
+    if plot is not None and table == "pareto" and published is None:  # the front: OOD against FLOPs
+        from ftbench.report.plots import plot_pareto
+
+        plot_pareto(grids, plot, plot_title)
+        print(f"plot written to {plot}", file=sys.stderr)
+    elif plot is not None:
         from ftbench.report.plots import plot_results
 
         plot_results(df, plot, selection, metric, trend=trend_methods,
@@ -669,8 +681,11 @@ def _report(
 @app.command(epilog="Examples:\n\n  ftbench report ftbench-results --table blocks --format markdown\n\n  ftbench report new-results --baseline old-results --tolerance auto")
 def report(
     results: Path = typer.Argument(DEFAULT_OUT, help="results folder (or one parquet file)"),
-    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style), corruptions "
-                              "or robustness (effective robustness, Taori et al. 2020)", rich_help_panel="Table"),
+    table: str = typer.Option("shifts", help="shifts, blocks (surgical paper), methods (LP-FT/PETL style), corruptions, "
+                              "robustness (effective robustness, Taori et al. 2020) or pareto (OOD against "
+                              "trainable parameters, seconds and FLOPs, the Pareto front marked)", rich_help_panel="Table"),
+    within: Optional[float] = typer.Option(None, "--within", metavar="X", help="--table pareto: also mark the "
+                                           "cheapest row within X OOD points of the best", rich_help_panel="Table"),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex, html, csv or json", rich_help_panel="Table"),
     select: str = typer.Option("val", help="model selection: val (the protocol's own: target val in few-shot, ID val "
                                "in id-ood), target-val, id-val, ood-val (id-ood), source-val (few-shot) or oracle", rich_help_panel="Table"),
@@ -723,9 +738,65 @@ def report(
                    group_by=group_by, plot=plot, baseline=baseline, tolerance=tolerance, summary=summary,
                    allow_missing=allow_missing, checkpoint=checkpoint, trend=trend, compare=compare,
                    two_sided=two_sided, show_selected=show_selected, compare_methods=compare_methods,
-                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title, mark_vs=mark_vs)
+                   rows=rows, label=label, caption=caption, panels=panels, plot_title=plot_title, mark_vs=mark_vs,
+                   within=within)
     if code:
         raise typer.Exit(code)
+
+
+@app.command(epilog="Examples:\n\n  ftbench advise --shift corruption --corruption contrast --severity 5\n\n  "
+             "ftbench advise --shift label-flip --method surgical --method full --format json")
+def advise(
+    benchmark: str = typer.Option("digits", help="benchmark name (ftbench list benchmarks)", rich_help_panel="Data"),
+    shift: Optional[str] = typer.Option(None, help="shift of the benchmark, as ftbench run's --shift", rich_help_panel="Data"),
+    corruption: Optional[str] = typer.Option(None, help="corruption name for --shift corruption", rich_help_panel="Data"),
+    severity: Optional[int] = typer.Option(None, help="corruption severity 1..5", rich_help_panel="Data"),
+    shots: Optional[int] = typer.Option(None, help="labelled target examples per class", rich_help_panel="Data"),
+    protocol: str = typer.Option("few-shot", help="few-shot or id-ood (docs/protocols.md)", rich_help_panel="Data"),
+    model: Optional[str] = typer.Option(None, help="model name (default: the benchmark's)", rich_help_panel="Model and method"),
+    method: list[str] = typer.Option([], "--method", help="candidate method, repeatable (default: surgical, whose "
+                                     "candidates are the model's blocks)", rich_help_panel="Model and method"),
+    strategy: str = typer.Option("halving", help="halving (successive halving over block and lr on the selection "
+                                 "split) or rgn (Auto-RGN's relative gradient norm per block)", rich_help_panel="Advice"),
+    seed: int = typer.Option(0, help="run seed of the advisor's runs", rich_help_panel="Training"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps of a full run (default 50)", rich_help_panel="Training"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda", rich_help_panel="Where"),
+    threads: int = typer.Option(1, help="torch CPU threads (1, as run and sweep, so the rows are theirs)", rich_help_panel="Where"),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results folder: the advisor's runs land here as "
+                                 "ordinary rows, and runs already there are read, not rerun", rich_help_panel="Where"),
+    fmt: str = typer.Option("terminal", "--format", help="terminal or json", rich_help_panel="Advice"),
+) -> None:
+    """Which block (and method) to tune for this shift: rank the candidates with a fraction of the grid's compute."""
+    import json
+
+    from ftbench.advise.advisor import STRATEGIES, advise as run_advice, as_json, as_text
+    from ftbench.execution.runner import pick_device
+    from ftbench.methods import check_method_name
+    from ftbench.plan.resolve import resolve
+    from ftbench.spec import RunSpec
+    from ftbench.sweep.task import set_threads
+    from ftbench.validate import check_output_dir, check_settings
+
+    if fmt not in ("terminal", "json"):
+        raise unknown("--format for advise", fmt, ("terminal", "json"))
+    if strategy not in STRATEGIES:
+        raise unknown("strategy", strategy, list(STRATEGIES))
+    for m in method:
+        check_method_name(m)
+    if len(set(method)) != len(method):
+        raise UsageError(f"--method: a method given twice in {' '.join(method)}")
+    base = resolve(RunSpec(benchmark=benchmark, shift=shift, corruption=corruption, severity=severity, shots=shots,
+                           model=model, method="surgical", protocol=protocol, seed=seed, steps=steps,
+                           lr=1e-3, wd=1e-4, batch_size=64, optimizer="adam"))
+    check_settings({"threads": threads})
+    check_output_dir(out_dir, "--out")
+    pick_device(device)
+    set_threads(threads)
+    a = run_advice(base, out_dir, list(method) or None, strategy, device)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(as_json(a), indent=2) + "\n")
+    else:
+        out.print(escape(as_text(a).rstrip("\n")))
 
 
 @app.command(epilog="Examples:\n\n  ftbench fetch --list\n\n  ftbench fetch cifar10-c --mirror /data/archives")

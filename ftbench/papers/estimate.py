@@ -69,6 +69,63 @@ def _count_flops(model: str, channels: int, size: int, classes: int) -> float | 
         return None
 
 
+@lru_cache(maxsize=64)
+def block_flops(model: str, channels: int, size: int, classes: int) -> dict[str, float] | None:
+    """Forward FLOPs of one image per block of ``model`` (its block partition, input to output order),
+    counted on the meta device; None if the model cannot be built or traced there."""
+    from ftbench.catalog import cached
+
+    return cached(("block-flops", model, channels, size, classes),
+                  lambda: _count_block_flops(model, channels, size, classes),
+                  lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())))
+
+
+def _count_block_flops(model: str, channels: int, size: int, classes: int) -> dict[str, float] | None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ftbench.models.base import get_model_entry
+
+    try:
+        with torch.device("meta"):
+            net = get_model_entry(model).build(channels, classes)
+            x = torch.empty(1, channels, size, size)
+            with FlopCounterMode(display=False, depth=None) as counter:
+                net(x)
+        counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+        root = type(net).__name__  # the counter names a module by its path under the root's class name
+        names = {id(m): f"{root}.{n}" if n else root for n, m in net.named_modules()}
+        out = {b: float(sum(counts.get(names[id(m)], 0) for m in modules)) for b, modules in net.blocks().items()}
+        total = float(counts.get("Global", 0))
+        if not total or sum(out.values()) > total * (1 + 1e-9):
+            return None  # modules counted twice or not found: no per-block count rather than a wrong one
+        return out
+    except Exception:  # noqa: BLE001  (a model that does not run on meta tensors: no count for it)
+        return None
+
+
+def example_flops(model: str, benchmark: str, tuned: list[str] | None) -> float | None:
+    """Training FLOPs of one image in one step when the blocks ``tuned`` train (None: all of them).
+
+    Forward through the whole network (F), then the backward pass only as far down as the lowest tuned
+    block: input gradients of every block from the lowest tuned one up, weight gradients of the tuned
+    blocks, each about the block's forward FLOPs. Tuning everything gives the usual 3 F. None where the
+    benchmark's image size or the model's per-block count is unknown."""
+    size, classes = IMAGE_SIZE.get(benchmark), CLASSES.get(benchmark)
+    if size is None or classes is None or not model:
+        return None
+    per = block_flops(model, 1 if benchmark == "digits" else 3, size, classes)
+    if not per:
+        return None
+    names = list(per)
+    tuned = names if tuned is None else [b for b in names if b in set(tuned)]
+    forward = float(forward_flops(model, 1 if benchmark == "digits" else 3, size, classes) or sum(per.values()))
+    if not tuned:
+        return forward
+    low = min(names.index(b) for b in tuned)
+    return forward + sum(per[b] for b in names[low:]) + sum(per[b] for b in tuned)
+
+
 def run_flops(spec: Any) -> float | None:
     """Training FLOPs of one resolved RunSpec (3 forward passes per image per step), or None."""
     if spec.method == "none":

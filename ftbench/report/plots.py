@@ -435,3 +435,50 @@ def plot_results(df: pd.DataFrame, path: Path, selection: str = DEFAULT_SELECTIO
         fig.savefig(buf, format=suffix[1:], dpi=200, metadata=metadata)
     write_output(path, buf.getvalue(), "--plot")
     return path
+
+
+def plot_pareto(grids: list, path: Path, title: str | None = None) -> Path:
+    """Write the ``--table pareto`` figure of ``grids`` (:func:`ftbench.report.table.build` with
+    ``table="pareto"``) to ``path``: per shift column, training FLOPs (x) against OOD (y, mean over seeds,
+    error bars the sample std), one labelled point per row; the Pareto-optimal rows filled and joined by
+    the front's staircase, the others hollow. Written as :func:`plot_results` writes."""
+    path = Path(path)
+    suffix = _check_suffix(path)
+    panels = [(g, col) for g in grids for col, _ in g.groups]
+    if not panels:
+        raise UsageError("--plot with --table pareto: no table to draw")
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.6 * nrows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (g, col) in zip(axes.flat, panels):
+        name = g.groups[0][1][0]
+        pts = []
+        for r in g.rows:
+            ood, flops, front = (g.cells.get((r, col, k)) for k in (name, "FLOPs", "Pareto"))
+            if ood is None or flops is None or ood.mean != ood.mean or flops.mean != flops.mean:
+                continue
+            pts.append((flops.mean, ood.mean, ood.std if ood.std == ood.std else 0.0, r,
+                        bool(front is not None and front.best)))
+        for x, y, e, r, on in pts:
+            ax.errorbar([x], [y], yerr=[e], fmt="o", color="C0" if on else "0.5",
+                        mfc="C0" if on else "white", ms=6, capsize=2)
+            ax.annotate(g.display.get(r, r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = sorted((x, y) for x, y, _, _, on in pts if on)
+        if len(front) > 1:
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="C0", lw=1, alpha=0.6)
+        ax.set_title(textwrap.shorten(col, 48), fontsize=9)
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(f"{name} accuracy (%)")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    rc = {"svg.fonttype": "none", "pdf.fonttype": 42, "svg.hashsalt": "ftbench"}
+    metadata = {".png": {}, ".svg": {"Date": None}, ".pdf": {"CreationDate": None}}[suffix]
+    buf = io.BytesIO()
+    with matplotlib.rc_context(rc):
+        fig.savefig(buf, format=suffix[1:], dpi=200, metadata=metadata)
+    write_output(path, buf.getvalue(), "--plot")
+    return path

@@ -14,7 +14,10 @@ Table kinds (``--table``):
 * ``methods`` — the LP-FT / PETL papers' table: rows = methods, ID | OOD per shift, plus average;
 * ``corruptions`` — per corruption and severity, plus the mean over corruptions;
 * ``robustness`` — effective robustness (Taori et al. 2020): each method's OOD accuracy above the
-  logit-space linear trend of OOD on ID accuracy fit to every run of the trend methods.
+  logit-space linear trend of OOD on ID accuracy fit to every run of the trend methods;
+* ``pareto`` — per shift, every (method, blocks) row with OOD, ID, trainable parameters, training
+  seconds and training FLOPs; the rows no other row beats on OOD, FLOPs and parameters at once marked
+  (``--within X``: also the cheapest row within X points of the best OOD).
 
 ID→OOD rows carry one OOD column per OOD test set (``ood.<set>_acc``): the ``shifts``, ``methods`` and
 ``robustness`` tables show each set beside their mean.
@@ -67,6 +70,7 @@ class Cell:
     # The per-seed values (seed -> value) the mean is over, for paired comparisons (--mark-vs).
     seeds: dict = field(default_factory=dict, repr=False, compare=False)
     mark: str = ""  # "up" / "down": ahead of / behind the --mark-vs row, resolved at 95 % (report/paired.py)
+    text: str | None = None  # shown instead of mean ± std (counts and flags of --table pareto)
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Grid:
     # LaTeX only: \label{} and a caption replacing the title (--label, --caption).
     label: str = ""
     short_caption: str = ""
+    kind: str = ""  # "pareto": its marks are the Pareto front, not a column's best (select_rows keeps them)
 
     def n_values(self) -> set[int]:
         return {c.n for c in self.cells.values()}
@@ -578,11 +583,14 @@ def _caption(selection: str, grid: Grid, metric: str, extra: str = "", protocols
 
 
 def build(df: pd.DataFrame, table: str = "shifts", selection: str = DEFAULT_SELECTION, metric: str = "ood_acc",
-          title: str = "", checkpoint: str = "best", trend: tuple[str, ...] = DEFAULT_TREND) -> Grid:
+          title: str = "", checkpoint: str = "best", trend: tuple[str, ...] = DEFAULT_TREND,
+          within: float | None = None) -> Grid:
     """Build table ``table`` from raw results ``df`` (one row per run); ``trend``: the methods whose
-    runs fit the trend line of ``table="robustness"``."""
+    runs fit the trend line of ``table="robustness"``; ``within``: ``table="pareto"`` only, also mark
+    the cheapest row within this many points of the best."""
     if table not in TABLES:
         raise unknown("table", table, TABLES)
+    check_within(table, within)
     check_metric(df, metric)
     chosen = select(df, selection, checkpoint, metric)
     if chosen.empty:
@@ -595,6 +603,8 @@ def build(df: pd.DataFrame, table: str = "shifts", selection: str = DEFAULT_SELE
     chosen = label_columns(chosen, corruption_in_label=table != "corruptions")
     if table == "robustness":
         grid = _robustness(chosen, df, selection, metric, title, trend)
+    elif table == "pareto":
+        grid = _pareto(chosen, selection, metric, title, within)
     else:
         builder = {"shifts": _shifts, "blocks": _blocks, "methods": _methods, "corruptions": _corruptions}[table]
         grid = builder(chosen, selection, metric, title)
@@ -668,7 +678,7 @@ def select_rows(grid: Grid, wanted: list[str]) -> Grid:
     as the tables print it (``lp-ft``, ``block 1``) or its display name (``LP-FT``), in any case.
     Best marks are recomputed among the rows shown (per column; per-row marks stay as they are)."""
     rows = _match_rows(grid.rows, grid.display, wanted)
-    if grid.row_header != "shift":  # best marked per column (the blocks table marks per row)
+    if grid.row_header != "shift" and grid.kind != "pareto":  # best marked per column (the blocks table marks per row)
         marked = {s for (_, _, s), c in grid.cells.items() if c.best}
         for g, subs in grid.groups:
             for s in subs:
@@ -841,6 +851,119 @@ def _robustness(chosen: pd.DataFrame, df: pd.DataFrame, selection: str, metric: 
     return grid
 
 
+def check_within(table: str, within: float | None) -> None:
+    """``--within X`` belongs to ``--table pareto`` and is a number of points, at least 0."""
+    if within is None:
+        return
+    if table != "pareto":
+        raise UsageError(f"--within {within:g} applies to --table pareto (the cheapest row within X points of the "
+                         f"best); got --table {table}")
+    if not (within == within and math.isfinite(within) and within >= 0):
+        raise UsageError(f"--within {within:g}: give a number of accuracy points, 0 or more (e.g. --within 1)")
+
+
+def _train_flops(rows: pd.DataFrame) -> pd.Series:
+    """Training FLOPs of each row: the FLOPs of one image's training step x the training examples the run
+    processed. The examples are recorded (``examples_per_second`` x ``train_seconds`` = rows of every
+    batch, docs/results.md); an image's step is counted on the meta device per block
+    (ftbench/papers/estimate.py ``example_flops``): the forward pass, and the backward pass down to the
+    lowest tuned block (input gradients) plus the tuned blocks' weight gradients. A surgical row tunes its
+    ``blocks``; every other method counts as tuning everything (3 x forward, an upper bound for methods
+    that train less, such as PETL adapters). NaN where the image size or the model's count is unknown."""
+    from ftbench.papers.estimate import example_flops
+
+    examples = (pd.to_numeric(rows.get("examples_per_second"), errors="coerce")
+                * pd.to_numeric(rows.get("train_seconds"), errors="coerce")).round()
+    per_image: dict[tuple[str, str, str, str], float] = {}
+    out = []
+    for bench, model, method, blocks, n in zip(rows["benchmark"].astype(str), rows["model"].astype(str),
+                                               rows["method"].astype(str), rows["blocks"].astype(str), examples):
+        key = (bench, model, method, blocks)
+        if key not in per_image:
+            tuned = [b for b in blocks.split(",") if b] if method == "surgical" else None
+            f = example_flops(model, bench, tuned)
+            per_image[key] = float("nan") if f is None else f
+        out.append(0.0 if n == 0 else per_image[key] * n)
+    return pd.Series(out, index=rows.index, dtype=float)
+
+
+def pareto_front(points: list[tuple[float, float, float]]) -> list[bool]:
+    """Which of ``points`` = (OOD, FLOPs, parameters) no other point dominates: OOD at least as high and
+    FLOPs and parameters at most as high, one of them strictly. A point with a NaN is never optimal."""
+    def ok(p: tuple[float, float, float]) -> bool:
+        return all(v == v for v in p)
+
+    flags = []
+    for i, p in enumerate(points):
+        if not ok(p):
+            flags.append(False)
+            continue
+        dominated = any(ok(q) and q[0] >= p[0] and q[1] <= p[1] and q[2] <= p[2]
+                        and (q[0] > p[0] or q[1] < p[1] or q[2] < p[2]) for j, q in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def cheapest_within(points: list[tuple[float, float, float]], within: float) -> int | None:
+    """Index of the cheapest point (fewest FLOPs, then parameters, then highest OOD) whose OOD is at most
+    ``within`` points below the best; None without a finite point."""
+    good = [i for i, p in enumerate(points) if all(v == v for v in p)]
+    if not good:
+        return None
+    best = max(points[i][0] for i in good)
+    near = [i for i in good if points[i][0] >= best - within - 1e-9]
+    return min(near, key=lambda i: (points[i][1], points[i][2], -points[i][0]))
+
+
+def _count(v: float) -> str:
+    return "–" if v != v else f"{v:,.0f}"
+
+
+def _pareto(chosen: pd.DataFrame, selection: str, metric: str, title: str, within: float | None) -> Grid:
+    chosen = chosen.assign(_flops=_train_flops(chosen).to_numpy(),
+                           _params=pd.to_numeric(chosen.get("n_trainable"), errors="coerce").to_numpy(),
+                           _seconds=pd.to_numeric(chosen.get("train_seconds"), errors="coerce").to_numpy())
+    rows, cols = _ordered(chosen, "row", "_rsort"), _ordered(chosen, "column", "_csort")
+    name = METRIC_NAMES.get(metric, metric)
+    near = f"within {within:g}" if within is not None else None
+    subs = [name, "ID", "params", "train s", "FLOPs", "Pareto"] + ([near] if near else [])
+    grid = Grid(title or f"{name} against training cost", "", "tuned", rows, [(c, list(subs)) for c in cols])
+    for c in cols:
+        part = chosen[chosen["column"] == c]
+        have = [r for r in rows if (part["row"] == r).any()]
+        points = []
+        for r in have:
+            g = part[part["row"] == r]
+            ood = _stats(_per_seed(g, [], metric)[metric])
+            grid.cells[(r, c, name)] = ood
+            grid.cells[(r, c, "ID")] = _stats(_per_seed(g, [], "id_acc")["id_acc"])
+            params, flops = _stats(_per_seed(g, [], "_params")["_params"]), _stats(_per_seed(g, [], "_flops")["_flops"])
+            grid.cells[(r, c, "params")] = Cell(params.mean, params.std, params.n, text=_count(params.mean))
+            grid.cells[(r, c, "train s")] = _stats(_per_seed(g, [], "_seconds")["_seconds"])
+            grid.cells[(r, c, "FLOPs")] = Cell(flops.mean, flops.std, flops.n,
+                                               text="–" if flops.mean != flops.mean else f"{flops.mean:.3g}")
+            points.append((ood.mean, flops.mean, params.mean))
+        front = pareto_front(points)
+        pick = cheapest_within(points, within) if within is not None else None
+        for i, (r, optimal) in enumerate(zip(have, front)):
+            grid.cells[(r, c, name)].best = optimal
+            n = grid.cells[(r, c, name)].n
+            grid.cells[(r, c, "Pareto")] = Cell(float(optimal), float("nan"), n, best=optimal,
+                                                text="yes" if optimal else "")
+            if near:
+                grid.cells[(r, c, near)] = Cell(float(i == pick), float("nan"), n, best=i == pick,
+                                                text="cheapest" if i == pick else "")
+    extra = ("; params = trainable parameters (n_trainable); train s = training seconds; FLOPs = training FLOPs, "
+             "the training examples processed x one image's step counted per block (forward, and backward down "
+             "to the lowest tuned block; methods other than surgical count as tuning every block); Pareto = no other "
+             "row has at least the OOD with at most the FLOPs and parameters (one strictly), per column, in bold"
+             + (f"; within {within:g} = the fewest FLOPs (then parameters) among rows at most {within:g} points "
+                f"below the best {name}" if near else ""))
+    grid.caption = _caption(selection, grid, metric, extra, protocols_of(chosen))
+    grid.kind = "pareto"
+    return grid
+
+
 def _corruptions(chosen: pd.DataFrame, selection: str, metric: str, title: str) -> Grid:
     chosen = chosen.assign(corr=[f"{c} s{s}" for c, s in zip(chosen["corruption"], chosen["severity"])],
                            _corr_sort=list(zip(chosen["severity"], chosen["corruption"])))
@@ -892,6 +1015,8 @@ LATEX_MARKS = {"up": r"$^{\uparrow}$", "down": r"$^{\downarrow}$"}
 
 
 def _fmt(c: Cell | None, show_n: bool, pm: str = "±", marks: dict[str, str] = MARKS) -> str:
+    if c is not None and c.text is not None:
+        return c.text
     if c is None or c.mean != c.mean:
         return "–"
     s = f"{c.mean:.1f}" + (f" {pm} {c.std:.1f}" if c.std == c.std else "")
