@@ -97,9 +97,11 @@ def suites_file_for(name: str) -> tuple[Path, bool]:
     return bundled_suites_file(), False
 
 
-def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
+def table_line(text: str, header: str, key: str | None = None) -> int | None:
+    """1-based line of ``key = ...`` inside the TOML table whose header line matches regex ``header``;
+    the header's line when ``key`` is None or not in the table; None when no header matches."""
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[suites\.{re.escape(suite)}\]", line)), None)
+    start = next((i for i, line in enumerate(lines) if re.match(header, line)), None)
     if start is None or key is None:
         return None if start is None else start + 1
     for i in range(start + 1, len(lines)):
@@ -108,6 +110,10 @@ def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
         if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
             return i + 1
     return start + 1
+
+
+def _line_of(text: str, suite: str, key: str | None = None) -> int | None:
+    return table_line(text, rf"\s*\[suites\.{re.escape(suite)}\]", key)
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),

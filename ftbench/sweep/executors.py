@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ftbench.errors import DiskError, UsageError, unknown
+from ftbench.plan.suites import load_suites, table_line
 from ftbench.spec import RunSpec
-from ftbench.plan.suites import load_suites
 from ftbench.sweep.local import SweepSummary, run_sweep
 from ftbench.sweep.task import stopped_by_disk
 from ftbench.validate import SETTING_NUMBERS, check_settings
@@ -37,26 +37,8 @@ SETTINGS: dict[str, dict[str, tuple[type, ...]]] = {
 
 def _line(text: str, suite: str, executor: str, key: str | None) -> int | None:
     """Line of ``key`` in ``[suites.SUITE.EXECUTOR]`` (or of ``EXECUTOR = {...}`` in the suite)."""
-    lines = text.splitlines()
-    header = re.compile(rf"\s*\[suites\.{re.escape(suite)}\.{re.escape(executor)}\]")
-    for i, line in enumerate(lines):
-        if header.match(line):
-            for j in range(i + 1, len(lines)):
-                if lines[j].lstrip().startswith("["):
-                    break
-                if key and re.match(rf"\s*{re.escape(key)}\s*=", lines[j]):
-                    return j + 1
-            return i + 1
-    suite_header = re.compile(rf"\s*\[suites\.{re.escape(suite)}\]")
-    for i, line in enumerate(lines):
-        if suite_header.match(line):
-            for j in range(i + 1, len(lines)):
-                if lines[j].lstrip().startswith("["):
-                    break
-                if re.match(rf"\s*{re.escape(executor)}\s*=", lines[j]):
-                    return j + 1
-            return i + 1
-    return None
+    at = table_line(text, rf"\s*\[suites\.{re.escape(suite)}\.{re.escape(executor)}\]", key)
+    return at if at is not None else table_line(text, rf"\s*\[suites\.{re.escape(suite)}\]", executor)
 
 
 def suite_settings(suite: str, path: Path, executor: str) -> dict[str, Any]:
