@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ftbench.errors import UsageError
+
+T = TypeVar("T")
 
 ON = ("1", "on", "true", "yes")
 OFF = ("0", "off", "false", "no")
@@ -57,35 +61,33 @@ def flag(name: str) -> bool:
     raise _bad(name, os.environ[name], "1 (or on, true, yes) or 0 (or off, false, no); unset: off")
 
 
-def integer(name: str, default: int, low: int, unset: str | None = None) -> int:
-    """An integer >= ``low`` (``FTBENCH_FUSE_MAX``, ``FTBENCH_WORKERS``); unset or empty: ``default``
-    (``unset``: what unset means, in words, when it is not one number)."""
+def _checked(name: str, default: T, convert: Callable[[str], T], ok: Callable[[T], bool], accepted: str) -> T:
+    """``convert`` of variable ``name`` where ``ok`` holds; unset or empty: ``default``; else the one-line
+    error naming the value and what is ``accepted``."""
     v = _raw(name)
     if v is None:
         return default
     try:
-        n = int(v)
+        x = convert(v)
     except ValueError:
-        n = None
-    if n is None or n < low:
-        words = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise _bad(name, os.environ[name], f"{words} (unset: {unset or default})")
-    return n
+        raise _bad(name, os.environ[name], accepted) from None
+    if not ok(x):
+        raise _bad(name, os.environ[name], accepted)
+    return x
+
+
+def integer(name: str, default: int, low: int, unset: str | None = None) -> int:
+    """An integer >= ``low`` (``FTBENCH_FUSE_MAX``, ``FTBENCH_WORKERS``); unset or empty: ``default``
+    (``unset``: what unset means, in words, when it is not one number)."""
+    words = "a positive integer" if low == 1 else f"an integer >= {low}"
+    return _checked(name, default, int, lambda n: n >= low, f"{words} (unset: {unset or default})")
 
 
 def number(name: str, default: float, positive: bool) -> float:
     """A finite number > 0 (``positive``) or >= 0; unset or empty: ``default``."""
-    v = _raw(name)
-    if v is None:
-        return default
-    try:
-        x = float(v)
-    except ValueError:
-        x = math.nan
-    if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        words = "a finite number > 0" if positive else "a finite number >= 0"
-        raise _bad(name, os.environ[name], f"{words} (unset: {default:g})")
-    return x
+    words = "a finite number > 0" if positive else "a finite number >= 0"
+    return _checked(name, default, float, lambda x: math.isfinite(x) and x >= 0 and not (positive and x == 0),
+                    f"{words} (unset: {default:g})")
 
 
 def folder(name: str, expand: bool) -> Path | None:
