@@ -188,8 +188,7 @@ BUILD_SEED = 0  # models are built under a fixed seed, so a build does not depen
 
 def register_builtin_models() -> None:
     """Import every module that registers built-in models (for listings of all of them)."""
-    for name in BUILTIN_MODULE:
-        MODELS.import_builtin(name)
+    MODELS.import_builtins()
 
 
 def get_model_entry(name: str) -> ModelEntry:

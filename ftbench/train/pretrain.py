@@ -31,7 +31,7 @@ from ftbench.data.preprocess import InputTransform
 from ftbench.environment import cache_dir
 from ftbench.errors import disk_error
 from ftbench.models.base import BlockModel, get_model_entry
-from ftbench.models.weights import HEAD_RECIPE
+from ftbench.models.weights import HEAD_RECIPE, given_weights, trains_from_scratch
 from ftbench.train.loop import autocast, fit
 
 # 2: CPU pretraining runs on one torch thread (CPU results depend on the thread count; version 1
@@ -48,8 +48,6 @@ def cache_key(model: str, source: SourceTask, device: torch.device, weights: str
     key = {"v": PRETRAIN_VERSION, "model": model, "source": source.key, "recipe": recipe_of(source, model),
            "device": torch.device(device).type}
     if weights is not None:  # a classifier fit on given weights; enters the key only then (older keys stay)
-        from ftbench.models.weights import HEAD_RECIPE
-
         key.update(weights=weights, recipe=HEAD_RECIPE)
     return key
 
@@ -73,8 +71,6 @@ def trained_here(model: str, source: SourceTask | None, device: torch.device, we
     their cache key needs the weights loaded, which is what the check comes before."""
     if source is None or (target.channels, target.image_size) != (source.train.channels, source.train.image_size):
         return False
-    from ftbench.models.weights import trains_from_scratch
-
     return trains_from_scratch(get_model_entry(model), weights) and cache_path(model, source, device).is_file()
 
 
@@ -101,8 +97,6 @@ def pretrained(model: str, source: SourceTask | None, device: torch.device, weig
     None: the benchmark's images as they are): the model resizes and re-normalises every batch of
     another size to it, and a classifier fit on the source split is cached per transform.
     """
-    from ftbench.models.weights import given_weights
-
     entry = get_model_entry(model)
 
     def adapted(net: BlockModel) -> BlockModel:
