@@ -166,6 +166,13 @@ def test_reproduction_suites_expand_with_their_recipes_and_dry_run_estimates(cli
     cifar = expand_suite("paper-surgical-cifar10c")
     assert len(cifar) == 14 * 3 * (1 + 4 * 5 + 5) and {s.epochs for s in cifar if s.method != "none"} == {15}
     assert {s.options_dict.get("bn") for s in cifar if s.method != "none"} == {"frozen"}
+    # The release's Auto-RGN command (anniesch/surgical-finetuning @ effeec3, README.md:29) runs the same 14
+    # CIFAR-10-C corruptions as its Table 1 command (README.md:23).
+    release_14 = {"frost", "gaussian_blur", "gaussian_noise", "glass_blur", "impulse_noise", "jpeg_compression",
+                  "motion_blur", "pixelate", "saturate", "shot_noise", "snow", "spatter", "speckle_noise", "zoom_blur"}
+    assert {s.corruption for s in cifar} == release_14
+    auto = expand_suite("paper-surgical-auto")
+    assert {s.corruption for s in auto} == release_14 and {s.severity for s in auto} == {5}
     r = cli("sweep", "paper-autoft", "--dry-run")
     assert r.code == 0, r.err
     assert "estimated GPU-hours for the runs to do:" in r.out and "an estimate, not a measurement" in r.out
