@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,12 +23,14 @@ from test_regen_numbers import _tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A convolution (forward and both gradients), a matrix product, a sum, exp and softmax: the operations
-# of a smoke run, printed as digests of their exact bits.
+# The operations of a smoke run, printed as digests of their exact bits: a convolution (forward and both
+# gradients), a matrix product, a sum, exp, softmax, cross-entropy and its gradient, batch norm, and three
+# Adam and SGD steps as ftbench makes its optimizers (make_optimizer).
 OPS = """
 import hashlib
 import ftbench, ftbench.models, torch
 from ftbench import numerics
+from ftbench.train.loop import make_optimizer
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(64, 16, 8, 8, generator=g, requires_grad=True)
@@ -37,7 +40,20 @@ y.square().sum().backward()
 with torch.no_grad():
     z = torch.nn.functional.conv2d(x, w, padding=1)
 a, b, r = torch.randn(64, 512, generator=g), torch.randn(512, 10, generator=g), torch.randn(100000, generator=g)
-out = [y, x.grad, w.grad, z, a @ b, r.sum(), r.exp(), torch.softmax(a, 1)]
+lab = torch.randint(0, 10, (64,), generator=g)
+logits = (a @ b).requires_grad_()
+ce = torch.nn.functional.cross_entropy(logits, lab); ce.backward()
+bn = torch.nn.functional.batch_norm(y.detach(), None, None, training=True)
+steps = []
+for name in ("adam", "sgd"):
+    p = [torch.nn.Parameter(t.clone()) for t in (w.detach(), b)]
+    opt = make_optimizer(p, name, 3e-3, 5e-4)
+    for _ in range(3):
+        for t, gr in zip(p, (w.grad, torch.randn(512, 10, generator=g))):
+            t.grad = gr.clone()
+        opt.step()
+    steps += [t.detach() for t in p]
+out = [y, x.grad, w.grad, z, a @ b, r.sum(), r.exp(), torch.softmax(a, 1), ce, logits.grad, bn, *steps]
 print(numerics.kernels())
 print(" ".join(hashlib.sha1(t.detach().contiguous().numpy().tobytes()).hexdigest()[:12] for t in out))
 """
@@ -48,7 +64,7 @@ CAPS = [{}, {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
         {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "AVX2"}]
 
 
-def _ops(portable: bool, caps: dict[str, str]) -> tuple[str, str]:
+def _ops(portable: bool, caps: dict[str, str], emulate: str | None = None) -> tuple[str, str]:
     drop = ("FTBENCH_PORTABLE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
             "MKL_ENABLE_INSTRUCTIONS")
     env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -56,7 +72,8 @@ def _ops(portable: bool, caps: dict[str, str]) -> tuple[str, str]:
     env.update(caps)
     if portable:
         env["FTBENCH_PORTABLE"] = "1"
-    r = subprocess.run([sys.executable, "-c", OPS], env=env, capture_output=True, text=True, check=True)
+    emulator = [QEMU, "-cpu", emulate] if emulate else []
+    r = subprocess.run([*emulator, sys.executable, "-c", OPS], env=env, capture_output=True, text=True, check=True)
     label, digests = r.stdout.strip().splitlines()[-2:]
     return label, digests
 
@@ -70,6 +87,24 @@ def test_portable_kernels_ignore_the_instruction_set_caps() -> None:
     label = portable.pop()[0]
     assert label == "portable: aten=DEFAULT onednn=off nnpack=off mkl=COMPATIBLE,STRICT"
     assert len({_ops(False, caps)[1] for caps in CAPS}) == len(CAPS)
+
+
+# Other CPU models, emulated (qemu-x86_64 -cpu MODEL: the instructions report MODEL's vendor, family, model,
+# instruction sets and cache sizes, which is what MKL, ATen, NumPy and glibc choose their code by): an Intel
+# Haswell (AVX2, FMA) and an Intel Nehalem (SSE4.2 only, no FMA), against this machine's CPU.
+QEMU = shutil.which("qemu-x86_64")
+EMULATED = ("Haswell-v4", "Nehalem-v1")
+
+
+@pytest.mark.skipif(QEMU is None, reason="needs qemu-x86_64 to emulate other CPU models (apt-get install "
+                                         "qemu-user; .ci/run installs it)")
+@pytest.mark.parametrize("cpu", EMULATED)
+def test_portable_kernels_give_this_cpus_bits_on_an_emulated_cpu_of_another_model(cpu: str) -> None:
+    """Each operation of a smoke run gives, in portable mode, the same bits on an emulated Intel CPU as on
+    this machine's. (Before portable mode stepped Adam with torch's fused kernel, its square root came
+    from MKL's vector math, which picks its code path by CPU whatever MKL_CBWR says: the Adam steps
+    differed.)"""
+    assert _ops(True, {}, emulate=cpu) == _ops(True, {})
 
 
 def test_every_stored_cpu_file_is_complete_and_exact() -> None:

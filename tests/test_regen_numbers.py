@@ -127,3 +127,30 @@ def test_doc_examples_are_transcripts_and_output_regions() -> None:
     assert [text[i:j] for i, j, _, _ in found] == [
         "$ ftbench list protocols\nold output\n$ ftbench run --lr inf\nerror: old\n",
         "  $ ftbench sweep smoke --dry-run\n  old\n", "| old |\n\n"]
+
+
+def test_under_an_emulated_cpu_the_fingerprint_is_what_the_code_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user-mode emulator leaves /proc/cpuinfo as the host's; the fingerprint then comes from CPUID (what
+    the libraries dispatch on) and names the host, so an emulated CPU's file is not filed as the host's."""
+    tool = _tool()
+    native = tool.machine_fingerprint()
+    assert "host" not in native  # CPUID and /proc/cpuinfo agree on a real CPU (or CPUID is not readable)
+    intel = {"vendor_id": "GenuineIntel", "model name": "Intel Core Processor (Haswell, no TSX, IBRS)",
+             "cpu family": "6", "model": "60", "stepping": "1", "cache size": "4096 KB (L2)", "flags": "sse2 avx2 fma"}
+    monkeypatch.setattr(tool, "cpuid", lambda: intel)
+    seen = tool.machine_fingerprint()
+    assert {k: seen[k] for k in ("vendor_id", "cpu family", "model", "model name")} == \
+        {k: intel[k] for k in ("vendor_id", "cpu family", "model", "model name")}
+    assert native.get("model name", "?") in seen["host"] and "flags" not in seen
+    assert tool.fingerprint_id(seen) != tool.fingerprint_id(native)
+
+
+@pytest.mark.parametrize("cpu", ["NoSuchCPU", "Haswell-v4; rm -rf /"])
+def test_emulate_refuses_a_cpu_model_qemu_does_not_have(cpu: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    tool = _tool()
+    assert tool.main(["portable", "--emulate", cpu]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --emulate")
+    assert ("qemu-x86_64" in err[0]) and (shutil.which("qemu-x86_64") is None or "accepted: " in err[0])

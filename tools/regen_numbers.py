@@ -101,9 +101,15 @@ def child_env(cache: Path, extra: dict[str, str] | None = None, pinned: bool = T
     return env
 
 
+# ``--emulate CPU``: every ftbench subprocess runs under ``qemu-x86_64 -cpu CPU`` (a user-mode emulator: the
+# instructions report CPU's vendor, model, instruction sets and cache sizes, which is what the libraries dispatch
+# on), so one machine can give the numbers of another CPU model (docs/ci.md, "The proof across CPU models").
+EMULATOR: list[str] = []
+
+
 def ftbench(args: list[str], env: dict[str, str], cwd: Path = ROOT, capture: bool = False) -> subprocess.CompletedProcess:
     """``ftbench ARGS`` from this checkout in a subprocess (stderr passes through)."""
-    cmd = [sys.executable, "-m", "ftbench.cli", *args]
+    cmd = [*EMULATOR, sys.executable, "-m", "ftbench.cli", *args]
     return subprocess.run(cmd, env=env, cwd=cwd, check=False, text=True,
                           stdout=subprocess.PIPE if capture else None)
 
@@ -132,7 +138,11 @@ def workspace() -> Iterator[Path]:
 def machine_fingerprint() -> dict[str, str]:
     """What, besides the code, decides the pinned numbers: the CPU (as /proc/cpuinfo describes its
     first processor, with a digest of its feature flags: a VM's generic model name can hide the
-    generation) and the versions of the libraries that compute them. Read without importing torch."""
+    generation) and the versions of the libraries that compute them. Read without importing torch.
+
+    Where the CPU that the instructions report (CPUID, what MKL, ATen, NumPy and glibc dispatch on)
+    is another than /proc/cpuinfo's, as under a user-mode emulator (``--emulate``), the fingerprint
+    is CPUID's, and ``host`` names the machine underneath."""
     from importlib import metadata
 
     fp: dict[str, str] = {"machine": os.uname().machine if hasattr(os, "uname") else sys.platform}
@@ -142,18 +152,67 @@ def machine_fingerprint() -> dict[str, str]:
         first = ""
     info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
     info = {k.strip(): v.strip() for k, v in info.items()}
-    for key in ("vendor_id", "model name", "cpu family", "model", "stepping", "cache size"):
-        if key in info:
-            fp[key] = info[key]
-    if "flags" in info:
-        import hashlib
-        fp["flags_sha1"] = hashlib.sha1(" ".join(sorted(info["flags"].split())).encode()).hexdigest()[:12]
+    seen = cpuid()
+    if seen and any(seen.get(k) != info.get(k) for k in ("vendor_id", "cpu family", "model")):
+        fp.update({k: v for k, v in seen.items() if k != "flags"})
+        fp["flags_sha1"] = _flags_digest(seen["flags"])
+        fp["host"] = f"{info.get('model name', '?')} ({info.get('vendor_id', '?')}, family {info.get('cpu family', '?')}, " \
+                     f"model {info.get('model', '?')}), as /proc/cpuinfo describes it"
+    else:
+        for key in ("vendor_id", "model name", "cpu family", "model", "stepping", "cache size"):
+            if key in info:
+                fp[key] = info[key]
+        if "flags" in info:
+            fp["flags_sha1"] = _flags_digest(info["flags"])
     for dist in ("torch", "timm", "numpy"):
         try:
             fp[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             fp[dist] = "not installed"
     return fp
+
+
+def emulated_fingerprint() -> dict[str, str]:
+    """The fingerprint as code under :data:`EMULATOR` sees it (this script's ``fingerprint`` command run
+    there), with ``emulator`` saying how it was made."""
+    r = subprocess.run([*EMULATOR, sys.executable, str(Path(__file__).resolve()), "fingerprint"], check=False,
+                       text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if r.returncode != 0:
+        sys.exit(f"numbers: `{' '.join(EMULATOR)} python tools/regen_numbers.py fingerprint` failed "
+                 f"(exit code {r.returncode})")
+    fp = json.loads(r.stdout)
+    if "host" not in fp:
+        sys.exit(f"numbers: under `{' '.join(EMULATOR)}` the CPU reports itself as the host does "
+                 f"({fp.get('model name')}): no other CPU model to measure (install py-cpuinfo, or pick another -cpu)")
+    version = subprocess.run([EMULATOR[0], "--version"], check=False, text=True, stdout=subprocess.PIPE).stdout
+    fp["emulator"] = f"{' '.join(EMULATOR)} ({version.splitlines()[0].strip() if version else '?'}; TCG)"
+    return fp
+
+
+def _flags_digest(flags: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
+
+
+def cpuid() -> dict[str, str] | None:
+    """The CPU as the CPUID instruction reports it (py-cpuinfo runs the instruction), in /proc/cpuinfo's
+    keys; None where py-cpuinfo is missing or CPUID cannot run. /proc/cpuinfo is the kernel's view of
+    the real CPU, which a user-mode emulator (qemu-x86_64 -cpu MODEL) does not change; CPUID is what
+    the code sees."""
+    try:
+        from cpuinfo import cpuinfo as pycpuinfo
+
+        c = pycpuinfo._get_cpu_info_from_cpuid()  # the instruction itself, not /proc/cpuinfo
+    except Exception:  # noqa: BLE001 — no py-cpuinfo, or CPUID not runnable here: /proc/cpuinfo only
+        return None
+    if not c or "vendor_id_raw" not in c:
+        return None
+    return {"vendor_id": str(c["vendor_id_raw"]), "model name": str(c.get("brand_raw", "")),
+            "cpu family": str(c.get("family", "")), "model": str(c.get("model", "")),
+            "stepping": str(c.get("stepping", "")),
+            "cache size": f"{int(c.get('l2_cache_size') or 0) // 1024} KB (L2)",
+            "flags": " ".join(c.get("flags", []))}
 
 
 def write_machine() -> None:
@@ -233,7 +292,7 @@ def portable_record(results: Path, cache: Path) -> dict:
                     "made by `python tools/regen_numbers.py portable`, compared bit for bit with every other "
                     "CPU's file by tests/test_portable.py and the gate",
             "made": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "fingerprint": machine_fingerprint(),
+            "fingerprint": emulated_fingerprint() if EMULATOR else machine_fingerprint(),
             "cpu_kernels": ", ".join(sorted({str(r["cpu_kernels"]) for r in rows})),
             "baseline": numbers_digest(_runs(_rows(BASELINE))) if BASELINE.is_dir() else None,
             "runs": runs,
@@ -356,7 +415,7 @@ def gate(summary: Path | None, keep: Path | None) -> int:
     """The CI gate: the smoke suite now against the committed baseline, two-sided and exact, and against
     every stored CPU's portable results bit for bit; returns the exit code."""
     tol = tolerance()
-    here = fingerprint_id(machine_fingerprint())
+    here = fingerprint_id(emulated_fingerprint() if EMULATOR else machine_fingerprint())
     stored = portable_files()
     known = here in stored
     say(f"portable mode: exact gate (tolerance {tol}) on any x86-64 CPU; this CPU ({here}) "
@@ -754,9 +813,31 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--keep", type=Path, help="copy the smoke results to this folder (to inspect or refresh from)")
     sub.add_parser("check-docs", help="exit 1 when the generated docs numbers differ from what the code prints")
     sub.add_parser("spread", help=f"measure the smoke numbers' spread and write {SPREAD.relative_to(ROOT)}")
-    sub.add_parser("portable", help=f"write this CPU's portable smoke results to {PORTABLE_DIR.relative_to(ROOT)}/ "
-                                    "and compare them with every other CPU's")
+    o = sub.add_parser("portable", help=f"write this CPU's portable smoke results to {PORTABLE_DIR.relative_to(ROOT)}/ "
+                                        "and compare them with every other CPU's")
+    for q in (g, o):
+        q.add_argument("--emulate", metavar="CPU",
+                       help="run ftbench under `qemu-x86_64 -cpu CPU` (e.g. Haswell-v4, Nehalem-v1, EPYC-Rome-v1; "
+                            "`qemu-x86_64 -cpu help` lists them): another CPU model's numbers on this machine, "
+                            "about 50x slower")
+    sub.add_parser("fingerprint", help=argparse.SUPPRESS)  # this CPU's fingerprint as JSON (used by --emulate)
     a = p.parse_args(argv)
+    if a.command == "fingerprint":
+        print(json.dumps(machine_fingerprint()))
+        return 0
+    if getattr(a, "emulate", None):
+        qemu = shutil.which("qemu-x86_64")
+        if qemu is None:
+            print("error: --emulate needs qemu-x86_64 (Debian/Ubuntu: apt-get install qemu-user)", file=sys.stderr)
+            return 2
+        listed = subprocess.run([qemu, "-cpu", "help"], check=False, text=True, stdout=subprocess.PIPE).stdout
+        models = {line.split()[1] for line in listed.splitlines() if len(line.split()) > 1 and line.split()[0] == "x86"}
+        if a.emulate not in models:
+            print(f"error: --emulate {a.emulate!r} is not one of qemu-x86_64's CPU models; accepted: "
+                  f"{', '.join(sorted(m for m in models if m[0].isupper())[:12])}, ... (`qemu-x86_64 -cpu help`)",
+                  file=sys.stderr)
+            return 2
+        EMULATOR[:] = [qemu, "-cpu", a.emulate]
     if a.command == "refresh":
         if a.only in (None, "baseline"):
             refresh_baseline()

@@ -69,12 +69,28 @@ def make_optimizer(params: Any, name: str, lr: float, wd: float) -> torch.optim.
 
     ``foreach=True`` (torch's default on CUDA) on every device: on a CPU it is about twice as fast
     as the per-tensor loop and gives bit-identical updates (tests/test_fastpaths.py).
+
+    In portable mode (ftbench/numerics.py) the step is torch's fused CPU kernel instead: the foreach
+    and per-tensor Adam take the square root of the second moment with MKL's vector math
+    (``vsSqrt``), which is not correctly rounded and picks its code path by CPU whatever ``MKL_CBWR``
+    says (measured: docs/ci.md), while the fused kernel is ATen's own, ``std::sqrt`` in the generic
+    build portable mode runs: correctly rounded, the same bits on every x86-64 CPU.
     """
+    from ftbench import numerics
+
+    params = params if isinstance(params, (list, tuple)) else list(params)
+    how = {"fused": True} if numerics.portable() and _cpu_params(params) else {"foreach": True}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **how)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9, foreach=True)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9, **how)
     raise ValueError(name)
+
+
+def _cpu_params(params: list | tuple) -> bool:
+    """Whether every parameter in ``params`` (tensors, or param-group dicts) is on the CPU."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    return all(t.device.type == "cpu" for t in tensors)
 
 
 PRECISIONS = ("fp32", "bf16")
