@@ -2,7 +2,7 @@
 the timm form of an open_clip tower), on tiny random configs (no download): the timm form computes the
 open_clip tower's function from the same bits, the methods attach to it as PETL_Vision attaches them,
 a few training steps leave every pretrained tensor bit-identical, and the trained-parameter counts are
-the release's formulas (docs/methods.md#peft-on-clip-towers)."""
+the release's formulas (docs/methods.md#petl-on-clip-towers)."""
 
 from __future__ import annotations
 

@@ -539,8 +539,8 @@ class VPTMethod(_InsertedModules):
     def check_model(cls, spec: RunSpec) -> None:
         net = _probe_model(spec)
         if net is not None and find_vit(net) is None:
-            raise UsageError(f"vpt needs a ViT (timm VisionTransformer); model {spec.model!r} is not one "
-                             "(try --model digits-vit)")
+            raise UsageError(f"vpt needs a ViT (a timm VisionTransformer or a CLIP ViT tower); model {spec.model!r} "
+                             "is not one (try --model digits-vit or digits-clip)")
 
     def install(self, ctx: TrainContext, generator: torch.Generator) -> tuple[list[nn.Parameter], list[nn.Module]]:
         o = self.opts
