@@ -188,8 +188,15 @@ def test_a_few_steps_train_only_the_new_parameters_and_the_head(weights: str, me
     assert set(after) == set(before)
     for k, v in after.items():  # the text tower too
         assert torch.equal(v, before[k]) != k.startswith("head."), k
-    moved = [n for n, p in tr.model.named_parameters() if n in new and p.grad is not None and p.grad.abs().sum() > 0]
-    assert moved, "the new parameters get gradients"
+    params = dict(tr.model.named_parameters())
+    assert all(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in new), "all new ones train"
+    if method == "lora":  # B left zero
+        assert all(params[n].abs().sum() > 0 for n in new if "lora_B" in n)
+    if method == "vpt":  # the prompts left their initial values (uniform, drawn from the run's seed)
+        (name,) = new
+        b = (6.0 / (1 * 2 * 2 + D)) ** 0.5  # fan-in of a grey 2×2 patch, fan-out the width
+        init = torch.empty(params[name].shape).uniform_(-b, b, generator=torch.Generator().manual_seed(spec.seed))
+        assert not torch.equal(params[name].detach(), init)
     assert tr.ctx.metrics["n_trainable"] == n_new + HEAD == sum(p.numel() for n, p in tr.model.named_parameters()
                                                               if n in new) + HEAD
 
