@@ -78,6 +78,15 @@ def test_the_timm_form_is_the_open_clip_tower_with_the_same_bits(quick_gelu: boo
     assert not any(p.requires_grad != q.requires_grad for p, q in zip(model.visual.parameters(), visual.parameters()))
 
 
+def test_a_resnet_tower_has_no_timm_form_and_stays_as_it_is() -> None:
+    torch.manual_seed(0)
+    rn = {"layers": [1, 1, 1, 1], "width": 8, "image_size": 32, "head_width": 8}
+    model = from_open_clip(open_clip.CLIP(embed_dim=16, vision_cfg=rn, text_cfg=TEXT), 3, 5)
+    visual = model.visual
+    assert model.use_timm_tower() is False and model.visual is visual
+    assert lora_target_names(attach_view(model), "qkv") == []  # lora then refuses it: no such layer
+
+
 def test_the_timm_form_saves_and_loads_as_a_resumed_run_needs() -> None:
     """A resumed run converts its fresh model, then loads the saved state: every key (text tower included) fits."""
     a, b = _tiny(True, seed=0), _tiny(True, seed=1)

@@ -179,9 +179,9 @@ def add_adapters(model: nn.Module, bottleneck: int, placement: str = "houlsby", 
     ViT (a timm ``VisionTransformer`` inside ``model``): every block's ``attn`` and ``mlp``
     (``houlsby``) or only ``mlp`` (``pfeiffer``) is wrapped, so the adapter acts on the sub-layer's
     output before LayerScale, drop-path and the residual addition (PETL_Vision's ``sequential_after``
-    mode, model/block.py:108-110 and 150-152, where LayerScale is absent and drop-path is 0). CNN (a ``BlockModel`` with
-    ``residual_units()``): each residual unit's output gets a 1×1-convolution adapter; ``sample`` (a
-    batch of inputs) is needed to learn the units' channel counts. Raises ``UsageError`` when
+    mode, model/block.py:108-110 and 150-152, where LayerScale is absent and drop-path is 0). CNN (a
+    ``BlockModel`` with ``residual_units()``): each residual unit's output gets a 1×1-convolution
+    adapter; ``sample`` (a batch of inputs) is needed to learn the units' channel counts. Raises ``UsageError`` when
     neither applies.
     """
     vit = find_vit(model)

@@ -103,8 +103,8 @@ class TimmTower(nn.Module):
         return self.vit(x) @ self.proj
 
 
-def _timm_act(visual: nn.Module) -> str:
-    """timm's name of the open_clip tower's MLP activation (QuickGELU for OpenAI's weights)."""
+def _timm_act(visual: nn.Module) -> str | None:
+    """timm's name of the open_clip tower's MLP activation (QuickGELU for OpenAI's weights); None: none."""
     from open_clip.transformer import QuickGELU
 
     act = visual.transformer.resblocks[0].mlp.gelu
@@ -112,18 +112,16 @@ def _timm_act(visual: nn.Module) -> str:
         return "quick_gelu"
     if type(act) is nn.GELU and act.approximate == "none":
         return "gelu"
-    raise ValueError(f"no timm form for open_clip activation {act!r}")
+    return None
 
 
-def timm_tower(visual: nn.Module) -> TimmTower:
-    """The open_clip ``VisionTransformer`` ``visual`` rebuilt as a :class:`TimmTower`: same weights
-    (copied, bit for bit, into timm's names by timm's ``_convert_openai_clip``), same device, dtype
-    and train/eval mode, same function. Raises ``ValueError`` for a tower that has parts timm's
-    ViT lacks (attention pooling, average pooling, layer scale, patch dropout, ...)."""
-    from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
-
+def timm_form_problems(visual: nn.Module) -> list[str]:
+    """What an open_clip image tower has that timm's ``VisionTransformer`` lacks (empty: it has a timm
+    form). The towers of OpenAI's CLIP ViTs and ``digits-clip`` have none; a ModifiedResNet is no ViT."""
+    if not hasattr(visual, "transformer"):
+        return ["no transformer (a ModifiedResNet)"]
     blocks = list(visual.transformer.resblocks)
-    unlike = [why for why, bad in [
+    return [why for why, bad in [
         ("attention pooling", getattr(visual, "attn_pool", None) is not None),
         (f"pool_type {getattr(visual, 'pool_type', 'tok')!r}", getattr(visual, "pool_type", "tok") != "tok"),
         ("a final LayerNorm after pooling", bool(getattr(visual, "final_ln_after_pool", False))),
@@ -132,21 +130,34 @@ def timm_tower(visual: nn.Module) -> TimmTower:
         ("no projection", getattr(visual, "proj", None) is None),
         ("token outputs", bool(getattr(visual, "output_tokens", False))),
         ("layer scale", any(not isinstance(b.ls_1, nn.Identity) for b in blocks)),
+        ("another MLP activation than GELU or QuickGELU", _timm_act(visual) is None),
+        ("other attention than nn.MultiheadAttention", any(type(b.attn) is not nn.MultiheadAttention for b in blocks)),
     ] if bad]
+
+
+def timm_tower(visual: nn.Module) -> TimmTower:
+    """The open_clip ``VisionTransformer`` ``visual`` rebuilt as a :class:`TimmTower`: same weights
+    (copied, bit for bit, into timm's names by timm's ``_convert_openai_clip``), same device, dtype
+    and train/eval mode, same function. Raises ``ValueError`` for a tower that has parts timm's
+    ViT lacks (:func:`timm_form_problems`)."""
+    from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
+
+    unlike = timm_form_problems(visual)
     if unlike:
         raise ValueError(f"open_clip tower with {', '.join(unlike)} has no timm VisionTransformer form")
+    blocks = list(visual.transformer.resblocks)
     conv = visual.conv1
     width = int(conv.out_channels)
     hidden = int(blocks[0].mlp.c_fc.out_features)
     ref = conv.weight
-    kwargs = dict(img_size=tuple(visual.image_size), patch_size=tuple(conv.kernel_size), in_chans=int(conv.in_channels),
-                  num_classes=0, global_pool="token", embed_dim=width, depth=len(blocks),
-                  num_heads=int(blocks[0].attn.num_heads), mlp_ratio=hidden / width, qkv_bias=True,
-                  class_token=True, pre_norm=True, act_layer=_timm_act(visual), weight_init="skip",
-                  # the PETL release's choice too (model/vision_transformer.py:349: norm_layer=nn.LayerNorm)
-                  norm_layer=functools.partial(nn.LayerNorm, eps=float(visual.ln_pre.eps)))
     with torch.device("meta"):
-        vit = VisionTransformer(**kwargs)
+        vit = VisionTransformer(
+            img_size=tuple(visual.image_size), patch_size=tuple(conv.kernel_size), in_chans=int(conv.in_channels),
+            num_classes=0, global_pool="token", embed_dim=width, depth=len(blocks),
+            num_heads=int(blocks[0].attn.num_heads), mlp_ratio=hidden / width, qkv_bias=True, class_token=True,
+            pre_norm=True, act_layer=_timm_act(visual), weight_init="skip",
+            # the PETL release's choice too (model/vision_transformer.py:349: norm_layer=nn.LayerNorm)
+            norm_layer=functools.partial(nn.LayerNorm, eps=float(visual.ln_pre.eps)))
     state = _convert_openai_clip({"visual." + k: v for k, v in visual.state_dict().items()}, vit)
     proj = state.pop("head.weight").T  # timm puts CLIP's projection in a Linear head; here it stays a matrix
     state.pop("head.bias")  # the zero bias timm adds for that head
@@ -273,11 +284,12 @@ class ClipClassifier(BlockModel):
 
     def use_timm_tower(self) -> bool:
         """Replace an open_clip ViT image tower by its timm form (:func:`timm_tower`), in place; True
-        when the tower is now a :class:`TimmTower`, False for one that has no timm form (ModifiedResNet).
-        The head, the text tower and the input transform are untouched."""
+        when the tower is now a :class:`TimmTower`, False for one that has no timm form (a ModifiedResNet:
+        :func:`timm_form_problems`), left as it is. The head, the text tower and the input transform
+        are untouched."""
         if isinstance(self.visual, TimmTower):
             return True
-        if not hasattr(self.visual, "transformer"):
+        if timm_form_problems(self.visual):
             return False
         self.visual = timm_tower(self.visual)
         return True
