@@ -168,6 +168,15 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "integer in 1..10000", None),
     ("run --method lora --model digits-vit --set r=1025 --out {OUT}", "option r=1025 of method 'lora' must be an "
      "integer in 1..1024", None),
+    ("run --method adapter --model digits-clip --set scale=0 --out {OUT}", "option scale=0.0 of method 'adapter' "
+     "must be a positive number", None),
+    ("run --method adapter --set scale=-0.01 --out {OUT}", "option scale=-0.01 of method 'adapter' must be a "
+     "non-negative number", None),
+    ("run --method adapter --set scale=nan --out {OUT}", "option scale=nan of method 'adapter' must be a "
+     "non-negative number", None),
+    ("run --method adapter --set init=kaiming --out {OUT}", "unknown value for option init of method 'adapter': "
+     "'kaiming'", None),
+    ("run --method vpt --model clip-rn50 --out {OUT}", "vpt needs a ViT", None),
     ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:2: suite 's': option policy_width=99999999999 of method "
      "'spottune' must be an integer in 1..512", 'method = "spottune"\noptions = {policy_width = 99999999999}'),
     ("sweep s --suites {S} --dry-run --out {OUT}", "{S}:2: suite 's': checkpoints must be an integer in 1..10000",

@@ -224,13 +224,22 @@ def test_every_paper_suite_expands_in_its_papers_setup() -> None:
                       "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "decoupled")
 
     petl = expand_suite("paper-petl-robustness")
-    assert {s.method for s in petl} == {"zero-shot", "surgical", "full", "bitfit", "ln-tune"}
+    assert {s.method for s in petl} == {"zero-shot", "surgical", "full", "bitfit", "ln-tune", "lora", "adapter", "vpt"}
     assert {s.blocks for s in _by(petl, method="surgical")} == {("last",)}  # PETL_Vision's "linear": the head
     trained = [s for s in petl if s.method != "zero-shot"]
     assert {(s.benchmark, s.protocol, s.model, s.shots, s.head_init) for s in trained} == {
         ("imagenet", "id-ood", "clip-vit-b16", 100, "zero-shot")}
     assert {(s.lr, s.wd, s.batch_size, s.epochs, s.checkpoints, s.schedule, s.warmup) for s in trained} == {
         (3e-5, 0.005, 256, 100, 100, "cosine", 3900)}
+    # the release's variants (recipes.toml cites each value's file:line): lora_32, rand_h_adapter_32, vpt_deep_50
+    (lora,) = _by(petl, method="lora")
+    assert {k: lora.options_dict[k] for k in ("r", "alpha", "dropout", "targets")} == {
+        "r": 32, "alpha": 32.0, "dropout": 0.1, "targets": "qkv"}  # merge_factor 1: alpha = r
+    (adapter,) = _by(petl, method="adapter")
+    assert adapter.options_dict == {"bottleneck": 32, "placement": "houlsby", "act": "relu", "dropout": 0.1,
+                                    "init": "xavier", "scale": 0.01}
+    (vpt,) = _by(petl, method="vpt")
+    assert vpt.options_dict == {"prompts": 50, "mode": "deep", "dropout": 0.1}
 
     autoft = expand_suite("paper-autoft")
     assert {(s.protocol, s.model) for s in autoft} == {("id-ood", "clip-vit-b16")}
@@ -254,7 +263,7 @@ def test_every_published_cell_is_filled_by_a_paper_suite_and_every_paper_suite_f
 
     published, missing = load_published("paper")
     comparable = [p for p in published if p.cell is not None]
-    assert len(published) == 197 and len(comparable) == 66
+    assert len(published) == 197 and len(comparable) == 81
     assert all(p.reason for p in published if p.cell is None)  # each says why no ftbench result matches
     unreadable = {m["paper"].split(" (")[0] for m in missing}
     suites = load_suites(default_suites_file())[0]
@@ -320,7 +329,7 @@ def test_compare_paper_on_a_paper_suites_fabricated_results(cli, tmp_path) -> No
     zs = next(x for x in lines if "CLIP ViT-B/16: Zero-shot" in x and "IN-A" in x)
     assert "49.8" in zs and "missing" in zs  # listed, not dropped
     assert "Wortsman et al. 2022, Table 7: 5 cell(s)" in r.out and "Kumar et al. 2022, Table 1: 9 cell(s)" in r.out
-    assert "not comparable (131 published cells" in r.out and "ftbench has no DomainNet benchmark" in r.out
+    assert "not comparable (116 published cells" in r.out and "ftbench has no DomainNet benchmark" in r.out
     assert "ftbench cells without a published number" not in r.out  # the wise-ft cell is matched (empty severity)
     tex = cli("report", tmp_path, "--compare", "paper", "--format", "latex")
     assert tex.code == 0, tex.err

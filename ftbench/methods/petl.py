@@ -9,6 +9,23 @@
   layer ``W`` becomes ``W + (alpha/r)·B·A`` with trainable ``A`` (r×in) and ``B`` (out×r, zero at
   init), injected with the ``peft`` library.
 
+**CLIP towers.** ``lora``, ``adapter`` and ``vpt`` attach to timm's ViT layout (``blocks.i.attn.qkv``,
+``blocks.i.attn``/``mlp``, the blocks' token sequence). open_clip's ViT tower (``clip-vit-b16``, the
+other ``clip-vit-*``, ``digits-clip``) has another: its attention is ``nn.MultiheadAttention``, which
+reads ``in_proj_weight`` directly instead of calling a ``Linear`` (no layer for LoRA to wrap) and
+returns a tuple (no output for an adapter to follow). So these three methods first rebuild such a
+tower as a timm ``VisionTransformer`` with the same weights (:func:`attach_view`;
+``ClipClassifier.use_timm_tower``, ftbench/models/clip.py): the model the PETL study's release
+adapts is exactly that (experiment/build_model.py:114-124 builds ``vit_base_patch16_clip_224_petl``,
+a timm VisionTransformer, from timm's conversion of OpenAI's weights), and one attachment code
+serves timm ViTs and CLIP towers alike, instead of a second implementation of LoRA, adapters and
+prompts inside ``nn.MultiheadAttention``. The rebuilt tower computes the same function (tested:
+equal up to the rounding of a different summation order), its frozen weights are the same bits
+under timm's names, and it keeps the block partition (same parameters per block) and the
+parameter count. It is made at install time, on the run's own model only: the pretrained model, its
+cache and every other method see open_clip's tower, so their numbers do not move; a resumed run
+rebuilds it before loading its saved state (the method runs again from the start).
+
 As in the PETL study's code (``TUNE_MODULES`` always holds ``head``), each method also trains the
 classifier head; every other parameter stays bit-identical, and the frozen backbone runs in eval mode
 (BatchNorm running statistics are kept). Each returns the true ``n_trainable`` (which overrides the
@@ -80,6 +97,16 @@ def lora_target_names(model: nn.Module, targets: str) -> list[str]:
         if not suffixes or any(name == s or name.endswith("." + s) for s in suffixes):
             names.append(name)
     return names
+
+
+def attach_view(model: nn.Module) -> nn.Module:
+    """``model`` in the layout ``lora``, ``adapter`` and ``vpt`` attach to: a CLIP classifier's open_clip
+    ViT tower is replaced, in place, by its timm form (see the module docstring); any other model is
+    returned as it is."""
+    convert = getattr(model, "use_timm_tower", None)
+    if callable(convert):
+        convert()
+    return model
 
 
 def inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropout: float,
@@ -201,7 +228,7 @@ class LoRA(_PETLMethod):
 
     def select(self, ctx: TrainContext) -> list[nn.Parameter]:
         o = self.opts
-        names = lora_target_names(ctx.model, o["targets"])
+        names = lora_target_names(attach_view(ctx.model), o["targets"])
         if not names:
             return []
         return inject_lora(ctx.model, names, o["r"], o["alpha"], o["dropout"], self.spec.seed)
@@ -220,14 +247,16 @@ class LoRA(_PETLMethod):
 
 
 @functools.lru_cache(maxsize=64)
-def meta_model(name: str, channels: int) -> nn.Module | None:
-    """Model ``name`` for ``channels`` inputs and 2 classes on the meta device, shared: do not modify."""
+def meta_model(name: str, channels: int, attach: bool = False) -> nn.Module | None:
+    """Model ``name`` for ``channels`` inputs and 2 classes on the meta device, shared: do not modify.
+    ``attach``: in the layout ``lora``, ``adapter`` and ``vpt`` attach to (:func:`attach_view`)."""
     from ftbench.models.base import get_model_entry
 
     entry = get_model_entry(name)  # an unknown name is a UsageError (not cached)
     try:
         with torch.device("meta"):
-            return entry.build(channels, 2)
+            model = entry.build(channels, 2)
+            return attach_view(model) if attach else model
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked at run time
         return None
 
@@ -237,4 +266,4 @@ def _meta_model(spec: RunSpec) -> nn.Module | None:
     names before any run; None when it cannot be built so (then the check happens at run time)."""
     if not spec.model:
         return None
-    return meta_model(spec.model, 1)  # one build per model name (read only)
+    return meta_model(spec.model, 1, True)  # one build per model name (read only)

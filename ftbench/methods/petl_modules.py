@@ -10,6 +10,9 @@
 Each method freezes the whole pretrained model (parameters and BatchNorm statistics), inserts its
 modules into ``ctx.model`` in place (on the model's device), and trains only them and the
 classifier head. Adapters and SSF also apply to CNNs; VPT needs a timm ``VisionTransformer``.
+Adapters and VPT attach to a CLIP model's open_clip ViT tower through its timm form (the PETL
+study's release adapts that very model: ftbench/methods/petl.py explains why and how); SSF wraps
+open_clip's own layers, as before.
 
 How the modules get in (docs/methods.md#adapter, #vpt, #ssf):
 
@@ -31,14 +34,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ftbench.errors import UsageError
 from ftbench.methods.base import METHODS, Option
-from ftbench.methods.petl import _PETLMethod, meta_model
+from ftbench.methods.petl import _PETLMethod, attach_view, meta_model
 from ftbench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -84,28 +87,41 @@ def _excluded(model: nn.Module) -> set[int]:
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
-ADAPTER_INITS = ("zero", "houlsby")
+ADAPTER_INITS = ("zero", "houlsby", "xavier")
+# PETL_Vision's "xavier" adapter init gives the biases N(0, (1e-6)²) (model/utils.py:18-22).
+XAVIER_BIAS_STD = 1e-6
 
 
 class Adapter(nn.Module):
-    """Bottleneck adapter ``x + up(drop(act(down(x))))`` over the channel dimension.
+    """Bottleneck adapter ``x + scale·up(drop(act(down(x))))`` over the channel dimension.
 
     Token inputs (``…×dim``, last dim) use linear layers; image inputs (``N×dim×H×W``, ``conv=True``)
-    use 1×1 convolutions, i.e. the same map applied at every position.
+    use 1×1 convolutions, i.e. the same map applied at every position. ``scale`` is PETL_Vision's
+    ``adapter_scaler`` (model/adapter.py:26, 44); 1 is Houlsby et al.'s adapter.
     """
 
-    def __init__(self, dim: int, bottleneck: int, act: str = "gelu", dropout: float = 0.0, conv: bool = False) -> None:
+    def __init__(self, dim: int, bottleneck: int, act: str = "gelu", dropout: float = 0.0, conv: bool = False,
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.down: nn.Linear | nn.Conv2d = nn.Conv2d(dim, bottleneck, 1) if conv else nn.Linear(dim, bottleneck)
         self.act = ACTIVATIONS[act]()
         self.drop = nn.Dropout(dropout)
         self.up: nn.Linear | nn.Conv2d = nn.Conv2d(bottleneck, dim, 1) if conv else nn.Linear(bottleneck, dim)
+        self.scale = float(scale)
 
     @torch.no_grad()
     def init(self, kind: str = "zero", generator: torch.Generator | None = None) -> None:
         """``zero``: down as ``nn.Linear``'s default (Kaiming-uniform), up and biases 0 — the adapter is
         exactly the identity. ``houlsby``: both weights ~ N(0, 1e-3²) truncated at 2σ, biases 0
-        (near-identity, as the adapter-bert code)."""
+        (near-identity, as the adapter-bert code). ``xavier``: both weights Xavier-uniform, biases
+        N(0, 1e-6²) — PETL_Vision's ``adapter_init: xavier`` (model/utils.py:18-22), not the identity:
+        its small ``scale`` keeps the adapter near it."""
+        if kind == "xavier":
+            nn.init.xavier_uniform_(self.down.weight, generator=generator)
+            nn.init.xavier_uniform_(self.up.weight, generator=generator)
+            nn.init.normal_(self.down.bias, std=XAVIER_BIAS_STD, generator=generator)
+            nn.init.normal_(self.up.bias, std=XAVIER_BIAS_STD, generator=generator)
+            return
         if kind == "zero":
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
             nn.init.zeros_(self.up.weight)
@@ -118,7 +134,8 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.drop(self.act(self.down(x))))
+        up = self.up(self.drop(self.act(self.down(x))))
+        return x + (up if self.scale == 1.0 else up * self.scale)
 
 
 class Adapted(nn.Module):
@@ -156,21 +173,22 @@ def _output_channels(model: nn.Module, paths: list[str], sample: torch.Tensor) -
 
 def add_adapters(model: nn.Module, bottleneck: int, placement: str = "houlsby", act: str = "gelu",
                  dropout: float = 0.0, init: str = "zero", sample: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> list[Adapter]:
+                 generator: torch.Generator | None = None, scale: float = 1.0) -> list[Adapter]:
     """Insert adapters into ``model`` in place; return them, in input-to-output order.
 
     ViT (a timm ``VisionTransformer`` inside ``model``): every block's ``attn`` and ``mlp``
     (``houlsby``) or only ``mlp`` (``pfeiffer``) is wrapped, so the adapter acts on the sub-layer's
-    output before LayerScale, drop-path and the residual addition. CNN (a ``BlockModel`` with
-    ``residual_units()``): each residual unit's output gets a 1×1-convolution adapter; ``sample`` (a
-    batch of inputs) is needed to learn the units' channel counts. Raises ``UsageError`` when
+    output before LayerScale, drop-path and the residual addition (PETL_Vision's ``sequential_after``
+    mode, model/block.py:108-110 and 150-152, where LayerScale is absent and drop-path is 0). CNN (a
+    ``BlockModel`` with ``residual_units()``): each residual unit's output gets a 1×1-convolution
+    adapter; ``sample`` (a batch of inputs) is needed to learn the units' channel counts. Raises ``UsageError`` when
     neither applies.
     """
     vit = find_vit(model)
     if vit is not None:
         adapters = []
         for blk, part in [(blk, part) for blk in _vit_blocks(vit) for part in PLACEMENTS[placement]]:
-            a = Adapter(vit.embed_dim, bottleneck, act, dropout)
+            a = Adapter(vit.embed_dim, bottleneck, act, dropout, scale=scale)
             a.init(init, generator)
             a = _place(a, blk).train(blk.training)  # the mode of where it goes
             inner = getattr(blk, part)
@@ -189,7 +207,7 @@ def add_adapters(model: nn.Module, bottleneck: int, placement: str = "houlsby", 
     channels = _output_channels(model, units, sample)
     adapters = []
     for path in units:
-        a = Adapter(channels[path], bottleneck, act, dropout, conv=True)
+        a = Adapter(channels[path], bottleneck, act, dropout, conv=True, scale=scale)
         a.init(init, generator)
         inner = model.get_submodule(path)
         a = _place(a, inner).train(inner.training)
@@ -400,11 +418,14 @@ def _probe_model(spec: RunSpec) -> nn.Module | None:
     suites` take 17 s)."""
     if not spec.model:
         return None
-    return meta_model(spec.model, 3)
+    return meta_model(spec.model, 3, True)  # a CLIP tower in its timm form, as the methods attach to it
 
 
 class _InsertedModules(_PETLMethod):
     """PETL by inserted modules: :meth:`install` them, train them + the head (``_PETLMethod.run``)."""
+
+    # Install into a CLIP tower's timm form (ftbench/methods/petl.py: attach_view); False: as it is.
+    timm_view: ClassVar[bool] = True
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return ["last"]  # of the partition, only the head trains; the new modules are in no block
@@ -432,6 +453,8 @@ class _InsertedModules(_PETLMethod):
         return None
 
     def select(self, ctx: TrainContext) -> list[nn.Parameter]:
+        if self.timm_view:
+            attach_view(ctx.model)
         # New parameters are drawn on the CPU from the run's seed, then moved: same init on any device.
         new, self._inserted = self.install(ctx, torch.Generator().manual_seed(self.spec.seed))
         return new
@@ -461,8 +484,19 @@ class AdapterMethod(_InsertedModules):
         "act": Option("gelu", "non-linearity between down- and up-projection", tuple(ACTIVATIONS)),
         "dropout": Option(0.0, "dropout after the non-linearity, in [0, 1)", minimum=0),
         "init": Option("zero", "'zero' = up-projection 0 (exact identity at init); "
-                       "'houlsby' = all weights N(0, 1e-3²) (near identity, as the paper)", ADAPTER_INITS),
+                       "'houlsby' = all weights N(0, 1e-3²) (near identity, as the paper); 'xavier' = both "
+                       "weights Xavier-uniform, biases N(0, 1e-6²) (the PETL study's rand_h_adapter)", ADAPTER_INITS),
+        "scale": Option(1.0, "multiplier of the adapter's output, x + scale·up(...) (> 0; the PETL study's "
+                        "adapter_scaler: 0.01 in its rand_h_adapter_32)", minimum=0),
     }
+
+    @classmethod
+    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        spec = super().resolve(spec, block_names)
+        if not spec.options_dict["scale"] > 0:
+            raise UsageError(f"option scale={spec.options_dict['scale']!r} of method 'adapter' must be a positive "
+                             "number (0 would switch the adapters off)")
+        return spec
 
     @classmethod
     def check_model(cls, spec: RunSpec) -> None:
@@ -478,7 +512,8 @@ class AdapterMethod(_InsertedModules):
     def install(self, ctx: TrainContext, generator: torch.Generator) -> tuple[list[nn.Parameter], list[nn.Module]]:
         o = self.opts
         adapters = add_adapters(ctx.model, o["bottleneck"], o["placement"], o["act"], o["dropout"], o["init"],
-                                sample=next(iter(ctx.target.train.batches(2))), generator=generator)
+                                sample=next(iter(ctx.target.train.batches(2))), generator=generator,
+                                scale=o["scale"])
         return [p for a in adapters for p in a.parameters()], list(adapters)
 
 
@@ -504,8 +539,8 @@ class VPTMethod(_InsertedModules):
     def check_model(cls, spec: RunSpec) -> None:
         net = _probe_model(spec)
         if net is not None and find_vit(net) is None:
-            raise UsageError(f"vpt needs a ViT (timm VisionTransformer); model {spec.model!r} is not one "
-                             "(try --model digits-vit)")
+            raise UsageError(f"vpt needs a ViT (a timm VisionTransformer or a CLIP ViT tower); model {spec.model!r} "
+                             "is not one (try --model digits-vit or digits-clip)")
 
     def install(self, ctx: TrainContext, generator: torch.Generator) -> tuple[list[nn.Parameter], list[nn.Module]]:
         o = self.opts
@@ -521,6 +556,7 @@ class SSFMethod(_InsertedModules):
     help = "per-channel scale and shift after every linear, conv and norm layer (mergeable), + head"
     paper = "Lian et al. 2022, Scaling & Shifting Your Features: A New Baseline for Efficient Model Tuning"
     order = 74
+    timm_view = False  # wraps open_clip's own layers (its MultiheadAttention projections excepted)
     options = {
         "init_std": Option(0.0, "scale ~ N(1, std²), shift ~ N(0, std²); 0 = exact identity at init, "
                            "0.02 = the released code", minimum=0),

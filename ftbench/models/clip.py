@@ -21,6 +21,19 @@ embedding) + ``class_embedding`` + ``positional_embedding`` + ``ln_pre`` + the f
 norm and projection end the feature extractor), ``last`` = the head. For a ModifiedResNet tower
 (RN50): 1 = the three-convolution stem + ``layer1``, 2/3 = ``layer2``/``layer3``, 4 = ``layer4`` +
 the attention pool. Every parameter is in exactly one block (tested on tiny random configs).
+
+**The timm form of a ViT tower** (:meth:`ClipClassifier.use_timm_tower`, :class:`TimmTower`): the
+same tower rebuilt as timm's ``VisionTransformer`` (``pre_norm``, class-token pooling, the tower's
+activation) with the open_clip weights mapped by timm's own ``_convert_openai_clip`` (``conv1`` ->
+``patch_embed.proj``, ``in_proj_*`` -> ``attn.qkv``, ``out_proj`` -> ``attn.proj``, ``ln_1/2`` ->
+``norm1/2``, ...) and CLIP's projection kept as the tower's ``proj``. It computes the same function
+(up to the rounding of a different summation order) with the module layout PETL methods attach to
+(``blocks.i.attn.qkv``): the PETL study's release runs exactly this model (its
+``vit_base_patch16_clip_224_petl``, model/vision_transformer.py:345-353, a timm VisionTransformer
+loaded from timm's conversion of OpenAI's weights). Only ``lora``, ``adapter`` and ``vpt`` switch
+to it, when they install (ftbench/methods/petl.py); every other method sees open_clip's tower.
+Blocks of the timm form: 1 = ``patch_embed`` + ``cls_token`` + ``pos_embed`` + ``norm_pre`` + the
+first third of ``blocks``, 2 = the second third, 3 = the last third + ``norm`` + ``proj``.
 """
 
 from __future__ import annotations
@@ -72,6 +85,89 @@ def tokenizer_for(arch: str, context_length: int) -> Callable[..., torch.Tensor]
     if arch in open_clip.list_models():
         return open_clip.get_tokenizer(arch, context_length=context_length)
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
+class TimmTower(nn.Module):
+    """An open_clip ViT image tower in timm's layout: ``vit`` (a timm ``VisionTransformer`` without a
+    head) followed by CLIP's projection ``proj`` (a bare parameter, as open_clip's). Made by
+    :func:`timm_tower`; see the module docstring."""
+
+    def __init__(self, vit: nn.Module, proj: nn.Parameter, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.vit = vit
+        self.proj = proj
+        self.image_size = image_size
+        self.output_dim = int(proj.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x) @ self.proj
+
+
+def _timm_act(visual: nn.Module) -> str | None:
+    """timm's name of the open_clip tower's MLP activation (QuickGELU for OpenAI's weights); None: none."""
+    from open_clip.transformer import QuickGELU
+
+    act = visual.transformer.resblocks[0].mlp.gelu
+    if isinstance(act, QuickGELU):
+        return "quick_gelu"
+    if type(act) is nn.GELU and act.approximate == "none":
+        return "gelu"
+    return None
+
+
+def timm_form_problems(visual: nn.Module) -> list[str]:
+    """What an open_clip image tower has that timm's ``VisionTransformer`` lacks (empty: it has a timm
+    form). The towers of OpenAI's CLIP ViTs and ``digits-clip`` have none; a ModifiedResNet is no ViT."""
+    if not hasattr(visual, "transformer"):
+        return ["no transformer (a ModifiedResNet)"]
+    blocks = list(visual.transformer.resblocks)
+    return [why for why, bad in [
+        ("attention pooling", getattr(visual, "attn_pool", None) is not None),
+        (f"pool_type {getattr(visual, 'pool_type', 'tok')!r}", getattr(visual, "pool_type", "tok") != "tok"),
+        ("a final LayerNorm after pooling", bool(getattr(visual, "final_ln_after_pool", False))),
+        ("patch dropout", not isinstance(getattr(visual, "patch_dropout", nn.Identity()), nn.Identity)),
+        ("no ln_pre", not isinstance(visual.ln_pre, nn.LayerNorm)),
+        ("no projection", getattr(visual, "proj", None) is None),
+        ("token outputs", bool(getattr(visual, "output_tokens", False))),
+        ("layer scale", any(not isinstance(b.ls_1, nn.Identity) for b in blocks)),
+        ("another MLP activation than GELU or QuickGELU", _timm_act(visual) is None),
+        ("other attention than nn.MultiheadAttention", any(type(b.attn) is not nn.MultiheadAttention for b in blocks)),
+    ] if bad]
+
+
+def timm_tower(visual: nn.Module) -> TimmTower:
+    """The open_clip ``VisionTransformer`` ``visual`` rebuilt as a :class:`TimmTower`: same weights
+    (copied, bit for bit, into timm's names by timm's ``_convert_openai_clip``), same device, dtype
+    and train/eval mode, same function. Raises ``ValueError`` for a tower that has parts timm's
+    ViT lacks (:func:`timm_form_problems`)."""
+    from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
+
+    unlike = timm_form_problems(visual)
+    if unlike:
+        raise ValueError(f"open_clip tower with {', '.join(unlike)} has no timm VisionTransformer form")
+    blocks = list(visual.transformer.resblocks)
+    conv = visual.conv1
+    width = int(conv.out_channels)
+    hidden = int(blocks[0].mlp.c_fc.out_features)
+    ref = conv.weight
+    with torch.device("meta"):
+        vit = VisionTransformer(
+            img_size=tuple(visual.image_size), patch_size=tuple(conv.kernel_size), in_chans=int(conv.in_channels),
+            num_classes=0, global_pool="token", embed_dim=width, depth=len(blocks),
+            num_heads=int(blocks[0].attn.num_heads), mlp_ratio=hidden / width, qkv_bias=True, class_token=True,
+            pre_norm=True, act_layer=_timm_act(visual), weight_init="skip",
+            # the PETL release's choice too (model/vision_transformer.py:349: norm_layer=nn.LayerNorm)
+            norm_layer=functools.partial(nn.LayerNorm, eps=float(visual.ln_pre.eps)))
+    state = _convert_openai_clip({"visual." + k: v for k, v in visual.state_dict().items()}, vit)
+    proj = state.pop("head.weight").T  # timm puts CLIP's projection in a Linear head; here it stays a matrix
+    state.pop("head.bias")  # the zero bias timm adds for that head
+    trains = {p.requires_grad for p in visual.parameters()}
+    if len(trains) > 1:
+        raise ValueError("convert the tower before choosing which of its parameters train")
+    vit = vit.to_empty(device=ref.device).to(ref.dtype)
+    vit.load_state_dict(state, strict=True)  # copies: the same bits under timm's names
+    tower = TimmTower(vit, nn.Parameter(proj.detach().clone()), (int(visual.image_size[0]), int(visual.image_size[1])))
+    return tower.requires_grad_(trains.pop()).train(visual.training)
 
 
 class ClipClassifier(BlockModel):
@@ -184,7 +280,19 @@ class ClipClassifier(BlockModel):
         return {k if k.startswith(("visual.", "head.", TEXT_PREFIX)) else TEXT_PREFIX + k: v for k, v in sd.items()}
 
     def first_conv(self) -> str:
-        return "visual.conv1.weight"
+        return "visual.vit.patch_embed.proj.weight" if isinstance(self.visual, TimmTower) else "visual.conv1.weight"
+
+    def use_timm_tower(self) -> bool:
+        """Replace an open_clip ViT image tower by its timm form (:func:`timm_tower`), in place; True
+        when the tower is now a :class:`TimmTower`, False for one that has no timm form (a ModifiedResNet:
+        :func:`timm_form_problems`), left as it is. The head, the text tower and the input transform
+        are untouched."""
+        if isinstance(self.visual, TimmTower):
+            return True
+        if timm_form_problems(self.visual):
+            return False
+        self.visual = timm_tower(self.visual)
+        return True
 
     # --- the image classifier --------------------------------------------------------------
     @property
@@ -205,6 +313,16 @@ class ClipClassifier(BlockModel):
 
     def blocks(self) -> OrderedDict[str, list[nn.Module]]:
         v = self.visual
+        if isinstance(v, TimmTower):  # the timm form (module docstring): the same partition in timm's names
+            vit = v.vit
+            res = list(vit.blocks)
+            d = len(res)
+            parts: list[list[nn.Module]] = [[], [], []]
+            for i, blk in enumerate(res):
+                parts[3 * i // d].append(blk)
+            return OrderedDict([("1", [vit.patch_embed, ParamView(vit, ("cls_token", "pos_embed")), vit.norm_pre,
+                                       *parts[0]]), ("2", parts[1]),
+                                ("3", [*parts[2], vit.norm, ParamView(v, ("proj",))]), ("last", [self.head])])
         if hasattr(v, "transformer"):  # VisionTransformer
             res = list(v.transformer.resblocks)
             d = len(res)
