@@ -156,3 +156,20 @@ def test_this_cpu_gives_every_stored_cpus_bits() -> None:
     assert compared, f"no stored CPU's file is made for the committed numbers (stale: {stale})"
     assert not differences, "\n".join(differences)
     assert record["runs"] == tool._runs(tool._rows(tool.BASELINE))
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_portable_mode_steps_with_the_fused_kernel_on_cpu_only(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The foreach step takes Adam's square root from MKL's vector math, whose code path follows the CPU
+    (the emulated-CPU test above); portable mode uses torch's fused CPU kernel, users' runs the foreach one."""
+    import torch
+
+    from ftbench.train.loop import make_optimizer
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    monkeypatch.setenv("FTBENCH_PORTABLE", "1")
+    opt = make_optimizer(iter(params), name, 1e-3, 0.0)  # an iterator, as model.parameters() gives
+    assert opt.defaults["fused"] is True and opt.param_groups[0]["params"] == params
+    monkeypatch.delenv("FTBENCH_PORTABLE")
+    opt = make_optimizer(params, name, 1e-3, 0.0)
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]

@@ -170,7 +170,7 @@ def test_an_escape_sequence_in_a_results_column_is_printed_visibly_not_sent(resu
 
 def test_an_escape_sequence_reaches_no_gate_output_or_warning(results: Path, tmp_path: Path) -> None:
     _rewrite(results / FIRST.name, method=OSC52)
-    bad = results / f"\x1b]0;title\x07.parquet"
+    bad = results / "\x1b]0;title\x07.parquet"
     bad.write_bytes(b"not parquet")
     r = _ftbench(["report", str(results), "--baseline", str(SMALL), "--format", "csv"], tmp_path)
     assert r.returncode == 0 and b"warning: skipped" in r.stderr and b"appeared" in r.stderr  # the gate ran
