@@ -7,6 +7,7 @@
     python tools/regen_numbers.py refresh --only examples   # the docs' fast examples only (seconds; no training)
     python tools/regen_numbers.py spread       # measure how far the smoke numbers move with the CPU's kernels
     python tools/regen_numbers.py portable     # on a CPU not yet in tests/data/portable/: add its proof
+    python tools/regen_numbers.py portable --emulate Haswell-v4   # the same for an emulated CPU model (qemu-user)
 
 What it makes (``refresh``; ``--only baseline`` or ``--only docs`` for one of them):
 
