@@ -168,6 +168,14 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "integer in 1..10000", None),
     ("run --method lora --model digits-vit --set r=1025 --out {OUT}", "option r=1025 of method 'lora' must be an "
      "integer in 1..1024", None),
+    ("run --method bitfit --model digits-clip --set proj=yes --out {OUT}", "unknown value for option proj of method "
+     "'bitfit': 'yes'; accepted: frozen, train", None),
+    ("run --method lora --model digits-vit --set proj=train --out {OUT}", "option proj=train of method 'lora' trains "
+     "CLIP's image projection visual.proj, which model 'digits-vit' does not have", None),
+    ("run --method surgical --model digits-resnet --block last --set proj=train --out {OUT}", "option proj=train of "
+     "method 'surgical' trains CLIP's image projection visual.proj, which model 'digits-resnet' does not have", None),
+    ("run --method surgical --model digits-clip --block 1 --set proj=train --out {OUT}", "option proj=train of "
+     "method 'surgical' applies only with --block last (given: --block 1)", None),
     ("run --method adapter --model digits-clip --set scale=0 --out {OUT}", "option scale=0.0 of method 'adapter' "
      "must be a positive number", None),
     ("run --method adapter --set scale=-0.01 --out {OUT}", "option scale=-0.01 of method 'adapter' must be a "

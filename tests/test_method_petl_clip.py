@@ -221,3 +221,35 @@ def test_lora_on_digits_clip_runs_from_the_cli_in_the_id_ood_protocol(cli, tmp_p
     assert row.status == "ok" and row.protocol == "id-ood" and row.head_init == "zero-shot"
     assert (row.n_trainable, row.n_params, row.lora_scaling) == (lora + HEAD, n_clip + lora, 1.0)
     assert "r=32" in row.variant and pd.notna(row["ood.style_acc"])
+
+
+# proj=train: CLIP's projection trains with the head, as the release's head Sequential(proj, fc) does
+# (experiment/build_model.py:122-124); the "linear" row is surgical on block last.
+PROJ_RUNS = [("surgical", ("last",), ()), ("ln-tune", (), ()), ("vpt", (), (("prompts", 2),))]
+
+
+@pytest.mark.parametrize("method, blocks, options", PROJ_RUNS, ids=[m for m, *_ in PROJ_RUNS])
+def test_proj_train_trains_clip_projection_and_leaves_every_other_frozen_tensor_alone(
+        weights: str, method: str, blocks: tuple, options: tuple) -> None:
+    from ftbench.execution.runner import _result_rows
+    from ftbench.methods.petl import norm_parameters
+
+    counts = {}
+    for proj in ("frozen", "train"):
+        spec = resolve(dataclasses.replace(SPEC, method=method, blocks=blocks, options=(*options, ("proj", proj)),
+                                           weights=weights))
+        source, _ = load(spec, torch.device("cpu"))
+        if method == "vpt":
+            source.use_timm_tower()  # the layout vpt trains in (its own copy of the projection)
+        before = {k: v.clone() for k, v in source.state_dict().items()}
+        tr = fine_tune(spec, "cpu")
+        after = {k: v for k, v in tr.model.state_dict().items() if ".vpt." not in k}
+        assert set(after) == set(before)
+        changed = {k for k in after if not torch.equal(after[k], before[k])}
+        assert ("visual.proj" in changed) == (proj == "train"), proj
+        assert {k for k in changed if k.startswith("head.")} == {"head.weight", "head.bias"}
+        may_train = {n for n, _ in norm_parameters(tr.model)} if method == "ln-tune" else set()
+        assert changed - {"visual.proj", "head.weight", "head.bias"} <= may_train, proj
+        (row,) = [r for r in _result_rows(tr) if r["final"]]
+        counts[proj] = row["n_trainable"]
+    assert counts["train"] - counts["frozen"] == DIGITS_CLIP["vision_cfg"]["width"] * DIGITS_CLIP["embed_dim"]

@@ -237,9 +237,14 @@ def test_every_paper_suite_expands_in_its_papers_setup() -> None:
         "r": 32, "alpha": 32.0, "dropout": 0.1, "targets": "qkv"}  # merge_factor 1: alpha = r
     (adapter,) = _by(petl, method="adapter")
     assert adapter.options_dict == {"bottleneck": 32, "placement": "houlsby", "act": "relu", "dropout": 0.1,
-                                    "init": "xavier", "scale": 0.01}
+                                    "init": "xavier", "scale": 0.01, "proj": "train"}
     (vpt,) = _by(petl, method="vpt")
-    assert vpt.options_dict == {"prompts": 50, "mode": "deep", "dropout": 0.1}
+    assert vpt.options_dict == {"prompts": 50, "mode": "deep", "dropout": 0.1, "proj": "train"}
+    # the release's head is Sequential(CLIP's projection, the classifier) (build_model.py:122-124): every trained
+    # row but full (which trains everything) trains the projection too, the "linear" row included
+    assert {s.method: s.options_dict.get("proj") for s in trained} == {
+        "surgical": "train", "full": None, "bitfit": "train", "ln-tune": "train", "lora": "train", "adapter": "train",
+        "vpt": "train"}
 
     autoft = expand_suite("paper-autoft")
     assert {(s.protocol, s.model) for s in autoft} == {("id-ood", "clip-vit-b16")}

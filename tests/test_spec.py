@@ -62,7 +62,7 @@ def test_different_configurations_get_different_ids() -> None:
         (dict(severity=6), "severity must be an integer in 1..5"),
         (dict(shift="label-flip", corruption="contrast"), "apply only to --shift corruption"),
         (dict(shots=500), "shots must be an integer in 1.."),
-        (dict(options=(("nope", "1"),)), "method 'surgical' has no option 'nope'; accepted: bn"),
+        (dict(options=(("nope", "1"),)), "method 'surgical' has no option 'nope'; accepted: bn, proj"),
         (dict(options=(("bn", "sometimes"),)), "unknown value for option bn"),
         (dict(steps=5, epochs=2), "give --steps or --epochs, not both"),
         (dict(lr=-1.0), "lr must be a positive number"),

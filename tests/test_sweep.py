@@ -127,7 +127,7 @@ def test_suite_options_apply_to_the_methods_that_take_them(tmp_path: Path) -> No
     f.write_text('[suites.s]\nmethod = ["none", "surgical", "linear-probe"]\nblock = 1\noptions = { bn = "train" }\n'
                  '[suites.bad]\nmethod = ["none", "linear-probe"]\noptions = { bn = "train" }\n')
     specs = {s.method: s for s in expand_suite("s", f)}
-    assert specs["surgical"].options_dict == {"bn": "train"}
+    assert specs["surgical"].options_dict == {"bn": "train", "proj": "frozen"}
     assert specs["none"].options == () and specs["linear-probe"].options_dict == {
         "c_max": 100.0, "c_min": 1e-07, "c_steps": 50, "max_iter": 200, "select": "val", "features": "unit"}
     from ftbench.errors import UsageError

@@ -105,6 +105,16 @@ FEATURES_OPTION = Option(
     "--protocol id-ood)",
     ("unit", "raw"),
 )
+# CLIP's image projection ``visual.proj`` (768x512 on clip-vit-b16; in block 3) trained with the classifier
+# head, as the PETL study's release does: its head is Sequential(proj, text-embedding classifier)
+# (experiment/build_model.py:122-124) and TUNE_MODULES always holds 'head' (build_model.py:13-14). Only on a
+# model that has it (a CLIP ViT): ftbench.methods.petl.check_projection.
+PROJ_OPTION = Option(
+    "frozen",
+    "CLIP's image projection visual.proj (clip-* ViTs, digits-clip): 'frozen' = kept as pretrained; 'train' = "
+    "trained with the classifier head, as the PETL study's release (its head is Sequential(proj, classifier))",
+    ("frozen", "train"),
+)
 
 
 class DecoupledDecay:

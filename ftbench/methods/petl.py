@@ -27,7 +27,9 @@ cache and every other method see open_clip's tower, so their numbers do not move
 rebuilds it before loading its saved state (the method runs again from the start).
 
 As in the PETL study's code (``TUNE_MODULES`` always holds ``head``), each method also trains the
-classifier head; every other parameter stays bit-identical, and the frozen backbone runs in eval mode
+classifier head (and with ``--set proj=train`` CLIP's image projection ``visual.proj``, which the release's
+head holds: ``Sequential(proj, fc)``, experiment/build_model.py:122-124); every other parameter stays
+bit-identical, and the frozen backbone runs in eval mode
 (BatchNorm running statistics are kept). Each returns the true ``n_trainable`` (which overrides the
 runner's per-block count: these methods train parts of blocks) and ``trainable_fraction`` =
 ``n_trainable / n_params``, both counted on the model as trained (LoRA's new matrices included).
@@ -42,7 +44,7 @@ import torch
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import METHODS, Method, Option
+from ftbench.methods.base import METHODS, PROJ_OPTION, Method, Option
 from ftbench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -99,6 +101,41 @@ def lora_target_names(model: nn.Module, targets: str) -> list[str]:
     return names
 
 
+def clip_projection(model: nn.Module) -> nn.Parameter | None:
+    """CLIP's image projection ``visual.proj`` of ``model`` (a CLIP ViT classifier's, in either tower form),
+    or None for a model without one (a CLIP ResNet, a timm ViT, a CNN)."""
+    p = getattr(getattr(model, "visual", None), "proj", None)
+    return p if isinstance(p, nn.Parameter) else None
+
+
+def projection_problem(method: str, model_name: str) -> str:
+    """The refusal of option ``proj=train`` of ``method`` on model ``model_name``, which has no projection."""
+    return (f"option proj=train of method {method!r} trains CLIP's image projection visual.proj, which model "
+            f"{model_name!r} does not have (a CLIP ViT has it: clip-vit-b16, digits-clip); use such a model or "
+            "--set proj=frozen")
+
+
+def check_projection(method: str, spec: RunSpec) -> None:
+    """Refuse (one UsageError) ``proj=train`` on a model without CLIP's projection, before any run (the
+    model built on the meta device; one that cannot be built so is checked when the run starts)."""
+    if spec.options_dict.get("proj", PROJ_OPTION.default) != "train" or not spec.model:
+        return
+    model = meta_model(spec.model, 1)
+    if model is not None and clip_projection(model) is None:
+        raise UsageError(projection_problem(method, spec.model))
+
+
+def trained_projection(method: str, spec: RunSpec, model: nn.Module) -> list[nn.Parameter]:
+    """``[visual.proj]`` of ``model`` when ``spec`` has ``proj=train``, else ``[]`` (call after any change of
+    the tower's form: the timm form holds its own copy of the projection)."""
+    if spec.options_dict.get("proj", PROJ_OPTION.default) != "train":
+        return []
+    p = clip_projection(model)
+    if p is None:
+        raise UsageError(projection_problem(method, spec.model))
+    return [p]
+
+
 def attach_view(model: nn.Module) -> nn.Module:
     """``model`` in the layout ``lora``, ``adapter`` and ``vpt`` attach to: a CLIP classifier's open_clip
     ViT tower is replaced, in place, by its timm form (see the module docstring); any other model is
@@ -132,9 +169,17 @@ def inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropou
 
 
 class _PETLMethod(Method):
-    """Shared run: freeze everything, train the selected parameters + the head, report the true count."""
+    """Shared run: freeze everything, train the selected parameters + the head (+ CLIP's projection with
+    ``proj=train``), report the true count."""
 
     takes_blocks = False
+    options = {"proj": PROJ_OPTION}
+
+    @classmethod
+    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        spec = super().resolve(spec, block_names)
+        check_projection(cls.name, spec)
+        return spec
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)  # the selected parameters may lie in any block
@@ -157,7 +202,8 @@ class _PETLMethod(Method):
         selected = self.select(ctx)
         if not selected:
             raise UsageError(f"method {self.name!r} finds nothing to train in model {self.spec.model!r}")
-        trainable = list({id(p): p for p in [*selected, *model.head.parameters()]}.values())
+        proj = trained_projection(self.name, self.spec, model)  # after select: it may rebuild the tower
+        trainable = list({id(p): p for p in [*selected, *proj, *model.head.parameters()]}.values())
         for p in trainable:
             p.requires_grad_(True)
         model.head.train()
@@ -210,6 +256,7 @@ class LoRA(_PETLMethod):
         "targets": Option("qkv", "linear layers that get LoRA: 'qkv' = attention qkv (the PETL study), "
                           "'qkv,proj' = + attention output, 'mlp' = fc1 and fc2, 'all-linear' = every Linear "
                           "but the head", tuple(LORA_TARGETS)),
+        "proj": PROJ_OPTION,
     }
 
     @classmethod

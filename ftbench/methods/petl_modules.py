@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import METHODS, Option
+from ftbench.methods.base import METHODS, PROJ_OPTION, Option
 from ftbench.methods.petl import _PETLMethod, attach_view, meta_model
 from ftbench.spec import RunSpec
 
@@ -488,6 +488,7 @@ class AdapterMethod(_InsertedModules):
                        "weights Xavier-uniform, biases N(0, 1e-6²) (the PETL study's rand_h_adapter)", ADAPTER_INITS),
         "scale": Option(1.0, "multiplier of the adapter's output, x + scale·up(...) (> 0; the PETL study's "
                         "adapter_scaler: 0.01 in its rand_h_adapter_32)", minimum=0),
+        "proj": PROJ_OPTION,
     }
 
     @classmethod
@@ -533,6 +534,7 @@ class VPTMethod(_InsertedModules):
                        "(the VPT paper); 'petl-shallow' = PETL_Vision's shallow: removed after the first block",
                        VPT_MODES),
         "dropout": Option(0.0, "dropout on the prompt tokens, in [0, 1)", minimum=0),
+        "proj": PROJ_OPTION,
     }
 
     @classmethod
@@ -562,6 +564,7 @@ class SSFMethod(_InsertedModules):
                            "0.02 = the released code", minimum=0),
         "merge": Option(False, "after training, fold scale and shift into the preceding layers "
                         "(same function, no extra parameters at evaluation)"),
+        "proj": PROJ_OPTION,
     }
 
     def install(self, ctx: TrainContext, generator: torch.Generator) -> tuple[list[nn.Parameter], list[nn.Module]]:

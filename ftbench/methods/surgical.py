@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, FEATURES_OPTION, METHODS, Method
+from ftbench.methods.base import BN_OPTION, FEATURES_OPTION, METHODS, PROJ_OPTION, Method
+from ftbench.spec import RunSpec
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
 
@@ -21,15 +22,35 @@ class Surgical(Method):
     order = 10
     takes_blocks = True
     default_blocks = ("1",)
-    options = {"bn": BN_OPTION}
+    # proj=train: CLIP's projection (block 3) trains with the head, with --block last only: the PETL study's
+    # "linear" row, whose head is Sequential(proj, classifier) (experiment/build_model.py:122-124).
+    options = {"bn": BN_OPTION, "proj": PROJ_OPTION}
+
+    @classmethod
+    def resolve(cls, spec: RunSpec, block_names: tuple[str, ...]) -> RunSpec:
+        from ftbench.methods.petl import check_projection
+
+        spec = super().resolve(spec, block_names)
+        if spec.options_dict["proj"] == "train":
+            if spec.blocks != ("last",):
+                raise UsageError(f"option proj=train of method 'surgical' applies only with --block last (given: "
+                                 f"--block {','.join(spec.blocks)}), where it adds CLIP's projection to the "
+                                 "trained head; drop proj=train or give --block last")
+            check_projection(cls.name, spec)
+        return spec
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(self.spec.blocks)
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
+        from ftbench.methods.petl import trained_projection
+
         params = ctx.set_trainable(self.trainable_blocks(ctx.block_names), bn=self.opts["bn"])
-        ctx.fit(params)
-        return {}
+        proj = trained_projection(self.name, self.spec, ctx.model)
+        for p in proj:  # in no trained block: the true count overrides the runner's per-block one
+            p.requires_grad_(True)
+        ctx.fit(params + proj)
+        return {"n_trainable": sum(p.numel() for p in params + proj)} if proj else {}
 
 
 @METHODS.register("full")
