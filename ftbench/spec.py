@@ -34,6 +34,7 @@ LATER_OPTIONS: dict[tuple[str, str], Any] = {
     ("autoft", "dcm"): "uniform", ("autoft", "search_size"): 0, ("autoft", "lr_mode"): "sampled",
     ("flyp", "bn"): "frozen",
     ("full", "features"): "unit", ("linear-probe", "features"): "unit", ("lp-ft", "features"): "unit",
+    ("full", "decay"): "coupled",
     **{(m, "proj"): "frozen" for m in ("surgical", "bitfit", "ln-tune", "lora", "adapter", "vpt", "ssf")},
 }
 

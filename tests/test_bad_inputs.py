@@ -168,6 +168,7 @@ CORPUS: list[tuple[str, str, str | None]] = [
      "integer in 1..10000", None),
     ("run --method lora --model digits-vit --set r=1025 --out {OUT}", "option r=1025 of method 'lora' must be an "
      "integer in 1..1024", None),
+    ("run --method full --set decay=adamw --out {OUT}", "unknown value for option decay of method 'full': 'adamw'; accepted: decoupled, coupled", None),
     ("run --method bitfit --model digits-clip --set proj=yes --out {OUT}", "unknown value for option proj of method "
      "'bitfit': 'yes'; accepted: frozen, train", None),
     ("run --method lora --model digits-vit --set proj=train --out {OUT}", "option proj=train of method 'lora' trains "

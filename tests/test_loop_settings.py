@@ -110,6 +110,36 @@ def test_decoupled_decay_under_a_schedule_is_adamw_with_the_scheduled_rate_bit_f
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref_model.parameters()))
 
 
+def test_full_with_decoupled_decay_trains_as_adamw_and_keeps_the_default_run_id() -> None:
+    """`full --set decay=decoupled` (the AutoFT release's fine-tuning baseline, AdamW): its own run id, not
+    fused (the fused step couples wd), and other weights than the default coupled decay; the default keeps
+    the run id it had before the option existed."""
+    plain = resolve(RunSpec(method="full", steps=5, wd=0.3))
+    assert resolve(RunSpec(method="full", steps=5, wd=0.3, options=(("decay", "coupled"),))).run_id == plain.run_id
+    assert plain.run_id == "85b9087fcb764a43"  # the id this spec had before full had the option
+    adamw = resolve(RunSpec(method="full", steps=5, wd=0.3, options=(("decay", "decoupled"),)))
+    assert adamw.run_id != plain.run_id and fused.fusion_key(adamw) is None and fused.fusion_key(plain) is not None
+    with pytest.raises(UsageError, match="accepted: decoupled, coupled"):
+        resolve(RunSpec(method="full", options=(("decay", "adamw"),)))
+    from ftbench.methods.base import get_method
+
+    calls = []
+
+    class Ctx:  # what Full.run asks of the training context
+        block_names = ["1", "last"]
+
+        def set_trainable(self, blocks, bn):  # noqa: ANN001, ANN202
+            return ["params"]
+
+        def fit(self, params, **kw):  # noqa: ANN001, ANN003, ANN202
+            calls.append(kw)
+
+    for spec in (plain, adamw):
+        get_method("full")(spec).run(Ctx())
+    assert calls[0] == {"wd": 0.3}
+    assert calls[1]["wd"] == 0.0 and isinstance(calls[1]["before_step"], DecoupledDecay) and calls[1]["before_step"].wd == 0.3
+
+
 def test_the_settings_enter_the_run_id_only_when_set_and_runs_with_them_are_not_fused() -> None:
     plain = resolve(RunSpec(method="full", steps=5))
     assert resolve(RunSpec(method="full", steps=5, schedule="constant", warmup=0)).run_id == plain.run_id

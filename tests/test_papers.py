@@ -256,6 +256,10 @@ def test_every_paper_suite_expands_in_its_papers_setup() -> None:
     assert (o["trials"], o["inner_steps"], o["lr_mode"], o["dcm"], o["search_size"]) == (500, 10, "fixed", "entropy", 1000)
     assert "flyp" in o["terms"].split(",")
     assert {s.head_init for s in _by(autoft, method="full")} == {"zero-shot"}
+    # the release's fine-tuning baseline: AdamW at the scripts' wd (autoft/scripts/iwildcam.sh:15, fmow.sh:15)
+    assert {(s.benchmark, s.wd, s.options_dict["decay"], s.lr, s.schedule, s.warmup, s.clip_grad)
+            for s in _by(autoft, method="full")} == {("iwildcam", 0.2, "decoupled", 1e-5, "cosine", 500, 1.0),
+                                                    ("fmow", 0.1, "decoupled", 1e-5, "cosine", 500, 1.0)}
     flyp = _by(expand_suite("paper-flyp-wilds"), method="flyp")
     assert {(s.lr, s.wd, s.batch_size, s.epochs, s.schedule, s.warmup) for s in flyp} == {(1e-5, 0.2, 256, 20, "cosine", 500)}
     assert {s.seed for s in flyp} == {0, 1, 2, 3, 4}  # the authors: iWildCam over 5 seeds

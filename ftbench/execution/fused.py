@@ -71,6 +71,8 @@ def fusion_key(spec: RunSpec) -> str | None:
     # by run (a probed head), which the fused step shares: those runs train one by one.
     if spec.method not in FUSABLE_METHODS or get_protocol(spec.protocol).fresh_head:
         return None
+    if spec.options_dict.get("decay", "coupled") != "coupled":
+        return None  # full's decay=decoupled steps AdamW's decay in a hook, which the fused step does not
     if spec.options_dict.get("proj", "frozen") != "frozen":
         return None  # surgical's proj=train trains a parameter outside its blocks, which the fused step does not
     loop_settings = (spec.schedule, spec.warmup, spec.clip_grad, spec.train_precision, spec.eval_precision, spec.augment)

@@ -3,10 +3,11 @@ Distribution Shifts") and its two reference points: tune everything, tune nothin
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, FEATURES_OPTION, METHODS, PROJ_OPTION, Method
+from ftbench.methods.base import BN_OPTION, DECAY_OPTION, FEATURES_OPTION, METHODS, PROJ_OPTION, Method, decay_arguments
 from ftbench.spec import RunSpec
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
@@ -61,13 +62,17 @@ class Full(Method):
     help = "all blocks"
     paper = "baseline in every paper"
     order = 40
-    options = {"bn": BN_OPTION, "features": FEATURES_OPTION}
+    # decay: coupled by default (ftbench's loop, as the surgical and LP-FT releases' Adam/SGD); the AutoFT and
+    # WiSE-FT releases fine-tune their baseline with AdamW: decay=decoupled (recipe autoft)
+    options = {"bn": BN_OPTION, "features": FEATURES_OPTION,
+               "decay": dataclasses.replace(DECAY_OPTION, default="coupled")}
 
     def trainable_blocks(self, block_names: list[str]) -> list[str]:
         return list(block_names)
 
     def run(self, ctx: TrainContext) -> dict[str, Any]:
-        ctx.fit(ctx.set_trainable(self.trainable_blocks(ctx.block_names), bn=self.opts["bn"]))
+        params = ctx.set_trainable(self.trainable_blocks(ctx.block_names), bn=self.opts["bn"])
+        ctx.fit(params, **decay_arguments(self.opts["decay"], float(self.spec.wd or 0.0)))
         return {}
 
 
