@@ -88,7 +88,7 @@ def compare_methods(df: pd.DataFrame, a: str, b: str, selection: str, checkpoint
     if a == b:  # the CLI says so before reading the results
         raise UsageError(f"--compare-methods: give two different rows, got {a!r} twice")
     out: list[Paired] = []
-    for column in sorted(set(chosen["column"]), key=lambda c: chosen.loc[chosen["column"] == c, "_csort"].min()):
+    for column in sorted(set(chosen["column"]), key=lambda c: min(chosen.loc[chosen["column"] == c, "_csort"])):
         g = chosen[chosen["column"] == column]
         ga, gb = g[g["row"] == a], g[g["row"] == b]
         if ga.empty or gb.empty:
