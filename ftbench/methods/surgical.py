@@ -7,8 +7,17 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ftbench.errors import UsageError
-from ftbench.methods.base import BN_OPTION, DECAY_OPTION, FEATURES_OPTION, METHODS, PROJ_OPTION, Method, decay_arguments
+from ftbench.methods.base import (
+    BN_OPTION,
+    DECAY_OPTION,
+    FEATURES_OPTION,
+    METHODS,
+    PROJ_OPTION,
+    Method,
+    decay_arguments,
+)
 from ftbench.spec import RunSpec
+
 if TYPE_CHECKING:
     from ftbench.train.context import TrainContext
 
