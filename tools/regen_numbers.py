@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import difflib
+import functools
 import json
 import os
 import re
@@ -190,6 +191,17 @@ def emulated_fingerprint() -> dict[str, str]:
     return fp
 
 
+@functools.cache
+def _here() -> tuple[tuple[str, str], ...]:
+    return tuple((emulated_fingerprint() if EMULATOR else machine_fingerprint()).items())
+
+
+def fingerprint_here() -> dict[str, str]:
+    """The fingerprint of the CPU the measurement runs on: this machine's, or under ``--emulate`` the
+    emulated CPU's (found once per process: each look starts the emulator)."""
+    return dict(_here())
+
+
 def _flags_digest(flags: str) -> str:
     import hashlib
 
@@ -293,7 +305,7 @@ def portable_record(results: Path, cache: Path) -> dict:
                     "made by `python tools/regen_numbers.py portable`, compared bit for bit with every other "
                     "CPU's file by tests/test_portable.py and the gate",
             "made": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "fingerprint": emulated_fingerprint() if EMULATOR else machine_fingerprint(),
+            "fingerprint": fingerprint_here(),
             "cpu_kernels": ", ".join(sorted({str(r["cpu_kernels"]) for r in rows})),
             "baseline": numbers_digest(_runs(_rows(BASELINE))) if BASELINE.is_dir() else None,
             "runs": runs,
@@ -416,7 +428,7 @@ def gate(summary: Path | None, keep: Path | None) -> int:
     """The CI gate: the smoke suite now against the committed baseline, two-sided and exact, and against
     every stored CPU's portable results bit for bit; returns the exit code."""
     tol = tolerance()
-    here = fingerprint_id(emulated_fingerprint() if EMULATOR else machine_fingerprint())
+    here = fingerprint_id(fingerprint_here())
     stored = portable_files()
     known = here in stored
     say(f"portable mode: exact gate (tolerance {tol}) on any x86-64 CPU; this CPU ({here}) "
